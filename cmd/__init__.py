@@ -1,0 +1,3 @@
+"""MAMS: the Multi-Agent Marketplace Simulator."""
+
+__version__ = "0.1.0"
