@@ -1,0 +1,514 @@
+"""Scenario configuration: the buyer, the sellers, and every rule a scenario must obey.
+
+`parse_scenario` reads the raw mapping a TOML or JSON file gives and either returns a
+`Scenario` or raises `ScenarioError` listing *every* problem with its path, for example
+`sellers[2].inventory[0].least_price: must be greater than cost_price (8.00)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from mams.domain.errors import MamsError
+from mams.domain.money import parse_price
+
+Style = Literal["rude", "neutral", "sweet"]
+STYLES: tuple[Style, ...] = ("rude", "neutral", "sweet")
+MAX_SELLERS_PER_ITEM = 10
+BASELINE_MODEL = "baseline"
+MODEL_PROVIDERS = ("anthropic", "openai", "openrouter")
+
+_HANDLE = re.compile(r"^@?[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One item a seller stocks, with its private cost, asking price and floor."""
+
+    item_name: str
+    cost_price: Decimal
+    selling_price: Decimal
+    least_price: Decimal
+
+
+class SellerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A seller agent: public handle, private style, weights and inventory."""
+
+    handle: str
+    style: Style
+    customer_retention_weight: Decimal
+    profit_maximization_weight: Decimal
+    inventory: tuple[InventoryItem, ...]
+    model: str = BASELINE_MODEL
+
+    @property
+    def agent_id(self) -> str:
+        """The bus identity derived from the handle (`@TechMart` -> `techmart`)."""
+        return agent_id_of(self.handle)
+
+    def stock(self, item_name: str) -> InventoryItem | None:
+        """This seller's inventory entry for an item, matched by normalized name."""
+        key = item_key(item_name)
+        for entry in self.inventory:
+            if item_key(entry.item_name) == key:
+                return entry
+        return None
+
+
+class BuyerItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One item the buyer needs, with its private unit price range."""
+
+    item_name: str
+    quantity: int
+    min_price: Decimal
+    max_price: Decimal
+
+
+class BuyerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The buyer agent and the items it needs."""
+
+    items: tuple[BuyerItem, ...]
+    handle: str = "@Buyer"
+    model: str = BASELINE_MODEL
+
+    @property
+    def agent_id(self) -> str:
+        """The buyer's bus identity."""
+        return agent_id_of(self.handle)
+
+
+class Scenario(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole market: one buyer, its items, and the sellers who may sell them."""
+
+    name: str
+    buyer: BuyerConfig
+    sellers: tuple[SellerConfig, ...]
+    description: str = ""
+
+    def sellers_of(self, item_name: str) -> tuple[SellerConfig, ...]:
+        """The sellers stocking an item, in scenario order."""
+        return tuple(s for s in self.sellers if s.stock(item_name) is not None)
+
+    def buyer_item(self, item_name: str) -> BuyerItem:
+        """The buyer's entry for an item; raises ScenarioError naming the known items."""
+        key = item_key(item_name)
+        for item in self.buyer.items:
+            if item_key(item.item_name) == key:
+                return item
+        known = ", ".join(repr(i.item_name) for i in self.buyer.items)
+        raise ScenarioError([Problem("buyer.items", f"no item {item_name!r}; known: {known}")])
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One thing wrong with a scenario, at a path like `sellers[2].style`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ScenarioError(MamsError):
+    """A scenario that cannot run; carries every problem found, each with its path."""
+
+    def __init__(self, problems: list[Problem], source: str = "scenario") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+def item_key(name: str) -> str:
+    """Normalize an item name for matching buyer needs to seller stock."""
+    return " ".join(name.casefold().split())
+
+
+def agent_id_of(handle: str) -> str:
+    """Derive the bus identity from a handle: strip `@`, lowercase, validate as a token."""
+    token = handle.removeprefix("@").lower()
+    if not _AGENT_ID.fullmatch(token):
+        raise ValueError(
+            f"handle {handle!r} must be @ followed by 1-32 letters, digits, '_' or '-'"
+        )
+    return token
+
+
+def display_handle(handle: str) -> str:
+    """The handle as people see it, always with its `@`."""
+    return handle if handle.startswith("@") else f"@{handle}"
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file (.toml or .json); raises ScenarioError."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError([Problem("file", f"cannot read: {exc.strerror}")], source) from None
+    return parse_scenario_text(
+        text,
+        fmt="json" if path.suffix.lower() == ".json" else "toml",
+        source=source,
+        default_name=path.stem,
+    )
+
+
+def parse_scenario_text(
+    text: str, *, fmt: Literal["toml", "json"], source: str = "scenario", default_name: str = ""
+) -> Scenario:
+    """Parse TOML or JSON text (decimals exact) and validate it; raises ScenarioError."""
+    try:
+        if fmt == "json":
+            raw = json.loads(text, parse_float=Decimal)
+        else:
+            raw = tomllib.loads(text, parse_float=Decimal)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError([Problem("file", f"not valid {fmt.upper()}: {exc}")], source) from None
+    return parse_scenario(raw, source=source, default_name=default_name)
+
+
+def parse_scenario(raw: object, *, source: str = "scenario", default_name: str = "") -> Scenario:
+    """Validate a raw mapping into a Scenario, collecting every problem before raising."""
+    v = _Validator()
+    scenario = v.scenario(raw, default_name)
+    if v.problems or scenario is None:
+        raise ScenarioError(v.problems, source)
+    return scenario
+
+
+def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as a JSON-able mapping that `parse_scenario` reads back identically."""
+    raw: dict[str, Any] = msgspec.to_builtins(scenario)
+    return raw
+
+
+_T = TypeVar("_T")
+
+
+class _Validator:
+    """Walks a raw scenario, recording problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # -- generic field readers -------------------------------------------------------
+    def table(
+        self, raw: object, path: str, allowed: tuple[str, ...]
+    ) -> Mapping[str, object] | None:
+        if not isinstance(raw, Mapping):
+            self.bad(path, f"must be a table/object, got {type(raw).__name__}")
+            return None
+        for key in raw:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                did = f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {', '.join(allowed)}"
+                self.bad(f"{path}.{key}" if path else str(key), f"unknown field{did}")
+        return raw
+
+    def field(
+        self,
+        table: Mapping[str, object],
+        path: str,
+        key: str,
+        read: Callable[[object], _T],
+        *,
+        default: _T | None = None,
+        required: bool = True,
+    ) -> _T | None:
+        full = f"{path}.{key}" if path else key
+        if key not in table:
+            if required:
+                self.bad(full, "is required")
+            return default
+        try:
+            return read(table[key])
+        except ValueError as exc:
+            self.bad(full, str(exc))
+            return None
+
+    def array(self, table: Mapping[str, object], path: str, key: str) -> list[object]:
+        full = f"{path}.{key}" if path else key
+        value = table.get(key)
+        if value is None:
+            self.bad(full, "is required (a non-empty array)")
+            return []
+        if not isinstance(value, list):
+            self.bad(full, f"must be an array, got {type(value).__name__}")
+            return []
+        if not value:
+            self.bad(full, "must not be empty")
+        return value
+
+    # -- the scenario ------------------------------------------------------------------
+    def scenario(self, raw: object, default_name: str) -> Scenario | None:
+        top = self.table(raw, "", ("name", "description", "buyer", "sellers"))
+        if top is None:
+            return None
+        name = self.field(top, "", "name", _text, required=False) or default_name or "scenario"
+        description = self.field(top, "", "description", _any_text, required=False) or ""
+        buyer = self.buyer(top.get("buyer"), "buyer") if "buyer" in top else None
+        if "buyer" not in top:
+            self.bad("buyer", "is required (a [buyer] table with [[buyer.items]])")
+        parsed = [
+            self.seller(raw_seller, f"sellers[{i}]")
+            for i, raw_seller in enumerate(self.array(top, "", "sellers"))
+        ]
+        sellers = tuple(s for s in parsed if s is not None)
+        self.cross_checks(buyer, sellers, top.get("sellers"))
+        if buyer is None or self.problems:
+            return None
+        return Scenario(name=name, description=description, buyer=buyer, sellers=sellers)
+
+    def buyer(self, raw: object, path: str) -> BuyerConfig | None:
+        t = self.table(raw, path, ("handle", "model", "items", "name"))
+        if t is None:
+            return None
+        handle = self.field(t, path, "handle", _handle, default="@Buyer", required=False)
+        model = self.field(t, path, "model", _model, default=BASELINE_MODEL, required=False)
+        items: list[BuyerItem] = []
+        seen: dict[str, int] = {}
+        for i, raw_item in enumerate(self.array(t, path, "items")):
+            item = self.buyer_item(raw_item, f"{path}.items[{i}]")
+            if item is None:
+                continue
+            key = item_key(item.item_name)
+            if key in seen:
+                self.bad(
+                    f"{path}.items[{i}].item_name",
+                    f"duplicate of {path}.items[{seen[key]}] ({item.item_name!r})",
+                )
+                continue
+            seen[key] = i
+            items.append(item)
+        if handle is None or model is None:
+            return None
+        return BuyerConfig(handle=display_handle(handle), model=model, items=tuple(items))
+
+    def buyer_item(self, raw: object, path: str) -> BuyerItem | None:
+        t = self.table(raw, path, ("item_name", "quantity", "min_price", "max_price"))
+        if t is None:
+            return None
+        name = self.field(t, path, "item_name", _text)
+        qty = self.field(t, path, "quantity", _quantity)
+        lo = self.field(t, path, "min_price", _positive_price)
+        hi = self.field(t, path, "max_price", _positive_price)
+        if lo is not None and hi is not None and lo > hi:
+            self.bad(f"{path}.max_price", f"must be at least min_price ({lo})")
+            return None
+        if name is None or qty is None or lo is None or hi is None:
+            return None
+        return BuyerItem(item_name=name, quantity=qty, min_price=lo, max_price=hi)
+
+    def seller(self, raw: object, path: str) -> SellerConfig | None:
+        t = self.table(
+            raw,
+            path,
+            (
+                "handle",
+                "style",
+                "customer_retention_weight",
+                "profit_maximization_weight",
+                "inventory",
+                "model",
+                "name",
+            ),
+        )
+        if t is None:
+            return None
+        handle = self.field(t, path, "handle", _handle)
+        style = self.field(t, path, "style", _style)
+        retention = self.field(t, path, "customer_retention_weight", _weight)
+        profit = self.field(t, path, "profit_maximization_weight", _weight)
+        model = self.field(t, path, "model", _model, default=BASELINE_MODEL, required=False)
+        if retention is not None and profit is not None and retention + profit != 1:
+            self.bad(
+                f"{path}.profit_maximization_weight",
+                f"must sum to 1 with customer_retention_weight ({retention} + {profit} "
+                f"= {retention + profit})",
+            )
+            retention = None
+        inventory: list[InventoryItem] = []
+        seen: dict[str, int] = {}
+        for i, raw_item in enumerate(self.array(t, path, "inventory")):
+            entry = self.inventory_item(raw_item, f"{path}.inventory[{i}]")
+            if entry is None:
+                continue
+            key = item_key(entry.item_name)
+            if key in seen:
+                self.bad(
+                    f"{path}.inventory[{i}].item_name",
+                    f"duplicate of {path}.inventory[{seen[key]}] ({entry.item_name!r})",
+                )
+                continue
+            seen[key] = i
+            inventory.append(entry)
+        if handle is None or style is None or model is None:
+            return None
+        if retention is None or profit is None:
+            return None
+        return SellerConfig(
+            handle=display_handle(handle),
+            style=style,
+            model=model,
+            customer_retention_weight=retention,
+            profit_maximization_weight=profit,
+            inventory=tuple(inventory),
+        )
+
+    def inventory_item(self, raw: object, path: str) -> InventoryItem | None:
+        t = self.table(raw, path, ("item_name", "cost_price", "selling_price", "least_price"))
+        if t is None:
+            return None
+        name = self.field(t, path, "item_name", _text)
+        cost = self.field(t, path, "cost_price", _price)
+        sell = self.field(t, path, "selling_price", _positive_price)
+        least = self.field(t, path, "least_price", _positive_price)
+        ok = True
+        if cost is not None and least is not None and least <= cost:
+            self.bad(f"{path}.least_price", f"must be greater than cost_price ({cost})")
+            ok = False
+        if least is not None and sell is not None and least > sell:
+            self.bad(f"{path}.least_price", f"must not exceed selling_price ({sell})")
+            ok = False
+        if not ok or name is None or cost is None or sell is None or least is None:
+            return None
+        return InventoryItem(item_name=name, cost_price=cost, selling_price=sell, least_price=least)
+
+    def cross_checks(
+        self, buyer: BuyerConfig | None, sellers: tuple[SellerConfig, ...], raw_sellers: object
+    ) -> None:
+        ids: dict[str, int] = {}
+        raw_list = raw_sellers if isinstance(raw_sellers, list) else []
+        for i, raw in enumerate(raw_list):
+            handle = raw.get("handle") if isinstance(raw, Mapping) else None
+            if not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
+                continue
+            key = agent_id_of(handle)
+            if key in ids:
+                self.bad(
+                    f"sellers[{i}].handle",
+                    f"{handle!r} is already used by sellers[{ids[key]}] "
+                    "(handles are unique, ignoring case)",
+                )
+            else:
+                ids[key] = i
+        if buyer is None:
+            return
+        if buyer.agent_id in ids:
+            self.bad("buyer.handle", f"{buyer.handle!r} is also a seller's handle")
+        for i, item in enumerate(buyer.items):
+            count = sum(1 for s in sellers if s.stock(item.item_name) is not None)
+            path = f"buyer.items[{i}].item_name"
+            sellers_ok = not any(p.path.startswith("sellers") for p in self.problems)
+            if count == 0 and sellers_ok:
+                stocked = sorted({e.item_name for s in sellers for e in s.inventory})
+                hint = difflib.get_close_matches(item.item_name, stocked, n=1)
+                tail = (
+                    f"; did you mean {hint[0]!r}?"
+                    if hint
+                    else (f"; sellers stock: {', '.join(repr(n) for n in stocked)}")
+                )
+                self.bad(path, f"no seller stocks {item.item_name!r}{tail}")
+            elif count > MAX_SELLERS_PER_ITEM:
+                self.bad(
+                    path,
+                    f"{count} sellers stock {item.item_name!r}; at most "
+                    f"{MAX_SELLERS_PER_ITEM} may negotiate one item",
+                )
+
+
+# -- field readers: each returns the value or raises ValueError with the reason ---------
+def _text(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("must be a non-empty string")
+    if len(raw) > 200:
+        raise ValueError("must be at most 200 characters")
+    return raw.strip()
+
+
+def _any_text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    return raw
+
+
+def _handle(raw: object) -> str:
+    if not isinstance(raw, str) or not _HANDLE.fullmatch(raw):
+        raise ValueError(
+            f"must look like @TechMart (1-32 letters, digits, '_' or '-'), got {raw!r}"
+        )
+    return raw
+
+
+def _style(raw: object) -> Style:
+    for style in STYLES:
+        if raw == style:
+            return style
+    raise ValueError(f"must be one of {', '.join(STYLES)}, got {raw!r}")
+
+
+def _model(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(
+            'must be "baseline" or "provider:model", e.g. "anthropic:claude-sonnet-4-5"'
+        )
+    if raw == BASELINE_MODEL:
+        return raw
+    provider, sep, name = raw.partition(":")
+    if not sep or provider not in MODEL_PROVIDERS or not name:
+        raise ValueError(
+            f'must be "baseline" or "<{"|".join(MODEL_PROVIDERS)}>:<model>", got {raw!r}'
+        )
+    return raw
+
+
+def _quantity(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValueError(f"must be a whole number, got {raw!r}")
+    if not 1 <= raw <= 1_000_000:
+        raise ValueError(f"must be between 1 and 1000000, got {raw}")
+    return raw
+
+
+def _price(raw: object) -> Decimal:
+    value = parse_price(raw)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    if value >= Decimal("10000000000"):
+        raise ValueError(f"must be below 10,000,000,000, got {value}")
+    return value
+
+
+def _positive_price(raw: object) -> Decimal:
+    value = _price(raw)
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _weight(raw: object) -> Decimal:
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
+        raise ValueError(f"must be a number between 0 and 1, got {raw!r}")
+    try:
+        value = Decimal(str(raw))
+    except ArithmeticError:
+        raise ValueError(f"must be a number between 0 and 1, got {raw!r}") from None
+    if not value.is_finite() or not 0 <= value <= 1:
+        raise ValueError(f"must be between 0 and 1, got {raw}")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -3:
+        raise ValueError(f"must have at most 3 decimal places, got {raw}")
+    return value
