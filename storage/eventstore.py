@@ -1,0 +1,212 @@
+"""The event store contract and its two implementations: in memory and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from mams.storage.errors import ConcurrencyError, StorageError, translate, translating
+from mams.storage.model import NewEvent, StoredEvent
+
+
+class EventStore(Protocol):
+    """An append-only log of event streams.
+
+    `append` is atomic (all or nothing), durable when it returns, and idempotent by
+    `event_id`: an event whose id is already stored is skipped silently, even within one
+    batch. A different event at a taken `(stream_id, seq)` raises ConcurrencyError.
+    """
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Append `events` atomically; skip ones already stored (same event_id)."""
+        ...
+
+    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
+        """Events of `stream_id` with seq > `after_seq`, ordered by seq."""
+        ...
+
+    async def stream_ids(self) -> list[UUID]:
+        """Every stream holding at least one event, in order of first append."""
+        ...
+
+    async def last_seq(self, stream_id: UUID) -> int:
+        """The highest seq in `stream_id`, or 0 if the stream is empty."""
+        ...
+
+
+class Projector(Protocol):
+    """Updates read models from newly appended events, inside the append's transaction."""
+
+    async def project(self, conn: asyncpg.Connection, events: Sequence[NewEvent]) -> None:
+        """Apply `events` (only those actually inserted, in batch order) using `conn`."""
+        ...
+
+
+def _dedupe(events: Sequence[NewEvent]) -> list[NewEvent]:
+    """Drop repeated event_ids (first wins) and reject batches that fight over a seq.
+
+    Both stores call this, so in-memory and PostgreSQL agree on what a batch means.
+    """
+    seen_ids: set[UUID] = set()
+    taken: dict[tuple[UUID, int], UUID] = {}
+    unique: list[NewEvent] = []
+    for event in events:
+        if event.seq < 1:
+            raise StorageError(
+                f"event {event.event_id} has seq {event.seq}; seqs start at 1 in every stream"
+            )
+        if event.event_id in seen_ids:
+            continue
+        key = (event.stream_id, event.seq)
+        if key in taken:
+            raise ConcurrencyError(event.stream_id, event.seq)
+        seen_ids.add(event.event_id)
+        taken[key] = event.event_id
+        unique.append(event)
+    return unique
+
+
+class InMemoryEventStore:
+    """An EventStore in a dict, for unit tests and dry runs. Same contract as PostgreSQL."""
+
+    def __init__(self) -> None:
+        self._streams: dict[UUID, dict[int, StoredEvent]] = {}
+        self._ids: set[UUID] = set()
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Append `events` atomically; skip ones already stored (same event_id)."""
+        fresh = [e for e in _dedupe(events) if e.event_id not in self._ids]
+        for event in fresh:
+            if event.seq in self._streams.get(event.stream_id, {}):
+                raise ConcurrencyError(event.stream_id, event.seq)
+            try:
+                msgspec.json.decode(event.data)
+            except msgspec.DecodeError as exc:
+                raise StorageError(f"event {event.event_id} data is not valid JSON: {exc}") from exc
+        # Nothing awaits between the checks and here, so the batch lands all at once.
+        now = datetime.now(UTC)
+        for event in fresh:
+            stored = StoredEvent(
+                event.stream_id, event.seq, event.event_id, event.type, event.data, now
+            )
+            self._streams.setdefault(event.stream_id, {})[event.seq] = stored
+            self._ids.add(event.event_id)
+
+    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
+        """Events of `stream_id` with seq > `after_seq`, ordered by seq."""
+        stream = self._streams.get(stream_id, {})
+        return [stream[seq] for seq in sorted(stream) if seq > after_seq]
+
+    async def stream_ids(self) -> list[UUID]:
+        """Every stream holding at least one event, in order of first append."""
+        return list(self._streams)
+
+    async def last_seq(self, stream_id: UUID) -> int:
+        """The highest seq in `stream_id`, or 0 if the stream is empty."""
+        return max(self._streams.get(stream_id, {}), default=0)
+
+
+# One statement per batch: the arrays travel in one round trip, ON CONFLICT makes
+# re-appends no-ops, RETURNING tells the projector which rows are new.
+_APPEND = """
+INSERT INTO events (stream_id, seq, event_id, type, data)
+SELECT * FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::jsonb[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+_FIND_TAKEN = """
+SELECT e.stream_id, e.seq
+FROM events e
+JOIN unnest($1::uuid[], $2::int4[], $3::uuid[]) AS b(stream_id, seq, event_id)
+  ON e.stream_id = b.stream_id AND e.seq = b.seq AND e.event_id <> b.event_id
+ORDER BY e.global_pos
+LIMIT 1
+"""
+
+_READ = """
+SELECT stream_id, seq, event_id, type, data, recorded_at
+FROM events WHERE stream_id = $1 AND seq > $2 ORDER BY seq
+"""
+
+
+class PostgresEventStore:
+    """An EventStore on PostgreSQL (the `events` table of migration 0001).
+
+    The pool's connections must carry the jsonb codec of `mams.storage.pg` (use
+    `create_pool`), so event data travels as bytes with no re-encoding.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        projector: Projector | None = None,
+        *,
+        dsn: str | None = None,
+    ) -> None:
+        self._pool = pool
+        self._projector = projector
+        self._dsn = dsn  # only to name the server in DatabaseUnavailable
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Append `events` in one statement and one transaction, with the projector."""
+        batch = _dedupe(events)
+        if not batch:
+            return
+        columns = (
+            [e.stream_id for e in batch],
+            [e.seq for e in batch],
+            [e.event_id for e in batch],
+            [e.type for e in batch],
+            [e.data for e in batch],
+        )
+        with translating(self._dsn):
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        rows = await conn.fetch(_APPEND, *columns)
+                        if self._projector is not None and rows:
+                            inserted = {r["event_id"] for r in rows}
+                            fresh = [e for e in batch if e.event_id in inserted]
+                            await self._projector.project(conn, fresh)
+                except asyncpg.UniqueViolationError as exc:
+                    mapped = translate(exc, dsn=self._dsn)
+                    if mapped is not None:
+                        raise mapped from exc
+                    if exc.constraint_name != "events_pkey":
+                        raise
+                    # The server did not name the key; look it up (the tx is rolled back).
+                    taken = await conn.fetchrow(_FIND_TAKEN, *columns[:3])
+                    if taken is None:
+                        raise
+                    raise ConcurrencyError(taken["stream_id"], taken["seq"]) from exc
+
+    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
+        """Events of `stream_id` with seq > `after_seq`, ordered by seq."""
+        with translating(self._dsn):
+            rows = await self._pool.fetch(_READ, stream_id, after_seq)
+        return [
+            StoredEvent(r["stream_id"], r["seq"], r["event_id"], r["type"], r["data"], r["recorded_at"])
+            for r in rows
+        ]
+
+    async def stream_ids(self) -> list[UUID]:
+        """Every stream holding at least one event, in order of first append."""
+        with translating(self._dsn):
+            rows = await self._pool.fetch(
+                "SELECT stream_id FROM events GROUP BY stream_id ORDER BY min(global_pos)"
+            )
+        return [r["stream_id"] for r in rows]
+
+    async def last_seq(self, stream_id: UUID) -> int:
+        """The highest seq in `stream_id`, or 0 if the stream is empty."""
+        with translating(self._dsn):
+            value = await self._pool.fetchval(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE stream_id = $1", stream_id
+            )
+        return int(value)
