@@ -1,0 +1,211 @@
+"""Events: the facts of a negotiation, past tense, frozen, with stable type tags.
+
+The tag (`"buyer.said"`) is what the log stores; renaming a class never breaks a stored
+log. New fields get defaults and types never change, so old logs keep decoding.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+
+OutcomeType = Literal["deal", "no_deal", "max_rounds"]
+Status = Literal["completed", "aborted"]
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True):
+    """A seller's committed offer: unit price for a quantity."""
+
+    unit_price: Decimal
+    quantity: int
+
+
+class BuyerTerms(msgspec.Struct, frozen=True, kw_only=True):
+    """The buyer's private facts for one item (only the buyer and the log see them)."""
+
+    agent_id: str
+    handle: str
+    quantity: int
+    min_price: Decimal
+    max_price: Decimal
+    brain: str
+
+
+class SellerTerms(msgspec.Struct, frozen=True, kw_only=True):
+    """One seller's private facts for one item (only that seller and the log see them)."""
+
+    agent_id: str
+    handle: str
+    style: str
+    customer_retention_weight: Decimal
+    profit_maximization_weight: Decimal
+    cost_price: Decimal
+    selling_price: Decimal
+    least_price: Decimal
+    brain: str
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How a negotiation ended. `seller`, prices and quantity are set for a deal only."""
+
+    type: OutcomeType
+    rounds: int
+    seller: str | None = None
+    unit_price: Decimal | None = None
+    quantity: int | None = None
+
+    @property
+    def total(self) -> Decimal | None:
+        """Unit price times quantity for a deal, else None."""
+        if self.unit_price is None or self.quantity is None:
+            return None
+        return self.unit_price * self.quantity
+
+
+class NegotiationStarted(msgspec.Struct, frozen=True, kw_only=True, tag="negotiation.started"):
+    """A room opened for one item: who is in it and every private fact the log keeps."""
+
+    negotiation_id: UUID
+    session_id: UUID
+    item_name: str
+    buyer: BuyerTerms
+    sellers: tuple[SellerTerms, ...]
+    max_rounds: int
+    round_timeout: float
+    seed: int | None = None
+
+
+class RoundOpened(msgspec.Struct, frozen=True, kw_only=True, tag="round.opened"):
+    """The buyer's turn in `round`; on the final round only accept or walk away remain."""
+
+    round: int
+    final: bool = False
+
+
+class BuyerSaid(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.said"):
+    """The buyer wrote to sellers (`to` are agent ids), optionally with a counter price."""
+
+    round: int
+    message_id: UUID
+    to: tuple[str, ...]
+    text: str
+    counter_price: Decimal | None = None
+
+
+class SellerReplied(msgspec.Struct, frozen=True, kw_only=True, tag="seller.replied"):
+    """A seller answered the buyer, optionally with a committed offer."""
+
+    round: int
+    message_id: UUID
+    seller: str
+    text: str
+    offer: Offer | None = None
+
+
+class RoundClosed(msgspec.Struct, frozen=True, kw_only=True, tag="round.closed"):
+    """Every addressed seller answered, or the deadline passed for those who did not."""
+
+    round: int
+    reason: Literal["all_answered", "deadline", "buyer_timeout"]
+    unanswered: tuple[str, ...] = ()
+
+
+class DealClosed(msgspec.Struct, frozen=True, kw_only=True, tag="deal.closed"):
+    """The buyer accepted a seller's standing offer."""
+
+    round: int
+    message_id: UUID
+    seller: str
+    unit_price: Decimal
+    quantity: int
+    text: str
+
+
+class BuyerWalkedAway(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.walked_away"):
+    """The buyer left the room without a deal."""
+
+    round: int
+    message_id: UUID
+    text: str
+
+
+class NegotiationEnded(msgspec.Struct, frozen=True, kw_only=True, tag="negotiation.ended"):
+    """Terminal: the outcome, and whether the run completed or was aborted."""
+
+    status: Status
+    outcome: Outcome
+    reason: str = ""
+
+
+class GuardrailTripped(msgspec.Struct, frozen=True, kw_only=True, tag="guardrail.tripped"):
+    """A brain proposed an action that breaks a constraint; what happened instead.
+
+    `resolution`: "repaired" (the brain fixed it when asked once), "fallback" (a safe
+    action replaced it) or "overridden" (the broker, the last line of defence, replaced it).
+    """
+
+    agent: str
+    round: int
+    rule: str
+    detail: str
+    attempted: str
+    resolution: Literal["repaired", "fallback", "overridden"]
+    brain: str = ""
+
+
+class ReasoningRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="reasoning.recorded"):
+    """An agent's private reasoning for its action; never shown to the other side."""
+
+    agent: str
+    round: int
+    text: str
+
+
+Event = (
+    NegotiationStarted
+    | RoundOpened
+    | BuyerSaid
+    | SellerReplied
+    | RoundClosed
+    | DealClosed
+    | BuyerWalkedAway
+    | NegotiationEnded
+    | GuardrailTripped
+    | ReasoningRecorded
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    NegotiationStarted,
+    RoundOpened,
+    BuyerSaid,
+    SellerReplied,
+    RoundClosed,
+    DealClosed,
+    BuyerWalkedAway,
+    NegotiationEnded,
+    GuardrailTripped,
+    ReasoningRecorded,
+)
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """The event as JSON bytes, its tag in field `type`; what the log stores."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Decode stored JSON back into its event; raises msgspec.ValidationError if malformed."""
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    """The stable tag of an event, e.g. `"buyer.said"`."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,191 @@
+"""Wire messages between the broker and agents.
+
+Inbox messages (broker -> one agent) are that agent's *view*: built by the visibility
+policy from events, they carry only what the agent may know. Outbox messages (agent ->
+broker) carry an agent's turn; they have no sender field, because the broker takes the
+sender from the subject the message arrived on.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+
+from mams.domain.events import Offer, Outcome, Status
+
+MAX_TEXT = 4000
+MAX_PAYLOAD = 64 * 1024
+
+
+class Peer(msgspec.Struct, frozen=True, kw_only=True):
+    """Another participant as the agent may know it: its handle and bus identity."""
+
+    agent_id: str
+    handle: str
+
+
+class OwnSellerTerms(msgspec.Struct, frozen=True, kw_only=True):
+    """A seller's own private facts, delivered to that seller only."""
+
+    style: str
+    customer_retention_weight: Decimal
+    profit_maximization_weight: Decimal
+    cost_price: Decimal
+    selling_price: Decimal
+    least_price: Decimal
+
+
+# -- broker -> agent -----------------------------------------------------------------------
+class BuyerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.opened.buyer"):
+    """To the buyer: a room for one item, its own price range, the sellers' handles."""
+
+    negotiation_id: UUID
+    item_name: str
+    quantity: int
+    min_price: Decimal
+    max_price: Decimal
+    sellers: tuple[Peer, ...]
+    max_rounds: int
+    round_timeout: float
+    seed: int | None = None
+
+
+class SellerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.opened.seller"):
+    """To one seller: the buyer wants an item; the seller's own terms for it."""
+
+    negotiation_id: UUID
+    item_name: str
+    quantity: int
+    buyer: Peer
+    terms: OwnSellerTerms
+    max_rounds: int
+    round_timeout: float
+    seed: int | None = None
+
+
+class TurnStarted(msgspec.Struct, frozen=True, kw_only=True, tag="turn.started"):
+    """To the buyer: its turn in `round`. On the final turn only accept or walk away."""
+
+    negotiation_id: UUID
+    round: int
+    final: bool = False
+    unanswered: tuple[str, ...] = ()
+
+
+class BuyerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.message"):
+    """To one addressed seller: what the buyer wrote, and a counter price if any."""
+
+    negotiation_id: UUID
+    round: int
+    message_id: UUID
+    text: str
+    counter_price: Decimal | None = None
+
+
+class SellerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="seller.message"):
+    """To the buyer: one seller's reply and offer."""
+
+    negotiation_id: UUID
+    round: int
+    message_id: UUID
+    seller: Peer
+    text: str
+    offer: Offer | None = None
+
+
+class RoomClosed(msgspec.Struct, frozen=True, kw_only=True, tag="room.closed"):
+    """To each participant: the room ended. A seller learns only whether it got the deal."""
+
+    negotiation_id: UUID
+    status: Status
+    deal: bool
+    text: str = ""
+    outcome: Outcome | None = None
+
+
+InboxMessage = (
+    BuyerRoomOpened | SellerRoomOpened | TurnStarted | BuyerMessage | SellerMessage | RoomClosed
+)
+
+
+# -- agent -> broker -----------------------------------------------------------------------
+class Say(msgspec.Struct, frozen=True, kw_only=True, tag="say"):
+    """Buyer writes to sellers (`to` empty means all), optionally countering a price."""
+
+    text: str
+    to: tuple[str, ...] = ()
+    counter_price: Decimal | None = None
+
+
+class Accept(msgspec.Struct, frozen=True, kw_only=True, tag="accept"):
+    """Buyer accepts one seller's standing offer, at its unit price and quantity."""
+
+    seller: str
+    unit_price: Decimal
+    quantity: int
+    text: str = ""
+
+
+class WalkAway(msgspec.Struct, frozen=True, kw_only=True, tag="walk_away"):
+    """Buyer leaves without a deal."""
+
+    text: str = ""
+
+
+BuyerAction = Say | Accept | WalkAway
+
+
+class GuardrailNote(msgspec.Struct, frozen=True, kw_only=True):
+    """What an agent's own guardrail caught before sending (logged by the broker)."""
+
+    rule: str
+    detail: str
+    attempted: str
+    resolution: str
+
+
+class BuyerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.turn"):
+    """The buyer's action for a round, with its private reasoning."""
+
+    negotiation_id: UUID
+    round: int
+    message_id: UUID
+    action: BuyerAction
+    reasoning: str = ""
+    guardrails: tuple[GuardrailNote, ...] = ()
+
+
+class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
+    """A seller's reply for a round: text, optional offer, private reasoning."""
+
+    negotiation_id: UUID
+    round: int
+    message_id: UUID
+    text: str
+    offer: Offer | None = None
+    reasoning: str = ""
+    guardrails: tuple[GuardrailNote, ...] = ()
+
+
+OutboxMessage = BuyerTurn | SellerTurn
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_inbox_decoder = msgspec.json.Decoder(InboxMessage)
+_outbox_decoder = msgspec.json.Decoder(OutboxMessage)
+
+
+def encode(message: InboxMessage | OutboxMessage) -> bytes:
+    """A wire message as JSON bytes (tag in field `type`, decimals as strings)."""
+    return _encoder.encode(message)
+
+
+def decode_inbox(data: bytes) -> InboxMessage:
+    """Decode a message an agent received; raises msgspec errors if malformed."""
+    return _inbox_decoder.decode(data)
+
+
+def decode_outbox(data: bytes) -> OutboxMessage:
+    """Decode a message the broker received; raises msgspec errors if malformed."""
+    return _outbox_decoder.decode(data)

@@ -1,0 +1,175 @@
+"""The visibility policy: which agent receives what, for each committed event.
+
+This is the one place that decides what crosses the opacity boundary (DESIGN.md
+invariant 1). A seller receives only messages addressed to it, its own terms, and
+whether it got the deal; the buyer receives sellers' words and offers, never their
+costs, floors, styles or weights. Private events (reasoning, guardrails) go to nobody.
+"""
+
+from __future__ import annotations
+
+from mams.domain.events import (
+    BuyerSaid,
+    BuyerWalkedAway,
+    DealClosed,
+    Event,
+    GuardrailTripped,
+    NegotiationEnded,
+    NegotiationStarted,
+    ReasoningRecorded,
+    RoundClosed,
+    RoundOpened,
+    SellerReplied,
+)
+from mams.domain.messages import (
+    BuyerMessage,
+    BuyerRoomOpened,
+    InboxMessage,
+    OwnSellerTerms,
+    Peer,
+    RoomClosed,
+    SellerMessage,
+    SellerRoomOpened,
+    TurnStarted,
+)
+from mams.domain.negotiation import NegotiationState
+
+Delivery = tuple[str, InboxMessage]
+
+
+def route(state: NegotiationState, event: Event) -> list[Delivery]:
+    """The deliveries an event causes, as (recipient agent id, message) pairs.
+
+    `state` is the state *after* the event was applied.
+    """
+    started = state.started
+    if started is None:
+        return []
+    nid = started.negotiation_id
+    buyer = started.buyer.agent_id
+    match event:
+        case NegotiationStarted():
+            return _room_opened(event)
+        case RoundOpened(round=n, final=final):
+            return [
+                (
+                    buyer,
+                    TurnStarted(
+                        negotiation_id=nid, round=n, final=final, unanswered=state.last_unanswered
+                    ),
+                )
+            ]
+        case BuyerSaid(to=to, round=n, message_id=mid, text=text, counter_price=counter):
+            msg = BuyerMessage(
+                negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter
+            )
+            return [(seller, msg) for seller in to]
+        case SellerReplied(seller=seller, round=n, message_id=mid, text=text, offer=offer):
+            terms = state.seller(seller)
+            if terms is None:
+                return []
+            peer = Peer(agent_id=seller, handle=terms.handle)
+            return [
+                (
+                    buyer,
+                    SellerMessage(
+                        negotiation_id=nid,
+                        round=n,
+                        message_id=mid,
+                        seller=peer,
+                        text=text,
+                        offer=offer,
+                    ),
+                )
+            ]
+        case NegotiationEnded():
+            return _room_closed(state, event)
+        case (
+            RoundClosed()
+            | DealClosed()
+            | BuyerWalkedAway()
+            | GuardrailTripped()
+            | ReasoningRecorded()
+        ):
+            return []
+
+
+def _room_opened(event: NegotiationStarted) -> list[Delivery]:
+    b = event.buyer
+    out: list[Delivery] = [
+        (
+            b.agent_id,
+            BuyerRoomOpened(
+                negotiation_id=event.negotiation_id,
+                item_name=event.item_name,
+                quantity=b.quantity,
+                min_price=b.min_price,
+                max_price=b.max_price,
+                sellers=tuple(Peer(agent_id=s.agent_id, handle=s.handle) for s in event.sellers),
+                max_rounds=event.max_rounds,
+                round_timeout=event.round_timeout,
+                seed=event.seed,
+            ),
+        )
+    ]
+    buyer_peer = Peer(agent_id=b.agent_id, handle=b.handle)
+    for s in event.sellers:
+        terms = OwnSellerTerms(
+            style=s.style,
+            customer_retention_weight=s.customer_retention_weight,
+            profit_maximization_weight=s.profit_maximization_weight,
+            cost_price=s.cost_price,
+            selling_price=s.selling_price,
+            least_price=s.least_price,
+        )
+        out.append(
+            (
+                s.agent_id,
+                SellerRoomOpened(
+                    negotiation_id=event.negotiation_id,
+                    item_name=event.item_name,
+                    quantity=b.quantity,
+                    buyer=buyer_peer,
+                    terms=terms,
+                    max_rounds=event.max_rounds,
+                    round_timeout=event.round_timeout,
+                    seed=event.seed,
+                ),
+            )
+        )
+    return out
+
+
+def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Delivery]:
+    assert state.started is not None
+    nid = state.started.negotiation_id
+    closing = state.closing
+    out: list[Delivery] = [
+        (
+            state.started.buyer.agent_id,
+            RoomClosed(
+                negotiation_id=nid,
+                status=event.status,
+                deal=event.outcome.type == "deal",
+                outcome=event.outcome,
+            ),
+        )
+    ]
+    for s in state.started.sellers:
+        won = event.outcome.type == "deal" and event.outcome.seller == s.agent_id
+        text = ""
+        if (isinstance(closing, DealClosed) and won) or isinstance(closing, BuyerWalkedAway):
+            text = closing.text
+        out.append(
+            (
+                s.agent_id,
+                RoomClosed(
+                    negotiation_id=nid,
+                    status=event.status,
+                    deal=won,
+                    text=text,
+                    outcome=event.outcome if won else None,
+                ),
+            )
+        )
+    return out
