@@ -32,7 +32,7 @@ class ConcurrencyError(StorageError):
         )
 
 
-class DatabaseUnavailable(StorageError):
+class DatabaseUnavailable(StorageError):  # noqa: N818 - the name the brief fixed
     """PostgreSQL cannot be reached (refused, restarting, connection lost)."""
 
     def __init__(self, dsn: str | None, reason: str) -> None:
@@ -102,6 +102,6 @@ def translating(dsn: str | None = None) -> Iterator[None]:
         yield
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         mapped = translate(exc, dsn=dsn)
-        if mapped is None or mapped is exc:
+        if mapped is None:
             raise
         raise mapped from exc

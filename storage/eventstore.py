@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 from uuid import UUID
 
 import asyncpg
@@ -173,7 +173,8 @@ class PostgresEventStore:
                         if self._projector is not None and rows:
                             inserted = {r["event_id"] for r in rows}
                             fresh = [e for e in batch if e.event_id in inserted]
-                            await self._projector.project(conn, fresh)
+                            # The pool's proxy forwards every Connection method.
+                            await self._projector.project(cast(asyncpg.Connection, conn), fresh)
                 except asyncpg.UniqueViolationError as exc:
                     mapped = translate(exc, dsn=self._dsn)
                     if mapped is not None:
@@ -191,7 +192,9 @@ class PostgresEventStore:
         with translating(self._dsn):
             rows = await self._pool.fetch(_READ, stream_id, after_seq)
         return [
-            StoredEvent(r["stream_id"], r["seq"], r["event_id"], r["type"], r["data"], r["recorded_at"])
+            StoredEvent(
+                r["stream_id"], r["seq"], r["event_id"], r["type"], r["data"], r["recorded_at"]
+            )
             for r in rows
         ]
 

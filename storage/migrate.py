@@ -7,6 +7,7 @@ from importlib import resources
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from mams.storage.errors import StorageError, translating
 
@@ -37,7 +38,7 @@ def available() -> list[tuple[str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: asyncpg.Connection | PoolConnectionProxy) -> list[str]:
     """Apply pending migrations to the connection's current schema; return their versions.
 
     Each file runs in its own transaction together with its row in `schema_migrations`,
