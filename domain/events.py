@@ -201,7 +201,8 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(data: bytes | str) -> Event:
     """Decode stored JSON back into its event; raises msgspec.ValidationError if malformed."""
-    return _decoder.decode(data)
+    event: Event = _decoder.decode(data)
+    return event
 
 
 def event_type(event: Event) -> str:

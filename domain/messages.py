@@ -183,9 +183,11 @@ def encode(message: InboxMessage | OutboxMessage) -> bytes:
 
 def decode_inbox(data: bytes) -> InboxMessage:
     """Decode a message an agent received; raises msgspec errors if malformed."""
-    return _inbox_decoder.decode(data)
+    message: InboxMessage = _inbox_decoder.decode(data)
+    return message
 
 
 def decode_outbox(data: bytes) -> OutboxMessage:
     """Decode a message the broker received; raises msgspec errors if malformed."""
-    return _outbox_decoder.decode(data)
+    message: OutboxMessage = _outbox_decoder.decode(data)
+    return message

@@ -178,9 +178,9 @@ def decide(state: NegotiationState, command: Command) -> list[Event] | Drop:
             return [_end(state, "no_deal", status="aborted", reason=reason)]
         case Deadline():
             return _deadline(state, command)
-        case FromAgent(agent=agent, turn=BuyerTurn() as turn):
-            return _buyer_turn(state, agent, turn)
-        case FromAgent(agent=agent, turn=SellerTurn() as turn):
+        case FromAgent(agent=agent, turn=turn):
+            if isinstance(turn, BuyerTurn):
+                return _buyer_turn(state, agent, turn)
             return _seller_turn(state, agent, turn)
 
 

@@ -1,0 +1,164 @@
+"""Agent views: what one agent knows of a negotiation, folded from what it received.
+
+A view is built only from inbox messages the broker delivered to this agent plus the
+agent's own sent turns, so a brain given a view can never be handed what the agent may
+not see (DESIGN.md invariant 1). Brains decide from views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Literal
+from uuid import UUID
+
+from mams.domain.events import Offer
+from mams.domain.messages import (
+    BuyerMessage,
+    BuyerRoomOpened,
+    OwnSellerTerms,
+    Peer,
+    RoomClosed,
+    SellerMessage,
+    SellerRoomOpened,
+    TurnStarted,
+)
+
+Speaker = Literal["buyer", "seller", "me"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Line:
+    """One line of an agent's own conversation memory."""
+
+    round: int
+    speaker: str
+    text: str
+    price: Decimal | None = None
+    to: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BuyerView:
+    """The buyer's knowledge of one room: its needs and limits, and what sellers said."""
+
+    negotiation_id: UUID
+    item_name: str
+    quantity: int
+    min_price: Decimal
+    max_price: Decimal
+    sellers: tuple[Peer, ...]
+    max_rounds: int
+    seed: int | None
+    round: int = 0
+    final: bool = False
+    offers: Mapping[str, Offer] = dataclasses.field(default_factory=dict)
+    first_asks: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
+    my_counters: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
+    unanswered: tuple[str, ...] = ()
+    history: tuple[Line, ...] = ()
+    closed: RoomClosed | None = None
+
+    def handle(self, agent_id: str) -> str:
+        """A seller's handle by agent id (the id itself if unknown)."""
+        return next((p.handle for p in self.sellers if p.agent_id == agent_id), agent_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SellerView:
+    """One seller's knowledge of one room: its own terms and what the buyer told it."""
+
+    negotiation_id: UUID
+    me: str
+    item_name: str
+    quantity: int
+    buyer: Peer
+    terms: OwnSellerTerms
+    max_rounds: int
+    seed: int | None
+    round: int = 0
+    my_offer: Offer | None = None
+    buyer_counter: Decimal | None = None
+    history: tuple[Line, ...] = ()
+    closed: RoomClosed | None = None
+
+
+def open_buyer_view(msg: BuyerRoomOpened) -> BuyerView:
+    """A fresh buyer view from the room-opened message."""
+    return BuyerView(
+        negotiation_id=msg.negotiation_id,
+        item_name=msg.item_name,
+        quantity=msg.quantity,
+        min_price=msg.min_price,
+        max_price=msg.max_price,
+        sellers=msg.sellers,
+        max_rounds=msg.max_rounds,
+        seed=msg.seed,
+    )
+
+
+def open_seller_view(msg: SellerRoomOpened, me: str) -> SellerView:
+    """A fresh seller view from the room-opened message."""
+    return SellerView(
+        negotiation_id=msg.negotiation_id,
+        me=me,
+        item_name=msg.item_name,
+        quantity=msg.quantity,
+        buyer=msg.buyer,
+        terms=msg.terms,
+        max_rounds=msg.max_rounds,
+        seed=msg.seed,
+    )
+
+
+def buyer_received(view: BuyerView, msg: TurnStarted | SellerMessage | RoomClosed) -> BuyerView:
+    """Fold one delivered message into the buyer's view."""
+    r = dataclasses.replace
+    match msg:
+        case TurnStarted(round=n, final=final, unanswered=unanswered):
+            return r(view, round=n, final=final, unanswered=unanswered)
+        case SellerMessage(seller=peer, offer=offer, text=text, round=n):
+            offers, asks = view.offers, view.first_asks
+            if offer is not None:
+                offers = {**offers, peer.agent_id: offer}
+                if peer.agent_id not in asks:
+                    asks = {**asks, peer.agent_id: offer.unit_price}
+            line = Line(
+                round=n, speaker=peer.handle, text=text, price=offer.unit_price if offer else None
+            )
+            return r(view, offers=offers, first_asks=asks, history=(*view.history, line))
+        case RoomClosed():
+            return r(view, closed=msg)
+
+
+def buyer_sent(
+    view: BuyerView, text: str, to: tuple[str, ...], counter: Decimal | None
+) -> BuyerView:
+    """Remember what the buyer itself said (to agent ids `to`; empty means everyone)."""
+    counters = view.my_counters
+    if counter is not None:
+        targets = to or tuple(p.agent_id for p in view.sellers)
+        counters = {**counters, **{t: counter for t in targets}}
+    line = Line(round=view.round, speaker="me", text=text, price=counter, to=to)
+    return dataclasses.replace(view, my_counters=counters, history=(*view.history, line))
+
+
+def seller_received(view: SellerView, msg: BuyerMessage | RoomClosed) -> SellerView:
+    """Fold one delivered message into a seller's view."""
+    match msg:
+        case BuyerMessage(round=n, text=text, counter_price=counter):
+            line = Line(round=n, speaker=view.buyer.handle, text=text, price=counter)
+            return dataclasses.replace(
+                view, round=n, buyer_counter=counter, history=(*view.history, line)
+            )
+        case RoomClosed():
+            return dataclasses.replace(view, closed=msg)
+
+
+def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
+    """Remember what the seller itself said and offered."""
+    line = Line(
+        round=view.round, speaker="me", text=text, price=offer.unit_price if offer else None
+    )
+    return dataclasses.replace(view, my_offer=offer or view.my_offer, history=(*view.history, line))
