@@ -68,19 +68,20 @@ class EmbeddedPostgres:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (root, containers); pgserver
             # then keeps its start lock under /tmp/runtime-<uid>, which works fine.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import pgserver
+            from pgserver.postgres_server import get_server
 
         self.data_dir = self.data_dir.expanduser().resolve()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log.info("storage.embedded_postgres_starting", data_dir=str(self.data_dir))
         try:
-            server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            server = get_server(self.data_dir, cleanup_mode="stop")
         except Exception as exc:
             raise StorageError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc}; "
                 f"see {self.data_dir / 'log'}, or set DATABASE_URL to use another server"
             ) from exc
-        info = server.get_postmaster_info()
+        # pgserver's annotations are loose (socket_dir may be None); read it as Any.
+        info: Any = server.get_postmaster_info()
         self._server = server
         if info.socket_dir is not None:
             host = quote(str(info.socket_dir), safe="/")

@@ -68,6 +68,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, restarting
     asyncpg.ConnectionDoesNotExistError,  # connection lost mid-query
+    # A server-side disconnect of an idle connection can leave asyncpg's protocol stuck
+    # consuming the error ("cannot switch to state ..."); a fresh connection works.
+    asyncpg.exceptions._base.InternalClientError,
 )
 
 _PK_DETAIL = re.compile(r"\(stream_id, seq\)=\(([0-9a-fA-F-]{36}), (\d+)\)")
@@ -100,7 +103,13 @@ def translating(dsn: str | None = None) -> Iterator[None]:
     """Re-raise asyncpg and connection exceptions inside the block as storage errors."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions._base.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as exc:
         mapped = translate(exc, dsn=dsn)
         if mapped is None:
             raise

@@ -151,7 +151,12 @@ class GroupCommitter:
         await self.aclose()
         tg, self._tg = self._tg, None
         assert tg is not None
-        return await tg.__aexit__(exc_type, exc, tb)
+        if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+            return await tg.__aexit__(exc_type, exc, tb)
+        # The writer drains the queue and returns; exit the group cleanly so the body's
+        # own exception (say a ConcurrencyError) propagates as itself, not in a group.
+        await tg.__aexit__(None, None, None)
+        return None
 
     # -- writer -----------------------------------------------------------------------
 

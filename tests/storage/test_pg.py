@@ -1,0 +1,28 @@
+"""Pool creation: unreachable servers become DatabaseUnavailable, passwords stay hidden."""
+
+from __future__ import annotations
+
+import pytest
+
+from mams.storage.errors import DatabaseUnavailable, redact_dsn
+from mams.storage.pg import create_pool, open_store
+
+
+async def test_refused_connection_is_database_unavailable() -> None:
+    dsn = "postgresql://mams:hunter2@127.0.0.1:1/nowhere"
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await create_pool(dsn)
+    message = str(caught.value)
+    assert "hunter2" not in message
+    assert "127.0.0.1:1" in message
+    assert "unset DATABASE_URL" in message
+
+
+async def test_missing_socket_is_database_unavailable() -> None:
+    with pytest.raises(DatabaseUnavailable):
+        await open_store("postgresql://postgres@/x?host=/nonexistent-mams-socket-dir")
+
+
+def test_redact_dsn() -> None:
+    assert redact_dsn("postgresql://u:p@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
