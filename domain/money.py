@@ -48,7 +48,11 @@ def parse_price(raw: object) -> Decimal:
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2:
         raise ValueError(f"must have at most 2 decimal places, got {value}")
-    return cents(value)
+    try:
+        return cents(value)
+    except InvalidOperation:
+        # Too many digits to quantize in the default context (e.g. 1e30).
+        raise ValueError(f"is far too large, got {value}") from None
 
 
 def fmt(price: Decimal) -> str:
