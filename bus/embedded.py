@@ -11,12 +11,14 @@ when the context exits::
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
@@ -73,6 +75,28 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+async def _is_our_server(port: int, name: str) -> bool:
+    """Whether the server on ``port`` answers with INFO naming ``name``."""
+    try:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        with anyio.move_on_after(1.0):
+            buf = b""
+            while b"\r\n" not in buf and len(buf) < 65536:
+                buf += await stream.receive()
+            line = buf.split(b"\r\n", 1)[0]
+            if line.startswith(b"INFO "):
+                info = json.loads(line[5:])
+                return isinstance(info, dict) and info.get("server_name") == name
+        return False
+    except (OSError, anyio.EndOfStream, anyio.BrokenResourceError, ValueError):
+        return False
+    finally:
+        await stream.aclose()
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -161,7 +185,10 @@ class EmbeddedNats:
         args = [str(binary)]
         if self._config_file is not None:
             args += ["-c", str(self._config_file)]
-        args += ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+        # A unique server name lets the readiness check tell our server from another one
+        # that took the port first (it answers TCP connects just as well).
+        name = f"mams-embedded-{uuid.uuid4().hex[:12]}"
+        args += ["-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", str(store)]
         self._log_file = self.log_path.open("ab")
         self._process = await anyio.open_process(
             args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file
@@ -171,14 +198,10 @@ class EmbeddedNats:
             while True:
                 if self._process.returncode is not None:
                     break
-                try:
-                    stream = await anyio.connect_tcp("127.0.0.1", port)
-                except OSError:
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.1)
-                    continue
-                await stream.aclose()
-                return True
+                if await _is_our_server(port, name):
+                    return True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
         returncode = self._process.returncode
         await self._stop()
         tail = _tail(self.log_path)

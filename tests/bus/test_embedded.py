@@ -76,3 +76,17 @@ async def test_a_bad_config_fails_with_the_server_log(tmp_path: Path) -> None:
     assert "exited with code" in message
     assert "log tail" in message
     assert str(bad) in message
+
+
+async def test_a_taken_port_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mams.bus.embedded as embedded
+
+    with anyio.fail_after(20):
+        async with EmbeddedNats() as first:
+            ports = iter([first.port, embedded._free_port()])
+            monkeypatch.setattr(embedded, "_free_port", lambda: next(ports))
+            async with EmbeddedNats() as second:
+                assert second.port != first.port
+                bus = await NatsBus.connect(second.url, name="test-embedded-retry")
+                await bus.flush()
+                await bus.close()
