@@ -17,6 +17,20 @@ from mams.domain.messages import Accept, BuyerAction, Say, WalkAway
 from mams.domain.money import fmt
 
 HOLD_TEXT = "Let me think about the offers so far."
+PRICE_LIMIT = Decimal("10000000000")
+
+
+def _not_a_price(value: Decimal) -> str | None:
+    """Why a price from a brain is unusable as money (NaN, infinite, absurdly large).
+
+    Decoded wire messages accept any Decimal; such values must be caught here, before
+    any comparison (NaN raises on `<`) or formatting (they cannot be quantized).
+    """
+    if not value.is_finite():
+        return f"must be a finite number, got {value}"
+    if abs(value) >= PRICE_LIMIT:
+        return f"must be below {PRICE_LIMIT:,} in size, got {value}"
+    return None
 
 
 class Violation(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,7 +47,9 @@ def seller_offer_violations(
     if offer is None:
         return []
     problems: list[Violation] = []
-    if offer.unit_price <= 0:
+    if (why := _not_a_price(offer.unit_price)) is not None:
+        problems.append(Violation(rule="offer_not_a_price", detail=f"unit_price {why}"))
+    elif offer.unit_price <= 0:
         problems.append(
             Violation(
                 rule="offer_not_positive",
@@ -74,7 +90,9 @@ def buyer_action_violations(
     match action:
         case Accept(seller=seller, unit_price=price, quantity=qty):
             standing = offers.get(seller)
-            if seller not in sellers:
+            if (why := _not_a_price(price)) is not None:
+                problems.append(Violation(rule="accept_not_a_price", detail=f"unit_price {why}"))
+            elif seller not in sellers:
                 problems.append(
                     Violation(rule="unknown_seller", detail=f"no seller {seller!r} in this room")
                 )
@@ -90,7 +108,7 @@ def buyer_action_violations(
                         f"not {fmt(price)}",
                     )
                 )
-            if price > max_price:
+            if why is None and price > max_price:
                 problems.append(
                     Violation(
                         rule="accept_above_max",
@@ -114,7 +132,10 @@ def buyer_action_violations(
                         f"sellers: {', '.join(sorted(sellers))}",
                     )
                 )
-            if counter is not None and counter <= 0:
+            why = None if counter is None else _not_a_price(counter)
+            if why is not None:
+                problems.append(Violation(rule="counter_not_a_price", detail=f"counter {why}"))
+            elif counter is not None and counter <= 0:
                 problems.append(
                     Violation(
                         rule="counter_not_positive",
