@@ -173,6 +173,8 @@ def decide(state: NegotiationState, command: Command) -> list[Event] | Drop:
                 return Drop("max_rounds must be at least 2")
             return [started, RoundOpened(round=1, final=False)]
         case Abort(reason=reason):
+            if state.started is None:
+                return Drop("no such negotiation")
             if state.phase == "ended":
                 return Drop("already ended")
             return [_end(state, "no_deal", status="aborted", reason=reason)]
