@@ -188,7 +188,9 @@ def parse_scenario(raw: object, *, source: str = "scenario", default_name: str =
 
 def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
     """The scenario as a JSON-able mapping that `parse_scenario` reads back identically."""
-    raw: dict[str, Any] = msgspec.to_builtins(scenario)
+    # Through JSON, so tuples become lists (which `parse_scenario` requires for arrays)
+    # and decimals become exact strings.
+    raw: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(scenario))
     return raw
 
 
