@@ -1,0 +1,240 @@
+"""Agent actors: a buyer or a seller, each on its own private inbox subject.
+
+An agent folds what the broker delivers into its own view of each negotiation, asks its
+brain for a decision when it is its turn, checks the decision against its own
+constraints (asking the brain once to repair a bad one, then falling back to a safe
+action), and publishes the turn to its outbox. Brains may be slow (LLMs), so each turn
+runs as its own task; rooms never wait for each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+from uuid import UUID
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from mams.actors.brains.base import BuyerBrain, BuyerDecision, SellerBrain, SellerDecision
+from mams.bus.base import Bus
+from mams.bus.subjects import AgentId, Subjects
+from mams.domain.guardrails import (
+    Violation,
+    buyer_action_violations,
+    buyer_fallback,
+    seller_fallback,
+    seller_offer_violations,
+)
+from mams.domain.messages import (
+    BuyerMessage,
+    BuyerRoomOpened,
+    BuyerTurn,
+    GuardrailNote,
+    InboxMessage,
+    RoomClosed,
+    Say,
+    SellerMessage,
+    SellerRoomOpened,
+    SellerTurn,
+    TurnStarted,
+    decode_inbox,
+    encode,
+)
+from mams.domain.views import (
+    BuyerView,
+    SellerView,
+    buyer_received,
+    buyer_sent,
+    open_buyer_view,
+    open_seller_view,
+    seller_received,
+    seller_sent,
+)
+
+log = structlog.get_logger("mams.agent")
+
+
+def _notes(
+    problems: list[Violation], attempted: object, resolution: str
+) -> tuple[GuardrailNote, ...]:
+    text = msgspec.json.encode(attempted).decode()
+    return tuple(
+        GuardrailNote(rule=p.rule, detail=p.detail, attempted=text, resolution=resolution)
+        for p in problems
+    )
+
+
+class AgentActor:
+    """One buyer or seller on the bus. `role` decides which messages it acts on."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        subjects: Subjects,
+        agent_id: str,
+        brain: BuyerBrain | SellerBrain,
+        role: Literal["buyer", "seller"],
+    ) -> None:
+        self.bus = bus
+        self.subjects = subjects
+        self.agent = AgentId(agent_id)
+        self.brain = brain
+        self.role = role
+        self.buyer_views: dict[UUID, BuyerView] = {}
+        self.seller_views: dict[UUID, SellerView] = {}
+        self.log = log.bind(agent=agent_id, role=role)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe to the inbox, signal started, then serve until cancelled."""
+        sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                async for msg in sub:
+                    try:
+                        message = decode_inbox(msg.data)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        self.log.warning("agent.message_dropped", reason=f"malformed: {exc}")
+                        continue
+                    self._receive(message, tg)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+
+    def _receive(self, message: InboxMessage, tg: TaskGroup) -> None:
+        nid = message.negotiation_id
+        match message:
+            case BuyerRoomOpened() if self.role == "buyer":
+                self.buyer_views[nid] = open_buyer_view(message)
+            case SellerRoomOpened() if self.role == "seller":
+                self.seller_views[nid] = open_seller_view(message, str(self.agent))
+            case TurnStarted() | SellerMessage() | RoomClosed() if nid in self.buyer_views:
+                view = self.buyer_views[nid] = buyer_received(self.buyer_views[nid], message)
+                if isinstance(message, TurnStarted):
+                    tg.start_soon(self._buyer_turn, view)
+            case BuyerMessage() | RoomClosed() if nid in self.seller_views:
+                sview = self.seller_views[nid] = seller_received(self.seller_views[nid], message)
+                if isinstance(message, BuyerMessage):
+                    tg.start_soon(self._seller_turn, sview, message.message_id)
+            case _:
+                self.log.warning(
+                    "agent.message_dropped",
+                    negotiation_id=str(nid),
+                    reason=f"unexpected {type(message).__name__} for a {self.role}",
+                )
+                return
+        if isinstance(message, RoomClosed):
+            self.buyer_views.pop(nid, None)
+            self.seller_views.pop(nid, None)
+
+    # -- buyer ---------------------------------------------------------------------------
+    def _buyer_problems(self, view: BuyerView, decision: BuyerDecision) -> list[Violation]:
+        return buyer_action_violations(
+            decision.action,
+            max_price=view.max_price,
+            quantity=view.quantity,
+            sellers=frozenset(p.agent_id for p in view.sellers),
+            offers=view.offers,
+        )
+
+    async def _buyer_turn(self, view: BuyerView) -> None:
+        brain: BuyerBrain = self.brain  # type: ignore[assignment]
+        notes: tuple[GuardrailNote, ...] = ()
+        try:
+            decision = await brain.decide(view)
+            problems = self._buyer_problems(view, decision)
+            if problems:
+                repaired = await brain.repair(view, decision, problems)
+                if self._buyer_problems(view, repaired):
+                    notes = _notes(problems, decision.action, "fallback")
+                    decision = BuyerDecision(action=buyer_fallback(), reasoning=decision.reasoning)
+                else:
+                    notes = _notes(problems, decision.action, "repaired")
+                    decision = repaired
+        except Exception as exc:  # a failing brain ends its turn safely, it never kills us
+            self.log.error(
+                "agent.brain_failed", negotiation_id=str(view.negotiation_id), error=repr(exc)
+            )
+            notes = (
+                GuardrailNote(
+                    rule="brain_error", detail=repr(exc)[:500], attempted="", resolution="fallback"
+                ),
+            )
+            decision = BuyerDecision(action=buyer_fallback())
+        action = decision.action
+        if isinstance(action, Say):
+            current = self.buyer_views.get(view.negotiation_id)
+            if current is not None:
+                self.buyer_views[view.negotiation_id] = buyer_sent(
+                    current, action.text, action.to, action.counter_price
+                )
+        turn = BuyerTurn(
+            negotiation_id=view.negotiation_id,
+            round=view.round,
+            message_id=uuid.uuid4(),
+            action=action,
+            reasoning=decision.reasoning,
+            guardrails=notes,
+        )
+        await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
+
+    # -- seller --------------------------------------------------------------------------
+    @staticmethod
+    def _seller_problems(view: SellerView, decision: SellerDecision) -> list[Violation]:
+        return seller_offer_violations(
+            decision.offer, least_price=view.terms.least_price, quantity=view.quantity
+        )
+
+    async def _seller_turn(self, view: SellerView, _replying_to: UUID) -> None:
+        brain: SellerBrain = self.brain  # type: ignore[assignment]
+        notes: tuple[GuardrailNote, ...] = ()
+        try:
+            decision = await brain.decide(view)
+            problems = self._seller_problems(view, decision)
+            if problems:
+                repaired = await brain.repair(view, decision, problems)
+                if self._seller_problems(view, repaired):
+                    notes = _notes(problems, decision.offer, "fallback")
+                    text, offer = seller_fallback(
+                        view.my_offer,
+                        selling_price=view.terms.selling_price,
+                        quantity=view.quantity,
+                    )
+                    decision = SellerDecision(text=text, offer=offer, reasoning=decision.reasoning)
+                else:
+                    notes = _notes(problems, decision.offer, "repaired")
+                    decision = repaired
+        except Exception as exc:  # a failing brain ends its turn safely, it never kills us
+            self.log.error(
+                "agent.brain_failed", negotiation_id=str(view.negotiation_id), error=repr(exc)
+            )
+            notes = (
+                GuardrailNote(
+                    rule="brain_error", detail=repr(exc)[:500], attempted="", resolution="fallback"
+                ),
+            )
+            text, offer = seller_fallback(
+                view.my_offer, selling_price=view.terms.selling_price, quantity=view.quantity
+            )
+            decision = SellerDecision(text=text, offer=offer)
+        current = self.seller_views.get(view.negotiation_id)
+        if current is not None:
+            self.seller_views[view.negotiation_id] = seller_sent(
+                current, decision.text, decision.offer
+            )
+        turn = SellerTurn(
+            negotiation_id=view.negotiation_id,
+            round=view.round,
+            message_id=uuid.uuid4(),
+            text=decision.text,
+            offer=decision.offer,
+            reasoning=decision.reasoning,
+            guardrails=notes,
+        )
+        await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
+
+
+__all__ = ["AgentActor"]
