@@ -53,6 +53,11 @@ class GroupCommitter:
     callers get DatabaseUnavailable. Retrying is safe because appends are idempotent: a
     batch whose commit was acknowledged-but-lost is skipped on the second try.
 
+    `max_inflight` > 1 lets that many batches commit at once on separate connections
+    (more throughput on a multi-core server), at a price: `global_pos` order then no
+    longer follows commit order, so a reader tailing by position could briefly see a
+    gap. With the default 1, this committer commits its batches strictly one by one.
+
     Lifetime: `async with GroupCommitter(store) as c:` or `await tg.start(c.run)` then
     `await c.aclose()` (which drains what is queued and makes `run` return).
     """
@@ -66,15 +71,17 @@ class GroupCommitter:
         retry_timeout: float = 60.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        max_inflight: int = 1,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be at least 1")
         self.store = store
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.retry_timeout = retry_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.max_inflight = max_inflight
         self.stats = CommitStats()
         self._queue: deque[_Pending] = deque()
         self._queued_events = 0
@@ -161,25 +168,36 @@ class GroupCommitter:
     # -- writer -----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        while True:
-            while not self._queue:
-                if self._closing:
-                    return
-                self._wake = anyio.Event()
-                await self._wake.wait()
-            if self._queued_events < self.max_batch and not self._closing:
-                # Let more callers join, but never hold the first one past max_delay.
-                deadline = self._queue[0].arrived + self.max_delay
-                self._full = anyio.Event()
-                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                    await self._full.wait()
-            batch = self._take()
-            try:
-                await self._commit(batch)
-            finally:
-                # Cancelled mid-commit: the outcome is unknown, so report failure, never success.
-                for pending in batch:
-                    pending.finish(StorageError("the group committer was cancelled mid-commit"))
+        slots = anyio.Semaphore(self.max_inflight)
+        async with anyio.create_task_group() as tg:
+            while True:
+                # Wait for a free slot first: callers arriving meanwhile join the next batch.
+                await slots.acquire()
+                try:
+                    while not self._queue:
+                        if self._closing:
+                            return
+                        self._wake = anyio.Event()
+                        await self._wake.wait()
+                    if self._queued_events < self.max_batch and not self._closing:
+                        # Let more callers join, but never hold the first past max_delay.
+                        deadline = self._queue[0].arrived + self.max_delay
+                        self._full = anyio.Event()
+                        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                            await self._full.wait()
+                except BaseException:
+                    slots.release()
+                    raise
+                tg.start_soon(self._commit_in_slot, self._take(), slots)
+
+    async def _commit_in_slot(self, batch: list[_Pending], slots: anyio.Semaphore) -> None:
+        try:
+            await self._commit(batch)
+        finally:
+            slots.release()
+            # Cancelled mid-commit: the outcome is unknown, so report failure, never success.
+            for pending in batch:
+                pending.finish(StorageError("the group committer was cancelled mid-commit"))
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []

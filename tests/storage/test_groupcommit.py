@@ -208,3 +208,25 @@ async def test_an_error_in_the_body_propagates_as_itself() -> None:
     with pytest.raises(ConcurrencyError):
         async with GroupCommitter(store) as committer:
             await committer.append([event(sid, 1)])
+
+
+async def test_parallel_batches_lose_nothing(
+    pg_store: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    _, store = pg_store
+    streams = [uuid4() for _ in range(200)]
+    planned = {sid: stream(sid, 1, 6) for sid in streams}
+
+    async def appender(events: list[NewEvent]) -> None:
+        for i in range(0, len(events), 2):
+            await committer.append(events[i : i + 2])
+
+    async with (
+        GroupCommitter(store, max_inflight=3, max_batch=50) as committer,
+        anyio.create_task_group() as tg,
+    ):
+        for events in planned.values():
+            tg.start_soon(appender, events)
+    assert committer.stats.callers_committed == 600
+    for sid, events in planned.items():
+        assert same(await store.read(sid), events)
