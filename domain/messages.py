@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from mams.domain.events import Offer, Outcome, Status
+from mams.domain.events import Event, Offer, Outcome, Status
 
 MAX_TEXT = 4000
 MAX_PAYLOAD = 64 * 1024
@@ -190,4 +190,27 @@ def decode_inbox(data: bytes) -> InboxMessage:
 def decode_outbox(data: bytes) -> OutboxMessage:
     """Decode a message the broker received; raises msgspec errors if malformed."""
     message: OutboxMessage = _outbox_decoder.decode(data)
+    return message
+
+
+# -- broker -> observers -------------------------------------------------------------------
+class CommittedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event the log has committed, as published to observers on the events subject."""
+
+    negotiation_id: UUID
+    seq: int
+    event: Event
+
+
+_committed_decoder = msgspec.json.Decoder(CommittedEvent)
+
+
+def encode_committed(message: CommittedEvent) -> bytes:
+    """A committed event as JSON bytes for observers."""
+    return _encoder.encode(message)
+
+
+def decode_committed(data: bytes) -> CommittedEvent:
+    """Decode a committed event an observer received."""
+    message: CommittedEvent = _committed_decoder.decode(data)
     return message
