@@ -1,0 +1,164 @@
+"""Whole-market throughput with baseline brains: K concurrent negotiations, S sellers each.
+
+Usage: python bench/market.py [--k 1 10 100] [--sellers 3] [--nats URL] [--dsn DSN]
+
+Runs the real cast (broker, buyer, sellers as actors, each on its own NATS connection)
+over a real NATS and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), in a
+throwaway schema, and prints negotiations/s, routed messages/s (broker deliveries),
+events committed/s, and the ratio of routed messages/s to the raw ceilings measured in
+the same run (nats-py pub->sub with msgspec; asyncpg COPY of events-shaped rows).
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import asyncpg
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bus_baseline import bench_raw
+from bench.store_baseline import bench_copy
+from mams.actors.market import RunOptions, run_market
+from mams.bus.base import Bus
+from mams.bus.nats import NatsBus
+from mams.domain.config import Scenario, parse_scenario
+from mams.storage.pg import create_pool, open_store
+from mams.storage.readmodels import ReadModelProjector, save_session
+
+
+def scenario(k: int, sellers: int) -> Scenario:
+    """K items, each stocked by the same S sellers, prices spread so rounds vary."""
+    items = [
+        {"item_name": f"item-{i}", "quantity": 2, "min_price": "8.00", "max_price": "14.00"}
+        for i in range(k)
+    ]
+    styles = ["rude", "neutral", "sweet"]
+    raw = {
+        "name": f"bench k={k} s={sellers}",
+        "buyer": {"items": items},
+        "sellers": [
+            {
+                "handle": f"@Seller{j}",
+                "style": styles[j % 3],
+                "customer_retention_weight": "0.5",
+                "profit_maximization_weight": "0.5",
+                "inventory": [
+                    {
+                        "item_name": f"item-{i}",
+                        "cost_price": "6.00",
+                        "selling_price": f"{16 + j % 4}.00",
+                        "least_price": f"{10 + j % 3}.00",
+                    }
+                    for i in range(k)
+                ],
+            }
+            for j in range(sellers)
+        ],
+    }
+    return parse_scenario(raw)
+
+
+async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, float]:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
+        sc = scenario(k, sellers)
+
+        async def connect(name: str) -> Bus:
+            return await NatsBus.connect(nats_url, name=name)
+
+        session_id = uuid.uuid4()
+        async with pool.acquire() as conn:
+            await save_session(conn, session_id, sc)
+        start = time.perf_counter()
+        rooms = await run_market(
+            sc,
+            session_id,
+            sc.buyer.items,
+            connect=connect,
+            store=store,
+            options=RunOptions(seed=1, round_timeout=60),
+        )
+        elapsed = time.perf_counter() - start
+        events = await pool.fetchval("SELECT count(*) FROM events")
+        messages = await pool.fetchval("SELECT count(*) FROM messages")
+        await pool.close()
+        deals = sum(1 for r in rooms if r.state.outcome and r.state.outcome.type == "deal")
+        # Each message row was routed to its recipients: buyer->sellers fan-out + replies.
+        routed = await _routed(dsn, schema)
+        return {
+            "k": k,
+            "sellers": sellers,
+            "seconds": elapsed,
+            "neg_per_s": k / elapsed,
+            "events_per_s": events / elapsed,
+            "routed_per_s": routed / elapsed,
+            "messages": messages,
+            "deals": deals,
+        }
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def _routed(dsn: str, schema: str) -> int:
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        value = await conn.fetchval(
+            "SELECT coalesce(sum(cardinality(recipients)), 0) FROM messages"
+        )
+        return int(value)
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--k", type=int, nargs="+", default=[1, 10, 100])
+    p.add_argument("--sellers", type=int, nargs="+", default=[3])
+    p.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    p.add_argument(
+        "--dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
+    args = p.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    raw_nats = await bench_raw(args.nats, 100_000)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(args.dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    pool = await create_pool(args.dsn, schema=schema)
+    raw_copy = await bench_copy(pool, 50_000)
+    await pool.close()
+    await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await admin.close()
+    print(
+        f"raw ceiling: nats-py pub->sub {raw_nats:,.0f} msgs/s; asyncpg COPY {raw_copy:,.0f} rows/s"
+    )
+    print(
+        f"{'K':>5} {'sellers':>7} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
+        f" {'msgs':>6} {'deals':>5} {'routed/raw nats':>15}"
+    )
+    for sellers in args.sellers:
+        for k in args.k:
+            r = await run_one(args.nats, args.dsn, k, sellers)
+            print(
+                f"{k:>5} {sellers:>7} {r['seconds']:>7.2f} {r['neg_per_s']:>8.1f} "
+                f"{r['routed_per_s']:>9,.0f} {r['events_per_s']:>9,.0f} {r['messages']:>6.0f} "
+                f"{r['deals']:>5.0f} {r['routed_per_s'] / raw_nats:>15.3f}"
+            )
+
+
+if __name__ == "__main__":
+    anyio.run(main)
