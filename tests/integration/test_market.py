@@ -48,9 +48,14 @@ async def test_market_runs_to_outcomes_and_replays(
 
     seen: list[str] = []
     rooms = await run_market(
-        scenario, session_id, scenario.buyer.items, connect=connect, store=store,
+        scenario,
+        session_id,
+        scenario.buyer.items,
+        connect=connect,
+        store=store,
         options=RunOptions(max_rounds=8, seed=7, round_timeout=10),
-        on_event=lambda nid, seq, event, state: seen.append(type(event).__name__))
+        on_event=lambda nid, seq, event, state: seen.append(type(event).__name__),
+    )
     assert len(rooms) == 2
     for room in rooms:
         outcome = room.state.outcome
@@ -62,7 +67,8 @@ async def test_market_runs_to_outcomes_and_replays(
         replayed = replay(events)
         assert replayed.outcome == outcome
         assert render(events) == render(
-            [decode_event(e.data) for e in await store.read(room.negotiation_id)])
+            [decode_event(e.data) for e in await store.read(room.negotiation_id)]
+        )
         if outcome.type == "deal":
             assert outcome.unit_price is not None
             seller = replayed.seller(outcome.seller or "")
