@@ -242,6 +242,12 @@ def _turn_checks(
     return None
 
 
+def _clean(text: str) -> str:
+    """Agent text as the log can keep it: no NUL characters (PostgreSQL text and jsonb refuse
+    them, so one would fail the whole group commit), at most MAX_TEXT characters."""
+    return text.replace("\x00", "")[:MAX_TEXT]
+
+
 def _trace(
     agent: str, round_: int, reasoning: str, notes: tuple[GuardrailNote, ...], brain: str
 ) -> list[Event]:
@@ -253,15 +259,15 @@ def _trace(
             GuardrailTripped(
                 agent=agent,
                 round=round_,
-                rule=note.rule[:80],
-                detail=note.detail[:MAX_TEXT],
-                attempted=note.attempted[:MAX_TEXT],
+                rule=_clean(note.rule)[:80],
+                detail=_clean(note.detail),
+                attempted=_clean(note.attempted),
                 resolution=resolution,  # type: ignore[arg-type]
                 brain=brain,
             )
         )
     if reasoning:
-        out.append(ReasoningRecorded(agent=agent, round=round_, text=reasoning[:MAX_TEXT]))
+        out.append(ReasoningRecorded(agent=agent, round=round_, text=_clean(reasoning)))
     return out
 
 
@@ -304,11 +310,11 @@ def _buyer_turn(state: NegotiationState, agent: str, turn: BuyerTurn) -> list[Ev
                 seller=seller,
                 unit_price=price,
                 quantity=qty,
-                text=text[:MAX_TEXT],
+                text=_clean(text),
             )
             return [*events, deal, _end(state, "deal", deal=deal)]
         case WalkAway(text=text):
-            walk = BuyerWalkedAway(round=state.round, message_id=mid, text=text[:MAX_TEXT])
+            walk = BuyerWalkedAway(round=state.round, message_id=mid, text=_clean(text))
             return [*events, walk, _end(state, "no_deal", reason="buyer walked away")]
         case Say(text=text, to=to, counter_price=counter):
             if state.final:
@@ -324,7 +330,7 @@ def _buyer_turn(state: NegotiationState, agent: str, turn: BuyerTurn) -> list[Ev
                 round=state.round,
                 message_id=mid,
                 to=recipients,
-                text=text[:MAX_TEXT],
+                text=_clean(text),
                 counter_price=counter,
             )
             return [*events, said]
@@ -340,7 +346,7 @@ def _seller_turn(state: NegotiationState, agent: str, turn: SellerTurn) -> list[
         return Drop(f"{agent} was not addressed this round or already answered")
     assert state.started is not None
     events = _trace(agent, state.round, turn.reasoning, turn.guardrails, terms.brain)
-    text, offer = turn.text[:MAX_TEXT], turn.offer
+    text, offer = _clean(turn.text), turn.offer
     quantity = state.started.buyer.quantity
     violations = seller_offer_violations(offer, least_price=terms.least_price, quantity=quantity)
     if violations:

@@ -384,15 +384,6 @@ async def test_cancelling_the_broker_records_open_rooms_as_aborted(
 
 
 # -- (f) text PostgreSQL cannot store ------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a NUL character in an agent's text kills the broker: PostgreSQL jsonb rejects "
-    "\\u0000 ('unsupported Unicode escape sequence'), store.append raises StorageError, which "
-    "Broker._append_retrying does not catch (only DatabaseUnavailable), so _write_loop and "
-    "the whole broker die; the shutdown re-append of the same poisoned batch fails too, so "
-    "open rooms are not recorded as aborted either",
-)
 async def test_a_nul_character_in_a_text_does_not_kill_the_broker(
     nats_url: str, pg_store: Store, subjects: Subjects
 ) -> None:
