@@ -348,6 +348,16 @@ _COMMANDS = {
 }
 
 
+def _first_mams_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Task groups wrap errors; surface our own (which carries the fix) if there is one."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_mams_error(exc)
+        if isinstance(exc, MamsError | KeyboardInterrupt):
+            return exc
+    return group
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
     args = build_parser().parse_args(argv)
@@ -357,9 +367,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     stream = sys.stderr if to_stderr else sys.stdout
     # Piped output gets a wide page rather than rich's 80 columns, so tables stay legible.
     out = Console(stderr=to_stderr, highlight=False, width=None if stream.isatty() else 120)
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        code = anyio.run(_COMMANDS[args.command], args, out)
+        if getattr(args, "limit", 1) < 1:
+            raise UsageError(f"--limit must be at least 1, got {args.limit}")
+        try:
+            code = anyio.run(_COMMANDS[args.command], args, out)
+        except BaseExceptionGroup as group:
+            raise _first_mams_error(group) from group
     except ScenarioError as exc:
         err.print(
             f"[bold red]error:[/bold red] {exc.source} is not a valid scenario; nothing "

@@ -465,12 +465,6 @@ async def test_invalid_scenario_lists_every_problem_and_writes_nothing(
     assert await cli.row_counts() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmd/cli.py main(): the error Console is built without a width, so when stderr "
-    "is not a terminal rich hard-wraps every error line at 80 columns; a scenario "
-    "problem longer than that is split over two lines (unlike `out`, which gets 120)",
-)
 def test_each_scenario_problem_is_one_line_of_stderr(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(BAD_SCENARIO, encoding="utf-8")
@@ -619,12 +613,6 @@ def test_unreachable_database_exits_1_saying_what_to_do(
         assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/market.py run_market connects the buses inside an anyio task group, so "
-    "BusConnectError reaches cmd/cli.py main() wrapped in an ExceptionGroup; `except "
-    "MamsError` does not match it and the command dies with a traceback",
-)
 def test_unreachable_nats_exits_1_with_a_message_not_a_traceback(
     cli: Cli, scenario_file: Path
 ) -> None:
@@ -636,11 +624,6 @@ def test_unreachable_nats_exits_1_with_a_message_not_a_traceback(
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmd/cli.py: --limit is not validated; a negative value reaches PostgreSQL "
-    "(LIMIT must not be negative) and asyncpg's error escapes main() as a traceback, exit 1",
-)
 @pytest.mark.parametrize("command", ["sessions", "negotiations"])
 def test_negative_limit_is_a_usage_error(cli: Cli, scenario_file: Path, command: str) -> None:
     cli.json("run", str(scenario_file), "--seed", "5", "--max-rounds", "6")
