@@ -465,7 +465,7 @@ def _style(raw: object) -> Style:
 def _model(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(
-            'must be "baseline" or "provider:model", e.g. "anthropic:claude-sonnet-4-5"'
+            'must be "baseline" or "provider:model", e.g. "anthropic:claude-sonnet-5"'
         )
     if raw == BASELINE_MODEL:
         return raw
