@@ -95,6 +95,7 @@ class LLMRequest(msgspec.Struct, frozen=True):
     messages: tuple[ChatMessage, ...]
     tool: ToolSpec
     max_tokens: int = 1024
+    # Sent to OpenAI-compatible servers only; Anthropic's API no longer accepts it.
     temperature: float | None = None
 
 
@@ -409,7 +410,10 @@ def _unreadable(
 class AnthropicProvider(_RetryingProvider):
     """Claude through the Messages API, the tool forced with `tool_choice`, and the system
     prompt sent as one block marked `cache_control: ephemeral` so repeated calls with the
-    same system prompt (and tool, which precedes it in the cache prefix) hit the cache."""
+    same system prompt (and tool, which precedes it in the cache prefix) hit the cache.
+
+    `LLMRequest.temperature` is ignored: the current Messages API refuses sampling
+    parameters."""
 
     def __init__(
         self,
@@ -440,6 +444,7 @@ class AnthropicProvider(_RetryingProvider):
             timeout=timeout,
             max_retries=0,
         )
+        self.base_url = str(self._client.base_url)
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         """The Messages API parameters for `request` (what gets JSON-encoded and sent)."""
@@ -460,8 +465,8 @@ class AnthropicProvider(_RetryingProvider):
             params["system"] = [
                 {"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}
             ]
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        # No temperature: API version 2026-10-21 (what SDK 2.x sends) answers 400 to any
+        # sampling parameter, even temperature 1.0; the SDK no longer accepts them either.
         return params
 
     async def _send(self, request: LLMRequest) -> _Exchange:
@@ -548,6 +553,7 @@ class OpenAIProvider(_RetryingProvider):
             timeout=timeout,
             max_retries=0,
         )
+        self.base_url = str(self._client.base_url)
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         """The Chat Completions parameters for `request` (what gets JSON-encoded and sent)."""
