@@ -10,7 +10,8 @@ runs as its own task; rooms never wait for each other.
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 from uuid import UUID
 
 import anyio
@@ -18,9 +19,16 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from mams.actors.brains.base import BuyerBrain, BuyerDecision, SellerBrain, SellerDecision
+from mams.actors.brains.base import (
+    BrainError,
+    BuyerBrain,
+    BuyerDecision,
+    SellerBrain,
+    SellerDecision,
+)
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
+from mams.domain.events import LLMCall
 from mams.domain.guardrails import (
     Violation,
     buyer_action_violations,
@@ -55,6 +63,8 @@ from mams.domain.views import (
 )
 
 log = structlog.get_logger("mams.agent")
+
+_D = TypeVar("_D", BuyerDecision, SellerDecision)
 
 
 def _notes(
@@ -130,6 +140,54 @@ class AgentActor:
             self.buyer_views.pop(nid, None)
             self.seller_views.pop(nid, None)
 
+    # -- turns -----------------------------------------------------------------------------
+    async def _guarded(
+        self,
+        negotiation_id: UUID,
+        decide: Callable[[], Awaitable[_D]],
+        repair: Callable[[_D, list[Violation]], Awaitable[_D]],
+        check: Callable[[_D], list[Violation]],
+        fallback: Callable[[_D | None], _D],
+        attempted: Callable[[_D], object],
+    ) -> tuple[_D, tuple[GuardrailNote, ...], tuple[LLMCall, ...]]:
+        """Decide, check, repair once, else fall back; collect notes and model calls."""
+        notes: list[GuardrailNote] = []
+        calls: list[LLMCall] = []
+        try:
+            decision = await decide()
+            notes += decision.notes
+            calls += decision.llm_calls
+            problems = check(decision)
+            if not problems:
+                return decision, tuple(notes), tuple(calls)
+            try:
+                repaired = await repair(decision, problems)
+            except BrainError as failure:
+                calls += failure.calls
+                notes += failure.notes
+                repaired = None
+            if repaired is not None:
+                notes += repaired.notes
+                calls += repaired.llm_calls
+                if not check(repaired):
+                    notes += _notes(problems, attempted(decision), "repaired")
+                    return repaired, tuple(notes), tuple(calls)
+            notes += _notes(problems, attempted(decision), "fallback")
+            return fallback(decision), tuple(notes), tuple(calls)
+        except BrainError as failure:
+            calls += failure.calls
+            notes += failure.notes
+            reason = failure.reason
+        except Exception as exc:  # a failing brain ends its turn safely, it never kills us
+            reason = repr(exc)
+        self.log.error("agent.brain_failed", negotiation_id=str(negotiation_id), error=reason)
+        notes.append(
+            GuardrailNote(
+                rule="brain_error", detail=reason[:500], attempted="", resolution="fallback"
+            )
+        )
+        return fallback(None), tuple(notes), tuple(calls)
+
     # -- buyer ---------------------------------------------------------------------------
     def _buyer_problems(self, view: BuyerView, decision: BuyerDecision) -> list[Violation]:
         return buyer_action_violations(
@@ -142,28 +200,16 @@ class AgentActor:
 
     async def _buyer_turn(self, view: BuyerView) -> None:
         brain: BuyerBrain = self.brain  # type: ignore[assignment]
-        notes: tuple[GuardrailNote, ...] = ()
-        try:
-            decision = await brain.decide(view)
-            problems = self._buyer_problems(view, decision)
-            if problems:
-                repaired = await brain.repair(view, decision, problems)
-                if self._buyer_problems(view, repaired):
-                    notes = _notes(problems, decision.action, "fallback")
-                    decision = BuyerDecision(action=buyer_fallback(), reasoning=decision.reasoning)
-                else:
-                    notes = _notes(problems, decision.action, "repaired")
-                    decision = repaired
-        except Exception as exc:  # a failing brain ends its turn safely, it never kills us
-            self.log.error(
-                "agent.brain_failed", negotiation_id=str(view.negotiation_id), error=repr(exc)
-            )
-            notes = (
-                GuardrailNote(
-                    rule="brain_error", detail=repr(exc)[:500], attempted="", resolution="fallback"
-                ),
-            )
-            decision = BuyerDecision(action=buyer_fallback())
+        decision, notes, calls = await self._guarded(
+            view.negotiation_id,
+            lambda: brain.decide(view),
+            lambda rejected, problems: brain.repair(view, rejected, problems),
+            lambda d: self._buyer_problems(view, d),
+            lambda d: BuyerDecision(
+                action=buyer_fallback(), reasoning=d.reasoning if d is not None else ""
+            ),
+            lambda d: d.action,
+        )
         action = decision.action
         if isinstance(action, Say):
             current = self.buyer_views.get(view.negotiation_id)
@@ -178,6 +224,7 @@ class AgentActor:
             action=action,
             reasoning=decision.reasoning,
             guardrails=notes,
+            llm_calls=calls,
         )
         await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
 
@@ -190,36 +237,23 @@ class AgentActor:
 
     async def _seller_turn(self, view: SellerView, _replying_to: UUID) -> None:
         brain: SellerBrain = self.brain  # type: ignore[assignment]
-        notes: tuple[GuardrailNote, ...] = ()
-        try:
-            decision = await brain.decide(view)
-            problems = self._seller_problems(view, decision)
-            if problems:
-                repaired = await brain.repair(view, decision, problems)
-                if self._seller_problems(view, repaired):
-                    notes = _notes(problems, decision.offer, "fallback")
-                    text, offer = seller_fallback(
-                        view.my_offer,
-                        selling_price=view.terms.selling_price,
-                        quantity=view.quantity,
-                    )
-                    decision = SellerDecision(text=text, offer=offer, reasoning=decision.reasoning)
-                else:
-                    notes = _notes(problems, decision.offer, "repaired")
-                    decision = repaired
-        except Exception as exc:  # a failing brain ends its turn safely, it never kills us
-            self.log.error(
-                "agent.brain_failed", negotiation_id=str(view.negotiation_id), error=repr(exc)
-            )
-            notes = (
-                GuardrailNote(
-                    rule="brain_error", detail=repr(exc)[:500], attempted="", resolution="fallback"
-                ),
-            )
+
+        def fallback(d: SellerDecision | None) -> SellerDecision:
             text, offer = seller_fallback(
                 view.my_offer, selling_price=view.terms.selling_price, quantity=view.quantity
             )
-            decision = SellerDecision(text=text, offer=offer)
+            return SellerDecision(
+                text=text, offer=offer, reasoning=d.reasoning if d is not None else ""
+            )
+
+        decision, notes, calls = await self._guarded(
+            view.negotiation_id,
+            lambda: brain.decide(view),
+            lambda rejected, problems: brain.repair(view, rejected, problems),
+            lambda d: self._seller_problems(view, d),
+            fallback,
+            lambda d: d.offer,
+        )
         current = self.seller_views.get(view.negotiation_id)
         if current is not None:
             self.seller_views[view.negotiation_id] = seller_sent(
@@ -233,6 +267,7 @@ class AgentActor:
             offer=decision.offer,
             reasoning=decision.reasoning,
             guardrails=notes,
+            llm_calls=calls,
         )
         await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
 

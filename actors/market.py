@@ -7,9 +7,10 @@ the observers' subject until every room has ended, and returns the outcomes.
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -22,8 +23,7 @@ from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
-from mams.domain.config import BASELINE_MODEL, BuyerItem, Scenario, SellerConfig
-from mams.domain.errors import MamsError
+from mams.domain.config import AUTO_MODEL, BASELINE_MODEL, BuyerItem, Scenario
 from mams.domain.events import BuyerTerms, Event, NegotiationStarted, SellerTerms
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
@@ -35,17 +35,17 @@ Connect = Callable[[str], Awaitable[Bus]]
 OnEvent = Callable[[UUID, int, Event, NegotiationState], None]
 
 
-class BrainUnavailableError(MamsError):
-    """A scenario asks for a brain this installation cannot run."""
-
-
 @dataclass(frozen=True, slots=True)
 class RunOptions:
-    """Knobs of a run: round limit, seed for baseline brains, per-round deadline."""
+    """Knobs of a run: round limit, seed for baseline brains, per-round deadline, and
+    model overrides for the buyer and for every seller ("baseline", "auto" or
+    "provider:model")."""
 
     max_rounds: int = 8
     seed: int | None = None
     round_timeout: float = 30.0
+    buyer_model: str | None = None
+    seller_model: str | None = None
 
 
 @dataclass(slots=True)
@@ -58,28 +58,51 @@ class RoomResult:
 
 
 def brain_label(model: str) -> str:
-    """The label a model string runs under."""
+    """The label a resolved model string runs under."""
     return BASELINE_LABEL if model == BASELINE_MODEL else model
 
 
-def _check_models(scenario: Scenario) -> None:
-    wanted = [scenario.buyer.model, *(s.model for s in scenario.sellers)]
-    llm = sorted({m for m in wanted if m != BASELINE_MODEL})
-    if llm:
-        raise BrainUnavailableError(
-            f"this version runs only the baseline (no LLM) brains, but the scenario asks for "
-            f'{", ".join(llm)}; remove the `model` fields (or set them to "baseline")'
-        )
+def resolve_model(model: str, env: Mapping[str, str] | None = None) -> str:
+    """A concrete model string: "auto" becomes the configured LLM's default, or baseline."""
+    if model != AUTO_MODEL:
+        return model
+    from mams.actors.brains.llm.providers import DEFAULT_MODELS, available_llm
+
+    provider = available_llm(os.environ if env is None else env)
+    return f"{provider}:{DEFAULT_MODELS[provider]}" if provider else BASELINE_MODEL
 
 
-def make_buyer_brain(model: str) -> BuyerBrain:
-    """The buyer brain for a model string."""
-    return BaselineBuyer()
+def resolve_models(
+    scenario: Scenario, options: RunOptions, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Each agent's concrete model: CLI override, else the scenario's, else auto."""
+    models = {
+        scenario.buyer.agent_id: resolve_model(options.buyer_model or scenario.buyer.model, env)
+    }
+    for seller in scenario.sellers:
+        models[seller.agent_id] = resolve_model(options.seller_model or seller.model, env)
+    return models
 
 
-def make_seller_brain(model: str) -> SellerBrain:
-    """A seller brain for a model string."""
-    return BaselineSeller()
+def make_buyer_brain(model: str, env: Mapping[str, str] | None = None) -> BuyerBrain:
+    """The buyer brain for a concrete model string (raises ProviderConfigError if the
+    provider is not configured)."""
+    if model == BASELINE_MODEL:
+        return BaselineBuyer()
+    from mams.actors.brains.llm.brain import LLMBuyerBrain
+    from mams.actors.brains.llm.providers import provider_for
+
+    return LLMBuyerBrain(provider_for(model, os.environ if env is None else env))
+
+
+def make_seller_brain(model: str, env: Mapping[str, str] | None = None) -> SellerBrain:
+    """A seller brain for a concrete model string."""
+    if model == BASELINE_MODEL:
+        return BaselineSeller()
+    from mams.actors.brains.llm.brain import LLMSellerBrain
+    from mams.actors.brains.llm.providers import provider_for
+
+    return LLMSellerBrain(provider_for(model, os.environ if env is None else env))
 
 
 def build_started(
@@ -88,9 +111,15 @@ def build_started(
     item: BuyerItem,
     options: RunOptions,
     negotiation_id: UUID | None = None,
+    models: Mapping[str, str] | None = None,
 ) -> NegotiationStarted:
-    """The opening event of a room for one buyer item, with every private fact in it."""
+    """The opening event of a room for one buyer item, with every private fact in it.
+
+    `models` maps agent ids to concrete model strings (default: resolved from options,
+    scenario and environment); the log records each agent's brain by its label.
+    """
     buyer = scenario.buyer
+    models = models if models is not None else resolve_models(scenario, options)
     sellers: list[SellerTerms] = []
     for s in scenario.sellers_of(item.item_name):
         stock = s.stock(item.item_name)
@@ -105,7 +134,7 @@ def build_started(
                 cost_price=stock.cost_price,
                 selling_price=stock.selling_price,
                 least_price=stock.least_price,
-                brain=brain_label(s.model),
+                brain=brain_label(models[s.agent_id]),
             )
         )
     return NegotiationStarted(
@@ -118,13 +147,35 @@ def build_started(
             quantity=item.quantity,
             min_price=item.min_price,
             max_price=item.max_price,
-            brain=brain_label(buyer.model),
+            brain=brain_label(models[buyer.agent_id]),
         ),
         sellers=tuple(sellers),
         max_rounds=options.max_rounds,
         round_timeout=options.round_timeout,
         seed=options.seed,
     )
+
+
+def prepare_brains(
+    scenario: Scenario, items: Sequence[BuyerItem], options: RunOptions
+) -> tuple[dict[str, str], dict[str, BuyerBrain | SellerBrain]]:
+    """Resolve every agent's model and build its brain. Call it before writing anything:
+    a provider that is not configured raises ProviderConfigError naming what to set."""
+    models = resolve_models(scenario, options)
+    brains: dict[str, BuyerBrain | SellerBrain] = {
+        scenario.buyer.agent_id: make_buyer_brain(models[scenario.buyer.agent_id])
+    }
+    for agent_id in involved_ids(scenario, items):
+        brains[agent_id] = make_seller_brain(models[agent_id])
+    return models, brains
+
+
+def involved_ids(scenario: Scenario, items: Sequence[BuyerItem]) -> list[str]:
+    """Agent ids of the sellers stocking any of these items, in scenario order."""
+    wanted = {i.item_name for i in items}
+    return [
+        s.agent_id for s in scenario.sellers if any(s.stock(name) is not None for name in wanted)
+    ]
 
 
 def market_prefix() -> str:
@@ -149,14 +200,35 @@ async def run_market(
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
-    _check_models(scenario)
+    models, brains = prepare_brains(scenario, items, options)
+    starts = [build_started(scenario, session_id, item, options, None, models) for item in items]
+    return await run_rooms(
+        starts,
+        brains,
+        connect=connect,
+        store=store,
+        on_event=on_event,
+        on_opened=on_opened,
+        subjects=subjects,
+    )
+
+
+async def run_rooms(
+    starts: Sequence[NegotiationStarted],
+    brains: Mapping[str, BuyerBrain | SellerBrain],
+    *,
+    connect: Connect,
+    store: EventStore,
+    on_event: OnEvent | None = None,
+    on_opened: Callable[[list[RoomResult]], None] | None = None,
+    subjects: Subjects | None = None,
+) -> list[RoomResult]:
+    """Run these rooms with these brains (by agent id) until every room has ended."""
     subjects = subjects or Subjects(prefix=market_prefix())
-    rooms = [RoomResult(negotiation_id=uuid.uuid4(), item_name=i.item_name) for i in items]
+    rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
     by_id = {r.negotiation_id: r for r in rooms}
-    involved: dict[str, SellerConfig] = {}
-    for item in items:
-        for s in scenario.sellers_of(item.item_name):
-            involved[s.agent_id] = s
+    buyers = {st.buyer.agent_id for st in starts}
+    sellers = list(dict.fromkeys(s.agent_id for st in starts for s in st.sellers))
     buses: list[Bus] = []
 
     async def bus_for(name: str) -> Bus:
@@ -170,30 +242,18 @@ async def run_market(
             events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
             broker = Broker(await bus_for("broker"), store, subjects)
             await tg.start(broker.run)
-            buyer = scenario.buyer
-            await tg.start(
-                AgentActor(
-                    await bus_for(buyer.agent_id),
-                    subjects,
-                    buyer.agent_id,
-                    make_buyer_brain(buyer.model),
-                    "buyer",
-                ).run
-            )
-            for agent_id, seller in involved.items():
-                await tg.start(
-                    AgentActor(
-                        await bus_for(agent_id),
-                        subjects,
-                        agent_id,
-                        make_seller_brain(seller.model),
-                        "seller",
-                    ).run
+            for agent_id in sorted(buyers):
+                actor = AgentActor(
+                    await bus_for(agent_id), subjects, agent_id, brains[agent_id], "buyer"
                 )
-            for room, item in zip(rooms, items, strict=True):
-                await broker.open(
-                    build_started(scenario, session_id, item, options, room.negotiation_id)
+                await tg.start(actor.run)
+            for agent_id in sellers:
+                actor = AgentActor(
+                    await bus_for(agent_id), subjects, agent_id, brains[agent_id], "seller"
                 )
+                await tg.start(actor.run)
+            for started in starts:
+                await broker.open(started)
             if on_opened is not None:
                 on_opened(rooms)
             open_rooms = set(by_id)

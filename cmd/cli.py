@@ -25,12 +25,18 @@ from rich.markup import escape
 
 from mams import __version__
 from mams.actors.brains.base import BASELINE_LABEL
-from mams.actors.market import RoomResult, RunOptions, brain_label, run_market
+from mams.actors.market import (
+    RoomResult,
+    RunOptions,
+    brain_label,
+    prepare_brains,
+    run_market,
+)
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.cli_render import outcome_json, outcomes_table, print_entry, room_tag, status_of
-from mams.domain.config import Scenario, ScenarioError, item_key, load_scenario
-from mams.domain.errors import MamsError
+from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
+from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, decode_event
 from mams.domain.negotiation import NegotiationState, replay
 from mams.domain.transcript import Renderer, render
@@ -112,9 +118,21 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
+    for flag, value in (("--buyer-model", args.buyer_model), ("--seller-model", args.seller_model)):
+        if value is not None:
+            try:
+                check_model(value)
+            except ValueError as exc:
+                raise UsageError(f"{flag}: {exc}") from None
     options = RunOptions(
-        max_rounds=args.max_rounds, seed=args.seed, round_timeout=args.round_timeout
+        max_rounds=args.max_rounds,
+        seed=args.seed,
+        round_timeout=args.round_timeout,
+        buyer_model=args.buyer_model,
+        seller_model=args.seller_model,
     )
+    if scenario_file is not None:
+        prepare_brains(scenario_file, _pick_items(scenario_file, args.item), options)
     out.print("[dim]starting servers...[/dim]")
     async with servers(need_bus=True) as srv:
         out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
@@ -124,16 +142,18 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             else:
                 scenario, session_id, new = await _scenario_for(args, conn)
             items = _pick_items(scenario, args.item)
+            models, _ = prepare_brains(scenario, items, options)
             if new:
                 await save_session(conn, session_id, scenario)
-        models = {
-            brain_label(scenario.buyer.model),
-            *(brain_label(s.model) for s in scenario.sellers),
-        }
-        brain = " / ".join(sorted(models))
+        labels = {brain_label(m) for m in models.values()}
+        brain = " / ".join(sorted(labels))
         out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {brain}")
-        if models == {BASELINE_LABEL}:
-            out.print("[dim]   (rule-based negotiators; LLM brains are not in this version)[/dim]")
+        if labels == {BASELINE_LABEL}:
+            out.print(
+                "[dim]   rule-based negotiators, no LLM. To run on Claude: "
+                "export ANTHROPIC_API_KEY=... (or OPENROUTER_API_KEY, OPENAI_API_KEY / "
+                "OPENAI_BASE_URL)[/dim]"
+            )
         nats_url = srv.nats_url
         assert nats_url is not None
 
@@ -241,6 +261,47 @@ async def cmd_replay(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+async def cmd_rerun(args: argparse.Namespace, out: Console) -> int:
+    from mams.actors.rerun import rerun
+
+    async with servers(need_bus=False) as srv:
+        async with srv.pool.acquire() as conn:
+            nid = await _resolve_negotiation(conn, args.negotiation_id)
+        stored = await srv.store.read(nid)
+    if not stored:
+        raise UsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
+    events = [decode_event(e.data) for e in stored]
+    out.print(
+        f"[dim]rerunning negotiation {nid} ({len(events)} logged events) with recorded "
+        "model responses played back...[/dim]"
+    )
+    report = await rerun(events)
+    if report.matches:
+        out.print(
+            f"[bold green]reproduced exactly[/bold green]: {report.rerun_events} events, "
+            f"{report.llm_calls_replayed} model call(s) played back"
+        )
+    else:
+        out.print(
+            f"[bold red]differs[/bold red] from the original "
+            f"({report.original_events} events originally, {report.rerun_events} now):"
+        )
+        for line in report.differences:
+            out.print(f"  {escape(line)}")
+    if args.json:
+        _dump(
+            {
+                "negotiation_id": str(nid),
+                "matches": report.matches,
+                "original_events": report.original_events,
+                "rerun_events": report.rerun_events,
+                "llm_calls_replayed": report.llm_calls_replayed,
+                "differences": report.differences,
+            }
+        )
+    return 0 if report.matches else 1
+
+
 async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
     from rich.table import Table
 
@@ -323,11 +384,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds each side has per round (default 30)",
     )
+    run.add_argument(
+        "--buyer-model",
+        help='the buyer\'s brain: "baseline", "auto" or '
+        '"provider:model" (anthropic:claude-sonnet-5, openai:gpt-5.5, '
+        "openrouter:google/gemini-2.5-flash); overrides the scenario",
+    )
+    run.add_argument(
+        "--seller-model", help="every seller's brain (same forms); overrides the scenario"
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")
     rep.add_argument("negotiation_id", help="negotiation id (or its first characters)")
     rep.add_argument("--json", action="store_true")
+
+    rer = sub.add_parser(
+        "rerun",
+        help="re-execute a logged negotiation (recorded LLM "
+        "responses played back) and report whether it matches",
+    )
+    rer.add_argument("negotiation_id", help="negotiation id (or its first characters)")
+    rer.add_argument("--json", action="store_true")
 
     ses = sub.add_parser("sessions", help="list stored sessions")
     ses.add_argument("--limit", type=int, default=50)
@@ -342,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {
     "run": cmd_run,
+    "rerun": cmd_rerun,
     "replay": cmd_replay,
     "sessions": cmd_sessions,
     "negotiations": cmd_negotiations,
@@ -383,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in exc.problems:
             err.print(f"  [red]{escape(problem.path)}[/red]: {escape(problem.message)}")
         code = 2
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         code = 2
     except KeyboardInterrupt:

@@ -25,6 +25,8 @@ Style = Literal["rude", "neutral", "sweet"]
 STYLES: tuple[Style, ...] = ("rude", "neutral", "sweet")
 MAX_SELLERS_PER_ITEM = 10
 BASELINE_MODEL = "baseline"
+# "auto": an LLM if one is configured in the environment, else the baseline brains.
+AUTO_MODEL = "auto"
 MODEL_PROVIDERS = ("anthropic", "openai", "openrouter")
 
 _HANDLE = re.compile(r"^@?[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -48,7 +50,7 @@ class SellerConfig(msgspec.Struct, frozen=True, kw_only=True):
     customer_retention_weight: Decimal
     profit_maximization_weight: Decimal
     inventory: tuple[InventoryItem, ...]
-    model: str = BASELINE_MODEL
+    model: str = AUTO_MODEL
 
     @property
     def agent_id(self) -> str:
@@ -78,7 +80,7 @@ class BuyerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     items: tuple[BuyerItem, ...]
     handle: str = "@Buyer"
-    model: str = BASELINE_MODEL
+    model: str = AUTO_MODEL
 
     @property
     def agent_id(self) -> str:
@@ -279,7 +281,7 @@ class _Validator:
         if t is None:
             return None
         handle = self.field(t, path, "handle", _handle, default="@Buyer", required=False)
-        model = self.field(t, path, "model", _model, default=BASELINE_MODEL, required=False)
+        model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
         items: list[BuyerItem] = []
         seen: dict[str, int] = {}
         for i, raw_item in enumerate(self.array(t, path, "items")):
@@ -334,7 +336,7 @@ class _Validator:
         style = self.field(t, path, "style", _style)
         retention = self.field(t, path, "customer_retention_weight", _weight)
         profit = self.field(t, path, "profit_maximization_weight", _weight)
-        model = self.field(t, path, "model", _model, default=BASELINE_MODEL, required=False)
+        model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
         if retention is not None and profit is not None and retention + profit != 1:
             self.bad(
                 f"{path}.profit_maximization_weight",
@@ -462,17 +464,22 @@ def _style(raw: object) -> Style:
     raise ValueError(f"must be one of {', '.join(STYLES)}, got {raw!r}")
 
 
+def check_model(raw: object) -> str:
+    """A model string as scenarios and CLI flags accept it; raises ValueError saying why."""
+    return _model(raw)
+
+
 def _model(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(
-            'must be "baseline" or "provider:model", e.g. "anthropic:claude-sonnet-5"'
+            'must be "auto", "baseline" or "provider:model", e.g. "anthropic:claude-sonnet-5"'
         )
-    if raw == BASELINE_MODEL:
+    if raw in (BASELINE_MODEL, AUTO_MODEL):
         return raw
     provider, sep, name = raw.partition(":")
     if not sep or provider not in MODEL_PROVIDERS or not name:
         raise ValueError(
-            f'must be "baseline" or "<{"|".join(MODEL_PROVIDERS)}>:<model>", got {raw!r}'
+            f'must be "auto", "baseline" or "<{"|".join(MODEL_PROVIDERS)}>:<model>", got {raw!r}'
         )
     return raw
 

@@ -164,6 +164,41 @@ class ReasoningRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="reasonin
     text: str
 
 
+class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One call an agent's brain made to a language model, as the log keeps it.
+
+    `request` and `response` are the exact HTTP bodies; `tool_input`/`text` what the
+    brain parsed from them (so a rerun can play the response back); `prompt_digest`
+    fingerprints the provider-neutral prompt, so a rerun can tell whether the same
+    prompt was built. Cost is an estimate.
+    """
+
+    provider: str
+    model: str
+    purpose: str
+    prompt_digest: str
+    request: str
+    response: str = ""
+    tool_input: str = ""
+    text: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    latency_ms: float = 0.0
+    retries: int = 0
+    cost_usd: float | None = None
+    error: str = ""
+
+
+class LLMCalled(msgspec.Struct, frozen=True, kw_only=True, tag="llm.called"):
+    """An agent's brain called a model for its turn in `round` (private to the log)."""
+
+    agent: str
+    round: int
+    call: LLMCall
+
+
 Event = (
     NegotiationStarted
     | RoundOpened
@@ -175,6 +210,7 @@ Event = (
     | NegotiationEnded
     | GuardrailTripped
     | ReasoningRecorded
+    | LLMCalled
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -188,6 +224,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     NegotiationEnded,
     GuardrailTripped,
     ReasoningRecorded,
+    LLMCalled,
 )
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

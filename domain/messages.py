@@ -13,10 +13,12 @@ from uuid import UUID
 
 import msgspec
 
-from mams.domain.events import Event, Offer, Outcome, Status
+from mams.domain.events import Event, LLMCall, Offer, Outcome, Status
 
 MAX_TEXT = 4000
-MAX_PAYLOAD = 64 * 1024
+# Turns carry the LLM calls behind them (full request/response bodies); NATS's default
+# max_payload is 1 MiB.
+MAX_PAYLOAD = 1000 * 1024
 
 
 class Peer(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +65,7 @@ class SellerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.open
     max_rounds: int
     round_timeout: float
     seed: int | None = None
+    handle: str = ""
 
 
 class TurnStarted(msgspec.Struct, frozen=True, kw_only=True, tag="turn.started"):
@@ -155,6 +158,7 @@ class BuyerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.turn"):
     action: BuyerAction
     reasoning: str = ""
     guardrails: tuple[GuardrailNote, ...] = ()
+    llm_calls: tuple[LLMCall, ...] = ()
 
 
 class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
@@ -167,6 +171,7 @@ class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
     offer: Offer | None = None
     reasoning: str = ""
     guardrails: tuple[GuardrailNote, ...] = ()
+    llm_calls: tuple[LLMCall, ...] = ()
 
 
 OutboxMessage = BuyerTurn | SellerTurn

@@ -21,6 +21,8 @@ from mams.domain.events import (
     DealClosed,
     Event,
     GuardrailTripped,
+    LLMCall,
+    LLMCalled,
     NegotiationEnded,
     NegotiationStarted,
     Offer,
@@ -41,11 +43,12 @@ from mams.domain.messages import (
     MAX_TEXT,
     Accept,
     BuyerTurn,
-    GuardrailNote,
     Say,
     SellerTurn,
     WalkAway,
 )
+
+MAX_LLM_BODY = 200_000
 
 Phase = Literal["idle", "buyer_turn", "sellers_turn", "ended"]
 
@@ -152,7 +155,7 @@ def evolve(state: NegotiationState, event: Event) -> NegotiationState:
             return r(state, closing=event, seen=state.seen | {mid})
         case NegotiationEnded():
             return r(state, phase="ended", ended=event, awaiting=frozenset())
-        case GuardrailTripped() | ReasoningRecorded():
+        case GuardrailTripped() | ReasoningRecorded() | LLMCalled():
             return state
 
 
@@ -248,11 +251,32 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "")[:MAX_TEXT]
 
 
-def _trace(
-    agent: str, round_: int, reasoning: str, notes: tuple[GuardrailNote, ...], brain: str
-) -> list[Event]:
-    """Private records that precede an action: the agent's guardrail notes and reasoning."""
-    out: list[Event] = []
+def _scrub_call(call: LLMCall) -> LLMCall:
+    # Bodies are kept whole (they are the audit record), but never with NULs or unbounded.
+    def c(text: str) -> str:
+        return text.replace("\x00", "")[:MAX_LLM_BODY]
+
+    return msgspec.structs.replace(
+        call,
+        request=c(call.request),
+        response=c(call.response),
+        tool_input=c(call.tool_input),
+        text=c(call.text),
+        error=c(call.error),
+        provider=_clean(call.provider)[:80],
+        model=_clean(call.model)[:200],
+        purpose=_clean(call.purpose)[:40],
+        prompt_digest=_clean(call.prompt_digest)[:128],
+    )
+
+
+def _trace(turn: BuyerTurn | SellerTurn, agent: str, round_: int, brain: str) -> list[Event]:
+    """Private records that precede an action: the model calls behind it, the agent's
+    guardrail notes, and its reasoning."""
+    reasoning, notes = turn.reasoning, turn.guardrails
+    out: list[Event] = [
+        LLMCalled(agent=agent, round=round_, call=_scrub_call(call)) for call in turn.llm_calls
+    ]
     for note in notes:
         resolution = note.resolution if note.resolution in ("repaired", "fallback") else "fallback"
         out.append(
@@ -278,7 +302,7 @@ def _buyer_turn(state: NegotiationState, agent: str, turn: BuyerTurn) -> list[Ev
     buyer = state.started.buyer
     if agent != buyer.agent_id:
         return Drop(f"{agent} is not the buyer of this negotiation")
-    events = _trace(agent, state.round, turn.reasoning, turn.guardrails, buyer.brain)
+    events = _trace(turn, agent, state.round, buyer.brain)
     action = turn.action
     violations = buyer_action_violations(
         action,
@@ -345,7 +369,7 @@ def _seller_turn(state: NegotiationState, agent: str, turn: SellerTurn) -> list[
     if agent not in state.awaiting:
         return Drop(f"{agent} was not addressed this round or already answered")
     assert state.started is not None
-    events = _trace(agent, state.round, turn.reasoning, turn.guardrails, terms.brain)
+    events = _trace(turn, agent, state.round, terms.brain)
     text, offer = _clean(turn.text), turn.offer
     quantity = state.started.buyer.quantity
     violations = seller_offer_violations(offer, least_price=terms.least_price, quantity=quantity)

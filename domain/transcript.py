@@ -16,6 +16,7 @@ from mams.domain.events import (
     DealClosed,
     Event,
     GuardrailTripped,
+    LLMCalled,
     NegotiationEnded,
     NegotiationStarted,
     Outcome,
@@ -139,7 +140,7 @@ class Renderer:
                         f"{' (aborted: ' + reason + ')' if status == 'aborted' else ''}",
                     )
                 ]
-            case RoundClosed() | ReasoningRecorded():
+            case RoundClosed() | ReasoningRecorded() | LLMCalled():
                 return []
 
 

@@ -79,6 +79,7 @@ class SellerView:
     seed: int | None
     round: int = 0
     my_offer: Offer | None = None
+    handle: str = ""
     buyer_counter: Decimal | None = None
     history: tuple[Line, ...] = ()
     closed: RoomClosed | None = None
@@ -109,6 +110,7 @@ def open_seller_view(msg: SellerRoomOpened, me: str) -> SellerView:
         terms=msg.terms,
         max_rounds=msg.max_rounds,
         seed=msg.seed,
+        handle=msg.handle or f"@{me}",
     )
 
 

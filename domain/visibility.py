@@ -14,6 +14,7 @@ from mams.domain.events import (
     DealClosed,
     Event,
     GuardrailTripped,
+    LLMCalled,
     NegotiationEnded,
     NegotiationStarted,
     ReasoningRecorded,
@@ -90,6 +91,7 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
             | BuyerWalkedAway()
             | GuardrailTripped()
             | ReasoningRecorded()
+            | LLMCalled()
         ):
             return []
 
@@ -130,6 +132,7 @@ def _room_opened(event: NegotiationStarted) -> list[Delivery]:
                     item_name=event.item_name,
                     quantity=b.quantity,
                     buyer=buyer_peer,
+                    handle=s.handle,
                     terms=terms,
                     max_rounds=event.max_rounds,
                     round_timeout=event.round_timeout,

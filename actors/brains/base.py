@@ -10,9 +10,10 @@ from typing import Protocol
 
 import msgspec
 
-from mams.domain.events import Offer
+from mams.domain.errors import MamsError
+from mams.domain.events import LLMCall, Offer
 from mams.domain.guardrails import Violation
-from mams.domain.messages import BuyerAction
+from mams.domain.messages import BuyerAction, GuardrailNote
 from mams.domain.views import BuyerView, SellerView
 
 BASELINE_LABEL = "baseline (no LLM)"
@@ -23,6 +24,8 @@ class BuyerDecision(msgspec.Struct, frozen=True, kw_only=True):
 
     action: BuyerAction
     reasoning: str = ""
+    notes: tuple[GuardrailNote, ...] = ()
+    llm_calls: tuple[LLMCall, ...] = ()
 
 
 class SellerDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +34,24 @@ class SellerDecision(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     offer: Offer | None = None
     reasoning: str = ""
+    notes: tuple[GuardrailNote, ...] = ()
+    llm_calls: tuple[LLMCall, ...] = ()
+
+
+class BrainError(MamsError):
+    """A brain could not produce a usable decision (provider down, output unusable).
+
+    Carries the model calls it made and notes on what went wrong, so the log keeps them;
+    the agent then takes its safe fallback action.
+    """
+
+    def __init__(
+        self, reason: str, *, calls: tuple[LLMCall, ...] = (), notes: tuple[GuardrailNote, ...] = ()
+    ) -> None:
+        self.reason = reason
+        self.calls = calls
+        self.notes = notes
+        super().__init__(reason)
 
 
 class BuyerBrain(Protocol):

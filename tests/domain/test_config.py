@@ -116,7 +116,7 @@ def test_valid_scenario_parses_with_defaults_and_normalised_handles() -> None:
     assert scenario.name == "phones"
     assert scenario.description == ""
     assert scenario.buyer.handle == "@Buyer"
-    assert scenario.buyer.model == "baseline"
+    assert scenario.buyer.model == "auto"
     assert scenario.buyer.agent_id == "buyer"
     assert [s.agent_id for s in scenario.sellers] == ["techmart", "gadgethub"]
     assert scenario.buyer.items[0] == BuyerItem(
@@ -267,7 +267,7 @@ def test_buyer_handle_and_model_are_validated() -> None:
         ),
         (
             "buyer.model",
-            'must be "baseline" or "<anthropic|openai|openrouter>:<model>", got \'gpt-4\'',
+            'must be "auto", "baseline" or "<anthropic|openai|openrouter>:<model>", got \'gpt-4\'',
         ),
     ]
 

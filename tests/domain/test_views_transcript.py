@@ -14,6 +14,8 @@ from mams.domain.events import (
     DealClosed,
     Event,
     GuardrailTripped,
+    LLMCall,
+    LLMCalled,
     NegotiationEnded,
     Offer,
     Outcome,
@@ -306,6 +308,13 @@ def test_every_event_kind_renders_and_private_ones_are_marked_or_silent() -> Non
             agent=BUYER, round=1, rule="r", detail="d", attempted="a", resolution="repaired"
         ),
         ReasoningRecorded(agent=BUYER, round=1, text="why"),
+        LLMCalled(
+            agent=BUYER,
+            round=1,
+            call=LLMCall(
+                provider="p", model="m", purpose="decide", prompt_digest="x", request="{}"
+            ),
+        ),
         DealClosed(round=1, message_id=mid, seller="gamma", unit_price=D(9), quantity=2, text=""),
         BuyerWalkedAway(round=1, message_id=mid, text=""),
         NegotiationEnded(status="completed", outcome=Outcome(type="no_deal", rounds=1)),
@@ -384,4 +393,5 @@ def test_event_tags_are_unique_and_stable() -> None:
         "negotiation.ended",
         "guardrail.tripped",
         "reasoning.recorded",
+        "llm.called",
     ]
