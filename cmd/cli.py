@@ -308,7 +308,7 @@ async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
         rows = await list_sessions(conn, limit=args.limit)
     if args.json:
-        _dump({"sessions": [msgspec.to_builtins(r) for r in rows]})
+        _dump({"sessions": rows})
         return 0
     table = Table(title="Sessions", header_style="bold")
     for col in ("session_id", "name", "created", "items", "sellers", "negotiations", "deals"):
@@ -334,7 +334,7 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
         rows = await list_runs(conn, session_id=session, limit=args.limit)
     if args.json:
-        _dump({"negotiations": [msgspec.to_builtins(r) for r in rows]})
+        _dump({"negotiations": rows})
         return 0
     table = Table(title="Negotiations", header_style="bold")
     for col in (
