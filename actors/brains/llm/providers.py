@@ -33,7 +33,7 @@ from anthropic.types import Message, TextBlock, ToolUseBlock
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from mams.actors.brains.llm.pricing import estimate_cost
-from mams.domain.errors import MamsError
+from mams.domain.errors import ConfigError, MamsError
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -152,7 +152,7 @@ class LLMCallError(MamsError):
         )
 
 
-class ProviderConfigError(MamsError):
+class ProviderConfigError(ConfigError):
     """A provider cannot be built from the configuration (bad spec, missing env var)."""
 
     def __init__(self, message: str, *, provider: str | None = None, env_var: str | None = None):
@@ -669,7 +669,7 @@ def _require(env: Mapping[str, str], var: str, provider: str, spec: str) -> str:
     if not value:
         raise ProviderConfigError(
             f"LLM {spec!r} needs an API key: export {var}=<your key> "
-            "(or pick another provider with --llm)",
+            '(or choose another model with --buyer-model / --seller-model, or "baseline")',
             provider=provider,
             env_var=var,
         )
