@@ -34,7 +34,14 @@ from mams.actors.market import (
 )
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
-from mams.cli_render import outcome_json, outcomes_table, print_entry, room_tag, status_of
+from mams.cli_render import (
+    LLMUsage,
+    outcome_json,
+    outcomes_table,
+    print_entry,
+    room_tag,
+    status_of,
+)
 from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
 from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, decode_event
@@ -169,7 +176,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 renderers[room.negotiation_id] = Renderer()
                 out.print(f"[dim]negotiation {room.negotiation_id}: {room.item_name}[/dim]")
 
+        usage = LLMUsage()
+
         def on_event(nid: UUID, seq: int, event: Event, state: NegotiationState) -> None:
+            usage.add(event)
             for entry in renderers[nid].entries(event):
                 print_entry(out, entry, tags.get(nid))
 
@@ -185,6 +195,8 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         )
     out.print()
     out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
+    if usage.calls:
+        out.print(f"[dim]LLM:[/dim] {usage.summary()}")
     out.print(f"[dim]replay one with:[/dim] mams replay {rooms[0].negotiation_id}")
     if args.json:
         _dump(
