@@ -124,10 +124,20 @@ def _line(line: Line, me: str) -> str:
 def buyer_user(view: BuyerView) -> str:
     """The buyer's turn: the conversation so far and the offers standing now."""
     parts = ["Conversation so far:"]
-    parts += [_line(line, "You") for line in view.history] or ["(nothing yet)"]
+    # Sellers answer in parallel, so arrival order is noise: within a round, show the
+    # buyer's own words first, then sellers in room order. Same view, same prompt.
+    order = {p.handle: i for i, p in enumerate(view.sellers)}
+    history = sorted(
+        view.history,
+        key=lambda ln: (ln.round, -1 if ln.speaker == "me" else order.get(ln.speaker, len(order))),
+    )
+    parts += [_line(line, "You") for line in history] or ["(nothing yet)"]
     if view.offers:
         parts.append("\nStanding offers (per unit, for your quantity):")
-        for agent_id, offer in sorted(view.offers.items(), key=lambda kv: kv[1].unit_price):
+        ids = {p.agent_id: i for i, p in enumerate(view.sellers)}
+        for agent_id, offer in sorted(
+            view.offers.items(), key=lambda kv: (kv[1].unit_price, ids.get(kv[0], 99))
+        ):
             parts.append(f"- {view.handle(agent_id)}: {fmt(offer.unit_price)} x {offer.quantity}")
     if view.unanswered:
         silent = ", ".join(view.handle(a) for a in view.unanswered)
