@@ -8,6 +8,7 @@ With --json, stdout carries exactly one JSON object and everything else goes to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -57,6 +58,7 @@ from mams.storage.readmodels import (
 )
 
 _json = msgspec.json.Encoder(decimal_format="number")
+LLM_ROUND_TIMEOUT = 120.0
 
 
 class UsageError(MamsError):
@@ -121,7 +123,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         raise UsageError("give a scenario file or --session, not both")
     if args.max_rounds < 2:
         raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
-    if args.round_timeout <= 0:
+    if args.round_timeout is not None and args.round_timeout <= 0:
         raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
@@ -134,7 +136,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
     options = RunOptions(
         max_rounds=args.max_rounds,
         seed=args.seed,
-        round_timeout=args.round_timeout,
+        round_timeout=args.round_timeout or 30.0,
         buyer_model=args.buyer_model,
         seller_model=args.seller_model,
     )
@@ -153,6 +155,9 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             if new:
                 await save_session(conn, session_id, scenario)
         labels = {brain_label(m) for m in models.values()}
+        if args.round_timeout is None and labels != {BASELINE_LABEL}:
+            # Models take seconds per call, and a repair round doubles that.
+            options = dataclasses.replace(options, round_timeout=LLM_ROUND_TIMEOUT)
         brain = " / ".join(sorted(labels))
         out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {brain}")
         if labels == {BASELINE_LABEL}:
@@ -393,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--round-timeout",
         type=float,
-        default=30.0,
-        help="seconds each side has per round (default 30)",
+        default=None,
+        help=f"seconds each side has per round (default 30, or {LLM_ROUND_TIMEOUT:.0f} "
+        "when any agent is an LLM)",
     )
     run.add_argument(
         "--buyer-model",
