@@ -170,6 +170,17 @@ def prepare_brains(
     return models, brains
 
 
+async def close_brains(brains: Mapping[str, BuyerBrain | SellerBrain]) -> None:
+    """Release what brains hold (LLM brains: their provider's HTTP client)."""
+    for brain in brains.values():
+        close = getattr(brain, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:  # closing on the way out; report, keep closing
+                log.warning("market.brain_close_failed", error=repr(exc))
+
+
 def involved_ids(scenario: Scenario, items: Sequence[BuyerItem]) -> list[str]:
     """Agent ids of the sellers stocking any of these items, in scenario order."""
     wanted = {i.item_name for i in items}
@@ -201,16 +212,22 @@ async def run_market(
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
     models, brains = prepare_brains(scenario, items, options)
-    starts = [build_started(scenario, session_id, item, options, None, models) for item in items]
-    return await run_rooms(
-        starts,
-        brains,
-        connect=connect,
-        store=store,
-        on_event=on_event,
-        on_opened=on_opened,
-        subjects=subjects,
-    )
+    try:
+        starts = [
+            build_started(scenario, session_id, item, options, None, models) for item in items
+        ]
+        return await run_rooms(
+            starts,
+            brains,
+            connect=connect,
+            store=store,
+            on_event=on_event,
+            on_opened=on_opened,
+            subjects=subjects,
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await close_brains(brains)
 
 
 async def run_rooms(

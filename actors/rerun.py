@@ -76,7 +76,7 @@ class ReplayProvider:
         if call.prompt_digest != prompt_digest(request):
             self.prompt_mismatches.append(self.used)
         if call.error:
-            raise LLMCallError(
+            error = LLMCallError(
                 provider=call.provider,
                 model=call.model,
                 retries=call.retries,
@@ -84,6 +84,9 @@ class ReplayProvider:
                 request_body=call.request,
                 response_body=call.response or None,
             )
+            # The recording holds the original error's whole message: replay it verbatim.
+            error.args = (call.error,)
+            raise error
         tool_input: dict[str, Any] | None = json.loads(call.tool_input) if call.tool_input else None
         return LLMResponse(
             provider=call.provider,

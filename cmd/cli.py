@@ -30,6 +30,7 @@ from mams.actors.market import (
     RoomResult,
     RunOptions,
     brain_label,
+    close_brains,
     prepare_brains,
     run_market,
 )
@@ -141,7 +142,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         seller_model=args.seller_model,
     )
     if scenario_file is not None:
-        prepare_brains(scenario_file, _pick_items(scenario_file, args.item), options)
+        # Fail fast (nothing written) if a model's provider is not configured.
+        await close_brains(
+            prepare_brains(scenario_file, _pick_items(scenario_file, args.item), options)[1]
+        )
     out.print("[dim]starting servers...[/dim]")
     async with servers(need_bus=True) as srv:
         out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
@@ -151,7 +155,8 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             else:
                 scenario, session_id, new = await _scenario_for(args, conn)
             items = _pick_items(scenario, args.item)
-            models, _ = prepare_brains(scenario, items, options)
+            models, checked = prepare_brains(scenario, items, options)
+            await close_brains(checked)
             if new:
                 await save_session(conn, session_id, scenario)
         labels = {brain_label(m) for m in models.values()}

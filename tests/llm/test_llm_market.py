@@ -146,11 +146,8 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(autouse=True)
 async def built_brains(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[object]]:
-    """Spy on the brains run_market builds and close their HTTP clients afterwards.
-
-    run_market never closes the providers it builds (see test_run_market_closes_providers);
-    without this, their keep-alive sockets to the fakes surface as ResourceWarnings at GC,
-    which this suite's `filterwarnings = error` turns into failures."""
+    """Spy on the brains run_market builds (test_run_market_closes_providers checks that
+    run_market closed them); closing again afterwards is a harmless safety net."""
     built: list[object] = []
     original = market_module.prepare_brains
 
@@ -895,15 +892,6 @@ async def test_rerun_reproduces_corrections_repairs_and_fallbacks(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/rerun.py ReplayProvider replays a recorded failure as "
-    "LLMCallError(reason=call.error, ...), but call.error already is the whole str() of the "
-    "original LLMCallError and LLMCall keeps no status: the replayed message nests "
-    "('failed after 4 attempts: anthropic call ... failed after 4 attempts: HTTP 503. ...') "
-    "with the no-status 'Check the network' hint, so llm.called.error and the brain_error "
-    "guardrail detail differ and every run with a failed model call fails its rerun",
-)
 async def test_rerun_reproduces_failed_model_calls(
     nats_url: str, db: tuple[asyncpg.Pool, PostgresEventStore], fake_anthropic: FakeAnthropic
 ) -> None:
@@ -922,11 +910,6 @@ async def test_rerun_reproduces_failed_model_calls(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_market builds LLM providers in prepare_brains but never closes them "
-    "(no aclose on the way out), leaking each provider's HTTP client and keep-alive sockets",
-)
 async def test_run_market_closes_providers(
     nats_url: str,
     db: tuple[asyncpg.Pool, PostgresEventStore],

@@ -119,6 +119,12 @@ class _LLMBrain:
         """`provider:model`, as scenarios and reports name it."""
         return f"{self.provider.name}:{self.provider.model}"
 
+    async def aclose(self) -> None:
+        """Close the provider's HTTP client, if it has one."""
+        close = getattr(self.provider, "aclose", None)
+        if close is not None:
+            await close()
+
     async def _call(self, request: LLMRequest, purpose: str, calls: list[LLMCall]) -> LLMResponse:
         try:
             response = await self.provider.complete(request)
