@@ -37,11 +37,14 @@ from mams.domain.guardrails import (
     seller_offer_violations,
 )
 from mams.domain.messages import (
+    ROOM_MESSAGES,
     BuyerMessage,
     BuyerRoomOpened,
     BuyerTurn,
     GuardrailNote,
+    Hello,
     InboxMessage,
+    Rejected,
     RoomClosed,
     Say,
     SellerMessage,
@@ -87,7 +90,10 @@ class AgentActor:
         agent_id: str,
         brain: BuyerBrain | SellerBrain,
         role: Literal["buyer", "seller"],
+        *,
+        on_message: Callable[[InboxMessage], None] | None = None,
     ) -> None:
+        self.on_message = on_message
         self.bus = bus
         self.subjects = subjects
         self.agent = AgentId(agent_id)
@@ -95,6 +101,10 @@ class AgentActor:
         self.role = role
         self.buyer_views: dict[UUID, BuyerView] = {}
         self.seller_views: dict[UUID, SellerView] = {}
+        # Deliveries may repeat (the broker re-sends open rooms to an agent that says hello
+        # again): act once per buyer turn and once per buyer message.
+        self.turns_taken: dict[UUID, int] = {}
+        self.answered: set[UUID] = set()
         self.log = log.bind(agent=agent_id, role=role)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -102,6 +112,8 @@ class AgentActor:
         sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
         try:
             async with anyio.create_task_group() as tg:
+                hello = Hello(role=self.role, brain=self.brain.label)
+                await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
                 task_status.started()
                 async for msg in sub:
                     try:
@@ -115,19 +127,32 @@ class AgentActor:
                 await sub.unsubscribe()
 
     def _receive(self, message: InboxMessage, tg: TaskGroup) -> None:
+        if self.on_message is not None:
+            self.on_message(message)
+        if not isinstance(message, ROOM_MESSAGES):
+            if isinstance(message, Rejected):
+                self.log.error("agent.request_rejected", reason=message.reason)
+            return  # welcome / rooms.opened: nothing to act on here
         nid = message.negotiation_id
         match message:
             case BuyerRoomOpened() if self.role == "buyer":
-                self.buyer_views[nid] = open_buyer_view(message)
+                self.buyer_views.setdefault(nid, open_buyer_view(message))
             case SellerRoomOpened() if self.role == "seller":
-                self.seller_views[nid] = open_seller_view(message, str(self.agent))
+                self.seller_views.setdefault(nid, open_seller_view(message, str(self.agent)))
             case TurnStarted() | SellerMessage() | RoomClosed() if nid in self.buyer_views:
                 view = self.buyer_views[nid] = buyer_received(self.buyer_views[nid], message)
-                if isinstance(message, TurnStarted):
+                if (
+                    isinstance(message, TurnStarted)
+                    and self.turns_taken.get(nid, 0) < message.round
+                ):
+                    self.turns_taken[nid] = message.round
                     tg.start_soon(self._buyer_turn, view)
+            case BuyerMessage(message_id=mid) if mid in self.answered:
+                return  # a repeat delivery (re-sent on rejoin): already folded and answered
             case BuyerMessage() | RoomClosed() if nid in self.seller_views:
                 sview = self.seller_views[nid] = seller_received(self.seller_views[nid], message)
-                if isinstance(message, BuyerMessage):
+                if isinstance(message, BuyerMessage) and message.message_id not in self.answered:
+                    self.answered.add(message.message_id)
                     tg.start_soon(self._seller_turn, sview, message.message_id)
             case _:
                 self.log.warning(
@@ -137,6 +162,7 @@ class AgentActor:
                 )
                 return
         if isinstance(message, RoomClosed):
+            self.turns_taken.pop(nid, None)
             self.buyer_views.pop(nid, None)
             self.seller_views.pop(nid, None)
 

@@ -13,6 +13,7 @@ import heapq
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from uuid import UUID
 
 import anyio
@@ -23,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
+from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario
 from mams.domain.events import (
     BuyerSaid,
     Event,
@@ -34,6 +36,12 @@ from mams.domain.events import (
 from mams.domain.messages import (
     MAX_PAYLOAD,
     CommittedEvent,
+    Hello,
+    InboxMessage,
+    OpenRooms,
+    Rejected,
+    RoomsOpened,
+    Welcome,
     decode_outbox,
     encode,
     encode_committed,
@@ -51,12 +59,44 @@ from mams.domain.negotiation import (
     decide,
     evolve,
 )
-from mams.domain.visibility import route
+from mams.domain.opening import RoomOptions, opening
+from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable
 from mams.storage.eventstore import EventStore
 from mams.storage.model import NewEvent
 
 log = structlog.get_logger("mams.broker")
+
+
+class SessionStore(Protocol):
+    """Where the broker finds (and stores) session configurations."""
+
+    async def load(self, session_id: UUID) -> Scenario | None:
+        """The scenario of a stored session, or None."""
+        ...
+
+    async def save(self, session_id: UUID, scenario: Scenario) -> None:
+        """Store a scenario as a new session."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Control:
+    """A control message (hello, open rooms) from `agent` (taken from the subject)."""
+
+    agent: str
+    message: Hello | OpenRooms
+
+
+_Item = tuple[UUID, Command] | _Control
+
+
+class _RefusedError(Exception):
+    """An open-rooms request that cannot be served; `reason` goes back to the agent."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclass(slots=True)
@@ -102,7 +142,11 @@ class Broker:
         *,
         max_batch: int = 2000,
         retry_timeout: float = 60.0,
+        sessions: SessionStore | None = None,
     ) -> None:
+        self.sessions = sessions
+        self.brains: dict[str, str] = {}  # agent id -> brain label, from hellos
+        self._joined = anyio.Event()
         self.bus = bus
         self.store = store
         self.subjects = subjects
@@ -110,11 +154,8 @@ class Broker:
         self.retry_timeout = retry_timeout
         self.stats = BrokerStats()
         self.rooms: dict[UUID, _Room] = {}
-        self._commands: tuple[
-            MemoryObjectSendStream[tuple[UUID, Command]],
-            MemoryObjectReceiveStream[tuple[UUID, Command]],
-        ]
-        self._commands = anyio.create_memory_object_stream[tuple[UUID, Command]](10_000)
+        self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
+        self._commands = anyio.create_memory_object_stream[_Item](10_000)
         self._batches = anyio.create_memory_object_stream[_Batch](10_000)
         self._deadlines = _Deadlines()
         self._deadline_added = anyio.Event()
@@ -128,6 +169,11 @@ class Broker:
     async def abort(self, negotiation_id: UUID, reason: str) -> None:
         """Abort one room (recorded as aborted)."""
         await self._commands[0].send((negotiation_id, Abort(reason=reason)))
+
+    async def joined(self, agents: set[str]) -> None:
+        """Wait until every one of these agents has said hello."""
+        while not agents <= self.brains.keys():
+            await self._joined.wait()
 
     def running(self) -> list[UUID]:
         """Negotiations open and not yet ended."""
@@ -159,7 +205,7 @@ class Broker:
             if parsed is not None:
                 await send.send(parsed)
 
-    def _parse(self, msg: Message) -> tuple[UUID, Command] | None:
+    def _parse(self, msg: Message) -> _Item | None:
         try:
             agent = self.subjects.agent_of_outbox(msg.subject)
         except SubjectError as exc:
@@ -173,6 +219,8 @@ class Broker:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._drop(None, str(agent), f"malformed message: {exc}")
             return None
+        if isinstance(turn, Hello | OpenRooms):
+            return _Control(agent=str(agent), message=turn)
         return turn.negotiation_id, FromAgent(agent=str(agent), turn=turn)
 
     def _drop(self, nid: UUID | None, agent: str | None, reason: str) -> None:
@@ -188,10 +236,124 @@ class Broker:
     async def _process(self) -> None:
         receive = self._commands[1]
         batches = self._batches[0]
-        async for nid, command in receive:
+        async for item in receive:
+            if isinstance(item, _Control):
+                for control_batch in await self._control(item):
+                    await batches.send(control_batch)
+                continue
+            nid, command = item
             batch = self._apply(nid, command)
             if batch is not None:
                 await batches.send(batch)
+
+    async def _control(self, item: _Control) -> list[_Batch]:
+        """Hello and open-rooms requests: not about one room, answered on the inbox."""
+        match item.message:
+            case Hello() as hello:
+                return self._hello(item.agent, hello)
+            case OpenRooms() as request:
+                try:
+                    return await self._open_rooms(item.agent, request)
+                except _RefusedError as refused:
+                    log.warning("broker.request_rejected", agent=item.agent, reason=refused.reason)
+                    reply = Rejected(request_id=request.request_id, reason=refused.reason)
+                    return [self._deliver_only([(item.agent, reply)])]
+
+    def _deliver_only(self, messages: list[tuple[str, InboxMessage]]) -> _Batch:
+        # No events, only deliveries; it still goes through the writer, so it follows
+        # every batch decided before it (nothing is delivered ahead of its commit).
+        return _Batch(
+            events=[],
+            deliveries=[(self.subjects.inbox(AgentId(a)), encode(m)) for a, m in messages],
+            observed=[],
+        )
+
+    def _hello(self, agent: str, hello: Hello) -> list[_Batch]:
+        self.brains[agent] = hello.brain[:200] or "unannounced"
+        self._joined.set()
+        self._joined = anyio.Event()
+        rooms = [
+            nid
+            for nid, room in self.rooms.items()
+            if room.state.started is not None
+            and room.state.phase != "ended"
+            and agent
+            in {
+                room.state.started.buyer.agent_id,
+                *(s.agent_id for s in room.state.started.sellers),
+            }
+        ]
+        messages: list[tuple[str, InboxMessage]] = [
+            (agent, Welcome(agent_id=agent, rooms=tuple(rooms)))
+        ]
+        for nid in rooms:
+            messages += catch_up(self.rooms[nid].state, agent)
+        log.info(
+            "broker.agent_joined",
+            agent=agent,
+            role=hello.role,
+            brain=hello.brain,
+            open_rooms=len(rooms),
+        )
+        return [self._deliver_only(messages)]
+
+    async def _open_rooms(self, agent: str, request: OpenRooms) -> list[_Batch]:
+        if self.sessions is None:
+            raise _RefusedError(
+                "this broker has no session store; run `mams broker` with a database"
+            )
+        if request.max_rounds < 2 or request.round_timeout <= 0:
+            raise _RefusedError("max_rounds must be at least 2 and round_timeout positive")
+        session_id = request.session_id
+        if request.scenario is not None:
+            try:
+                scenario = parse_scenario(request.scenario, source="open_rooms.scenario")
+            except ScenarioError as exc:
+                raise _RefusedError(str(exc)) from None
+            session_id = uuid.uuid4()
+        elif session_id is not None:
+            loaded = await self.sessions.load(session_id)
+            if loaded is None:
+                raise _RefusedError(f"no session {session_id}; `mams sessions` lists them")
+            scenario = loaded
+        else:
+            raise _RefusedError("open_rooms needs a session_id or a scenario")
+        if scenario.buyer.agent_id != agent:
+            raise _RefusedError(
+                f"only the session's buyer ({scenario.buyer.handle}) may open its rooms"
+            )
+        wanted = {item_key(i) for i in request.items}
+        items = [i for i in scenario.buyer.items if not wanted or item_key(i.item_name) in wanted]
+        missing = wanted - {item_key(i.item_name) for i in items}
+        if missing or not items:
+            known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
+            raise _RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
+        if request.scenario is not None:
+            await self.sessions.save(session_id, scenario)
+        assert session_id is not None
+        options = RoomOptions(
+            max_rounds=request.max_rounds, seed=request.seed, round_timeout=request.round_timeout
+        )
+        labels = {
+            a: self.brains.get(a, "unannounced")
+            for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
+        }
+        batches: list[_Batch] = []
+        ids: list[UUID] = []
+        for item in items:
+            started = opening(scenario, session_id, item, options, labels)
+            ids.append(started.negotiation_id)
+            batch = self._apply(started.negotiation_id, Open(started=started))
+            if batch is not None:
+                batches.append(batch)
+        reply = RoomsOpened(
+            request_id=request.request_id,
+            session_id=session_id,
+            negotiation_ids=tuple(ids),
+            items=tuple(i.item_name for i in items),
+        )
+        log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(ids))
+        return [*batches, self._deliver_only([(agent, reply)])]
 
     def _apply(self, nid: UUID, command: Command) -> _Batch | None:
         room = self.rooms.get(nid)

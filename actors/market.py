@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -24,9 +23,10 @@ from mams.actors.broker import Broker
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
 from mams.domain.config import AUTO_MODEL, BASELINE_MODEL, BuyerItem, Scenario
-from mams.domain.events import BuyerTerms, Event, NegotiationStarted, SellerTerms
+from mams.domain.events import Event, NegotiationStarted
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
+from mams.domain.opening import RoomOptions, opening
 from mams.storage.eventstore import EventStore
 
 log = structlog.get_logger("mams.market")
@@ -113,47 +113,17 @@ def build_started(
     negotiation_id: UUID | None = None,
     models: Mapping[str, str] | None = None,
 ) -> NegotiationStarted:
-    """The opening event of a room for one buyer item, with every private fact in it.
+    """The opening event of a room for one buyer item (see `domain.opening`).
 
     `models` maps agent ids to concrete model strings (default: resolved from options,
     scenario and environment); the log records each agent's brain by its label.
     """
-    buyer = scenario.buyer
     models = models if models is not None else resolve_models(scenario, options)
-    sellers: list[SellerTerms] = []
-    for s in scenario.sellers_of(item.item_name):
-        stock = s.stock(item.item_name)
-        assert stock is not None
-        sellers.append(
-            SellerTerms(
-                agent_id=s.agent_id,
-                handle=s.handle,
-                style=s.style,
-                customer_retention_weight=s.customer_retention_weight,
-                profit_maximization_weight=s.profit_maximization_weight,
-                cost_price=stock.cost_price,
-                selling_price=stock.selling_price,
-                least_price=stock.least_price,
-                brain=brain_label(models[s.agent_id]),
-            )
-        )
-    return NegotiationStarted(
-        negotiation_id=negotiation_id or uuid.uuid4(),
-        session_id=session_id,
-        item_name=item.item_name,
-        buyer=BuyerTerms(
-            agent_id=buyer.agent_id,
-            handle=buyer.handle,
-            quantity=item.quantity,
-            min_price=item.min_price,
-            max_price=item.max_price,
-            brain=brain_label(models[buyer.agent_id]),
-        ),
-        sellers=tuple(sellers),
-        max_rounds=options.max_rounds,
-        round_timeout=options.round_timeout,
-        seed=options.seed,
+    room = RoomOptions(
+        max_rounds=options.max_rounds, seed=options.seed, round_timeout=options.round_timeout
     )
+    labels = {agent: brain_label(model) for agent, model in models.items()}
+    return opening(scenario, session_id, item, room, labels, negotiation_id)
 
 
 def prepare_brains(

@@ -9,6 +9,7 @@ sender from the subject the message arrived on.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -108,8 +109,53 @@ class RoomClosed(msgspec.Struct, frozen=True, kw_only=True, tag="room.closed"):
     outcome: Outcome | None = None
 
 
+class Welcome(msgspec.Struct, frozen=True, kw_only=True, tag="welcome"):
+    """To an agent that said hello: who the broker takes it to be, and the open rooms it is
+    in (their views follow, so an agent that (re)joins late can catch up)."""
+
+    agent_id: str
+    protocol: int = 1
+    rooms: tuple[UUID, ...] = ()
+
+
+class RoomsOpened(msgspec.Struct, frozen=True, kw_only=True, tag="rooms.opened"):
+    """To the buyer: the rooms its `open_rooms` request opened, one per item."""
+
+    request_id: UUID
+    session_id: UUID
+    negotiation_ids: tuple[UUID, ...]
+    items: tuple[str, ...]
+
+
+class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected"):
+    """To an agent: a control request of its was refused, and why (what to fix)."""
+
+    request_id: UUID
+    reason: str
+
+
 InboxMessage = (
+    BuyerRoomOpened
+    | SellerRoomOpened
+    | TurnStarted
+    | BuyerMessage
+    | SellerMessage
+    | RoomClosed
+    | Welcome
+    | RoomsOpened
+    | Rejected
+)
+RoomMessage = (
     BuyerRoomOpened | SellerRoomOpened | TurnStarted | BuyerMessage | SellerMessage | RoomClosed
+)
+# The messages about one room (they carry its negotiation_id); the others are control.
+ROOM_MESSAGES = (
+    BuyerRoomOpened,
+    SellerRoomOpened,
+    TurnStarted,
+    BuyerMessage,
+    SellerMessage,
+    RoomClosed,
 )
 
 
@@ -174,7 +220,32 @@ class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
     llm_calls: tuple[LLMCall, ...] = ()
 
 
-OutboxMessage = BuyerTurn | SellerTurn
+class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
+    """An agent joins (or rejoins) the market: its role and the brain it runs, as a label
+    for the log. The broker answers with `Welcome` and re-sends the agent's open rooms."""
+
+    role: Literal["buyer", "seller"]
+    brain: str = ""
+    protocol: int = 1
+
+
+class OpenRooms(msgspec.Struct, frozen=True, kw_only=True, tag="open_rooms"):
+    """The buyer asks the broker to open one room per item of a session.
+
+    Either `session_id` names a stored session, or `scenario` carries the whole scenario
+    (as its TOML/JSON mapping) to be stored as a new session. `items` empty means all.
+    """
+
+    request_id: UUID
+    session_id: UUID | None = None
+    scenario: dict[str, Any] | None = None
+    items: tuple[str, ...] = ()
+    max_rounds: int = 8
+    round_timeout: float = 30.0
+    seed: int | None = None
+
+
+OutboxMessage = BuyerTurn | SellerTurn | Hello | OpenRooms
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _inbox_decoder = msgspec.json.Decoder(InboxMessage)

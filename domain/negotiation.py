@@ -103,6 +103,7 @@ class NegotiationState:
     first_asks: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
     seen: frozenset[UUID] = frozenset()
     last_unanswered: tuple[str, ...] = ()
+    last_said: BuyerSaid | None = None
     closing: DealClosed | BuyerWalkedAway | None = None
     ended: NegotiationEnded | None = None
 
@@ -135,7 +136,13 @@ def evolve(state: NegotiationState, event: Event) -> NegotiationState:
         case RoundOpened(round=n, final=final):
             return r(state, phase="buyer_turn", round=n, final=final, awaiting=frozenset())
         case BuyerSaid(to=to, message_id=mid):
-            return r(state, phase="sellers_turn", awaiting=frozenset(to), seen=state.seen | {mid})
+            return r(
+                state,
+                phase="sellers_turn",
+                awaiting=frozenset(to),
+                seen=state.seen | {mid},
+                last_said=event,
+            )
         case SellerReplied(seller=seller, offer=offer, message_id=mid):
             offers, asks = state.offers, state.first_asks
             if offer is not None:

@@ -25,17 +25,17 @@ from mams.domain.events import (
 from mams.domain.messages import (
     BuyerMessage,
     BuyerRoomOpened,
-    InboxMessage,
     OwnSellerTerms,
     Peer,
     RoomClosed,
+    RoomMessage,
     SellerMessage,
     SellerRoomOpened,
     TurnStarted,
 )
 from mams.domain.negotiation import NegotiationState
 
-Delivery = tuple[str, InboxMessage]
+Delivery = tuple[str, RoomMessage]
 
 
 def route(state: NegotiationState, event: Event) -> list[Delivery]:
@@ -172,6 +172,43 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
                     deal=won,
                     text=text,
                     outcome=event.outcome if won else None,
+                ),
+            )
+        )
+    return out
+
+
+def catch_up(state: NegotiationState, agent: str) -> list[Delivery]:
+    """What an agent that (re)joins must receive to take part in an open room: its
+    room-opened view, and the turn it owes now (the buyer's turn, or the buyer message a
+    seller has not answered). Nothing for an ended room or one the agent is not in."""
+    started = state.started
+    if started is None or state.phase == "ended":
+        return []
+    out = [(a, m) for a, m in _room_opened(started) if a == agent]
+    if agent == started.buyer.agent_id and state.phase == "buyer_turn":
+        out.append(
+            (
+                agent,
+                TurnStarted(
+                    negotiation_id=started.negotiation_id,
+                    round=state.round,
+                    final=state.final,
+                    unanswered=state.last_unanswered,
+                ),
+            )
+        )
+    said = state.last_said
+    if state.phase == "sellers_turn" and agent in state.awaiting and said is not None:
+        out.append(
+            (
+                agent,
+                BuyerMessage(
+                    negotiation_id=started.negotiation_id,
+                    round=said.round,
+                    message_id=said.message_id,
+                    text=said.text,
+                    counter_price=said.counter_price,
                 ),
             )
         )

@@ -38,8 +38,8 @@ from mams.domain.messages import (
     BuyerMessage,
     BuyerRoomOpened,
     GuardrailNote,
-    InboxMessage,
     RoomClosed,
+    RoomMessage,
     Say,
     SellerMessage,
     SellerRoomOpened,
@@ -108,7 +108,7 @@ class Run:
     state: NegotiationState = INITIAL
     events: list[Event] = field(default_factory=list)
     states_before: list[NegotiationState] = field(default_factory=list)
-    deliveries: list[tuple[Event, str, InboxMessage]] = field(default_factory=list)
+    deliveries: list[tuple[Event, str, RoomMessage]] = field(default_factory=list)
     renderer: Renderer = field(default_factory=Renderer)
     live_transcript: list[str] = field(default_factory=list)
     # seller id -> every price string it ever put forward or holds privately
@@ -284,7 +284,7 @@ def numbers_in(data: bytes, numbers: set[str]) -> set[str]:
     return found
 
 
-def texts_of(message: InboxMessage) -> Iterator[str]:
+def texts_of(message: RoomMessage) -> Iterator[str]:
     match message:
         case BuyerMessage(text=t) | SellerMessage(text=t) | RoomClosed(text=t):
             yield t
