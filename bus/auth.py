@@ -363,7 +363,7 @@ class UsersFile:
                     "permissions": Permissions((), ()).to_conf(),
                 }
             )
-        lines = ",\n".join(f"    {json.dumps(u, sort_keys=True)}" for u in users)
+        lines = ",\n".join(f"    {json.dumps(u)}" for u in users)
         return (
             f"{_HEADER}{_META_TAG}{json.dumps(meta, sort_keys=True)}\n"
             f'{_AUTH_KEY} {{\n  "users": [\n{lines}\n  ]\n}}\n'
