@@ -50,6 +50,8 @@ from mams.domain.events import Event, decode_event
 from mams.domain.negotiation import NegotiationState, replay
 from mams.domain.transcript import Renderer, render
 from mams.infra import servers
+from mams.processes import add_parsers as add_process_parsers
+from mams.processes import cmd_broker, cmd_buyer, cmd_seller
 from mams.storage.readmodels import (
     find_negotiation,
     list_runs,
@@ -193,16 +195,19 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             for entry in renderers[nid].entries(event):
                 print_entry(out, entry, tags.get(nid))
 
-        rooms = await run_market(
-            scenario,
-            session_id,
-            items,
-            connect=connect,
-            store=srv.store,
-            options=options,
-            on_event=on_event,
-            on_opened=on_opened,
-        )
+        if args.processes:
+            rooms = await _run_as_processes(srv, scenario, session_id, items, args, out)
+        else:
+            rooms = await run_market(
+                scenario,
+                session_id,
+                items,
+                connect=connect,
+                store=srv.store,
+                options=options,
+                on_event=on_event,
+                on_opened=on_opened,
+            )
     out.print()
     out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
     if usage.calls:
@@ -225,6 +230,46 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             }
         )
     return 0
+
+
+async def _run_as_processes(
+    srv: Any,
+    scenario: Scenario,
+    session_id: UUID,
+    items: list[Any],
+    args: argparse.Namespace,
+    out: Console,
+) -> list[RoomResult]:
+    """Broker, sellers and buyer as OS processes; the outcomes read back from the log."""
+    from mams.processes import supervise
+
+    started_after = await srv.pool.fetchval("SELECT now()")
+    await supervise(
+        scenario=scenario,
+        session_id=session_id,
+        items=[i.item_name for i in items],
+        nats_url=srv.nats_url,
+        dsn=srv.dsn,
+        args=args,
+        out=out,
+    )
+    rows = await srv.pool.fetch(
+        "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "
+        "AND started_at >= $2 ORDER BY started_at, item_name",
+        session_id,
+        started_after,
+    )
+    rooms = []
+    for row in rows:
+        events = [decode_event(e.data) for e in await srv.store.read(row["negotiation_id"])]
+        rooms.append(
+            RoomResult(
+                negotiation_id=row["negotiation_id"],
+                item_name=row["item_name"],
+                state=replay(events),
+            )
+        )
+    return rooms
 
 
 # -- replay, sessions, negotiations ---------------------------------------------------------
@@ -416,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--seller-model", help="every seller's brain (same forms); overrides the scenario"
     )
+    run.add_argument(
+        "--processes",
+        action="store_true",
+        help="run broker, buyer and each seller as separate OS processes",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")
@@ -434,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     ses.add_argument("--limit", type=int, default=50)
     ses.add_argument("--json", action="store_true")
 
+    add_process_parsers(sub)
+
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
     neg.add_argument("--session", help="only this session's")
     neg.add_argument("--limit", type=int, default=50)
@@ -443,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {
     "run": cmd_run,
+    "broker": cmd_broker,
+    "seller": cmd_seller,
+    "buyer": cmd_buyer,
     "rerun": cmd_rerun,
     "replay": cmd_replay,
     "sessions": cmd_sessions,

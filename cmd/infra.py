@@ -32,6 +32,7 @@ class Servers:
     pool: asyncpg.Pool
     store: PostgresEventStore
     db_note: str
+    dsn: str = ""
 
 
 def hide_password(url: str) -> str:
@@ -59,15 +60,25 @@ async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
         try:
             nats_url = os.environ.get("NATS_URL")
             if not need_bus:
-                yield Servers(None, "", pool, store, db_note)
+                yield Servers(None, "", pool, store, db_note, dsn)
             elif nats_url:
                 yield Servers(
-                    nats_url, f"NATS at {hide_password(nats_url)} (NATS_URL)", pool, store, db_note
+                    nats_url,
+                    f"NATS at {hide_password(nats_url)} (NATS_URL)",
+                    pool,
+                    store,
+                    db_note,
+                    dsn,
                 )
             else:
                 async with EmbeddedNats() as nats:
                     yield Servers(
-                        nats.url, f"embedded nats-server at {nats.url}", pool, store, db_note
+                        nats.url,
+                        f"embedded nats-server at {nats.url}",
+                        pool,
+                        store,
+                        db_note,
+                        dsn,
                     )
         finally:
             await pool.close()

@@ -1,0 +1,399 @@
+"""Agents as separate processes: `mams broker`, `mams seller`, `mams buyer`, and the
+supervisor behind `mams run --processes`.
+
+Every process finds the bus through NATS_URL (or --nats; credentials may ride in the URL,
+as `mams creds` prints them) and one market name (the subject prefix, default "mams").
+Only the broker touches the database (DATABASE_URL, or the embedded one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import msgspec
+import structlog
+from rich.console import Console
+from rich.text import Text
+
+from mams.actors.agent import AgentActor
+from mams.actors.broker import Broker
+from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
+from mams.bus.nats import NatsBus
+from mams.bus.subjects import Subjects
+from mams.domain.config import Scenario, load_scenario, scenario_to_raw
+from mams.domain.errors import ConfigError
+from mams.domain.messages import (
+    Hello,
+    InboxMessage,
+    OpenRooms,
+    Rejected,
+    RoomClosed,
+    RoomsOpened,
+    SellerMessage,
+    Welcome,
+    encode,
+)
+from mams.domain.money import fmt
+from mams.domain.transcript import describe_outcome
+from mams.infra import hide_password, servers
+from mams.storage.readmodels import load_session, save_session
+
+log = structlog.get_logger("mams.processes")
+HELLO_EVERY = 1.0
+JOIN_TIMEOUT = 60.0
+READY_TIMEOUT = 60.0
+
+
+class PgSessions:
+    """The broker's session store on the read-model tables."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def load(self, session_id: UUID) -> Scenario | None:
+        """The scenario of a stored session, or None."""
+        async with self.pool.acquire() as conn:
+            return await load_session(conn, session_id)
+
+    async def save(self, session_id: UUID, scenario: Scenario) -> None:
+        """Store a scenario as a new session."""
+        async with self.pool.acquire() as conn:
+            await save_session(conn, session_id, scenario)
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    url: str | None = args.nats or os.environ.get("NATS_URL")
+    if not url:
+        raise ConfigError(
+            "no bus given: set NATS_URL (or --nats) to the market's NATS server, "
+            "e.g. the URL `mams broker` printed"
+        )
+    return url
+
+
+async def _until_signalled() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+# -- broker ----------------------------------------------------------------------------------
+async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
+    """Serve a market until SIGTERM/SIGINT."""
+    if args.nats:
+        os.environ["NATS_URL"] = args.nats
+    subjects = Subjects(prefix=args.market)
+    async with servers(need_bus=True) as srv:
+        assert srv.nats_url is not None
+        bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-broker")
+        broker = Broker(bus, srv.store, subjects, sessions=PgSessions(srv.pool))
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(broker.run)
+                out.print(
+                    f"broker ready: market {args.market!r} on {hide_password(srv.nats_url)}"
+                    f"; {srv.db_note}"
+                )
+                sys.stdout.flush()
+                await _until_signalled()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await bus.close()
+    return 0
+
+
+# -- joining ---------------------------------------------------------------------------------
+async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None:
+    """Say hello until the broker answers (it may start after us), bounded."""
+    hello = encode(Hello(role=actor.role, brain=actor.brain.label))
+    with anyio.move_on_after(JOIN_TIMEOUT) as scope:
+        while not welcomed.is_set():
+            await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)
+            with anyio.move_on_after(HELLO_EVERY):
+                await welcomed.wait()
+    if scope.cancelled_caught:
+        raise ConfigError(
+            f"no broker answered within {JOIN_TIMEOUT:.0f} s on market "
+            f"{actor.subjects.prefix!r} at {hide_password(nats_url)}; start "
+            "`mams broker` there (same --market)"
+        )
+
+
+# -- seller ----------------------------------------------------------------------------------
+async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
+    """Run one seller of a scenario until SIGTERM/SIGINT."""
+    scenario = load_scenario(Path(args.scenario))
+    wanted = args.handle.lower().removeprefix("@")
+    seller = next((s for s in scenario.sellers if s.agent_id == wanted), None)
+    if seller is None:
+        handles = ", ".join(s.handle for s in scenario.sellers)
+        raise ConfigError(
+            f"--handle {args.handle}: not a seller of {args.scenario}; its sellers: {handles}"
+        )
+    url = _nats_url(args)
+    brain = make_seller_brain(resolve_model(args.model or seller.model))
+    bus = await NatsBus.connect(url, name=f"{args.market}-{seller.agent_id}")
+    welcomed = anyio.Event()
+
+    def on_message(message: InboxMessage) -> None:
+        if isinstance(message, Welcome):
+            welcomed.set()
+
+    actor = AgentActor(
+        bus, Subjects(prefix=args.market), seller.agent_id, brain, "seller", on_message=on_message
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await _join(actor, welcomed, url)
+            out.print(f"seller {seller.handle} ready ({brain.label})")
+            sys.stdout.flush()
+            await _until_signalled()
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await bus.close()
+    return 0
+
+
+# -- buyer -----------------------------------------------------------------------------------
+async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
+    """Open the session's rooms, negotiate them, print the outcomes, exit."""
+    if bool(args.scenario) == bool(args.session):
+        raise ConfigError("give --scenario FILE or --session SESSION_ID (one of them)")
+    scenario = load_scenario(Path(args.scenario)) if args.scenario else None
+    model = args.model or (scenario.buyer.model if scenario else "auto")
+    agent_id = scenario.buyer.agent_id if scenario else args.agent
+    url = _nats_url(args)
+    brain = make_buyer_brain(resolve_model(model))
+    bus = await NatsBus.connect(url, name=f"{args.market}-{agent_id}")
+    welcomed = anyio.Event()
+    opened: list[RoomsOpened] = []
+    rejected: list[Rejected] = []
+    closed: dict[UUID, RoomClosed] = {}
+    done = anyio.Event()
+
+    def on_message(message: InboxMessage) -> None:
+        match message:
+            case Welcome():
+                welcomed.set()
+            case RoomsOpened():
+                opened.append(message)
+                out.print(
+                    f"opened {len(message.negotiation_ids)} room(s) in session {message.session_id}"
+                )
+            case Rejected():
+                rejected.append(message)
+                done.set()
+            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
+                price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
+                out.print(f"r{n} {peer.handle}: {text}{price}")
+            case RoomClosed():
+                closed[message.negotiation_id] = message
+            case _:
+                pass
+        if opened and set(opened[0].negotiation_ids) <= closed.keys():
+            done.set()
+
+    request = OpenRooms(
+        request_id=uuid.uuid4(),
+        session_id=UUID(args.session) if args.session else None,
+        scenario=scenario_to_raw(scenario) if scenario else None,
+        items=tuple(args.item),
+        max_rounds=args.max_rounds,
+        round_timeout=args.round_timeout,
+        seed=args.seed,
+    )
+    actor = AgentActor(
+        bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            await _join(actor, welcomed, url)
+            await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+            await done.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await bus.close()
+    if rejected:
+        raise ConfigError(f"the broker refused to open the rooms: {rejected[0].reason}")
+    results = [
+        {"negotiation_id": str(nid), "outcome": msgspec.to_builtins(c.outcome), "status": c.status}
+        for nid, c in closed.items()
+    ]
+    for nid, c in closed.items():
+        outcome = describe_outcome(c.outcome) if c.outcome else "closed"
+        out.print(f"{nid}: {c.status}: {outcome}")
+    if args.json:
+        sys.stdout.write(
+            msgspec.json.encode(
+                {"session_id": str(opened[0].session_id), "negotiations": results}
+            ).decode()
+            + "\n"
+        )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """The broker, seller and buyer subcommands."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--nats", help="NATS URL (default: $NATS_URL)")
+        p.add_argument(
+            "--market",
+            default="mams",
+            help="market name, the subject prefix every process shares (default mams)",
+        )
+
+    b = sub.add_parser("broker", help="run the broker of a market (needs the database)")
+    common(b)
+    s = sub.add_parser("seller", help="run one seller of a scenario as its own process")
+    common(s)
+    s.add_argument("--scenario", required=True, help="the scenario file naming this seller")
+    s.add_argument("--handle", required=True, help="which seller, e.g. @TechMart")
+    s.add_argument("--model", help="brain override: baseline, auto or provider:model")
+    u = sub.add_parser("buyer", help="run the buyer: open the rooms, negotiate, print outcomes")
+    common(u)
+    u.add_argument("--scenario", help="scenario file (stored by the broker as a new session)")
+    u.add_argument("--session", help="a stored session's id")
+    u.add_argument("--agent", default="buyer", help="the buyer's agent id with --session")
+    u.add_argument("--item", action="append", default=[], help="only this item (repeatable)")
+    u.add_argument("--model", help="brain override: baseline, auto or provider:model")
+    u.add_argument("--max-rounds", type=int, default=8)
+    u.add_argument("--round-timeout", type=float, default=30.0)
+    u.add_argument("--seed", type=int, default=None)
+    u.add_argument("--json", action="store_true")
+
+
+# -- supervisor: `mams run --processes` --------------------------------------------------------
+class _Child:
+    """One supervised `mams` process whose stdout we read line by line."""
+
+    def __init__(self, name: str, process: anyio.abc.Process) -> None:
+        self.name = name
+        self.process = process
+        self.lines: list[str] = []
+
+    async def wait_for_line(self, marker: str) -> None:
+        """Read stdout until a line containing `marker`, keeping what was read. Callers
+        bound it with a deadline."""
+        assert self.process.stdout is not None
+        buffered = ""
+        async for chunk in self.process.stdout:
+            buffered += chunk.decode(errors="replace")
+            *done, buffered = buffered.split("\n")
+            self.lines += done
+            if any(marker in line for line in done):
+                return
+        raise ConfigError(f"{self.name} exited before it was ready: {self.lines[-5:]}")
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process.returncode is None:
+            self.process.terminate()
+            with anyio.move_on_after(10):
+                await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def supervise(
+    *,
+    scenario: Scenario,
+    session_id: UUID,
+    items: list[str],
+    nats_url: str,
+    dsn: str,
+    args: argparse.Namespace,
+    out: Console,
+) -> None:
+    """Run broker, sellers and buyer as separate OS processes on one market; return when
+    the buyer has finished (its rooms are all closed)."""
+    market = f"mams-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "DATABASE_URL": dsn,
+        "MAMS_LOG_LEVEL": os.environ.get("MAMS_LOG_LEVEL", "warning"),
+    }
+    exe = [sys.executable, "-m", "mams"]
+    children: list[_Child] = []
+
+    async def spawn(name: str, *argv: str) -> _Child:
+        process = await anyio.open_process([*exe, *argv], env=env, stdout=-1, stderr=None)
+        child = _Child(name, process)
+        children.append(child)
+        return child
+
+    async with anyio.TemporaryDirectory() as tmp:
+        scenario_file = Path(tmp) / "scenario.json"
+        scenario_file.write_bytes(msgspec.json.encode(scenario_to_raw(scenario)))
+        try:
+            broker = await spawn("broker", "broker", "--market", market)
+            with anyio.fail_after(READY_TIMEOUT):
+                await broker.wait_for_line("broker ready")
+            out.print(f"[dim]process broker (pid {broker.process.pid}) ready[/dim]")
+            wanted = set(items)
+            handles = [
+                s.handle for s in scenario.sellers if any(s.stock(i) is not None for i in wanted)
+            ]
+            for handle in handles:
+                argv = [
+                    "seller",
+                    "--scenario",
+                    str(scenario_file),
+                    "--handle",
+                    handle,
+                    "--market",
+                    market,
+                ]
+                if args.seller_model:
+                    argv += ["--model", args.seller_model]
+                seller = await spawn(handle, *argv)
+                with anyio.fail_after(READY_TIMEOUT):
+                    await seller.wait_for_line("ready")
+                out.print(f"[dim]process seller {handle} (pid {seller.process.pid}) ready[/dim]")
+            argv = [
+                "buyer",
+                "--session",
+                str(session_id),
+                "--agent",
+                scenario.buyer.agent_id,
+                "--market",
+                market,
+                "--max-rounds",
+                str(args.max_rounds),
+                "--round-timeout",
+                str(args.round_timeout or 30.0),
+            ]
+            for item in items:
+                argv += ["--item", item]
+            if args.seed is not None:
+                argv += ["--seed", str(args.seed)]
+            if args.buyer_model:
+                argv += ["--model", args.buyer_model]
+            buyer = await spawn("buyer", *argv)
+            out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
+            assert buyer.process.stdout is not None
+            async for chunk in buyer.process.stdout:
+                for line in chunk.decode(errors="replace").splitlines():
+                    out.print(Text("[buyer] ", style="dim") + Text(line), highlight=False)
+            code = await buyer.process.wait()
+            if code != 0:
+                raise ConfigError(f"the buyer process exited with status {code}")
+        finally:
+            with anyio.CancelScope(shield=True):
+                for child in reversed(children):
+                    await child.stop()
