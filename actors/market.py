@@ -31,6 +31,8 @@ from mams.storage.eventstore import EventStore
 
 log = structlog.get_logger("mams.market")
 
+JOIN_TIMEOUT = 30.0
+
 Connect = Callable[[str], Awaitable[Bus]]
 OnEvent = Callable[[UUID, int, Event, NegotiationState], None]
 
@@ -239,6 +241,9 @@ async def run_rooms(
                     await bus_for(agent_id), subjects, agent_id, brains[agent_id], "seller"
                 )
                 await tg.start(actor.run)
+            # Open rooms only once every agent has said hello (and so is subscribed).
+            with anyio.fail_after(JOIN_TIMEOUT):
+                await broker.joined({*buyers, *sellers})
             for started in starts:
                 await broker.open(started)
             if on_opened is not None:
