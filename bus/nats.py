@@ -27,6 +27,7 @@ from mams.bus.base import (
     BusSubjectError,
     Message,
     Subscription,
+    redact_url,
 )
 
 __all__ = ["NatsBus"]
@@ -40,7 +41,8 @@ _FIX_HINT = (
 
 
 def _translate(exc: BaseException, *, url: str, doing: str, subject: str | None = None) -> BusError:
-    """The one place nats-py (and socket) errors become MAMS errors."""
+    """The one place nats-py (and socket) errors become MAMS errors (passwords redacted)."""
+    url = redact_url(url)
     if isinstance(exc, BusError):
         return exc
     if isinstance(exc, nats.errors.BadSubjectError):
@@ -79,8 +81,11 @@ def _raise(exc: BaseException, *, url: str, doing: str, subject: str | None = No
 
 
 def _netloc(nc: Client) -> str:
+    # The server we are on, as host:port (never the userinfo, which holds the password).
     url = nc.connected_url
-    return url.netloc if url is not None else "?"
+    if url is None:
+        return "?"
+    return f"{url.hostname}:{url.port}" if url.port else str(url.hostname)
 
 
 class NatsBus:
@@ -124,7 +129,7 @@ class NatsBus:
         URL and how to fix it. Once connected, reconnects forever, ``reconnect_wait``
         apart; disconnects, reconnects and async errors are logged with structlog.
         """
-        log = _log.bind(url=url, client=name)
+        log = _log.bind(url=redact_url(url), client=name)
         last_error: list[BaseException] = []
 
         async def on_error(exc: Exception) -> None:

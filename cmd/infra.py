@@ -11,11 +11,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
 import asyncpg
 
+from mams.bus.base import redact_url
 from mams.bus.embedded import EmbeddedNats
 from mams.storage.embedded import EmbeddedPostgres
 from mams.storage.eventstore import PostgresEventStore
@@ -37,11 +37,7 @@ class Servers:
 
 def hide_password(url: str) -> str:
     """A URL safe to print: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 @asynccontextmanager

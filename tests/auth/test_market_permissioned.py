@@ -69,11 +69,6 @@ async def test_a_negotiation_completes_with_every_actor_on_its_own_credentials(
     assert violations == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus/nats.py binds the whole NATS URL, password included, to its log context "
-    "(NatsBus.connect: _log.bind(url=url)); redact the userinfo there and drop this mark",
-)
 async def test_no_password_reaches_the_logs(tmp_path: Path, subject_prefix: str) -> None:
     subjects = Subjects(subject_prefix)
     async with permissioned_market(tmp_path, subjects, {"techmart": "seller"}) as m:
