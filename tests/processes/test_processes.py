@@ -1,0 +1,348 @@
+"""MAMS as separate OS processes over the real NATS and PostgreSQL servers.
+
+(a) `mams run --processes --json` supervises the cast and prints the documented JSON;
+(b) broker, buyer and two sellers started here as four processes reach the same outcome
+    and the same log (per acting agent, ids aside) as the in-process `mams run`;
+(c) a buyer that asks to open a session it does not own is refused: exit 2, the reason;
+(d) a seller killed with SIGKILL mid-negotiation: the round deadline closes its rounds,
+    the negotiation ends; restarted with the same handle it is welcomed with its open room.
+Every wait is bounded; every child is stopped (the `procs` fixture).
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import asyncpg
+import msgspec
+import pytest
+
+from mams.actors.rerun import compare
+from mams.bus.nats import NatsBus
+from mams.bus.subjects import AgentId, Subjects
+from mams.domain.config import parse_scenario_text
+from mams.domain.events import (
+    Event,
+    NegotiationEnded,
+    NegotiationStarted,
+    RoundClosed,
+    SellerReplied,
+    decode_event,
+)
+from mams.domain.messages import InboxMessage, Welcome, decode_committed, decode_inbox
+from mams.domain.negotiation import replay
+from mams.storage.pg import open_store
+from mams.storage.readmodels import save_session
+from tests.processes.helpers import Cast, one_json_object
+
+pytestmark = pytest.mark.e2e
+
+SCENARIO = """
+name = "processes"
+
+[buyer]
+handle = "@Buyer"
+
+[[buyer.items]]
+item_name = "USB-C cable"
+quantity = 3
+min_price = 4.00
+max_price = 9.00
+
+[[sellers]]
+handle = "@TechMart"
+style = "rude"
+customer_retention_weight = 0.2
+profit_maximization_weight = 0.8
+[[sellers.inventory]]
+item_name = "USB-C cable"
+cost_price = 2.00
+selling_price = 9.50
+least_price = 5.50
+
+[[sellers]]
+handle = "@QuickTech"
+style = "sweet"
+customer_retention_weight = 0.7
+profit_maximization_weight = 0.3
+[[sellers.inventory]]
+item_name = "USB-C cable"
+cost_price = 3.00
+selling_price = 8.00
+least_price = 6.00
+"""
+# For (d): @QuickTech alone. The baseline buyer re-addresses only sellers that made an
+# offer, so with a second seller answering, a silent one would be left out after round 1
+# and the room would end at once; alone, every round waits for it until its deadline.
+ONLY_QUICKTECH = (
+    SCENARIO[: SCENARIO.index('[[sellers]]\nhandle = "@TechMart"')]
+    + SCENARIO[SCENARIO.index('[[sellers]]\nhandle = "@QuickTech"') :]
+)
+ZERO = UUID(int=0)
+BASELINE = ("--model", "baseline")
+
+
+@pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    path = tmp_path / "processes.toml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    return path
+
+
+async def read_log(database_url: str, schema: str, nid: UUID) -> list[Event]:
+    pool, store = await open_store(database_url, schema)
+    try:
+        return [decode_event(e.data) for e in await store.read(nid)]
+    finally:
+        await pool.close()
+
+
+async def start_market(
+    procs: Cast, market: str, scenario: Path, handles: tuple[str, ...] = ("@TechMart", "@QuickTech")
+) -> None:
+    """`mams broker` and one `mams seller` per handle, all ready."""
+    broker = procs.mams("broker", "broker", "--market", market)
+    await broker.wait_for("broker ready")
+    for handle in handles:
+        seller = procs.mams(
+            handle, "seller", "--scenario", str(scenario), "--handle", handle, "--market", market
+        )
+        await seller.wait_for("ready")
+
+
+# -- (a) -------------------------------------------------------------------------------------
+async def test_run_processes_json(procs: Cast, scenario_file: Path) -> None:
+    run = procs.mams("run", "run", str(scenario_file), "--processes", "--json", "--seed", "7")
+    assert await run.wait() == 0, run.describe()
+    doc = one_json_object(run.out())
+    assert set(doc) == {"session_id", "brain", "negotiations"}
+    UUID(doc["session_id"])
+    assert isinstance(doc["brain"], str)
+    assert doc["brain"]
+    [n] = doc["negotiations"]
+    assert set(n) == {"negotiation_id", "item", "status", "outcome"}
+    UUID(n["negotiation_id"])
+    assert n["item"] == "USB-C cable"
+    assert n["status"] == "completed"
+    outcome = n["outcome"]
+    assert set(outcome) == {"type", "seller", "unit_price", "quantity", "rounds"}
+    assert outcome["type"] in {"deal", "no_deal", "max_rounds"}
+    assert isinstance(outcome["rounds"], int)
+    if outcome["type"] == "deal":
+        assert outcome["seller"] in {"@TechMart", "@QuickTech"}
+        assert Decimal("4.00") <= outcome["unit_price"] <= Decimal("9.00")
+        assert outcome["quantity"] == 3
+    # Every child the supervisor started has exited with it (none left behind).
+    assert "process broker" in run.err()
+
+
+# -- (b) -------------------------------------------------------------------------------------
+def normalised(events: list[Event]) -> list[Event]:
+    """The log with the run's own ids (negotiation, session) zeroed; `compare` already
+    ignores message ids and latencies, and events carry no timestamps."""
+    out: list[Event] = []
+    for e in events:
+        if isinstance(e, NegotiationStarted):
+            e = msgspec.structs.replace(e, negotiation_id=ZERO, session_id=ZERO)
+        out.append(e)
+    return out
+
+
+async def test_four_processes_match_the_single_process_run(
+    procs: Cast, market: str, scenario_file: Path, database_url: str, pg_schema: str
+) -> None:
+    await start_market(procs, market, scenario_file)
+    buyer = procs.mams(
+        "buyer",
+        "buyer",
+        "--scenario",
+        str(scenario_file),
+        "--market",
+        market,
+        "--seed",
+        "7",
+        "--json",
+        *BASELINE,
+    )
+    assert await buyer.wait() == 0, buyer.describe()
+    [split] = one_json_object(buyer.out())["negotiations"]
+    assert split["status"] == "completed"
+
+    single = procs.mams(
+        "single",
+        "run",
+        str(scenario_file),
+        "--seed",
+        "7",
+        "--json",
+        "--buyer-model",
+        "baseline",
+        "--seller-model",
+        "baseline",
+    )
+    assert await single.wait() == 0, single.describe()
+    [whole] = one_json_object(single.out())["negotiations"]
+
+    a = await read_log(database_url, pg_schema, UUID(split["negotiation_id"]))
+    b = await read_log(database_url, pg_schema, UUID(whole["negotiation_id"]))
+    assert compare(normalised(b), normalised(a)) == []
+    assert len(a) == len(b)
+    sa, sb = replay(a), replay(b)
+    assert sa.outcome == sb.outcome
+    assert sa.ended is not None
+    assert sb.ended is not None
+    assert sa.ended.status == sb.ended.status == "completed"
+    # The buyer's own JSON says the same as the log.
+    assert split["outcome"]["type"] == whole["outcome"]["type"]
+    assert split["outcome"]["rounds"] == whole["outcome"]["rounds"]
+
+
+# -- (c) -------------------------------------------------------------------------------------
+async def test_buyer_cannot_open_a_session_it_does_not_own(
+    procs: Cast, market: str, database_url: str, pg_schema: str
+) -> None:
+    broker = procs.mams("broker", "broker", "--market", market)
+    await broker.wait_for("broker ready")  # migrated: the session tables exist
+    session_id = uuid.uuid4()
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": pg_schema})
+    try:
+        await save_session(conn, session_id, parse_scenario_text(SCENARIO, fmt="toml"))
+    finally:
+        await conn.close()
+
+    impostor = procs.mams(
+        "impostor",
+        "buyer",
+        "--session",
+        str(session_id),
+        "--agent",
+        "techmart",
+        "--market",
+        market,
+        *BASELINE,
+    )
+    assert await impostor.wait(within=60) == 2, impostor.describe()
+    err = " ".join(impostor.err().split())
+    assert "the broker refused to open the rooms" in err
+    assert "only the session's buyer (@Buyer) may open its rooms" in err
+
+    unknown = procs.mams(
+        "unknown", "buyer", "--session", str(uuid.uuid4()), "--market", market, *BASELINE
+    )
+    assert await unknown.wait(within=60) == 2, unknown.describe()
+    assert "no session" in unknown.err()
+    # Nothing was opened for either request.
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": pg_schema})
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM negotiation_runs") == 0
+    finally:
+        await conn.close()
+
+
+# -- (d) -------------------------------------------------------------------------------------
+async def test_killed_seller_deadline_then_rejoin(
+    procs: Cast,
+    market: str,
+    tmp_path: Path,
+    nats_url: str,
+    database_url: str,
+    pg_schema: str,
+) -> None:
+    scenario = tmp_path / "only-quicktech.toml"
+    scenario.write_text(ONLY_QUICKTECH, encoding="utf-8")
+    subjects = Subjects(prefix=market)
+    tap = await NatsBus.connect(nats_url, name="test-tap")
+    committed: list[tuple[UUID, Event]] = []
+    inbox: list[InboxMessage] = []
+    try:
+        events_sub = await tap.subscribe(subjects.all_events(), max_pending=100_000)
+        inbox_sub = await tap.subscribe(subjects.inbox(AgentId("quicktech")))
+        await tap.flush()
+
+        async def read_events() -> None:
+            async for msg in events_sub:
+                c = decode_committed(msg.data)
+                committed.append((c.negotiation_id, c.event))
+
+        async def read_inbox() -> None:
+            async for msg in inbox_sub:
+                inbox.append(decode_inbox(msg.data))
+
+        async def until(pred: Any, within: float = 60.0) -> None:
+            with anyio.fail_after(within):
+                while not pred():  # noqa: ASYNC110 - polling what the readers collect
+                    await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_events)
+            tg.start_soon(read_inbox)
+            await start_market(procs, market, scenario, ("@QuickTech",))
+            [quicktech] = [c for c in procs.children if c.name == "@QuickTech"]
+            quicktech.signal(signal.SIGSTOP)  # in the room, never answering
+            buyer = procs.mams(
+                "buyer",
+                "buyer",
+                "--scenario",
+                str(scenario),
+                "--market",
+                market,
+                "--seed",
+                "7",
+                "--round-timeout",
+                "1",
+                "--max-rounds",
+                "20",
+                "--json",
+                *BASELINE,
+            )
+
+            def deadline_closed() -> bool:
+                return any(
+                    isinstance(e, RoundClosed)
+                    and e.reason == "deadline"
+                    and "quicktech" in e.unanswered
+                    for _, e in committed
+                )
+
+            await until(deadline_closed)  # a round closed at its deadline without @QuickTech
+            quicktech.signal(signal.SIGKILL)
+            assert await quicktech.wait(within=10) == -signal.SIGKILL
+            welcomes_before = sum(isinstance(m, Welcome) for m in inbox)
+            restarted = procs.mams(
+                "@QuickTech again",
+                "seller",
+                "--scenario",
+                str(scenario),
+                "--handle",
+                "@QuickTech",
+                "--market",
+                market,
+            )
+            await restarted.wait_for("ready")
+            assert await buyer.wait() == 0, buyer.describe()
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await tap.close()
+
+    [result] = one_json_object(buyer.out())["negotiations"]
+    assert result["status"] == "completed"
+    nid = UUID(result["negotiation_id"])
+    log = await read_log(database_url, pg_schema, nid)
+    assert isinstance(log[-1], NegotiationEnded)
+    assert log[-1].status == "completed"
+    closed = [e for e in log if isinstance(e, RoundClosed)]
+    assert any(e.reason == "deadline" and e.unanswered == ("quicktech",) for e in closed)
+    # The restarted seller was welcomed with its open room (and caught up on it).
+    rejoin = [m for m in inbox if isinstance(m, Welcome)][welcomes_before:]
+    assert rejoin, "the restarted seller got no welcome"
+    assert all(w.rooms == (nid,) for w in rejoin), rejoin
+    assert any(isinstance(e, SellerReplied) and e.seller == "quicktech" for e in log), (
+        "the restarted seller never answered in its room"
+    )
