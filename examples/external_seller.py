@@ -32,6 +32,8 @@ import uuid
 from decimal import ROUND_CEILING, Decimal
 
 import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 CENT = Decimal("0.01")
 CONCESSION = Decimal("0.10")
@@ -68,7 +70,7 @@ def next_price(previous: Decimal | None, ask: Decimal, floor: Decimal) -> Decima
 class Seller:
     """The seller's rooms and what it has offered in each."""
 
-    def __init__(self, nc: nats.NATS, market: str, agent_id: str) -> None:
+    def __init__(self, nc: Client, market: str, agent_id: str) -> None:
         self.nc = nc
         self.agent_id = agent_id
         self.inbox = f"{market}.agent.{agent_id}.inbox"
@@ -80,7 +82,7 @@ class Seller:
     async def send(self, message: dict[str, object]) -> None:
         await self.nc.publish(self.outbox, json.dumps(message).encode())
 
-    async def on_message(self, msg: nats.aio.msg.Msg) -> None:
+    async def on_message(self, msg: Msg) -> None:
         try:
             message = json.loads(msg.data)
             kind = message["type"]
@@ -186,7 +188,7 @@ async def main() -> int:
     seller = Seller(nc, args.market, agent_id)
     sub = await nc.subscribe(seller.inbox, cb=seller.on_message)
     log("started", handle=args.handle, inbox=seller.inbox, outbox=seller.outbox)
-    hello = {"type": "hello", "role": "seller", "brain": "external: 10% concession"}
+    hello: dict[str, object] = {"type": "hello", "role": "seller", "brain": "external"}
     while not seller.welcomed.is_set() and not stop.is_set():
         await seller.send(hello)
         log("hello")

@@ -29,6 +29,7 @@ from uuid import UUID
 
 import anyio
 import msgspec
+import structlog
 
 from mams.actors.agent import AgentActor
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update", type=Path, help="rewrite this file's walk-through")
     parser.add_argument("--examples", action="store_true", help="print one of each message")
     args = parser.parse_args(argv)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
     async def go() -> list[Captured]:
         if args.nats is None:
