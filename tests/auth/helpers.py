@@ -22,7 +22,7 @@ from mams.bus.auth import Credentials, Role, UsersFile
 from mams.bus.subjects import Subjects
 from tests.auth.nodes import NatsNode, nats_nodes
 
-WAIT = 5.0  # bound on every wait for the server; never a pause
+WAIT = 15.0  # bound on every wait for the server (shared CI machines are slow); not a pause
 
 
 def write_users(path: Path, subjects: Subjects, cast: Mapping[str, Role]) -> dict[str, Credentials]:

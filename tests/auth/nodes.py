@@ -65,8 +65,12 @@ def free_ports(n: int) -> list[int]:
 
 def http_json(port: int, path: str) -> Any:
     """GET ``http://127.0.0.1:<port><path>`` as JSON (blocking; run it in a thread)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-        return json.load(response)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response (and its socket) open: /healthz answers 503
+        raise
 
 
 @dataclass

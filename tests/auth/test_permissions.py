@@ -17,6 +17,7 @@ import pytest
 from mams.bus.auth import Role
 from mams.bus.subjects import AgentId, Subjects
 from tests.auth.helpers import (
+    WAIT,
     Market,
     next_message,
     nothing_delivered,
@@ -109,7 +110,7 @@ async def test_a_seller_cannot_publish_as_another_seller_or_to_any_inbox(market:
         # The seller's own outbox works, and it is the broker's first message: the forged
         # one on gadgethub's outbox never arrived.
         await seller.publish(outbox(m, "techmart"), b"own")
-        first = await outboxes.next_msg(timeout=5)
+        first = await outboxes.next_msg(timeout=WAIT)
         assert (first.subject, first.data) == (outbox(m, "techmart"), b"own")
         # And no inbox or the event stream got the forged messages.
         for sub, subject in (
@@ -132,7 +133,7 @@ async def test_the_broker_does_its_job_and_nothing_else(market: Market) -> None:
         seller_inbox = await seller.subscribe(inbox(m, "techmart"))
         events = await observer.subscribe(m.subjects.all_events())
         await seller.publish(outbox(m, "techmart"), b"turn")
-        msg = await outboxes.next_msg(timeout=5)
+        msg = await outboxes.next_msg(timeout=WAIT)
         assert (msg.subject, msg.data) == (outbox(m, "techmart"), b"turn")
         await broker.publish(inbox(m, "techmart"), b"view")
         assert await next_message(seller_inbox) == b"view"
