@@ -106,3 +106,23 @@ async def test_mams_creds_issues_reloads_and_the_agent_connects(
         async with probe(doc["url"], "quicktech") as seller:
             await seller.subscribe(subjects.inbox(AgentId("techmart")))
             await seller.violation("subscription", subjects.inbox(AgentId("techmart")))
+
+
+async def test_a_revoked_user_is_disconnected_at_the_reload(
+    tmp_path: Path, subject_prefix: str
+) -> None:
+    subjects = Subjects(subject_prefix)
+    async with (
+        permissioned_market(tmp_path, subjects, {"broker": "broker", "techmart": "seller"}) as m,
+        probe(m.url_for("techmart"), "techmart") as seller,
+    ):
+        with UsersFile.edit(m.users_path) as users:
+            assert users.revoke("techmart")
+        reload(m.server.pid)
+
+        async def dropped() -> bool:
+            return seller.nc.is_closed
+
+        assert await eventually(dropped, within=WAIT)
+        assert await cannot_connect(m.url_for("techmart"))
+        assert not await cannot_connect(m.url_for("broker"))
