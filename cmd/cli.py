@@ -44,6 +44,7 @@ from mams.cli_render import (
     room_tag,
     status_of,
 )
+from mams.creds import add_creds_parser, cmd_creds
 from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
 from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, decode_event
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     ses.add_argument("--json", action="store_true")
 
     add_process_parsers(sub)
+    add_creds_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
     neg.add_argument("--session", help="only this session's")
@@ -498,6 +500,7 @@ _COMMANDS = {
     "broker": cmd_broker,
     "seller": cmd_seller,
     "buyer": cmd_buyer,
+    "creds": cmd_creds,
     "rerun": cmd_rerun,
     "replay": cmd_replay,
     "sessions": cmd_sessions,
