@@ -57,11 +57,18 @@ async def test_two_servers_get_different_ports(tmp_path: Path) -> None:
             assert (tmp_path / "a").is_dir()  # JetStream store went where we asked
 
 
-async def test_config_file_is_used_with_our_port() -> None:
+async def test_config_file_is_used_with_our_port(tmp_path: Path) -> None:
+    # The project's nats.conf includes users.conf, which `mams creds` writes beside it.
+    (tmp_path / "nats.conf").write_text((REPO / "nats.conf").read_text())
+    password = "embedded-test-password"
+    (tmp_path / "users.conf").write_text(
+        (REPO / "users.conf.example").read_text().replace("REPLACE-ME-with-mams-creds", password)
+    )
     with anyio.fail_after(20):
-        async with EmbeddedNats(config_file=REPO / "nats.conf") as server:
+        async with EmbeddedNats(config_file=tmp_path / "nats.conf") as server:
             assert server.port != 4222  # our -a/-p flags override the file's listen
-            bus = await NatsBus.connect(server.url, name="test-embedded-conf")
+            url = server.url.replace("nats://", f"nats://broker:{password}@")
+            bus = await NatsBus.connect(url, name="test-embedded-conf")
             await bus.flush()
             await bus.close()
 
