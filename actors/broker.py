@@ -5,6 +5,20 @@ asks the pure state machine what the turn means, appends the resulting events to
 log, and only after the commit delivers to each agent its own view (visibility policy)
 and publishes the committed events to observers. Appends are group-committed: whatever
 queued while the previous batch was being written goes in the next single transaction.
+
+Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
+`resume()` (call it before `run`) loads every stream whose last event is not
+negotiation.ended, rebuilds each room's state with `replay`, continues its seq, and gives
+its current phase a fresh deadline (the full round_timeout from now). Agents that say
+hello again are welcomed with their open rooms and caught up (`catch_up`); the agent
+processes re-say hello every few seconds, so they notice a restarted broker on their own.
+A turn published while no broker was listening is lost on the bus, never in the log: the
+round's deadline closes it, so no room is left stuck.
+
+Shutdown. Whatever was decided (queued or in flight to the writer) is always committed on
+the way out. Then, with `abort_on_shutdown=True` (the default; in-process `mams run`, whose
+agents die with it), open rooms are recorded as aborted. `mams broker` passes False: a clean
+stop leaves them open, exactly like a crash, and the next `mams broker` resumes them.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ import heapq
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -28,8 +42,10 @@ from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario
 from mams.domain.events import (
     BuyerSaid,
     Event,
+    NegotiationEnded,
     NegotiationStarted,
     RoundOpened,
+    decode_event,
     encode_event,
     event_type,
 )
@@ -58,6 +74,7 @@ from mams.domain.negotiation import (
     Phase,
     decide,
     evolve,
+    replay,
 )
 from mams.domain.opening import RoomOptions, opening
 from mams.domain.visibility import catch_up, route
@@ -78,6 +95,21 @@ class SessionStore(Protocol):
     async def save(self, session_id: UUID, scenario: Scenario) -> None:
         """Store a scenario as a new session."""
         ...
+
+
+# The streams `resume` needs, in one query: those with no negotiation.ended event.
+_OPEN_STREAMS = """
+SELECT stream_id FROM events GROUP BY stream_id
+HAVING NOT bool_or(type = 'negotiation.ended')
+ORDER BY min(global_pos)
+"""
+
+
+async def open_stream_ids(pool: Any) -> list[UUID]:
+    """Streams of the PostgreSQL event store (on `pool`) holding no negotiation.ended:
+    the candidates for `Broker.resume`, without reading every ended stream."""
+    rows = await pool.fetch(_OPEN_STREAMS)
+    return [r["stream_id"] for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +175,10 @@ class Broker:
         max_batch: int = 2000,
         retry_timeout: float = 60.0,
         sessions: SessionStore | None = None,
+        abort_on_shutdown: bool = True,
     ) -> None:
         self.sessions = sessions
+        self.abort_on_shutdown = abort_on_shutdown
         self.brains: dict[str, str] = {}  # agent id -> brain label, from hellos
         self._joined = anyio.Event()
         self.bus = bus
@@ -179,8 +213,36 @@ class Broker:
         """Negotiations open and not yet ended."""
         return [nid for nid, room in self.rooms.items() if room.state.phase != "ended"]
 
+    async def resume(self, candidates: Sequence[UUID] | None = None) -> list[UUID]:
+        """Take over the open rooms of the log (call before `run`): every stream among
+        `candidates` (default: every stream of the store) whose last event is not
+        negotiation.ended is replayed into a room, its seq continued and its current phase
+        given a fresh deadline (the full round_timeout, from now). Returns their ids."""
+        streams = await self.store.stream_ids() if candidates is None else candidates
+        resumed: list[UUID] = []
+        for nid in streams:
+            if nid in self.rooms:
+                continue
+            stored = await self.store.read(nid)
+            if not stored:
+                continue
+            events = [decode_event(e.data) for e in stored]
+            if isinstance(events[-1], NegotiationEnded):
+                continue
+            state = replay(events)
+            if state.started is None:
+                log.warning("broker.resume_skipped", negotiation_id=str(nid), reason="no start")
+                continue
+            self.rooms[nid] = _Room(state=state, seq=stored[-1].seq)
+            if state.phase in ("buyer_turn", "sellers_turn"):
+                self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
+            resumed.append(nid)
+        log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
+        return resumed
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled. On cancellation, open rooms are recorded as aborted."""
+        """Serve until cancelled. On cancellation, what was decided is committed, and open
+        rooms are recorded as aborted if `abort_on_shutdown` (see the module docstring)."""
         sub = await self.bus.subscribe(self.subjects.all_outboxes(), max_pending=100_000)
         try:
             async with anyio.create_task_group() as tg:
@@ -192,7 +254,7 @@ class Broker:
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
-                await self._abort_open_rooms()
+                await self._shutdown()
                 for stream in (*self._commands, *self._batches):
                     stream.close()
 
@@ -269,6 +331,7 @@ class Broker:
         )
 
     def _hello(self, agent: str, hello: Hello) -> list[_Batch]:
+        again = agent in self.brains
         self.brains[agent] = hello.brain[:200] or "unannounced"
         self._joined.set()
         self._joined = anyio.Event()
@@ -288,7 +351,7 @@ class Broker:
         ]
         for nid in rooms:
             messages += catch_up(self.rooms[nid].state, agent)
-        log.info(
+        (log.debug if again else log.info)(
             "broker.agent_joined",
             agent=agent,
             role=hello.role,
@@ -399,10 +462,13 @@ class Broker:
         if state.started is None or not isinstance(event, RoundOpened | BuyerSaid):
             return
         phase: Phase = "buyer_turn" if isinstance(event, RoundOpened) else "sellers_turn"
-        due = anyio.current_time() + state.started.round_timeout
+        self._push_deadline(nid, state.round, phase, state.started.round_timeout)
+
+    def _push_deadline(self, nid: UUID, round_: int, phase: Phase, timeout: float) -> None:
+        due = anyio.current_time() + timeout
         d = self._deadlines
         d.counter += 1
-        heapq.heappush(d.heap, (due, d.counter, nid, state.round, phase))
+        heapq.heappush(d.heap, (due, d.counter, nid, round_, phase))
         self._deadline_added.set()
 
     async def _timers(self) -> None:
@@ -467,20 +533,23 @@ class Broker:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
-    async def _abort_open_rooms(self) -> None:
-        # Called on shutdown: what was decided (in flight or queued) is committed, then open
-        # rooms are recorded as aborted. Re-appending an in-flight batch is safe: appends
-        # are idempotent by event id.
+    async def _shutdown(self) -> None:
+        # What was decided (in flight or queued) is committed, then (if abort_on_shutdown)
+        # open rooms are recorded as aborted. Re-appending an in-flight batch is safe:
+        # appends are idempotent by event id. Without abort, open rooms stay open in the
+        # log for the next broker's resume(); their undelivered messages are re-sent by
+        # catch_up when the agents say hello to it.
         pending: list[_Batch] = list(self._inflight)
         while True:
             try:
                 pending.append(self._batches[1].receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
-        for nid in self.running():
-            batch = self._apply(nid, Abort(reason="broker shut down"))
-            if batch is not None:
-                pending.append(batch)
+        if self.abort_on_shutdown:
+            for nid in self.running():
+                batch = self._apply(nid, Abort(reason="broker shut down"))
+                if batch is not None:
+                    pending.append(batch)
         if not pending:
             return
         try:

@@ -4,6 +4,12 @@ supervisor behind `mams run --processes`.
 Every process finds the bus through NATS_URL (or --nats; credentials may ride in the URL,
 as `mams creds` prints them) and one market name (the subject prefix, default "mams").
 Only the broker touches the database (DATABASE_URL, or the embedded one).
+
+Restarts: `mams broker` resumes the open negotiations of the log on start (`--no-resume`
+skips them) and, stopped cleanly, leaves open rooms open for the next broker to resume
+(`--abort-on-exit` records them as aborted instead, as `mams run --processes` does).
+Sellers and buyers say hello again every REHELLO_EVERY seconds, so after a broker restart
+they are welcomed again and caught up on their open rooms (repeats are deduped).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mams.actors.agent import AgentActor
-from mams.actors.broker import Broker
+from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
@@ -48,6 +54,7 @@ from mams.storage.readmodels import load_session, save_session
 
 log = structlog.get_logger("mams.processes")
 HELLO_EVERY = 1.0
+REHELLO_EVERY = 5.0
 JOIN_TIMEOUT = 60.0
 READY_TIMEOUT = 60.0
 
@@ -94,13 +101,21 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=True) as srv:
         assert srv.nats_url is not None
         bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-broker")
-        broker = Broker(bus, srv.store, subjects, sessions=PgSessions(srv.pool))
+        broker = Broker(
+            bus,
+            srv.store,
+            subjects,
+            sessions=PgSessions(srv.pool),
+            abort_on_shutdown=args.abort_on_exit,
+        )
         try:
+            resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
             async with anyio.create_task_group() as tg:
                 await tg.start(broker.run)
+                note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
                 out.print(
                     f"broker ready: market {args.market!r} on {hide_password(srv.nats_url)}"
-                    f"; {srv.db_note}"
+                    f"; {srv.db_note}{note}"
                 )
                 sys.stdout.flush()
                 await _until_signalled()
@@ -126,6 +141,15 @@ async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None
             f"{actor.subjects.prefix!r} at {hide_password(nats_url)}; start "
             "`mams broker` there (same --market)"
         )
+
+
+async def _keep_saying_hello(actor: AgentActor) -> None:
+    """Hello every REHELLO_EVERY seconds, for ever: a restarted broker knows nothing of us
+    until we say hello, and answers it with our open rooms (catch-up)."""
+    hello = encode(Hello(role=actor.role, brain=actor.brain.label))
+    while True:
+        await anyio.sleep(REHELLO_EVERY)
+        await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)
 
 
 # -- seller ----------------------------------------------------------------------------------
@@ -155,6 +179,7 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
+            tg.start_soon(_keep_saying_hello, actor)
             out.print(f"seller {seller.handle} ready ({brain.label})")
             sys.stdout.flush()
             await _until_signalled()
@@ -220,6 +245,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
+            tg.start_soon(_keep_saying_hello, actor)
             await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
             await done.wait()
             tg.cancel_scope.cancel()
@@ -258,6 +284,17 @@ def add_parsers(sub: Any) -> None:
 
     b = sub.add_parser("broker", help="run the broker of a market (needs the database)")
     common(b)
+    b.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="do not resume the open negotiations found in the log on start",
+    )
+    b.add_argument(
+        "--abort-on-exit",
+        action="store_true",
+        help="on SIGTERM/SIGINT record open negotiations as aborted (default: leave them "
+        "open for the next broker to resume)",
+    )
     s = sub.add_parser("seller", help="run one seller of a scenario as its own process")
     common(s)
     s.add_argument("--scenario", required=True, help="the scenario file naming this seller")
@@ -341,7 +378,9 @@ async def supervise(
         scenario_file = Path(tmp) / "scenario.json"
         scenario_file.write_bytes(msgspec.json.encode(scenario_to_raw(scenario)))
         try:
-            broker = await spawn("broker", "broker", "--market", market)
+            broker = await spawn(
+                "broker", "broker", "--market", market, "--abort-on-exit", "--no-resume"
+            )
             with anyio.fail_after(READY_TIMEOUT):
                 await broker.wait_for_line("broker ready")
             out.print(f"[dim]process broker (pid {broker.process.pid}) ready[/dim]")

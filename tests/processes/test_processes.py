@@ -342,7 +342,9 @@ async def test_killed_seller_deadline_then_rejoin(
     # The restarted seller was welcomed with its open room (and caught up on it).
     rejoin = [m for m in inbox if isinstance(m, Welcome)][welcomes_before:]
     assert rejoin, "the restarted seller got no welcome"
-    assert all(w.rooms == (nid,) for w in rejoin), rejoin
+    assert rejoin[0].rooms == (nid,), rejoin
+    # Agents say hello again every few seconds; once the room has ended, no rooms.
+    assert all(w.rooms in ((nid,), ()) for w in rejoin), rejoin
     assert any(isinstance(e, SellerReplied) and e.seller == "quicktech" for e in log), (
         "the restarted seller never answered in its room"
     )
