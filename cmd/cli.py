@@ -34,6 +34,8 @@ from mams.actors.market import (
     prepare_brains,
     run_market,
 )
+from mams.audit import add_parsers as add_audit_parsers
+from mams.audit import cmd_audit, cmd_export, cmd_import
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.cli_render import (
@@ -486,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     ses.add_argument("--json", action="store_true")
 
     add_process_parsers(sub)
+    add_audit_parsers(sub)
     add_creds_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
@@ -505,6 +508,9 @@ _COMMANDS = {
     "replay": cmd_replay,
     "sessions": cmd_sessions,
     "negotiations": cmd_negotiations,
+    "audit": cmd_audit,
+    "export": cmd_export,
+    "import": cmd_import,
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, cast
 from uuid import UUID
@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from mams.storage.chain import GENESIS, link_hash
 from mams.storage.errors import ConcurrencyError, StorageError, translate, translating
 from mams.storage.model import NewEvent, StoredEvent
 
@@ -71,6 +72,33 @@ def _dedupe(events: Sequence[NewEvent]) -> list[NewEvent]:
     return unique
 
 
+Key = tuple[UUID, int]
+
+
+def _chain(
+    batch: Sequence[NewEvent], stored: Mapping[Key, bytes | None]
+) -> list[tuple[bytes, bytes]]:
+    """(prev_hash, hash) for each event of `batch`, in batch order.
+
+    The previous hash of an event is the stored hash at `(stream_id, seq - 1)` if the log
+    has that row, else the hash just computed for that seq within the batch, else 32 zero
+    bytes (the first event of a stream; also a gap or a pre-chain row, which audit flags).
+    """
+    computed: dict[Key, bytes] = {}
+    links: dict[Key, tuple[bytes, bytes]] = {}
+    for event in sorted(batch, key=lambda e: e.seq):
+        key = (event.stream_id, event.seq - 1)
+        prev = stored.get(key) or computed.get(key) or GENESIS
+        own = link_hash(prev, event.stream_id, event.seq, event.event_id, event.type, event.data)
+        computed[(event.stream_id, event.seq)] = own
+        links[(event.stream_id, event.seq)] = (prev, own)
+    return [links[(e.stream_id, e.seq)] for e in batch]
+
+
+def _previous_keys(batch: Sequence[NewEvent]) -> list[Key]:
+    return sorted({(e.stream_id, e.seq - 1) for e in batch if e.seq > 1})
+
+
 class InMemoryEventStore:
     """An EventStore in a dict, for unit tests and dry runs. Same contract as PostgreSQL."""
 
@@ -90,9 +118,14 @@ class InMemoryEventStore:
                 raise StorageError(f"event {event.event_id} data is not valid JSON: {exc}") from exc
         # Nothing awaits between the checks and here, so the batch lands all at once.
         now = datetime.now(UTC)
-        for event in fresh:
+        known = {
+            key: self._streams[key[0]][key[1]].hash
+            for key in _previous_keys(fresh)
+            if key[1] in self._streams.get(key[0], {})
+        }
+        for event, (prev, own) in zip(fresh, _chain(fresh, known), strict=True):
             stored = StoredEvent(
-                event.stream_id, event.seq, event.event_id, event.type, event.data, now
+                event.stream_id, event.seq, event.event_id, event.type, event.data, now, prev, own
             )
             self._streams.setdefault(event.stream_id, {})[event.seq] = stored
             self._ids.add(event.event_id)
@@ -114,10 +147,19 @@ class InMemoryEventStore:
 # One statement per batch: the arrays travel in one round trip, ON CONFLICT makes
 # re-appends no-ops, RETURNING tells the projector which rows are new.
 _APPEND = """
-INSERT INTO events (stream_id, seq, event_id, type, data)
-SELECT * FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::jsonb[])
+INSERT INTO events (stream_id, seq, event_id, type, data, prev_hash, hash)
+SELECT * FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::jsonb[],
+                     $6::bytea[], $7::bytea[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
+"""
+
+# The stored hashes the batch chains from: one round trip, in the append's transaction.
+_PREVIOUS = """
+SELECT e.stream_id, e.seq, e.hash
+FROM events e
+JOIN unnest($1::uuid[], $2::int4[]) AS p(stream_id, seq)
+  ON e.stream_id = p.stream_id AND e.seq = p.seq
 """
 
 _FIND_TAKEN = """
@@ -130,7 +172,7 @@ LIMIT 1
 """
 
 _READ = """
-SELECT stream_id, seq, event_id, type, data, recorded_at
+SELECT stream_id, seq, event_id, type, data, recorded_at, prev_hash, hash
 FROM events WHERE stream_id = $1 AND seq > $2 ORDER BY seq
 """
 
@@ -154,22 +196,39 @@ class PostgresEventStore:
         self._dsn = dsn  # only to name the server in DatabaseUnavailable
 
     async def append(self, events: Sequence[NewEvent]) -> None:
-        """Append `events` in one statement and one transaction, with the projector."""
+        """Append `events` in one transaction (two statements: read the hashes the batch
+        chains from, insert), with the projector."""
         batch = _dedupe(events)
         if not batch:
             return
-        columns = (
+        columns: tuple[list[UUID], list[int], list[UUID], list[str], list[bytes]] = (
             [e.stream_id for e in batch],
             [e.seq for e in batch],
             [e.event_id for e in batch],
             [e.type for e in batch],
             [e.data for e in batch],
         )
+        previous = _previous_keys(batch)
         with translating(self._dsn):
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.transaction():
-                        rows = await conn.fetch(_APPEND, *columns)
+                        known: dict[Key, bytes | None] = {}
+                        if previous:
+                            found = await conn.fetch(
+                                _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
+                            )
+                            known = {(r["stream_id"], r["seq"]): r["hash"] for r in found}
+                        try:
+                            links = _chain(batch, known)
+                        except msgspec.DecodeError as exc:
+                            raise StorageError(f"event data is not valid JSON: {exc}") from exc
+                        rows = await conn.fetch(
+                            _APPEND,
+                            *columns,
+                            [prev for prev, _ in links],
+                            [own for _, own in links],
+                        )
                         if self._projector is not None and rows:
                             inserted = {r["event_id"] for r in rows}
                             fresh = [e for e in batch if e.event_id in inserted]
@@ -193,7 +252,14 @@ class PostgresEventStore:
             rows = await self._pool.fetch(_READ, stream_id, after_seq)
         return [
             StoredEvent(
-                r["stream_id"], r["seq"], r["event_id"], r["type"], r["data"], r["recorded_at"]
+                r["stream_id"],
+                r["seq"],
+                r["event_id"],
+                r["type"],
+                r["data"],
+                r["recorded_at"],
+                r["prev_hash"] or b"",
+                r["hash"] or b"",
             )
             for r in rows
         ]

@@ -25,7 +25,11 @@ class NewEvent(msgspec.Struct, frozen=True):
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
-    """An event read back from the log, with the time the log committed it."""
+    """An event read back from the log, with the time the log committed it.
+
+    `prev_hash` and `hash` are its links in the stream's hash chain (`mams.storage.chain`);
+    empty for rows written before the chain existed.
+    """
 
     stream_id: UUID
     seq: int
@@ -33,3 +37,5 @@ class StoredEvent(msgspec.Struct, frozen=True):
     type: str
     data: bytes
     recorded_at: datetime
+    prev_hash: bytes = b""
+    hash: bytes = b""

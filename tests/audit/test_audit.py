@@ -1,0 +1,290 @@
+"""The hash chain and the audit: computed on append, verified over the stored log, and
+tampering by SQL (edit, delete, swap, re-hash) detected at the first broken link."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from mams.domain.events import (
+    BuyerSaid,
+    DealClosed,
+    Event,
+    NegotiationEnded,
+    Offer,
+    Outcome,
+    RoundOpened,
+    SellerReplied,
+    decode_event,
+    encode_event,
+    event_type,
+)
+from mams.domain.negotiation import replay
+from mams.storage.audit import audit_stream
+from mams.storage.chain import GENESIS, link_hash
+from mams.storage.eventstore import InMemoryEventStore, PostgresEventStore
+from mams.storage.export import export_lines, import_events, parse_lines
+from mams.storage.model import NewEvent, StoredEvent
+from mams.storage.pg import open_store
+from tests.audit.conftest import Market
+from tests.domain.helpers import started
+
+pytestmark = pytest.mark.integration
+
+
+def assert_chained(events: list[StoredEvent]) -> None:
+    prev = GENESIS
+    for e in events:
+        assert e.prev_hash == prev
+        assert e.hash == link_hash(prev, e.stream_id, e.seq, e.event_id, e.type, e.data)
+        prev = e.hash
+
+
+def room_with_offer(market: Market) -> uuid.UUID:
+    for room in market.rooms:
+        return room.negotiation_id
+    raise AssertionError("no rooms")
+
+
+async def offer_seq(market: Market, nid: uuid.UUID) -> int:
+    for e in await market.store.read(nid):
+        ev = decode_event(e.data)
+        if isinstance(ev, SellerReplied) and ev.offer is not None and e.seq > 3:
+            return e.seq
+    raise AssertionError("no offer in the run")
+
+
+async def audit(market: Market, nid: uuid.UUID) -> tuple[int, str]:
+    report = audit_stream(nid, await market.store.read(nid), expect_ended=True)
+    assert report.first is not None, "tampering went unnoticed"
+    return report.first.seq, report.first.check
+
+
+# -- the chain on a real run -------------------------------------------------------------------
+async def test_real_run_is_chained_and_audits_clean(market: Market) -> None:
+    assert len(market.rooms) == 2
+    memory = InMemoryEventStore()
+    for room in market.rooms:
+        events = await market.store.read(room.negotiation_id)
+        assert len(events) > 5
+        assert_chained(events)
+        report = audit_stream(room.negotiation_id, events, expect_ended=True)
+        assert report.ok, report.problems
+        assert report.ended
+        assert report.head == events[-1].hash.hex()
+        # The in-memory store computes the same chain from the same events.
+        await memory.append(
+            [NewEvent(e.stream_id, e.seq, e.event_id, e.type, e.data) for e in events]
+        )
+        assert [e.hash for e in await memory.read(room.negotiation_id)] == [e.hash for e in events]
+
+
+async def test_chain_spans_batches_streams_and_idempotent_reappends(market: Market) -> None:
+    store = PostgresEventStore(market.pool)  # no projector: these are not domain events
+    a, b = uuid.uuid4(), uuid.uuid4()
+
+    def ev(sid: uuid.UUID, seq: int) -> NewEvent:
+        body = {"n": seq, "z": "last", "a": [1, {"y": 2, "x": None}], "text": "déjà"}
+        return NewEvent(sid, seq, uuid.uuid4(), "test.event", msgspec.json.encode(body))
+
+    ea = [ev(a, i) for i in range(1, 6)]
+    eb = [ev(b, i) for i in range(1, 4)]
+    await store.append([ea[0], eb[0], ea[1]])
+    await store.append([ea[3], eb[1], ea[2], eb[2]])  # out of seq order within the batch
+    await store.append([ea[2], ea[3], ea[4]])  # re-append two, plus a new one
+    memory = InMemoryEventStore()
+    await memory.append([ea[0], eb[0], ea[1]])
+    await memory.append([ea[3], eb[1], ea[2], eb[2]])
+    await memory.append([ea[2], ea[3], ea[4]])
+    for sid in (a, b):
+        stored = await store.read(sid)
+        assert_chained(stored)
+        assert [e.hash for e in stored] == [e.hash for e in await memory.read(sid)]
+        assert_chained(await memory.read(sid))
+
+
+# -- tampering by SQL --------------------------------------------------------------------------
+async def test_edited_price_is_detected(market: Market) -> None:
+    nid = room_with_offer(market)
+    seq = await offer_seq(market, nid)
+    await market.pool.execute(
+        "UPDATE events SET data = jsonb_set(data, '{offer,unit_price}', '\"0.01\"') "
+        "WHERE stream_id = $1 AND seq = $2",
+        nid,
+        seq,
+    )
+    report = audit_stream(nid, await market.store.read(nid))
+    assert report.first is not None
+    assert (report.first.seq, report.first.check) == (seq, "hash")
+    # The domain check sees the price under the floor too.
+    assert any(p.check == "guardrail" and p.seq == seq for p in report.problems)
+
+
+async def test_deleted_middle_row_is_detected(market: Market) -> None:
+    nid = room_with_offer(market)
+    await market.pool.execute("DELETE FROM events WHERE stream_id = $1 AND seq = 4", nid)
+    first = await audit(market, nid)
+    assert first == (5, "seq")
+    report = audit_stream(nid, await market.store.read(nid))
+    assert any(p.seq == 5 and p.check == "link" for p in report.problems)
+
+
+async def test_deleted_last_row_of_a_finished_run_is_detected(market: Market) -> None:
+    nid = room_with_offer(market)
+    last = await market.store.last_seq(nid)
+    await market.pool.execute("DELETE FROM events WHERE stream_id = $1 AND seq = $2", nid, last)
+    assert await audit(market, nid) == (last - 1, "order")
+
+
+async def test_swapped_rows_are_detected(market: Market) -> None:
+    nid = room_with_offer(market)
+    await market.pool.execute(
+        """
+        UPDATE events e SET data = o.data, type = o.type
+        FROM events o
+        WHERE e.stream_id = $1 AND o.stream_id = $1
+          AND ((e.seq = 3 AND o.seq = 4) OR (e.seq = 4 AND o.seq = 3))
+        """,
+        nid,
+    )
+    assert await audit(market, nid) == (3, "hash")
+
+
+async def test_rehashed_edit_breaks_the_next_link(market: Market) -> None:
+    nid = room_with_offer(market)
+    seq = await offer_seq(market, nid)
+    events = await market.store.read(nid)
+    row = next(e for e in events if e.seq == seq)
+    event = decode_event(row.data)
+    assert isinstance(event, SellerReplied)
+    assert event.offer is not None
+    forged = msgspec.structs.replace(
+        event, offer=Offer(unit_price=event.offer.unit_price + 1, quantity=event.offer.quantity)
+    )
+    data = encode_event(forged)
+    new_hash = link_hash(row.prev_hash, nid, seq, row.event_id, row.type, data)
+    await market.pool.execute(
+        "UPDATE events SET data = $3, hash = $4 WHERE stream_id = $1 AND seq = $2",
+        nid,
+        seq,
+        data,
+        new_hash,
+    )
+    assert await audit(market, nid) == (seq + 1, "link")
+
+
+# -- domain checks -----------------------------------------------------------------------------
+async def handcrafted(events: list[Event]) -> list[StoredEvent]:
+    store = InMemoryEventStore()
+    nid = uuid.uuid4()
+    await store.append(
+        [
+            NewEvent(nid, i, uuid.uuid4(), event_type(e), encode_event(e))
+            for i, e in enumerate(events, 1)
+        ]
+    )
+    return await store.read(nid)
+
+
+async def test_offer_below_floor_and_bad_deal_are_reported() -> None:
+    d = Decimal
+    room = started()  # sellers least_price 9.00, buyer max 14.00, quantity 2
+    events: list[Event] = [
+        room,
+        RoundOpened(round=1),
+        BuyerSaid(round=1, message_id=uuid.uuid4(), to=("alpha", "beta"), text="hi"),
+        SellerReplied(
+            round=1,
+            message_id=uuid.uuid4(),
+            seller="alpha",
+            text="cheap!",
+            offer=Offer(unit_price=d("5.00"), quantity=2),
+        ),
+        SellerReplied(
+            round=1,
+            message_id=uuid.uuid4(),
+            seller="beta",
+            text="fine",
+            offer=Offer(unit_price=d("10.00"), quantity=2),
+        ),
+        DealClosed(
+            round=1,
+            message_id=uuid.uuid4(),
+            seller="beta",
+            unit_price=d("9.50"),
+            quantity=3,
+            text="",
+        ),
+        NegotiationEnded(status="completed", outcome=Outcome(type="deal", rounds=1)),
+        RoundOpened(round=2),
+    ]
+    stored = await handcrafted(events)
+    report = audit_stream(stored[0].stream_id, stored)
+    assert report.first is not None
+    assert (report.first.seq, report.first.check) == (4, "guardrail")
+    assert "below its least_price 9.00" in report.first.why
+    found = {(p.seq, p.check) for p in report.problems}
+    assert (6, "guardrail") in found  # not beta's standing offer, wrong quantity
+    assert (8, "order") in found  # something after negotiation.ended
+    assert not any(p.check in ("hash", "link", "seq") for p in report.problems)
+
+
+async def test_stream_must_start_with_started_and_senders_be_addressed() -> None:
+    stored = await handcrafted([RoundOpened(round=1)])
+    report = audit_stream(stored[0].stream_id, stored)
+    assert report.first is not None
+    assert report.first.check == "order"
+    stored = await handcrafted(
+        [
+            started(),
+            RoundOpened(round=1),
+            BuyerSaid(round=1, message_id=uuid.uuid4(), to=("alpha",), text="hi"),
+            SellerReplied(round=1, message_id=uuid.uuid4(), seller="gamma", text="me too"),
+        ]
+    )
+    report = audit_stream(stored[0].stream_id, stored)
+    assert report.first is not None
+    assert (report.first.seq, report.first.check) == (4, "visibility")
+
+
+# -- export and import -------------------------------------------------------------------------
+async def test_export_import_gives_the_same_state_and_hashes(
+    market: Market, database_url: str, other_schema: str
+) -> None:
+    lines: list[bytes] = []
+    for room in market.rooms:
+        lines += export_lines(await market.store.read(room.negotiation_id))
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    parsed = parse_lines(lines)
+    pool, target = await open_store(database_url, other_schema)
+    try:
+        counts = await import_events(target, parsed)
+        assert set(counts) == {r.negotiation_id for r in market.rooms}
+        for room in market.rooms:
+            original = await market.store.read(room.negotiation_id)
+            copy = await target.read(room.negotiation_id)
+            assert [e.hash for e in copy] == [e.hash for e in original]
+            assert [(e.seq, e.event_id, e.type) for e in copy] == [
+                (e.seq, e.event_id, e.type) for e in original
+            ]
+            state = replay(decode_event(e.data) for e in copy)
+            assert state == replay(decode_event(e.data) for e in original)
+            assert state.outcome == room.state.outcome
+            assert audit_stream(room.negotiation_id, copy, expect_ended=True).ok
+        # Importing again is refused: the streams are there already.
+        with pytest.raises(Exception, match="already has events"):
+            await import_events(target, parsed)
+    finally:
+        await pool.close()
+
+
+async def test_import_refuses_a_tampered_file(market: Market) -> None:
+    nid = room_with_offer(market)
+    lines = list(export_lines(await market.store.read(nid)))
+    lines[2] = lines[2].replace(b'"round": 1', b'"round": 2').replace(b'"round":1', b'"round":2')
+    assert lines[2] != list(export_lines(await market.store.read(nid)))[2]
+    with pytest.raises(Exception, match="chain is broken at seq 3"):
+        await import_events(InMemoryEventStore(), parse_lines(lines))

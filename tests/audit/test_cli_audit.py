@@ -1,0 +1,96 @@
+"""`mams audit`, `mams export` and `mams import` as subprocesses against the test's schema."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.audit.conftest import Market
+from tests.e2e.test_cli import base_env, mams_command, one_json_object, schema_dsn
+
+pytestmark = pytest.mark.e2e
+
+
+def run(
+    *args: str, database_url: str, schema: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    env = base_env(tmp_path / "data")
+    env["DATABASE_URL"] = schema_dsn(database_url, schema)
+    return subprocess.run(
+        [*mams_command(), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_audit_export_import_over_the_cli(
+    market: Market, database_url: str, pg_schema: str, other_schema: str, tmp_path: Path
+) -> None:
+    nid = market.rooms[0].negotiation_id
+
+    def mams(*args: str, schema: str = pg_schema) -> subprocess.CompletedProcess[str]:
+        return run(*args, database_url=database_url, schema=schema, tmp_path=tmp_path)
+
+    # Clean: by id prefix, and --all --json.
+    proc = mams("audit", str(nid)[:8])
+    assert proc.returncode == 0, proc.stderr
+    assert "chain verified" in proc.stdout
+    proc = mams("audit", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = one_json_object(proc.stdout)
+    assert report["ok"] is True
+    assert {s["negotiation_id"] for s in report["streams"]} == {
+        str(r.negotiation_id) for r in market.rooms
+    }
+    assert all(s["first_broken"] is None and s["ended"] for s in report["streams"])
+
+    # Export to a file through stdout, import into an empty schema, audit it there.
+    proc = mams("export", str(nid), "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    archive = tmp_path / "room.jsonl"
+    archive.write_text(proc.stdout)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == await market.store.last_seq(nid)
+    proc = mams("import", str(archive), "--json", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    imported = one_json_object(proc.stdout)["imported"]
+    original = await market.store.read(nid)
+    assert imported == [
+        {"negotiation_id": str(nid), "events": len(original), "head": original[-1].hash.hex()}
+    ]
+    proc = mams("audit", str(nid), "--json", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    assert one_json_object(proc.stdout)["streams"][0]["head"] == original[-1].hash.hex()
+    # The same file again is refused (exit 1, nothing written).
+    proc = mams("import", str(archive), schema=other_schema)
+    assert proc.returncode == 1
+    assert "already has events" in proc.stderr
+
+    # Tamper: change a price by SQL; audit exits 1 and names the first broken link.
+    seq = next(e.seq for e in original if e.type == "seller.replied" and b"offer" in e.data)
+    await market.pool.execute(
+        "UPDATE events SET data = jsonb_set(data, '{text}', '\"edited\"') "
+        "WHERE stream_id = $1 AND seq = $2",
+        nid,
+        seq,
+    )
+    proc = mams("audit", "--all", "--json")
+    assert proc.returncode == 1, proc.stderr
+    streams = {s["negotiation_id"]: s for s in one_json_object(proc.stdout)["streams"]}
+    broken = streams[str(nid)]
+    assert broken["ok"] is False
+    assert broken["first_broken"]["seq"] == seq
+    assert broken["first_broken"]["check"] == "hash"
+    proc = mams("audit", str(nid))
+    assert proc.returncode == 1
+    assert f"first broken link at seq {seq}" in " ".join(proc.stdout.split())
+
+    # Bad input exits 2.
+    assert mams("audit").returncode == 2
+    assert mams("audit", "ffffffff").returncode == 2
