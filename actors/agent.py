@@ -9,6 +9,7 @@ runs as its own task; rooms never wait for each other.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
@@ -17,7 +18,8 @@ from uuid import UUID
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mams.actors.brains.base import (
     BrainError,
@@ -67,6 +69,10 @@ from mams.domain.views import (
 
 log = structlog.get_logger("mams.agent")
 
+_Job = Callable[[], Awaitable[None]]
+TURN_WORKERS = 32  # turns in flight per agent (LLM calls are capped per provider anyway)
+TURN_QUEUE = 10_000
+
 _D = TypeVar("_D", BuyerDecision, SellerDecision)
 
 
@@ -111,7 +117,12 @@ class AgentActor:
         """Subscribe to the inbox, signal started, then serve until cancelled."""
         sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
         try:
-            async with anyio.create_task_group() as tg:
+            send, receive = anyio.create_memory_object_stream[_Job](TURN_QUEUE)
+            async with anyio.create_task_group() as tg, send, receive:
+                # A fixed pool of turn workers: rooms never wait for each other (a slow
+                # model holds one worker), and an instant brain costs no task per turn.
+                for _ in range(TURN_WORKERS):
+                    tg.start_soon(self._work, receive.clone())
                 hello = Hello(role=self.role, brain=self.brain.label)
                 await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
                 task_status.started()
@@ -121,18 +132,27 @@ class AgentActor:
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         self.log.warning("agent.message_dropped", reason=f"malformed: {exc}")
                         continue
-                    self._receive(message, tg)
+                    job = self._receive(message)
+                    if job is not None:
+                        await send.send(job)
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
 
-    def _receive(self, message: InboxMessage, tg: TaskGroup) -> None:
+    @staticmethod
+    async def _work(jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                await job()
+
+    def _receive(self, message: InboxMessage) -> _Job | None:
+        """Fold a delivery into its room's view; return the turn it calls for, if any."""
         if self.on_message is not None:
             self.on_message(message)
         if not isinstance(message, ROOM_MESSAGES):
             if isinstance(message, Rejected):
                 self.log.error("agent.request_rejected", reason=message.reason)
-            return  # welcome / rooms.opened: nothing to act on here
+            return None  # welcome / rooms.opened: nothing to act on here
         nid = message.negotiation_id
         match message:
             case BuyerRoomOpened() if self.role == "buyer":
@@ -146,25 +166,26 @@ class AgentActor:
                     and self.turns_taken.get(nid, 0) < message.round
                 ):
                     self.turns_taken[nid] = message.round
-                    tg.start_soon(self._buyer_turn, view)
+                    return functools.partial(self._buyer_turn, view)
             case BuyerMessage(message_id=mid) if mid in self.answered:
-                return  # a repeat delivery (re-sent on rejoin): already folded and answered
+                return None  # a repeat delivery (re-sent on rejoin): folded, answered
             case BuyerMessage() | RoomClosed() if nid in self.seller_views:
                 sview = self.seller_views[nid] = seller_received(self.seller_views[nid], message)
                 if isinstance(message, BuyerMessage) and message.message_id not in self.answered:
                     self.answered.add(message.message_id)
-                    tg.start_soon(self._seller_turn, sview, message.message_id)
+                    return functools.partial(self._seller_turn, sview, message.message_id)
             case _:
                 self.log.warning(
                     "agent.message_dropped",
                     negotiation_id=str(nid),
                     reason=f"unexpected {type(message).__name__} for a {self.role}",
                 )
-                return
+                return None
         if isinstance(message, RoomClosed):
             self.turns_taken.pop(nid, None)
             self.buyer_views.pop(nid, None)
             self.seller_views.pop(nid, None)
+        return None
 
     # -- turns -----------------------------------------------------------------------------
     async def _guarded(

@@ -38,7 +38,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
-from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario
+from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
 from mams.domain.events import (
     BuyerSaid,
     Event,
@@ -403,8 +403,17 @@ class Broker:
         }
         batches: list[_Batch] = []
         ids: list[UUID] = []
+        index = stock_index(scenario)
         for item in items:
-            started = opening(scenario, session_id, item, options, labels)
+            started = opening(
+                scenario,
+                session_id,
+                item,
+                options,
+                labels,
+                None,
+                index.get(item_key(item.item_name), ()),
+            )
             ids.append(started.negotiation_id)
             batch = self._apply(started.negotiation_id, Open(started=started))
             if batch is not None:

@@ -22,7 +22,15 @@ from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
-from mams.domain.config import AUTO_MODEL, BASELINE_MODEL, BuyerItem, Scenario
+from mams.domain.config import (
+    AUTO_MODEL,
+    BASELINE_MODEL,
+    BuyerItem,
+    Scenario,
+    Stockists,
+    item_key,
+    stock_index,
+)
 from mams.domain.events import Event, NegotiationStarted
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
@@ -114,6 +122,7 @@ def build_started(
     options: RunOptions,
     negotiation_id: UUID | None = None,
     models: Mapping[str, str] | None = None,
+    stockists: Stockists | None = None,
 ) -> NegotiationStarted:
     """The opening event of a room for one buyer item (see `domain.opening`).
 
@@ -121,11 +130,13 @@ def build_started(
     scenario and environment); the log records each agent's brain by its label.
     """
     models = models if models is not None else resolve_models(scenario, options)
+    if stockists is None:
+        stockists = stock_index(scenario).get(item_key(item.item_name), ())
     room = RoomOptions(
         max_rounds=options.max_rounds, seed=options.seed, round_timeout=options.round_timeout
     )
     labels = {agent: brain_label(model) for agent, model in models.items()}
-    return opening(scenario, session_id, item, room, labels, negotiation_id)
+    return opening(scenario, session_id, item, room, labels, negotiation_id, stockists)
 
 
 def prepare_brains(
@@ -155,10 +166,9 @@ async def close_brains(brains: Mapping[str, BuyerBrain | SellerBrain]) -> None:
 
 def involved_ids(scenario: Scenario, items: Sequence[BuyerItem]) -> list[str]:
     """Agent ids of the sellers stocking any of these items, in scenario order."""
-    wanted = {i.item_name for i in items}
-    return [
-        s.agent_id for s in scenario.sellers if any(s.stock(name) is not None for name in wanted)
-    ]
+    index = stock_index(scenario)
+    stocking = {s.agent_id for i in items for s, _ in index.get(item_key(i.item_name), ())}
+    return [s.agent_id for s in scenario.sellers if s.agent_id in stocking]
 
 
 def market_prefix() -> str:
@@ -184,9 +194,19 @@ async def run_market(
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
     models, brains = prepare_brains(scenario, items, options)
+    index = stock_index(scenario)
     try:
         starts = [
-            build_started(scenario, session_id, item, options, None, models) for item in items
+            build_started(
+                scenario,
+                session_id,
+                item,
+                options,
+                None,
+                models,
+                index.get(item_key(item.item_name), ()),
+            )
+            for item in items
         ]
         return await run_rooms(
             starts,

@@ -130,6 +130,19 @@ class ScenarioError(MamsError):
         super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
 
 
+Stockists = tuple[tuple[SellerConfig, InventoryItem], ...]
+
+
+def stock_index(scenario: Scenario) -> dict[str, Stockists]:
+    """Who stocks what, by normalized item name: one pass over every inventory, so a run
+    with many items need not search every seller's inventory for every item."""
+    index: dict[str, list[tuple[SellerConfig, InventoryItem]]] = {}
+    for seller in scenario.sellers:
+        for entry in seller.inventory:
+            index.setdefault(item_key(entry.item_name), []).append((seller, entry))
+    return {key: tuple(found) for key, found in index.items()}
+
+
 def item_key(name: str) -> str:
     """Normalize an item name for matching buyer needs to seller stock."""
     return " ".join(name.casefold().split())

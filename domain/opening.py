@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
-from mams.domain.config import BuyerItem, Scenario
+from mams.domain.config import BuyerItem, Scenario, Stockists, item_key, stock_index
 from mams.domain.events import BuyerTerms, NegotiationStarted, SellerTerms
 
 
@@ -27,17 +27,19 @@ def opening(
     options: RoomOptions,
     brains: Mapping[str, str],
     negotiation_id: UUID | None = None,
+    stockists: Stockists | None = None,
 ) -> NegotiationStarted:
     """The room for one buyer item, with every private fact the log keeps: the buyer's
     range, and each stocking seller's style, weights, cost, asking price and floor.
 
-    `brains` maps agent ids to the label of the brain each runs (for the log).
+    `brains` maps agent ids to the label of the brain each runs (for the log);
+    `stockists` (from `stock_index`) saves a search when opening many rooms.
     """
     buyer = scenario.buyer
     sellers: list[SellerTerms] = []
-    for s in scenario.sellers_of(item.item_name):
-        stock = s.stock(item.item_name)
-        assert stock is not None
+    if stockists is None:
+        stockists = stock_index(scenario).get(item_key(item.item_name), ())
+    for s, stock in stockists:
         sellers.append(
             SellerTerms(
                 agent_id=s.agent_id,
