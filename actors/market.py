@@ -76,7 +76,7 @@ def resolve_model(model: str, env: Mapping[str, str] | None = None) -> str:
     """A concrete model string: "auto" becomes the configured LLM's default, or baseline."""
     if model != AUTO_MODEL:
         return model
-    from mams.actors.brains.llm.providers import DEFAULT_MODELS, available_llm
+    from mams.actors.brains.llm.models import DEFAULT_MODELS, available_llm
 
     provider = available_llm(os.environ if env is None else env)
     return f"{provider}:{DEFAULT_MODELS[provider]}" if provider else BASELINE_MODEL

@@ -32,6 +32,7 @@ import structlog
 from anthropic.types import Message, TextBlock, ToolUseBlock
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
+from mams.actors.brains.llm.models import DEFAULT_MODELS, available_llm
 from mams.actors.brains.llm.pricing import estimate_cost
 from mams.domain.errors import ConfigError, MamsError
 
@@ -54,11 +55,6 @@ log = structlog.get_logger("mams.llm")
 
 # The one place to change default models. Never a model listed in the anthropic SDK's
 # anthropic/_data/deprecated_models.py (tests check this).
-DEFAULT_MODELS: dict[str, str] = {
-    "anthropic": "claude-sonnet-5",
-    "openai": "gpt-5.5",
-    "openrouter": "anthropic/claude-sonnet-5",
-}
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 _ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -744,15 +740,3 @@ def provider_for(
         max_retries=max_retries,
         limiter=_limiter(name, env),
     )
-
-
-def available_llm(env: Mapping[str, str] = os.environ) -> str | None:
-    """The provider a plain run would use, by which keys are set: "anthropic", then
-    "openrouter", then "openai" (a key or a base URL); None when none is configured."""
-    if env.get("ANTHROPIC_API_KEY"):
-        return "anthropic"
-    if env.get("OPENROUTER_API_KEY"):
-        return "openrouter"
-    if env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"):
-        return "openai"
-    return None
