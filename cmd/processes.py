@@ -205,11 +205,33 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     opened: list[RoomsOpened] = []
     rejected: list[Rejected] = []
     closed: dict[UUID, RoomClosed] = {}
+    ended_unseen: set[UUID] = set()  # rooms that ended while their room.closed was lost
+    requested = anyio.Event()
     done = anyio.Event()
+
+    def waiting_for() -> set[UUID]:
+        return set(opened[0].negotiation_ids) if opened else set()
 
     def on_message(message: InboxMessage) -> None:
         match message:
-            case Welcome():
+            case Welcome(rooms=rooms) if requested.is_set() and not opened and rooms:
+                # The broker restarted after opening our rooms but before telling us: the
+                # rooms it resumed are ours (a buyer is only ever in its own rooms).
+                opened.append(
+                    RoomsOpened(
+                        request_id=request.request_id,
+                        session_id=request.session_id or uuid.UUID(int=0),
+                        negotiation_ids=rooms,
+                        items=(),
+                    )
+                )
+                welcomed.set()
+            case Welcome(rooms=rooms):
+                # A welcome lists every open room we are in; one of ours missing from it
+                # has ended while its room.closed was lost (a broker crash between commit
+                # and delivery). The outcome is in the log.
+                if opened:
+                    ended_unseen.update(waiting_for() - set(rooms) - closed.keys())
                 welcomed.set()
             case RoomsOpened():
                 opened.append(message)
@@ -226,7 +248,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 closed[message.negotiation_id] = message
             case _:
                 pass
-        if opened and set(opened[0].negotiation_ids) <= closed.keys():
+        if opened and waiting_for() <= closed.keys() | ended_unseen:
             done.set()
 
     request = OpenRooms(
@@ -246,6 +268,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
+            requested.set()
             await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
             await done.wait()
             tg.cancel_scope.cancel()
@@ -261,6 +284,9 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     for nid, c in closed.items():
         outcome = describe_outcome(c.outcome) if c.outcome else "closed"
         out.print(f"{nid}: {c.status}: {outcome}")
+    for nid in sorted(ended_unseen - closed.keys()):
+        out.print(f"{nid}: ended while the broker was restarting; `mams replay {nid}` shows it")
+        results.append({"negotiation_id": str(nid), "outcome": None, "status": "unknown"})
     if args.json:
         sys.stdout.write(
             msgspec.json.encode(
