@@ -37,14 +37,12 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bus_baseline import bench_raw
-from bench.market import scenario
-from bench.store_baseline import bench_copy
+from bench.market import raw_ceilings, scenario
 from mams.actors.market import RunOptions, run_market
 from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Message, Subscription
 from mams.bus.nats import NatsBus
 from mams.domain.messages import BuyerMessage, BuyerTurn, decode_inbox, decode_outbox
-from mams.storage.pg import create_pool, open_store
+from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 
 
@@ -204,15 +202,7 @@ async def main() -> None:
     args = p.parse_args()
     ks = sorted({*args.k, *([1000] if args.big else [])})
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    raw_nats = await bench_raw(args.nats, 100_000)
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.dsn)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    pool = await create_pool(args.dsn, schema=schema)
-    raw_copy = await bench_copy(pool, 50_000)
-    await pool.close()
-    await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    await admin.close()
+    raw_nats, raw_copy = await raw_ceilings(args.nats, args.dsn)
     print(
         f"raw ceiling: nats-py pub->sub {raw_nats:,.0f} msgs/s; asyncpg COPY {raw_copy:,.0f} rows/s"
     )
