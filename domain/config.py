@@ -210,6 +210,7 @@ def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
 
 
 _T = TypeVar("_T")
+_Named = TypeVar("_Named", BuyerItem, InventoryItem)
 
 
 class _Validator:
@@ -269,6 +270,31 @@ class _Validator:
             self.bad(full, "must not be empty")
         return value
 
+    def unique_items(
+        self,
+        table: Mapping[str, object],
+        path: str,
+        key: str,
+        parse: Callable[[object, str], _Named | None],
+    ) -> list[_Named]:
+        """Parse an array of item entries, reporting any item named twice."""
+        found: list[_Named] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(self.array(table, path, key)):
+            entry = parse(raw, f"{path}.{key}[{i}]")
+            if entry is None:
+                continue
+            name = item_key(entry.item_name)
+            if name in seen:
+                self.bad(
+                    f"{path}.{key}[{i}].item_name",
+                    f"duplicate of {path}.{key}[{seen[name]}] ({entry.item_name!r})",
+                )
+                continue
+            seen[name] = i
+            found.append(entry)
+        return found
+
     # -- the scenario ------------------------------------------------------------------
     def scenario(self, raw: object, default_name: str) -> Scenario | None:
         top = self.table(raw, "", ("name", "description", "buyer", "sellers"))
@@ -295,21 +321,7 @@ class _Validator:
             return None
         handle = self.field(t, path, "handle", _handle, default="@Buyer", required=False)
         model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
-        items: list[BuyerItem] = []
-        seen: dict[str, int] = {}
-        for i, raw_item in enumerate(self.array(t, path, "items")):
-            item = self.buyer_item(raw_item, f"{path}.items[{i}]")
-            if item is None:
-                continue
-            key = item_key(item.item_name)
-            if key in seen:
-                self.bad(
-                    f"{path}.items[{i}].item_name",
-                    f"duplicate of {path}.items[{seen[key]}] ({item.item_name!r})",
-                )
-                continue
-            seen[key] = i
-            items.append(item)
+        items = self.unique_items(t, path, "items", self.buyer_item)
         if handle is None or model is None:
             return None
         return BuyerConfig(handle=display_handle(handle), model=model, items=tuple(items))
@@ -357,21 +369,7 @@ class _Validator:
                 f"= {retention + profit})",
             )
             retention = None
-        inventory: list[InventoryItem] = []
-        seen: dict[str, int] = {}
-        for i, raw_item in enumerate(self.array(t, path, "inventory")):
-            entry = self.inventory_item(raw_item, f"{path}.inventory[{i}]")
-            if entry is None:
-                continue
-            key = item_key(entry.item_name)
-            if key in seen:
-                self.bad(
-                    f"{path}.inventory[{i}].item_name",
-                    f"duplicate of {path}.inventory[{seen[key]}] ({entry.item_name!r})",
-                )
-                continue
-            seen[key] = i
-            inventory.append(entry)
+        inventory = self.unique_items(t, path, "inventory", self.inventory_item)
         if handle is None or style is None or model is None:
             return None
         if retention is None or profit is None:
