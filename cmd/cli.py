@@ -32,6 +32,7 @@ from mams.actors.market import (
     brain_label,
     close_brains,
     prepare_brains,
+    resolve_models,
     run_market,
 )
 from mams.audit import add_parsers as add_audit_parsers
@@ -160,8 +161,9 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             else:
                 scenario, session_id, new = await _scenario_for(args, conn)
             items = _pick_items(scenario, args.item)
-            models, checked = prepare_brains(scenario, items, options)
-            await close_brains(checked)
+            if scenario_file is None:  # a stored session: check its providers now
+                await close_brains(prepare_brains(scenario, items, options)[1])
+            models = resolve_models(scenario, options)
             if new:
                 await save_session(conn, session_id, scenario)
         labels = {brain_label(m) for m in models.values()}

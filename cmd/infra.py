@@ -35,18 +35,13 @@ class Servers:
     dsn: str = ""
 
 
-def hide_password(url: str) -> str:
-    """A URL safe to print: any password replaced by ***."""
-    return redact_url(url)
-
-
 @asynccontextmanager
 async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
     """Connect to (or start) the servers a command needs; stop embedded ones on exit."""
     database_url = os.environ.get("DATABASE_URL")
     embedded_pg: EmbeddedPostgres | None = None
     if database_url:
-        dsn, db_note = database_url, f"PostgreSQL at {hide_password(database_url)} (DATABASE_URL)"
+        dsn, db_note = database_url, f"PostgreSQL at {redact_url(database_url)} (DATABASE_URL)"
     else:
         embedded_pg = EmbeddedPostgres()
         dsn = await anyio.to_thread.run_sync(embedded_pg.start)
@@ -60,7 +55,7 @@ async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
             elif nats_url:
                 yield Servers(
                     nats_url,
-                    f"NATS at {hide_password(nats_url)} (NATS_URL)",
+                    f"NATS at {redact_url(nats_url)} (NATS_URL)",
                     pool,
                     store,
                     db_note,

@@ -32,6 +32,7 @@ from rich.text import Text
 from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
+from mams.bus.base import redact_url
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
 from mams.domain.config import Scenario, load_scenario, scenario_to_raw
@@ -49,7 +50,7 @@ from mams.domain.messages import (
 )
 from mams.domain.money import fmt
 from mams.domain.transcript import describe_outcome
-from mams.infra import hide_password, servers
+from mams.infra import servers
 from mams.storage.readmodels import load_session, save_session
 
 log = structlog.get_logger("mams.processes")
@@ -114,7 +115,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
                 await tg.start(broker.run)
                 note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
                 out.print(
-                    f"broker ready: market {args.market!r} on {hide_password(srv.nats_url)}"
+                    f"broker ready: market {args.market!r} on {redact_url(srv.nats_url)}"
                     f"; {srv.db_note}{note}"
                 )
                 sys.stdout.flush()
@@ -138,7 +139,7 @@ async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None
     if scope.cancelled_caught:
         raise ConfigError(
             f"no broker answered within {JOIN_TIMEOUT:.0f} s on market "
-            f"{actor.subjects.prefix!r} at {hide_password(nats_url)}; start "
+            f"{actor.subjects.prefix!r} at {redact_url(nats_url)}; start "
             "`mams broker` there (same --market)"
         )
 
