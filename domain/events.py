@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Literal
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import msgspec
 
@@ -227,11 +227,69 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LLMCalled,
 )
 
+# -- observations: what observers concluded about a negotiation ------------------------------
+# They live in a companion stream per negotiation (`observation_stream_id`), never in the
+# negotiation's own stream, so replaying a negotiation is untouched by later analysis.
+FlagKind = Literal["price_hallucination", "leakage", "constraint", "coherence"]
+Severity = Literal["low", "medium", "high"]
+
+
+class QualityFlagged(msgspec.Struct, frozen=True, kw_only=True, tag="quality.flagged"):
+    """A grounded quality check fired on a negotiation's log.
+
+    `rule` is the stable name of the check (e.g. `"hallucination.misattributed_offer"`),
+    `agent` the agent id the finding is about (with its `brain` label and, for a seller,
+    its `style`, so findings aggregate per model and style), `evidence` the message ids
+    (or `"seq:N"` for events without one) the finding rests on, and `detail` a sentence
+    quoting the evidence.
+    """
+
+    negotiation_id: UUID
+    kind: FlagKind
+    rule: str
+    severity: Severity
+    agent: str
+    round: int
+    evidence: tuple[str, ...]
+    detail: str
+    brain: str = ""
+    style: str = ""
+
+
+class AnalystReviewed(msgspec.Struct, frozen=True, kw_only=True, tag="analysis.reviewed"):
+    """An LLM analyst's short qualitative review of a whole negotiation."""
+
+    negotiation_id: UUID
+    model: str
+    text: str
+    call: LLMCall | None = None
+
+
+Observation = QualityFlagged | AnalystReviewed
+OBSERVATION_TYPES: tuple[type[Observation], ...] = (QualityFlagged, AnalystReviewed)
+
+_OBSERVATION_NS = UUID("6d616d73-6f62-7365-7276-6174696f6e73")
+
+
+def observation_stream_id(negotiation_id: UUID) -> UUID:
+    """The companion stream holding observations of `negotiation_id` (deterministic)."""
+    return uuid5(_OBSERVATION_NS, f"observations:{negotiation_id}")
+
+
+_obs_decoder = msgspec.json.Decoder(Observation)
+
+
+def decode_observation(data: bytes | str) -> Observation:
+    """Decode a stored observation; raises msgspec.ValidationError if malformed."""
+    obs: Observation = _obs_decoder.decode(data)
+    return obs
+
+
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(Event)
 
 
-def encode_event(event: Event) -> bytes:
+def encode_event(event: Event | Observation) -> bytes:
     """The event as JSON bytes, its tag in field `type`; what the log stores."""
     return _encoder.encode(event)
 
@@ -242,7 +300,7 @@ def decode_event(data: bytes | str) -> Event:
     return event
 
 
-def event_type(event: Event) -> str:
+def event_type(event: Event | Observation) -> str:
     """The stable tag of an event, e.g. `"buyer.said"`."""
     tag = type(event).__struct_config__.tag
     assert isinstance(tag, str)
