@@ -63,6 +63,7 @@ from mams.storage.readmodels import (
     load_session,
     save_session,
 )
+from mams.telemetry import init_sentry, report
 
 _json = msgspec.json.Encoder(decimal_format="number")
 LLM_ROUND_TIMEOUT = 120.0
@@ -530,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    init_sentry(args)  # only when SENTRY_DSN is set
     # People read stdout unless --json claims it for the program; then they read stderr.
     to_stderr = bool(getattr(args, "json", False))
     stream = sys.stderr if to_stderr else sys.stdout
@@ -558,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         err.print("[yellow]interrupted: open negotiations were recorded as aborted[/yellow]")
         code = 130
     except MamsError as exc:
+        report(exc)
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         code = 1
     sys.exit(code)
