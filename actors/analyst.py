@@ -241,8 +241,9 @@ async def review_negotiation(
         system=SYSTEM,
         messages=(ChatMessage(role="user", content=analyst_prompt(events, flags)),),
         tool=REVIEW_TOOL,
-        max_tokens=600,
-        temperature=0.2,
+        # No temperature (reasoning models refuse one) and the brains' token budget, which
+        # a reasoning model also spends on thinking before it answers.
+        max_tokens=1024,
     )
     owned = provider is None
     llm = provider or provider_for(

@@ -38,6 +38,7 @@ from mams.domain.events import (
     BuyerWalkedAway,
     DealClosed,
     Event,
+    FlagKind,
     GuardrailTripped,
     LLMCalled,
     NegotiationEnded,
@@ -49,7 +50,7 @@ from mams.domain.events import (
 )
 from mams.domain.money import fmt
 
-FLAG_KINDS: tuple[str, ...] = ("price_hallucination", "leakage", "constraint", "coherence")
+FLAG_KINDS: tuple[FlagKind, ...] = ("price_hallucination", "leakage", "constraint", "coherence")
 Side = Literal["buyer", "seller"]
 
 

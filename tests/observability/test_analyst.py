@@ -165,6 +165,7 @@ async def test_review_through_an_openai_compatible_server(events: list[Event]) -
     [sent] = fake.requests
     assert sent["model"] == "google/gemini-fake"
     assert sent["messages"][0]["role"] == "system"
+    assert "temperature" not in sent
     assert "No quality flags." in sent["messages"][1]["content"]
     assert review.model == "openrouter:google/gemini-fake"
     assert review.text == REVIEW
