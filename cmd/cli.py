@@ -35,6 +35,8 @@ from mams.actors.market import (
     resolve_models,
     run_market,
 )
+from mams.analyze import add_parsers as add_analyze_parsers
+from mams.analyze import cmd_analyze
 from mams.audit import add_parsers as add_audit_parsers
 from mams.audit import cmd_audit, cmd_export, cmd_import
 from mams.bus.base import Bus
@@ -56,6 +58,8 @@ from mams.domain.transcript import Renderer, render
 from mams.infra import servers
 from mams.processes import add_parsers as add_process_parsers
 from mams.processes import cmd_broker, cmd_buyer, cmd_seller
+from mams.report import add_parsers as add_report_parsers
+from mams.report import cmd_report
 from mams.storage.readmodels import (
     find_negotiation,
     list_runs,
@@ -492,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_process_parsers(sub)
     add_audit_parsers(sub)
+    add_analyze_parsers(sub)
+    add_report_parsers(sub)
     add_creds_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
@@ -512,6 +518,8 @@ _COMMANDS = {
     "sessions": cmd_sessions,
     "negotiations": cmd_negotiations,
     "audit": cmd_audit,
+    "analyze": cmd_analyze,
+    "report": cmd_report,
     "export": cmd_export,
     "import": cmd_import,
 }

@@ -16,7 +16,10 @@ from mams.storage.observations import record_observations
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 from tests.analysis import logs
+from tests.audit.conftest import market
 from tests.integration.scenarios import phone
+
+__all__ = ["KnownLog", "known_log", "market"]  # market: a real baseline run (tests/audit)
 
 
 @dataclass(frozen=True)

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mams.actors.market import RoomResult, RunOptions, run_market
-from mams.bus.base import Bus
-from mams.bus.memory import InMemoryBus
-from mams.storage.pg import open_store
-from mams.storage.readmodels import ReadModelProjector, save_session
 from tests.analysis import logs
 from tests.analysis.conftest import KnownLog
 from tests.analysis.test_cli_analyze import expected_flags, run_mams
+from tests.audit.conftest import Market
 from tests.e2e.test_cli import flat, one_json_object
-from tests.integration.scenarios import phone
 
 pytestmark = pytest.mark.e2e
 D = Decimal
@@ -122,39 +116,11 @@ async def test_report_over_the_known_log(
     assert "is a file" in proc.stderr
 
 
-@pytest.fixture
-async def market(
-    database_url: str, pg_schema: str
-) -> AsyncIterator[tuple[KnownLog, list[RoomResult]]]:
-    """The phone scenario run with baseline brains over an in-process bus, logged in the schema."""
-    pool, store = await open_store(database_url, pg_schema, projector=ReadModelProjector())
-    try:
-        scenario = phone()
-        session_id = uuid.uuid4()
-        async with pool.acquire() as conn:
-            await save_session(conn, session_id, scenario)
-        bus = InMemoryBus()
-
-        async def connect(name: str) -> Bus:
-            return bus
-
-        rooms = await run_market(
-            scenario,
-            session_id,
-            scenario.buyer.items,
-            connect=connect,
-            store=store,
-            options=RunOptions(max_rounds=8, seed=7, round_timeout=10),
-        )
-        yield KnownLog(pool, store, pg_schema), rooms
-    finally:
-        await pool.close()
-
-
 async def test_report_and_analyze_over_a_real_run_agree_with_the_read_models(
-    market: tuple[KnownLog, list[RoomResult]], database_url: str, tmp_path: Path
+    market: Market, database_url: str, pg_schema: str, tmp_path: Path
 ) -> None:
-    log, rooms = market
+    # The audit tests' fixture: the phone scenario run with baseline brains, seed 7.
+    log, rooms = KnownLog(market.pool, market.store, pg_schema), market.rooms
 
     def mams(*args: str) -> subprocess.CompletedProcess[str]:
         return run_mams(*args, log=log, database_url=database_url, tmp_path=tmp_path)
