@@ -20,6 +20,7 @@ from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BASELINE_LABEL, BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
+from mams.actors.monitor import QualityMonitor
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
 from mams.domain.config import (
@@ -56,6 +57,8 @@ class RunOptions:
     round_timeout: float = 30.0
     buyer_model: str | None = None
     seller_model: str | None = None
+    # Grade each room live with the quality monitor (flags land in the log).
+    monitor: bool = False
 
 
 @dataclass(slots=True)
@@ -216,6 +219,7 @@ async def run_market(
             on_event=on_event,
             on_opened=on_opened,
             subjects=subjects,
+            monitor=options.monitor,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -231,8 +235,13 @@ async def run_rooms(
     on_event: OnEvent | None = None,
     on_opened: Callable[[list[RoomResult]], None] | None = None,
     subjects: Subjects | None = None,
+    monitor: bool = False,
 ) -> list[RoomResult]:
-    """Run these rooms with these brains (by agent id) until every room has ended."""
+    """Run these rooms with these brains (by agent id) until every room has ended.
+
+    With `monitor`, a QualityMonitor grades them live; this returns once it has recorded
+    its findings for every room.
+    """
     subjects = subjects or Subjects(prefix=market_prefix())
     rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
     by_id = {r.negotiation_id: r for r in rooms}
@@ -249,6 +258,10 @@ async def run_rooms(
         async with anyio.create_task_group() as tg:
             observer = await bus_for("observer")
             events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
+            grader = None
+            if monitor:
+                grader = QualityMonitor(await bus_for("monitor"), store, subjects)
+                await tg.start(grader.run)
             broker = Broker(await bus_for("broker"), store, subjects)
             await tg.start(broker.run)
             for agent_id in sorted(buyers):
@@ -281,6 +294,8 @@ async def run_rooms(
                     open_rooms.discard(result.negotiation_id)
                     if not open_rooms:
                         break
+            if grader is not None:
+                await grader.settle(by_id)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

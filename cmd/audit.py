@@ -10,13 +10,16 @@ stored events (see `mams.storage.audit`), and reports the first broken link. Exi
     {"ok": false,
      "streams": [
        {"negotiation_id": "...", "ok": false, "events": 17, "last_seq": 17,
-        "ended": true, "head": "<hex hash of the last event>",
+        "ended": true, "kind": "negotiation", "head": "<hex hash of the last event>",
         "first_broken": {"seq": 5, "check": "hash", "why": "..."},
         "problems": [{"seq": 5, "check": "hash", "why": "..."}, ...]}]}
 
 `check` is one of: seq (gap or duplicate), unhashed (row from before the chain), hash
 (row content changed), link (prev_hash is not the previous row's hash), decode, type,
 order (stream shape), guardrail, visibility, replay. `first_broken` is null when clean.
+`kind` is "negotiation", or "observations" for a negotiation's companion stream of quality
+flags and analyst reviews (its id is then the stream's; chain, seq and decoding are
+checked). `mams audit ID` audits both the negotiation and, once graded, its companion.
 
 `mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the stream, one JSON object
 per line (`mams.storage.export`), to FILE or stdout. `mams import FILE` (or `-` for
@@ -40,6 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mams.domain.errors import ConfigError
+from mams.domain.events import observation_stream_id
 from mams.infra import servers
 from mams.storage.audit import StreamReport, audit_stream
 from mams.storage.eventstore import PostgresEventStore
@@ -98,6 +102,7 @@ def _report_json(r: StreamReport) -> dict[str, Any]:
         "events": r.events,
         "last_seq": r.last_seq,
         "ended": r.ended,
+        "kind": r.kind,
         "head": r.head,
         "first_broken": msgspec.to_builtins(first) if first else None,
         "problems": msgspec.to_builtins(r.problems),
@@ -115,6 +120,8 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                 ids = await srv.store.stream_ids()
             else:
                 ids = [await _resolve(conn, args.negotiation_id)]
+                # Its companion stream of quality flags and reviews, when it has one.
+                ids.append(observation_stream_id(ids[0]))
             finished = {
                 r["negotiation_id"]
                 for r in await conn.fetch(
@@ -125,6 +132,8 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
             }
         for sid in ids:
             events = await srv.store.read(sid)
+            if not events and len(reports) == 1:
+                continue  # a negotiation nobody graded yet
             if not events and not args.all:
                 raise AuditUsageError(
                     f"no events for negotiation {sid}; `mams negotiations` lists them"
@@ -133,8 +142,9 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
     broken = [r for r in reports if not r.ok]
     for r in reports:
         if r.ok:
+            what = " (quality observations)" if r.kind == "observations" else ""
             out.print(
-                f"[green]ok[/green]     {r.stream_id}  {r.events} events, chain verified, "
+                f"[green]ok[/green]     {r.stream_id}  {r.events} events{what}, chain verified, "
                 f"head {r.head[:16]}"
             )
             continue

@@ -35,6 +35,7 @@ from mams.actors.market import (
     resolve_models,
     run_market,
 )
+from mams.actors.monitor import grade_stored, stored_flags
 from mams.analyze import add_parsers as add_analyze_parsers
 from mams.analyze import cmd_analyze
 from mams.audit import add_parsers as add_audit_parsers
@@ -43,21 +44,23 @@ from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.cli_render import (
     LLMUsage,
+    flag_counts,
     outcome_json,
     outcomes_table,
     print_entry,
+    quality_summary,
     room_tag,
     status_of,
 )
 from mams.creds import add_creds_parser, cmd_creds
 from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
 from mams.domain.errors import ConfigError, MamsError
-from mams.domain.events import Event, decode_event
+from mams.domain.events import Event, QualityFlagged, decode_event
 from mams.domain.negotiation import NegotiationState, replay
 from mams.domain.transcript import Renderer, render
 from mams.infra import servers
 from mams.processes import add_parsers as add_process_parsers
-from mams.processes import cmd_broker, cmd_buyer, cmd_seller
+from mams.processes import cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
 from mams.storage.readmodels import (
@@ -151,6 +154,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         round_timeout=args.round_timeout or 30.0,
         buyer_model=args.buyer_model,
         seller_model=args.seller_model,
+        monitor=not args.no_monitor,
     )
     if scenario_file is not None:
         # Fail fast (nothing written) if a model's provider is not configured.
@@ -218,10 +222,13 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 on_event=on_event,
                 on_opened=on_opened,
             )
+        flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()
     out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
     if usage.calls:
         out.print(f"[dim]LLM:[/dim] {usage.summary()}")
+    if options.monitor:
+        out.print(f"[dim]quality:[/dim] {quality_summary(flags)}")
     out.print(f"[dim]replay one with:[/dim] mams replay {rooms[0].negotiation_id}")
     if args.json:
         _dump(
@@ -234,12 +241,25 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                         "item": r.item_name,
                         "status": status_of(r.state),
                         "outcome": outcome_json(r.state),
+                        "flags": flag_counts(flags.get(r.negotiation_id, [])),
                     }
                     for r in rooms
                 ],
             }
         )
     return 0
+
+
+async def _quality(
+    store: Any, rooms: list[RoomResult], *, graded: bool, on: bool
+) -> dict[UUID, list[QualityFlagged]]:
+    """Each room's quality flags: as the live monitor recorded them, or graded now (runs
+    as processes have no in-process monitor)."""
+    if not on:
+        return {}
+    if graded:
+        return {r.negotiation_id: await stored_flags(store, r.negotiation_id) for r in rooms}
+    return {r.negotiation_id: await grade_stored(store, r.negotiation_id) for r in rooms}
 
 
 async def _run_as_processes(
@@ -476,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run broker, buyer and each seller as separate OS processes",
     )
+    run.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="do not grade the negotiations (quality flags; `mams analyze` can later)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")
@@ -510,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {
     "run": cmd_run,
     "broker": cmd_broker,
+    "monitor": cmd_monitor,
     "seller": cmd_seller,
     "buyer": cmd_buyer,
     "creds": cmd_creds,

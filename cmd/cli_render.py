@@ -7,14 +7,16 @@ JSON shapes (documented in README.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mams.domain.events import Event, LLMCalled
+from mams.domain.events import Event, LLMCalled, QualityFlagged
 from mams.domain.money import fmt
 from mams.domain.negotiation import NegotiationState
 from mams.domain.transcript import Entry
@@ -175,3 +177,21 @@ class LLMUsage:
             f"({self.cache_read_tokens:,} from cache), {self.output_tokens:,} output; "
             f"{cost} (estimate)"
         )
+
+
+def flag_counts(flags: Sequence[QualityFlagged]) -> dict[str, int]:
+    """Quality flags counted by kind (JSON: {"leakage": 1, ...}; kinds with none omitted)."""
+    counts: dict[str, int] = {}
+    for flag in flags:
+        counts[flag.kind] = counts.get(flag.kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def quality_summary(flags: Mapping[UUID, Sequence[QualityFlagged]]) -> str:
+    """One line on what the quality monitor found across a run's rooms."""
+    every = [f for found in flags.values() for f in found]
+    if not every:
+        return "no quality flags (grounded checks: hallucinated prices, leaks, coherence)"
+    kinds = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in flag_counts(every).items())
+    worst = next((nid for nid, found in flags.items() if found), None)
+    return f"{len(every)} flag(s): {kinds}; details: mams analyze {worst}"

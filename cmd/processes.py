@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,7 @@ from rich.text import Text
 from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
+from mams.actors.monitor import QualityMonitor
 from mams.bus.base import redact_url
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
@@ -94,28 +96,29 @@ async def _until_signalled() -> None:
 
 
 # -- broker ----------------------------------------------------------------------------------
-async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
-    """Serve a market until SIGTERM/SIGINT."""
+Runner = Callable[..., Awaitable[None]]
+
+
+async def _serve(
+    args: argparse.Namespace,
+    out: Console,
+    role: str,
+    build: Callable[[NatsBus, Any], Awaitable[tuple[Runner, str]]],
+    label: str = "",
+) -> None:
+    """Connect as `<market>-<role>`, build the actor (its run and a note for the ready
+    line), run it until SIGTERM/SIGINT, then close the connection."""
     if args.nats:
         os.environ["NATS_URL"] = args.nats
-    subjects = Subjects(prefix=args.market)
     async with servers(need_bus=True) as srv:
         assert srv.nats_url is not None
-        bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-broker")
-        broker = Broker(
-            bus,
-            srv.store,
-            subjects,
-            sessions=PgSessions(srv.pool),
-            abort_on_shutdown=args.abort_on_exit,
-        )
+        bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-{role}")
         try:
-            resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
+            run, note = await build(bus, srv)
             async with anyio.create_task_group() as tg:
-                await tg.start(broker.run)
-                note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
+                await tg.start(run)
                 out.print(
-                    f"broker ready: market {args.market!r} on {redact_url(srv.nats_url)}"
+                    f"{label or role} ready: market {args.market!r} on {redact_url(srv.nats_url)}"
                     f"; {srv.db_note}{note}"
                 )
                 sys.stdout.flush()
@@ -124,6 +127,43 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.close()
+
+
+async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
+    """Serve a market until SIGTERM/SIGINT."""
+
+    async def build(bus: NatsBus, srv: Any) -> tuple[Runner, str]:
+        broker = Broker(
+            bus,
+            srv.store,
+            Subjects(prefix=args.market),
+            sessions=PgSessions(srv.pool),
+            abort_on_shutdown=args.abort_on_exit,
+        )
+        resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
+        return broker.run, f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
+
+    await _serve(args, out, "broker", build)
+    return 0
+
+
+async def cmd_monitor(args: argparse.Namespace, out: Console) -> int:
+    """Grade every negotiation of a market live until SIGTERM/SIGINT (an observer)."""
+    monitors: list[QualityMonitor] = []
+
+    async def build(bus: NatsBus, srv: Any) -> tuple[Runner, str]:
+        monitors.append(QualityMonitor(bus, srv.store, Subjects(prefix=args.market)))
+        return monitors[0].run, ""
+
+    try:
+        await _serve(args, out, "monitor", build, "quality monitor")
+    finally:
+        if monitors:
+            st = monitors[0].stats
+            out.print(
+                f"graded {st.ended} negotiation(s), {st.events} event(s); "
+                f"{st.recorded} flag(s) recorded"
+            )
     return 0
 
 
@@ -322,6 +362,10 @@ def add_parsers(sub: Any) -> None:
         help="on SIGTERM/SIGINT record open negotiations as aborted (default: leave them "
         "open for the next broker to resume)",
     )
+    m = sub.add_parser(
+        "monitor", help="grade a market's negotiations live (an observer; needs the database)"
+    )
+    common(m)
     s = sub.add_parser("seller", help="run one seller of a scenario as its own process")
     common(s)
     s.add_argument("--scenario", required=True, help="the scenario file naming this seller")

@@ -267,6 +267,7 @@ class AnalystReviewed(msgspec.Struct, frozen=True, kw_only=True, tag="analysis.r
 
 Observation = QualityFlagged | AnalystReviewed
 OBSERVATION_TYPES: tuple[type[Observation], ...] = (QualityFlagged, AnalystReviewed)
+OBSERVATION_TAGS = frozenset(str(t.__struct_config__.tag) for t in OBSERVATION_TYPES)
 
 _OBSERVATION_NS = UUID("6d616d73-6f62-7365-7276-6174696f6e73")
 

@@ -26,6 +26,7 @@ from uuid import UUID
 import msgspec
 
 from mams.domain.events import (
+    OBSERVATION_TAGS,
     BuyerSaid,
     DealClosed,
     Event,
@@ -33,6 +34,7 @@ from mams.domain.events import (
     NegotiationStarted,
     SellerReplied,
     decode_event,
+    decode_observation,
     event_type,
 )
 from mams.domain.messages import SellerMessage
@@ -61,6 +63,9 @@ class StreamReport(msgspec.Struct, frozen=True, kw_only=True):
     head: str  # hex hash of the last event (what an archive can pin)
     ended: bool
     problems: list[Problem]
+    # "negotiation", or "observations" for a negotiation's companion stream of quality
+    # flags and reviews (chain, seq and decoding are checked; it has no negotiation shape).
+    kind: str = "negotiation"
 
     @property
     def ok(self) -> bool:
@@ -123,6 +128,33 @@ def check_chain(events: Sequence[StoredEvent]) -> list[Problem]:
                     )
                 )
         prev_hash = e.hash
+    return problems
+
+
+def is_observation_stream(events: Sequence[StoredEvent]) -> bool:
+    """Whether a stream holds observations (quality flags, reviews), not a negotiation."""
+    return bool(events) and events[0].type in OBSERVATION_TAGS
+
+
+def check_observations(events: Sequence[StoredEvent]) -> list[Problem]:
+    """Every row of an observation stream decodes as an observation of its own type."""
+    problems: list[Problem] = []
+    for stored in events:
+        try:
+            obs = decode_observation(stored.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            problems.append(
+                Problem(seq=stored.seq, check="decode", why=f"not a known observation: {exc}")
+            )
+            continue
+        if (tag := event_type(obs)) != stored.type:
+            problems.append(
+                Problem(
+                    seq=stored.seq,
+                    check="type",
+                    why=f"type column says {stored.type!r}, data says {tag!r}",
+                )
+            )
     return problems
 
 
@@ -290,8 +322,9 @@ def audit_stream(
     """Audit one stream. With `expect_ended` (the run is recorded as finished), a stream
     without negotiation.ended is reported as truncated."""
     chain = check_chain(events)
-    domain = check_domain(events)
-    ended = any(e.type == "negotiation.ended" for e in events)
+    observations = is_observation_stream(events)
+    domain = check_observations(events) if observations else check_domain(events)
+    ended = observations or any(e.type == "negotiation.ended" for e in events)
     last_seq = events[-1].seq if events else 0
     tail: list[Problem] = []
     if not events:
@@ -316,4 +349,5 @@ def audit_stream(
         head=events[-1].hash.hex() if events else "",
         ended=ended,
         problems=[p for p, _ in ranked],
+        kind="observations" if observations else "negotiation",
     )

@@ -18,6 +18,7 @@ import msgspec
 
 from mams.domain.config import Scenario, parse_scenario, scenario_to_raw
 from mams.domain.events import (
+    OBSERVATION_TAGS,
     BuyerSaid,
     BuyerWalkedAway,
     DealClosed,
@@ -66,6 +67,8 @@ class ReadModelProjector:
         ends: list[tuple[Any, ...]] = []
         outcomes: list[tuple[Any, ...]] = []
         for stored in events:
+            if stored.type in OBSERVATION_TAGS:
+                continue  # observations have no read model; they stay in their stream
             nid = stored.stream_id
             match decode_event(stored.data):
                 case NegotiationStarted() as e:

@@ -257,8 +257,11 @@ def check_run_json(doc: dict[str, Any], scenario: dict[str, Any]) -> None:
     assert sorted(n["item"] for n in negs) == sorted(buyer_items), "one negotiation per item"
     assert len({n["negotiation_id"] for n in negs}) == len(negs)
     for n in negs:
-        assert set(n) == {"negotiation_id", "item", "status", "outcome"}
+        assert set(n) == {"negotiation_id", "item", "status", "outcome", "flags"}
         assert isinstance(n["negotiation_id"], str)
+        kinds = {"price_hallucination", "leakage", "constraint", "coherence"}
+        assert set(n["flags"]) <= kinds
+        assert all(isinstance(v, int) and v > 0 for v in n["flags"].values())
         assert n["status"] in STATUSES
         check_outcome(n["outcome"], buyer_items[n["item"]], scenario)
 

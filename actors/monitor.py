@@ -1,0 +1,180 @@
+"""The quality monitor: an observer actor that grades negotiations as they run.
+
+It subscribes to the committed events (`<prefix>.events.>`, the observer's permission:
+subscribe only), feeds each negotiation's events to a `QualityChecker` and records what
+fires as `quality.flagged` observations in the negotiation's companion stream. It reads
+only what the log already holds, so its findings are exactly those of `check()` over the
+stored stream: when it joins late, restarts or misses a delivery (a gap in seq), it reads
+the missing events from the store before going on.
+
+Findings are recorded idempotently (by content), so a monitor restarted mid-run, two
+monitors, and an on-demand `mams analyze` never store a finding twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from mams.bus.base import Bus
+from mams.bus.subjects import Subjects
+from mams.domain.events import NegotiationEnded, QualityFlagged, decode_event
+from mams.domain.messages import CommittedEvent, decode_committed
+from mams.domain.quality import QualityChecker, check
+from mams.storage.errors import StorageError
+from mams.storage.eventstore import EventStore
+from mams.storage.observations import load_observations, record_observations
+
+log = structlog.get_logger("mams.monitor")
+
+OnEnded = Callable[[UUID, list[QualityFlagged]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Room:
+    checker: QualityChecker = field(default_factory=QualityChecker)
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class MonitorStats:
+    """What the monitor has done so far."""
+
+    events: int = 0
+    flags: int = 0
+    recorded: int = 0
+    caught_up: int = 0
+    ended: int = 0
+
+
+class QualityMonitor:
+    """Grades every negotiation on the bus; `run` until cancelled."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: EventStore,
+        subjects: Subjects,
+        *,
+        on_ended: OnEnded | None = None,
+    ) -> None:
+        self.bus, self.store, self.subjects = bus, store, subjects
+        self.on_ended = on_ended
+        self.stats = MonitorStats()
+        self._rooms: dict[UUID, _Room] = {}
+        self._done: dict[UUID, anyio.Event] = {}
+        self._flags: dict[UUID, list[QualityFlagged]] = {}
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, signal started, then grade committed events until cancelled."""
+        sub = await self.bus.subscribe(self.subjects.all_events(), max_pending=1_000_000)
+        task_status.started()
+        async for msg in sub:
+            try:
+                committed = decode_committed(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
+                continue
+            await self.observe(committed)
+
+    async def observe(self, committed: CommittedEvent) -> list[QualityFlagged]:
+        """Grade one committed event (catching up from the store on a gap); the new flags."""
+        nid = committed.negotiation_id
+        room = self._rooms.get(nid)
+        if room is None:
+            if self._ended(nid):
+                return []  # a late duplicate of an ended room's event
+            room = self._rooms[nid] = _Room()
+        if committed.seq <= room.seq:
+            return []  # already seen
+        found: list[QualityFlagged] = []
+        if committed.seq > room.seq + 1:
+            found += await self._catch_up(nid, room, committed.seq - 1)
+        found += room.checker.feed(committed.event)
+        room.seq = committed.seq
+        self.stats.events += 1
+        if found:
+            self.stats.flags += len(found)
+            self._flags.setdefault(nid, []).extend(found)
+            await self._record(nid, found)
+        if isinstance(committed.event, NegotiationEnded):
+            await self._finish(nid)
+        return found
+
+    async def _record(self, nid: UUID, found: list[QualityFlagged]) -> None:
+        try:
+            self.stats.recorded += await record_observations(self.store, nid, found)
+        except StorageError as exc:
+            # Grading must not stop a market; `mams analyze` recomputes and records them.
+            log.warning("monitor.record_failed", negotiation_id=str(nid), error=str(exc))
+
+    async def _catch_up(self, nid: UUID, room: _Room, upto: int) -> list[QualityFlagged]:
+        """Feed the stored events after `room.seq` up to `upto` (a gap, or a late join)."""
+        self.stats.caught_up += 1
+        found: list[QualityFlagged] = []
+        for stored in await self.store.read(nid, after_seq=room.seq):
+            if stored.seq > upto:
+                break
+            found += room.checker.feed(decode_event(stored.data))
+            room.seq = stored.seq
+        return found
+
+    async def _finish(self, nid: UUID) -> None:
+        self._rooms.pop(nid, None)
+        flags = self._flags.pop(nid, [])
+        self.stats.ended += 1
+        if self.on_ended is not None:
+            try:
+                await self.on_ended(nid, flags)
+            except Exception as exc:  # an exporter's failure must not stop grading
+                log.warning("monitor.on_ended_failed", negotiation_id=str(nid), error=repr(exc))
+        self._done.setdefault(nid, anyio.Event()).set()
+
+    def _ended(self, nid: UUID) -> bool:
+        done = self._done.get(nid)
+        return done is not None and done.is_set()
+
+    async def settle(self, negotiation_ids: Iterable[UUID], *, wait: float = 5.0) -> None:
+        """Return once every one of these (ended) rooms is graded and recorded.
+
+        Waits up to `wait` seconds for the live events; a room whose end never arrived
+        (a dropped delivery) is then finished from the store.
+        """
+        ids = list(negotiation_ids)
+        with anyio.move_on_after(wait):
+            for nid in ids:
+                await self._done.setdefault(nid, anyio.Event()).wait()
+        for nid in ids:
+            if self._ended(nid):
+                continue
+            room = self._rooms.setdefault(nid, _Room())
+            found = await self._catch_up(nid, room, upto=2**31)
+            if found:
+                self.stats.flags += len(found)
+                self._flags.setdefault(nid, []).extend(found)
+                await self._record(nid, found)
+            await self._finish(nid)
+
+
+async def grade_stored(store: EventStore, negotiation_id: UUID) -> list[QualityFlagged]:
+    """Run every check over a stored negotiation and record the findings the log lacks.
+
+    The on-demand twin of the live monitor (same findings, recorded once): for runs that
+    had no monitor, and for logs written before a check existed.
+    """
+    events = [decode_event(row.data) for row in await store.read(negotiation_id)]
+    flags = check(events)
+    await record_observations(store, negotiation_id, flags)
+    return flags
+
+
+async def stored_flags(store: EventStore, negotiation_id: UUID) -> list[QualityFlagged]:
+    """The quality flags recorded for a negotiation (live or on demand)."""
+    found = await load_observations(store, negotiation_id)
+    return [o for o in found if isinstance(o, QualityFlagged)]
