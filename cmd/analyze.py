@@ -193,18 +193,23 @@ def _money(value: Any) -> str:
     return "-" if value is None else fmt(value)
 
 
+def _llm_cell(calls: int, tokens_in: int, tokens_out: int, cost: float | None) -> str:
+    if not calls:
+        return "-"
+    money = "cost unknown" if cost is None else f"${cost:.4f}"
+    return f"{calls} calls, {tokens_in:,}/{tokens_out:,} tok, {money}"
+
+
 def _agents_table(a: NegotiationAnalysis) -> Table:
     t = Table(title="Agents", title_style="bold", header_style="bold")
-    for col in ("agent", "brain", "style", "msgs", "latency ms (mean/max)", "LLM calls",
-                "tokens in/out", "cost", "guardrails", "flags"):  # fmt: skip
+    for col in ("agent", "brain", "style", "msgs", "latency ms mean/max", "LLM", "guardrails",
+                "flags"):  # fmt: skip
         t.add_column(
             col,
-            justify="left" if col in ("agent", "brain", "style") else "right",
-            min_width=16 if col == "brain" else None,
+            justify="right" if col in ("msgs", "latency ms mean/max", "flags") else "left",
             overflow="fold",
         )
     for g in a.agents:
-        cost = "unknown" if g.cost_usd is None else f"${g.cost_usd:.4f}"
         rails = ", ".join(f"{k} x{v}" for k, v in g.guardrails.items()) or "-"
         t.add_row(
             g.handle,
@@ -212,9 +217,7 @@ def _agents_table(a: NegotiationAnalysis) -> Table:
             g.style or "-",
             str(g.messages),
             f"{_ms(g.latency_ms_mean)} / {_ms(g.latency_ms_max)}",
-            str(g.llm_calls),
-            f"{g.input_tokens:,} / {g.output_tokens:,}",
-            cost if g.llm_calls else "-",
+            _llm_cell(g.llm_calls, g.input_tokens, g.output_tokens, g.cost_usd),
             rails,
             str(g.flags),
         )
@@ -275,11 +278,8 @@ def _summary_lines(a: NegotiationAnalysis) -> list[str]:
         )
     llm = a.llm
     if llm.calls:
-        cost = "cost unknown" if llm.cost_usd is None else f"~${llm.cost_usd:.4f}"
-        lines.append(
-            f"LLM: {llm.calls} calls ({llm.failed} failed), {llm.input_tokens:,} in / "
-            f"{llm.output_tokens:,} out tokens, {cost}"
-        )
+        total = _llm_cell(llm.calls, llm.input_tokens, llm.output_tokens, llm.cost_usd)
+        lines.append(f"LLM: {total}, {llm.failed} failed")
     if not a.latency_measured:
         lines.append("[dim]latency: no commit times available[/dim]")
     return lines

@@ -158,35 +158,35 @@ def _num(value: float | None, fmt: str) -> str:
 def group_table(title: str, key: str, rows: tuple[GroupRow, ...], *, seats: bool) -> Table:
     """One group's rows as a rich table."""
     t = Table(title=title, title_style="bold", header_style="bold")
-    t.add_column(key, overflow="fold", min_width=18)
+    t.add_column(key, overflow="fold", min_width=17)
     for col in (
         "seats" if seats else "rooms",
-        "won" if seats else "deals",
-        "deal rate",
-        "saved/1st ask",
-        "saved/max",
-        "seller surplus",
-        "buyer surplus",
+        "won (rate)" if seats else "deals (rate)",
+        "saved vs 1st ask",
+        "saved vs max",
+        "surplus seller/buyer",
         "msgs",
-        "flags",
-        "flags/100",
+        "flags (per 100 msgs)",
         "rails",
     ):
         t.add_column(col, justify="right")
     for r in rows:
+        saved = "-" if r.mean_saving_pct is None else f"{r.mean_saving_pct:.2f}%"
+        saved_max = "-" if r.mean_saving_vs_max_pct is None else f"{r.mean_saving_vs_max_pct:.2f}%"
+        split = (
+            "-"
+            if r.mean_seller_share is None or r.mean_buyer_share is None
+            else f"{r.mean_seller_share:.0%} / {r.mean_buyer_share:.0%}"
+        )
         t.add_row(
             escape(r.key),
             str(r.rooms),
-            str(r.deals),
-            _num(r.deal_rate, ".0%"),
-            _num(r.mean_saving_pct, ".2f") + ("%" if r.mean_saving_pct is not None else ""),
-            _num(r.mean_saving_vs_max_pct, ".2f")
-            + ("%" if r.mean_saving_vs_max_pct is not None else ""),
-            _num(r.mean_seller_share, ".0%"),
-            _num(r.mean_buyer_share, ".0%"),
+            f"{r.deals} ({_num(r.deal_rate, '.0%')})",
+            saved,
+            saved_max,
+            split,
             str(r.messages),
-            str(r.flags),
-            _num(r.flags_per_100, ".1f"),
+            f"{r.flags} ({_num(r.flags_per_100, '.1f')})",
             str(r.guardrails),
         )
     return t
@@ -213,6 +213,6 @@ def render(out: Console, report: Report, scope: str) -> None:
     out.print(group_table("By seller style", "style", report.by_seller_style, seats=True))
     out.print(
         "[dim]saved: the buyer's mean saving per deal against the winning seller's first ask "
-        "and against its own max; surplus: mean split of [seller floor, buyer max]; rails: "
+        "and against its own max; surplus: mean split of \\[seller floor, buyer max]; rails: "
         "guardrail interventions[/dim]"
     )

@@ -61,7 +61,7 @@ def _room(ax: Axes, a: NegotiationAnalysis) -> None:
             linestyle="none",
             label="deal",
         )
-    ax.set_title(f"{_short(a.item_name)}: {a.outcome}", fontsize=9)
+    ax.set_title(f"{_short(a.item_name)} ({str(a.negotiation_id)[:8]}): {a.outcome}", fontsize=9)
     ax.set_xlabel("round", fontsize=8)
     ax.set_ylabel("unit price", fontsize=8)
     ax.set_xlim(0.5, max(a.rounds, 1) + 0.5)
