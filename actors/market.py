@@ -20,7 +20,7 @@ from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BASELINE_LABEL, BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
-from mams.actors.monitor import QualityMonitor
+from mams.actors.monitor import QualityMonitor, galileo_hook
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
 from mams.domain.config import (
@@ -260,7 +260,9 @@ async def run_rooms(
             events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
             grader = None
             if monitor:
-                grader = QualityMonitor(await bus_for("monitor"), store, subjects)
+                grader = QualityMonitor(
+                    await bus_for("monitor"), store, subjects, on_ended=galileo_hook(store)
+                )
                 await tg.start(grader.run)
             broker = Broker(await bus_for("broker"), store, subjects)
             await tg.start(broker.run)

@@ -13,7 +13,8 @@ monitors, and an on-demand `mams analyze` never store a finding twice.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -160,6 +161,21 @@ class QualityMonitor:
                 self._flags.setdefault(nid, []).extend(found)
                 await self._record(nid, found)
             await self._finish(nid)
+
+
+def galileo_hook(store: EventStore, env: Mapping[str, str] | None = None) -> OnEnded | None:
+    """When GALILEO_API_KEY is set: export each graded negotiation (with its flags) to
+    Galileo at its end. Failures are logged by the monitor, never fatal."""
+    from mams.actors.galileo import export_negotiation, galileo_enabled
+
+    environ = os.environ if env is None else env
+    if not galileo_enabled(environ):
+        return None
+
+    async def export(nid: UUID, flags: list[QualityFlagged]) -> None:
+        await export_negotiation(store, nid, env=environ)
+
+    return export
 
 
 async def grade_stored(store: EventStore, negotiation_id: UUID) -> list[QualityFlagged]:

@@ -33,7 +33,7 @@ from rich.text import Text
 from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
-from mams.actors.monitor import QualityMonitor
+from mams.actors.monitor import QualityMonitor, galileo_hook
 from mams.bus.base import redact_url
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
@@ -152,7 +152,9 @@ async def cmd_monitor(args: argparse.Namespace, out: Console) -> int:
     monitors: list[QualityMonitor] = []
 
     async def build(bus: NatsBus, srv: Any) -> tuple[Runner, str]:
-        monitors.append(QualityMonitor(bus, srv.store, Subjects(prefix=args.market)))
+        subjects = Subjects(prefix=args.market)
+        hook = galileo_hook(srv.store)
+        monitors.append(QualityMonitor(bus, srv.store, subjects, on_ended=hook))
         return monitors[0].run, ""
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -16,13 +17,14 @@ import pytest
 
 from mams.actors.brains.base import BuyerBrain, SellerBrain, SellerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
+from mams.actors.galileo import export_negotiation
 from mams.actors.market import RunOptions, build_started, run_rooms
-from mams.actors.monitor import QualityMonitor, grade_stored, stored_flags
+from mams.actors.monitor import QualityMonitor, galileo_hook, grade_stored, stored_flags
 from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
-from mams.domain.events import encode_event, event_type, observation_stream_id
+from mams.domain.events import QualityFlagged, encode_event, event_type, observation_stream_id
 from mams.domain.guardrails import Violation
 from mams.domain.messages import CommittedEvent, Say, WalkAway
 from mams.domain.negotiation import replay
@@ -161,3 +163,29 @@ async def test_settle_finishes_a_room_whose_end_never_reached_the_monitor() -> N
         "leakage.buyer_max",
         "coherence.walked_away_from_acceptable",
     ]
+
+
+async def test_at_a_rooms_end_the_monitor_exports_it_to_galileo_with_its_flags(
+    nats_url: str, pg_store: Store, subjects: Subjects
+) -> None:
+    _, store = pg_store
+    nid = (await _market(nats_url, store, subjects, seed=5, leaky=True))[0]
+    expected = await stored_flags(store, nid)
+    assert expected
+    sent: list[dict[str, Any]] = []
+
+    def hook(request: Any) -> None:  # the galileo SDK's ingestion hook: what it would send
+        sent.append(request.model_dump(mode="json"))
+
+    async def export(negotiation_id: uuid.UUID, flags: list[QualityFlagged]) -> None:
+        assert flags == expected  # recorded before the hook runs
+        assert await export_negotiation(store, negotiation_id, env={}, ingestion_hook=hook)
+
+    monitor = QualityMonitor(InMemoryBus(), store, subjects, on_ended=export)
+    await monitor.settle([nid], wait=0)
+    [request] = sent
+    [trace] = request["traces"]
+    metadata = trace["user_metadata"]
+    assert metadata["flags"] == str(len(expected))
+    assert galileo_hook(store, env={}) is None
+    assert galileo_hook(store, env={"GALILEO_API_KEY": "k"}) is not None
