@@ -288,3 +288,39 @@ async def test_import_refuses_a_tampered_file(market: Market) -> None:
     assert lines[2] != list(export_lines(await market.store.read(nid)))[2]
     with pytest.raises(Exception, match="chain is broken at seq 3"):
         await import_events(InMemoryEventStore(), parse_lines(lines))
+
+
+# -- observation streams -------------------------------------------------------------------------
+async def test_an_edited_quality_flag_is_detected_in_its_companion_stream(market: Market) -> None:
+    from mams.domain.events import QualityFlagged, observation_stream_id
+    from mams.storage.observations import record_observations
+
+    nid = room_with_offer(market)
+    flags = [
+        QualityFlagged(
+            negotiation_id=nid,
+            kind="leakage",
+            rule="leakage.seller_cost",
+            severity=severity,
+            agent="techmart",
+            round=1,
+            evidence=("seq:4",),
+            detail=f"finding {i}",
+        )
+        for i, severity in enumerate(("high", "low"))
+    ]
+    assert await record_observations(market.store, nid, flags) == 2
+    assert await record_observations(market.store, nid, flags) == 0  # idempotent
+    sid = observation_stream_id(nid)
+    clean = audit_stream(sid, await market.store.read(sid))
+    assert clean.ok, clean.problems
+    assert clean.kind == "observations"
+    # Someone downgrades the first finding's severity by SQL.
+    await market.pool.execute(
+        "UPDATE events SET data = jsonb_set(data, '{severity}', '\"low\"') "
+        "WHERE stream_id = $1 AND seq = 1",
+        sid,
+    )
+    report = audit_stream(sid, await market.store.read(sid))
+    assert report.first is not None, "tampering went unnoticed"
+    assert (report.first.seq, report.first.check) == (1, "hash")
