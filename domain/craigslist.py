@@ -10,7 +10,8 @@ dialogue's index, so the same file gives the same logs byte for byte.
 The mapping (examples/craigslist/README.md has the reasons):
 
 - one room, one unit, buyer `@HumanBuyer`, one seller `@HumanSeller`; brains and style
-  are `human`; the seller's asking price is the listing price.
+  are `human`; the item is the category and the line number (`bike #3`); the seller's
+  asking price is the listing price.
 - turns: consecutive turns of one side are merged (joined by a newline); each buyer turn
   is a `BuyerSaid` and the seller's next turn its `SellerReplied`, one round per pair.
   When the seller speaks first, round 1 opens with a buyer message of empty text.
@@ -157,7 +158,7 @@ def convert(index: int, dialogue: Dialogue) -> list[Event]:
     started = NegotiationStarted(
         negotiation_id=nid,
         session_id=SESSION_ID,
-        item_name=dialogue.item_name,
+        item_name=f"{dialogue.item_name} #{index}",
         buyer=BuyerTerms(
             agent_id=BUYER,
             handle=BUYER_HANDLE,
