@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -96,7 +96,7 @@ async def _until_signalled() -> None:
 
 
 # -- broker ----------------------------------------------------------------------------------
-Runner = Callable[..., Awaitable[None]]
+Runner = Callable[..., Coroutine[Any, Any, None]]
 
 
 async def _serve(

@@ -292,8 +292,10 @@ async def test_import_refuses_a_tampered_file(market: Market) -> None:
 
 # -- observation streams -------------------------------------------------------------------------
 async def test_an_edited_quality_flag_is_detected_in_its_companion_stream(market: Market) -> None:
-    from mams.domain.events import QualityFlagged, observation_stream_id
+    from mams.domain.events import QualityFlagged, Severity, observation_stream_id
     from mams.storage.observations import record_observations
+
+    SEVERITIES: tuple[Severity, ...] = ("high", "low")  # noqa: N806
 
     nid = room_with_offer(market)
     flags = [
@@ -307,7 +309,7 @@ async def test_an_edited_quality_flag_is_detected_in_its_companion_stream(market
             evidence=("seq:4",),
             detail=f"finding {i}",
         )
-        for i, severity in enumerate(("high", "low"))
+        for i, severity in enumerate(SEVERITIES)
     ]
     assert await record_observations(market.store, nid, flags) == 2
     assert await record_observations(market.store, nid, flags) == 0  # idempotent

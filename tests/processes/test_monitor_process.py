@@ -18,6 +18,7 @@ from uuid import UUID
 import anyio
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from mams.actors.monitor import stored_flags
 from mams.domain.events import decode_event
@@ -38,7 +39,7 @@ async def _leaky_outsider(nats_url: str, market: str, stop: anyio.Event) -> None
     welcomed = anyio.Event()
     quantity: dict[str, int] = {}
 
-    async def on_message(msg: nats.aio.msg.Msg) -> None:
+    async def on_message(msg: Msg) -> None:
         body = json.loads(msg.data)
         if body["type"] == "welcome":
             welcomed.set()
