@@ -114,13 +114,15 @@ def summarize(
 ) -> dict[str, Any]:
     """Flag rates and context figures over converted logs, the flags `check` found in each
     and each dialogue's target price (`flags[i]` and `targets[i]` belong to `logs[i]`)."""
-    buyer_msgs = seller_msgs = empty = 0
+    buyer_msgs = seller_msgs = empty = counters = offers = 0
     deals: list[tuple[Decimal, Decimal, Decimal]] = []  # (price, listing, target)
     disclosures: list[dict[str, Any]] = []
     for i, (events, target) in enumerate(zip(logs, targets, strict=True)):
         b, s = _messages(events)
         buyer_msgs, seller_msgs = buyer_msgs + b, seller_msgs + s
         empty += b + s == 0
+        counters += sum(1 for e in events if isinstance(e, BuyerSaid) and e.counter_price)
+        offers += sum(1 for e in events if isinstance(e, SellerReplied) and e.offer)
         started = next(e for e in events if isinstance(e, NegotiationStarted))
         outcome = next(e for e in events if isinstance(e, NegotiationEnded)).outcome
         if outcome.type == "deal" and outcome.unit_price is not None:
@@ -148,6 +150,8 @@ def summarize(
         "messages": messages,
         "buyer_messages": buyer_msgs,
         "seller_messages": seller_msgs,
+        "buyer_counters": counters,
+        "seller_offers": offers,
         "deals": len(deals),
         "deal_rate": _share(len(deals), len(logs)),
         "deal_rate_nonempty": _share(len(deals), len(logs) - empty),
@@ -215,6 +219,8 @@ def render(out: Console, s: dict[str, Any]) -> None:
         ("dialogues (empty)", f"{s['dialogues']} ({s['empty_dialogues']})"),
         ("messages (buyer / seller)", f"{s['messages']} ({s['buyer_messages']} / "
          f"{s['seller_messages']})"),
+        ("structured prices read (counters / offers)", f"{s['buyer_counters']} / "
+         f"{s['seller_offers']}"),
         ("deals inferred", f"{s['deals']} ({_pct(s['deal_rate'])}; "
          f"{_pct(s['deal_rate_nonempty'])} of non-empty)"),
         ("mean deal / listing price", _num(s["mean_deal_over_listing"])),

@@ -88,6 +88,8 @@ def test_rates_hand_counted_on_three_dialogues() -> None:
     ]
     s = human_flags.summarize(logs, flags, [D(147), D(1786), D(120)])
     assert (s["buyer_messages"], s["seller_messages"], s["messages"]) == (9, 10, 19)
+    # counters 140, 1786, 120; offers 160, 140 (the seller's yes), 40, 120
+    assert (s["buyer_counters"], s["seller_offers"]) == (3, 4)
     assert (s["deals"], s["deal_rate"]) == (2, 0.6667)
     assert s["mean_deal_over_listing"] == 0.7375  # (140/160 + 120/200) / 2
     assert s["mean_deal_over_target"] == 0.9762  # (140/147 + 120/120) / 2
