@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from mams.actors.brains.llm.models import DEFAULT_MODELS
 from mams.domain.events import AnalystReviewed, QualityFlagged, decode_event, observation_stream_id
 from mams.domain.quality import check
 from mams.storage.observations import load_observations
 from tests.analysis import logs
 from tests.analysis.conftest import KnownLog
 from tests.e2e.test_cli import base_env, flat, mams_command, one_json_object, schema_dsn
-from tests.llm.fakes import FakeAnthropic, anthropic_tool_use
+from tests.llm.fakes import FakeAnthropic, anthropic_text, anthropic_tool_use
 
 pytestmark = pytest.mark.e2e
 D = Decimal
@@ -125,10 +126,28 @@ async def test_analyze_asks_the_analyst_once_and_reuses_its_review(
         assert "The buyer overpaid @Quick." in second.stdout
         assert "reused" in flat(second.stdout)
         assert len(fake.requests) == 1
+        # Naming another model asks it (its review is kept beside the first one).
+        fake.queue(anthropic_tool_use("submit_review", {"review": "Second opinion."}))
+        other = mams("analyze", str(logs.ROOM_A), "--analyst-model", "anthropic:claude-other")
+        assert other.returncode == 0, other.stderr
+        assert "Second opinion." in other.stdout
+        assert len(fake.requests) == 2
+        # An analyst that answers without a review: the metrics stand, and it says so.
+        fake.queue(anthropic_text(""))
+        failed = mams("analyze", str(logs.ROOM_B), "--json")
+        assert failed.returncode == 0, failed.stderr
+        body = one_json_object(failed.stdout)
+        assert body["review"] is None
+        assert body["analyst"]["status"] == "failed"
+        assert "computed metrics only" in body["analyst"]["note"]
+        assert body["outcome"] == "no_deal"
     reviews = [
         o
         for o in await load_observations(known_log.store, logs.ROOM_A)
         if isinstance(o, AnalystReviewed)
     ]
-    assert len(reviews) == 1
+    assert [r.model for r in reviews] == [
+        f"anthropic:{DEFAULT_MODELS['anthropic']}",
+        "anthropic:claude-other",
+    ]
     assert reviews[0].call is not None
