@@ -6,7 +6,9 @@ nothing is written), aggregates them (`mams.domain.report`: what each figure mea
 why seller rows count seats) and prints the tables. It writes PNG plots to `--plots DIR`
 (default `./mams-report/`; `--no-plots` skips them; see `mams.report_plots`) and prints
 their paths. Only ended (completed) negotiations are aggregated; aborted or still-open
-ones are counted as `skipped`. Exit status: 0; 2 for bad input.
+ones are counted as `skipped`. Negotiations are those the `negotiation_runs` read model
+lists (streams brought in by `mams import` have no run row and are left out). Exit
+status: 0; 2 for bad input.
 
 `--json` prints one object on stdout (fractions 0..1, percentages in percent, prices as
 JSON numbers; null where there is nothing to average):

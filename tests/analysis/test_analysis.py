@@ -198,3 +198,13 @@ def test_empty_report() -> None:
     assert report.negotiations == 0
     assert report.overall.deal_rate is None
     assert report.overall.flags_per_100 is None
+
+
+def test_aborted_and_unfinished_negotiations() -> None:
+    d = full(ROOM_D)
+    assert (d.status, d.outcome, d.rounds, d.messages, d.deal) == ("aborted", "no_deal", 1, 0, None)
+    unfinished = analyze(logs.events_of(logs.room_a())[:8])  # stopped mid round 2
+    assert (unfinished.status, unfinished.outcome, unfinished.rounds) == ("open", "open", 2)
+    assert unfinished.deal is None
+    assert unfinished.sellers[0].offers == (PricePoint(round=1, price=D("8.00")),)
+    assert build_report([unfinished]).skipped == 1
