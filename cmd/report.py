@@ -49,6 +49,7 @@ from rich.table import Table
 from mams.analyze import AnalyzeUsageError, dump, load_negotiation, merge_flags
 from mams.domain.analysis import NegotiationAnalysis, analyze
 from mams.domain.events import AnalystReviewed, QualityFlagged
+from mams.domain.money import fmt
 from mams.domain.report import GroupRow, Report, build_report
 from mams.infra import servers
 from mams.storage.eventstore import EventStore
@@ -164,11 +165,11 @@ def group_table(title: str, key: str, rows: tuple[GroupRow, ...], *, seats: bool
     for col in (
         "seats" if seats else "rooms",
         "won (rate)" if seats else "deals (rate)",
-        "saved vs 1st ask",
-        "saved vs max",
-        "surplus seller/buyer",
+        "saved/1st ask",
+        "saved/max",
+        "surplus s/b",
         "msgs",
-        "flags (per 100 msgs)",
+        "flags (/100 msgs)",
         "rails",
     ):
         t.add_column(col, justify="right")
@@ -194,6 +195,32 @@ def group_table(title: str, key: str, rows: tuple[GroupRow, ...], *, seats: bool
     return t
 
 
+ROOMS_SHOWN = 30
+
+
+def rooms_table(report: Report) -> Table:
+    """The report's negotiations, one row each."""
+    t = Table(title="Negotiations", title_style="bold", header_style="bold")
+    for col in ("room", "item", "buyer model", "outcome", "seller", "unit price", "saved",
+                "seller surplus", "msgs", "flags"):  # fmt: skip
+        left = col in ("room", "item", "buyer model", "outcome", "seller")
+        t.add_column(col, justify="left" if left else "right", overflow="fold")
+    for r in report.rooms:
+        t.add_row(
+            str(r.negotiation_id)[:8],
+            escape(r.item_name),
+            escape(r.buyer_brain),
+            r.outcome,
+            r.seller or "-",
+            fmt(r.unit_price) if r.unit_price is not None else "-",
+            "-" if r.saving_pct is None else f"{r.saving_pct:.2f}%",
+            _num(r.seller_share, ".0%"),
+            str(r.messages),
+            str(r.flags),
+        )
+    return t
+
+
 def render(out: Console, report: Report, scope: str) -> None:
     """Print the report for people."""
     if not report.negotiations:
@@ -202,6 +229,10 @@ def render(out: Console, report: Report, scope: str) -> None:
         return
     skipped = f"; {report.skipped} aborted or unfinished skipped" if report.skipped else ""
     out.print(f"[bold]Report over {scope}[/bold]: {report.negotiations} negotiations{skipped}")
+    if report.negotiations <= ROOMS_SHOWN:
+        out.print(rooms_table(report))
+    else:
+        out.print(f"[dim]{report.negotiations} negotiations: `--json` lists each one[/dim]")
     out.print(group_table("Overall", "scope", (report.overall,), seats=False))
     out.print(group_table("By buyer model", "buyer model", report.by_buyer_model, seats=False))
     out.print(
@@ -215,6 +246,6 @@ def render(out: Console, report: Report, scope: str) -> None:
     out.print(group_table("By seller style", "style", report.by_seller_style, seats=True))
     out.print(
         "[dim]saved: the buyer's mean saving per deal against the winning seller's first ask "
-        "and against its own max; surplus: mean split of \\[seller floor, buyer max]; rails: "
-        "guardrail interventions[/dim]"
+        "and against its own max; surplus s/b: the mean split (seller / buyer) of "
+        "\\[seller floor, buyer max]; rails: guardrail interventions[/dim]"
     )
