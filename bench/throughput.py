@@ -1,23 +1,35 @@
 """Broker throughput: K concurrent negotiations with S sellers each, baseline brains.
 
 Usage: python bench/throughput.py [--big] [--k 1 10 100] [--sellers 1 3 10]
-       [--nats URL] [--dsn DSN]
+       [--modes one split open] [--nats URL] [--dsn DSN]
 
-Runs run_market's real cast (broker, buyer, sellers as in-process actors, each on its own
-NATS connection) over a real NATS and PostgreSQL (NATS_URL / DATABASE_URL, defaults to
-127.0.0.1), each run in a throwaway schema, with instant (baseline) decisions. Prints per
-(K, S): negotiations/s, routed messages/s (the broker's publishes to agent inboxes),
-events committed/s, the broker hop latency p50/p99 (a buyer turn's publish by the agent ->
-the seller's receipt of that message, which includes the group commit; measured by a
-wrapping Bus that timestamps by message id, production code untouched), the process's
-peak RSS so far (ru_maxrss: a high-water mark, so it only grows down the table), and
-routed msgs/s as a fraction of the raw nats-py pub->sub ceiling measured in the same run
-(asyncpg COPY ceiling printed alongside). `--big` adds K=1000. Asserts nothing.
+Real broker, buyer and sellers (each actor on its own NATS connection) over a real NATS
+and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), each run in a throwaway
+schema, with instant (baseline) decisions. Three modes per (K, S):
+
+- `one`: run_market's cast in one process (broker and agents share one core);
+- `split`: the broker in its own OS process (as `mams broker` runs), the buyer, sellers
+  and the observer in this one; all K rooms opened at once (closed loop: the queue is
+  always full, so hop latency there is queueing, K x S messages deep);
+- `open`: split, with rooms opened at a steady rate of 80% of the split run's
+  negotiations/s (open loop): the hop latency of a service at a sustainable load.
+
+Prints per run: negotiations/s, routed messages/s (the broker's publishes to agent
+inboxes), events committed/s, the broker hop latency p50/p99 (a buyer turn's publish by the
+agent -> a seller's receipt of it, which includes the group commit; measured by a wrapping
+Bus that timestamps by message id, production code untouched), the broker process's peak
+RSS (in `one` mode the whole process's high-water mark so far, so it only grows down the
+table), the CPU seconds the broker's process spent during the run and routed messages per
+such CPU-second (the broker's capacity on one free core; in `one` mode the process also
+runs every agent), and routed msgs/s as a fraction of the raw ceilings measured in the same run: the
+raw broker of bench/raw_broker.py (publish + decode + batched COPY + republish; the issue's
+ceiling) and bare nats-py pub->sub. `--big` adds K=1000. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -37,11 +49,23 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.market import raw_ceilings, scenario
-from mams.actors.market import RunOptions, run_market
+from bench.market import Ceilings, raw_ceilings, scenario
+from mams.actors.agent import AgentActor
+from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
+from mams.actors.broker import Broker
+from mams.actors.market import RunOptions, build_started, market_prefix, run_market
 from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Message, Subscription
 from mams.bus.nats import NatsBus
-from mams.domain.messages import BuyerMessage, BuyerTurn, decode_inbox, decode_outbox
+from mams.bus.subjects import Subjects
+from mams.domain.config import BASELINE_MODEL, item_key, stock_index
+from mams.domain.events import NegotiationEnded
+from mams.domain.messages import (
+    BuyerMessage,
+    BuyerTurn,
+    decode_committed,
+    decode_inbox,
+    decode_outbox,
+)
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 
@@ -135,10 +159,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, float]:
+async def _fresh_schema(dsn: str) -> tuple[asyncpg.Connection, str]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
+    return admin, schema
+
+
+async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, float]:
+    """Mode `one`: run_market's whole cast in this process."""
+    admin, schema = await _fresh_schema(dsn)
     try:
         pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
         sc = scenario(k, sellers)
@@ -160,8 +190,8 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
         session_id = uuid.uuid4()
         async with pool.acquire() as conn:
             await save_session(conn, session_id, sc)
-        start = time.perf_counter()
-        rooms = await run_market(
+        start, cpu0 = time.perf_counter(), time.process_time()
+        await run_market(
             sc,
             session_id,
             sc.buyer.items,
@@ -169,25 +199,164 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
             store=store,
             options=RunOptions(seed=1, round_timeout=60),
         )
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
         events = int(await pool.fetchval("SELECT count(*) FROM events"))
         await pool.close()
-        deals = sum(1 for r in rooms if r.state.outcome and r.state.outcome.type == "deal")
-        return {
-            "seconds": elapsed,
-            "neg_per_s": k / elapsed,
-            "routed_per_s": probe.routed / elapsed,
-            "events_per_s": events / elapsed,
-            "events": events,
-            "hop_p50_ms": _percentile(probe.hops, 50) * 1000,
-            "hop_p99_ms": _percentile(probe.hops, 99) * 1000,
-            "hops": len(probe.hops),
-            "deals": deals,
-            "rss_mb": peak_rss_mb(),
-        }
+        return _figures(k, elapsed, probe.routed, events, probe.hops, peak_rss_mb(), cpu)
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+def _figures(
+    k: int,
+    elapsed: float,
+    routed: int,
+    events: int,
+    hops: list[float],
+    rss_mb: float,
+    cpu: float,
+) -> dict[str, float]:
+    return {
+        "broker_cpu_s": cpu,
+        "routed_per_cpu_s": routed / cpu if cpu else float("nan"),
+        "seconds": elapsed,
+        "neg_per_s": k / elapsed,
+        "routed_per_s": routed / elapsed,
+        "events_per_s": events / elapsed,
+        "events": events,
+        "hop_p50_ms": _percentile(hops, 50) * 1000,
+        "hop_p99_ms": _percentile(hops, 99) * 1000,
+        "hops": len(hops),
+        "rss_mb": rss_mb,
+    }
+
+
+# -- split: the broker in its own process ---------------------------------------------------
+async def broker_child(params: dict[str, object]) -> None:
+    """The broker process of a split run (this script with --broker-child): serve the
+    market, open its rooms once every agent said hello (all at once, or at `rate` rooms/s),
+    print the time the first opened; on stdin's EOF print what it routed, and exit."""
+    nats_url, dsn, schema = str(params["nats"]), str(params["dsn"]), str(params["schema"])
+    k, sellers = int(str(params["k"])), int(str(params["sellers"]))
+    rate = float(str(params["rate"])) if params["rate"] is not None else None
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
+    sc = scenario(k, sellers)
+    subjects = Subjects(prefix=str(params["prefix"]))
+    probe = Probe()
+    bus = ProbeBus(await NatsBus.connect(nats_url, name="broker"), "broker", probe)
+    broker = Broker(bus, store, subjects)
+    options = RunOptions(seed=1, round_timeout=60)
+    models = {a: BASELINE_MODEL for a in [sc.buyer.agent_id, *(s.agent_id for s in sc.sellers)]}
+    index = stock_index(sc)
+    session_id = uuid.UUID(str(params["session"]))
+    starts = [
+        build_started(
+            sc, session_id, item, options, None, models, index.get(item_key(item.item_name), ())
+        )
+        for item in sc.buyer.items
+    ]
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        print("started", flush=True)
+        await broker.joined(set(models))
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        print(f"opening {t0!r}", flush=True)
+        for i, started in enumerate(starts):
+            if rate is not None:
+                await anyio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            await broker.open(started)
+        await anyio.to_thread.run_sync(sys.stdin.read)
+        cpu = time.process_time() - cpu0
+        tg.cancel_scope.cancel()
+    await bus.close()
+    await pool.close()
+    print(json.dumps({"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu}), flush=True)
+
+
+async def run_split(
+    nats_url: str, dsn: str, k: int, sellers: int, rate: float | None
+) -> dict[str, float]:
+    """Modes `split` and `open`: the broker in a child process, the agents and the observer
+    here; rooms all opened at once (rate None) or at `rate` rooms/s."""
+    admin, schema = await _fresh_schema(dsn)
+    try:
+        pool, _ = await open_store(dsn, schema, projector=ReadModelProjector())
+        sc = scenario(k, sellers)
+        session_id = uuid.uuid4()
+        async with pool.acquire() as conn:
+            await save_session(conn, session_id, sc)
+        prefix = market_prefix()
+        subjects = Subjects(prefix=prefix)
+        params = {
+            "nats": nats_url,
+            "dsn": dsn,
+            "schema": schema,
+            "k": k,
+            "sellers": sellers,
+            "rate": rate,
+            "prefix": prefix,
+            "session": str(session_id),
+        }
+        probe = Probe()
+        buses: list[Bus] = []
+        cmd = [sys.executable, __file__, "--broker-child", json.dumps(params)]
+        profile = os.environ.get("BENCH_BROKER_PROFILE")  # py-spy raw output for the broker
+        if profile:
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            cmd = [spy, "record", "--format", "raw", "-r", "200", "-o", profile, "--", *cmd]
+        async with await anyio.open_process(cmd, stderr=None) as child:
+            assert child.stdout is not None
+            assert child.stdin is not None
+            lines = _lines(child.stdout)
+            while (await anext(lines)) != "started":  # py-spy may say things first
+                pass
+            observer = await NatsBus.connect(nats_url, name="observer")
+            buses.append(observer)
+            events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
+            async with anyio.create_task_group() as tg:
+                cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
+                cast += [(s.agent_id, "seller") for s in sc.sellers]
+                for agent_id, role in cast:
+                    bus = ProbeBus(await NatsBus.connect(nats_url, name=agent_id), role, probe)
+                    buses.append(bus)
+                    brain = BaselineBuyer() if role == "buyer" else BaselineSeller()
+                    actor = AgentActor(bus, subjects, agent_id, brain, role)  # type: ignore[arg-type]
+                    await tg.start(actor.run)
+                opening = await anext(lines)
+                t0 = float(opening.split()[1])
+                ended = 0
+                async for msg in events_sub:
+                    if isinstance(decode_committed(msg.data).event, NegotiationEnded):
+                        ended += 1
+                        if ended == k:
+                            break
+                elapsed = time.perf_counter() - t0
+                tg.cancel_scope.cancel()
+            await child.stdin.aclose()
+            result = json.loads(await anext(lines))
+            async for _ in lines:  # until the child (and py-spy, if profiling) exits
+                pass
+        for each in buses:
+            await each.close()
+        events = int(await pool.fetchval("SELECT count(*) FROM events"))
+        await pool.close()
+        return _figures(
+            k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
+        )
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
+    buffered = b""
+    async for chunk in stream:
+        buffered += chunk
+        while b"\n" in buffered:
+            line, buffered = buffered.split(b"\n", 1)
+            yield line.decode()
 
 
 async def main() -> None:
@@ -195,33 +364,64 @@ async def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[1, 10, 100])
     p.add_argument("--sellers", type=int, nargs="+", default=[1, 3, 10])
     p.add_argument("--big", action="store_true", help="add K=1000")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["one", "split", "open"],
+        default=["one", "split", "open"],
+        help="which runs per (K, S); `open` runs `split` first for its rate",
+    )
     p.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument(
         "--dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     )
+    p.add_argument(
+        "--rate", type=float, help="`open` mode: rooms opened per second (default: 80%% of split)"
+    )
+    p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--broker-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.broker_child:
+        await broker_child(json.loads(args.broker_child))
+        return
     ks = sorted({*args.k, *([1000] if args.big else [])})
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    raw_nats, raw_copy = await raw_ceilings(args.nats, args.dsn)
+    if args.no_ceilings:  # quick iterations while profiling
+        ceilings = Ceilings(nats=float("nan"), copy=float("nan"), broker=float("nan"))
+    else:
+        ceilings = await raw_ceilings(args.nats, args.dsn)
+        print(ceilings.describe())
     print(
-        f"raw ceiling: nats-py pub->sub {raw_nats:,.0f} msgs/s; asyncpg COPY {raw_copy:,.0f} rows/s"
+        f"{'mode':>9} {'K':>5} {'S':>3} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
+        f" {'events':>7} {'hop p50 ms':>10} {'hop p99 ms':>10} {'RSS MB':>7}"
+        f" {'CPU s':>6} {'routed/CPU-s':>12}"
+        f" {'/raw broker':>11} {'/raw nats':>9}"
     )
-    print(
-        f"{'K':>5} {'S':>3} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
-        f" {'events':>7} {'hop p50 ms':>10} {'hop p99 ms':>10} {'peak RSS MB':>11}"
-        f" {'routed/raw':>10}"
-    )
-    await run_one(args.nats, args.dsn, 1, 1)  # warm-up (first connections, imports)
+
+    def row(mode: str, k: int, sellers: int, r: dict[str, float]) -> None:
+        print(
+            f"{mode:>9} {k:>5} {sellers:>3} {r['seconds']:>7.2f} {r['neg_per_s']:>8.1f} "
+            f"{r['routed_per_s']:>9,.0f} {r['events_per_s']:>9,.0f} {r['events']:>7.0f} "
+            f"{r['hop_p50_ms']:>10.2f} {r['hop_p99_ms']:>10.2f} {r['rss_mb']:>7.0f} "
+            f"{r['broker_cpu_s']:>6.1f} {r['routed_per_cpu_s']:>12,.0f} "
+            f"{r['routed_per_s'] / ceilings.broker:>11.3f} "
+            f"{r['routed_per_s'] / ceilings.nats:>9.3f}",
+            flush=True,
+        )
+
+    if "one" in args.modes:
+        await run_one(args.nats, args.dsn, 1, 1)  # warm-up (first connections, imports)
     for sellers in args.sellers:
         for k in ks:
-            r = await run_one(args.nats, args.dsn, k, sellers)
-            print(
-                f"{k:>5} {sellers:>3} {r['seconds']:>7.2f} {r['neg_per_s']:>8.1f} "
-                f"{r['routed_per_s']:>9,.0f} {r['events_per_s']:>9,.0f} {r['events']:>7.0f} "
-                f"{r['hop_p50_ms']:>10.2f} {r['hop_p99_ms']:>10.2f} {r['rss_mb']:>11.0f} "
-                f"{r['routed_per_s'] / raw_nats:>10.3f}",
-                flush=True,
-            )
+            if "one" in args.modes:
+                row("one", k, sellers, await run_one(args.nats, args.dsn, k, sellers))
+            if "split" in args.modes or ("open" in args.modes and not args.rate):
+                r = await run_split(args.nats, args.dsn, k, sellers, None)
+                row("split", k, sellers, r)
+            if "open" in args.modes:
+                rate = args.rate or 0.8 * r["neg_per_s"]
+                r = await run_split(args.nats, args.dsn, k, sellers, rate)
+                row(f"open@{rate:.0f}", k, sellers, r)
 
 
 if __name__ == "__main__":
