@@ -111,7 +111,12 @@ def _bars(ax: Axes, rows: Sequence[GroupRow], what: str, title: str) -> None:
                 ax.text(0.01, y, "no deal", va="center", fontsize=7)
         ax.legend(fontsize=6, loc="lower right")
     else:
-        ax.barh(ys, [r.flags_per_100 or 0.0 for r in rows], color="#7d3c98")
+        rates = [r.flags_per_100 or 0.0 for r in rows]
+        top = max([*rates, 1.0]) * 1.15
+        ax.barh(ys, rates, color="#7d3c98")
+        ax.set_xlim(0, top)
+        for y, r, v in zip(ys, rows, rates, strict=True):
+            ax.text(v + top * 0.01, y, f"{r.flags} in {r.messages}", va="center", fontsize=7)
     ax.set_yticks(ys, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)
