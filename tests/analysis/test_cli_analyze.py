@@ -20,6 +20,13 @@ from tests.llm.fakes import FakeAnthropic, anthropic_text, anthropic_tool_use
 
 pytestmark = pytest.mark.e2e
 D = Decimal
+# The top-level keys cmd/analyze.py's docstring documents.
+DOCUMENTED_KEYS = {
+    "negotiation_id", "session_id", "item_name", "status", "outcome", "rounds", "max_rounds",
+    "buyer_quantity", "buyer_min_price", "buyer_max_price", "messages", "buyer_messages",
+    "seller_messages", "latency_measured", "agents", "llm", "sellers", "buyer_counters", "deal",
+    "surplus", "efficiency", "guardrails_by_model", "flags_by_kind", "flags", "review", "analyst",
+}  # fmt: skip
 LLM_VARS = (
     "ANTHROPIC_API_KEY",
     "ANTHROPIC_BASE_URL",
@@ -62,6 +69,7 @@ async def test_analyze_json_and_text_without_an_analyst(
     proc = mams("analyze", str(logs.ROOM_A), "--json")
     assert proc.returncode == 0, proc.stderr
     a = one_json_object(proc.stdout)
+    assert set(a) == DOCUMENTED_KEYS
     assert (a["outcome"], a["rounds"], a["messages"], a["buyer_messages"]) == ("deal", 3, 7, 3)
     assert a["deal"]["unit_price"] == D("7.5")
     assert a["deal"]["saving_vs_first_ask_pct"] == D("6.25")

@@ -47,6 +47,10 @@ async def test_report_over_the_known_log(
     proc = mams("report", "--session", str(logs.SESSION), "--json", "--plots", str(plots))
     assert proc.returncode == 0, proc.stderr
     r = one_json_object(proc.stdout)
+    assert set(r) == {
+        "session_id", "negotiations", "skipped", "overall", "by_buyer_model", "by_seller_model",
+        "by_seller_style", "rooms", "plots",
+    }  # fmt: skip
     assert (r["session_id"], r["negotiations"], r["skipped"]) == (str(logs.SESSION), 3, 1)
     o = r["overall"]
     assert (o["rooms"], o["deals"], o["deal_rate"]) == (3, 1, D("0.3333"))
