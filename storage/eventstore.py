@@ -177,11 +177,20 @@ FROM events WHERE stream_id = $1 AND seq > $2 ORDER BY seq
 """
 
 
+# How many streams' last hashes a store remembers (about 100 bytes each).
+CHAIN_CACHE_STREAMS = 100_000
+
+
 class PostgresEventStore:
     """An EventStore on PostgreSQL (the `events` table of migration 0001).
 
     The pool's connections must carry the jsonb codec of `mams.storage.pg` (use
     `create_pool`), so event data travels as bytes with no re-encoding.
+
+    The store remembers the hash of the last row it inserted (and saw committed) in each
+    of the most recent `CHAIN_CACHE_STREAMS` streams: a batch that continues those streams
+    chains from memory, without reading the previous hashes back. Rows are immutable, so a
+    remembered hash is the stored one; any other previous row is read in the transaction.
     """
 
     def __init__(
@@ -194,10 +203,11 @@ class PostgresEventStore:
         self._pool = pool
         self._projector = projector
         self._dsn = dsn  # only to name the server in DatabaseUnavailable
+        self._last: dict[UUID, tuple[int, bytes]] = {}  # stream -> (seq, hash) we inserted
 
     async def append(self, events: Sequence[NewEvent]) -> None:
-        """Append `events` in one transaction (two statements: read the hashes the batch
-        chains from, insert), with the projector."""
+        """Append `events` in one transaction (read the hashes the batch chains from,
+        unless remembered; insert), with the projector."""
         batch = _dedupe(events)
         if not batch:
             return
@@ -208,17 +218,23 @@ class PostgresEventStore:
             [e.type for e in batch],
             [e.data for e in batch],
         )
-        previous = _previous_keys(batch)
+        known: dict[Key, bytes | None] = {}
+        previous: list[Key] = []
+        for key in _previous_keys(batch):
+            last = self._last.get(key[0])
+            if last is not None and last[0] == key[1]:
+                known[key] = last[1]
+            else:
+                previous.append(key)
         with translating(self._dsn):
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.transaction():
-                        known: dict[Key, bytes | None] = {}
                         if previous:
                             found = await conn.fetch(
                                 _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
                             )
-                            known = {(r["stream_id"], r["seq"]): r["hash"] for r in found}
+                            known.update({(r["stream_id"], r["seq"]): r["hash"] for r in found})
                         try:
                             links = _chain(batch, known)
                         except msgspec.DecodeError as exc:
@@ -229,11 +245,12 @@ class PostgresEventStore:
                             [prev for prev, _ in links],
                             [own for _, own in links],
                         )
+                        inserted = {r["event_id"] for r in rows}
                         if self._projector is not None and rows:
-                            inserted = {r["event_id"] for r in rows}
                             fresh = [e for e in batch if e.event_id in inserted]
                             # The pool's proxy forwards every Connection method.
                             await self._projector.project(cast(asyncpg.Connection, conn), fresh)
+                    self._remember(batch, links, inserted)
                 except asyncpg.UniqueViolationError as exc:
                     mapped = translate(exc, dsn=self._dsn)
                     if mapped is not None:
@@ -245,6 +262,22 @@ class PostgresEventStore:
                     if taken is None:
                         raise
                     raise ConcurrencyError(taken["stream_id"], taken["seq"]) from exc
+
+    def _remember(
+        self, batch: Sequence[NewEvent], links: Sequence[tuple[bytes, bytes]], inserted: set[UUID]
+    ) -> None:
+        # Called once the transaction committed; only rows this append inserted count (a
+        # skipped duplicate's stored hash is whatever its first append computed).
+        last = self._last
+        for event, (_, own) in zip(batch, links, strict=True):
+            if event.event_id not in inserted:
+                continue
+            seen = last.pop(event.stream_id, None)
+            last[event.stream_id] = (
+                (event.seq, own) if seen is None or event.seq > seen[0] else seen
+            )
+        while len(last) > CHAIN_CACHE_STREAMS:
+            del last[next(iter(last))]
 
     async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
         """Events of `stream_id` with seq > `after_seq`, ordered by seq."""

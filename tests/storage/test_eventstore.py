@@ -223,3 +223,25 @@ async def test_projector_failure_rolls_back_the_events(
         await store.append(stream(sid, 1, 3))
     assert await store.read(sid) == []
     assert await projected_ids(pool) == set()
+
+
+async def test_chain_from_memory_equals_chain_from_the_log(
+    pg_store: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    # A store remembers the hashes it inserted; what it did not insert (another writer's
+    # rows, a re-append) it reads from the log. Either way the chain is whole.
+    from mams.storage.audit import check_chain
+
+    pool, remembering = pg_store
+    sid = uuid4()
+    events = stream(sid, 1, 8)
+    await remembering.append(events[:2])
+    await remembering.append(events[2:4])  # chains from memory
+    await PostgresEventStore(pool).append(events[4:5])  # another writer: memory is stale
+    await remembering.append(events[5:7])  # so seq 6 chains from the log's seq 5
+    await remembering.append(events[4:7])  # a re-append: nothing new, nothing remembered
+    await PostgresEventStore(pool).append(events[7:])  # chains from the log
+    stored = await remembering.read(sid)
+    assert stored[0].prev_hash == bytes(32)
+    assert [s.prev_hash for s in stored[1:]] == [s.hash for s in stored[:-1]]
+    assert check_chain(stored) == []
