@@ -134,7 +134,10 @@ class AgentActor:
                         continue
                     job = self._receive(message)
                     if job is not None:
-                        await send.send(job)
+                        try:  # no scheduling round trip per turn unless the queue is full
+                            send.send_nowait(job)
+                        except anyio.WouldBlock:
+                            await send.send(job)
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
@@ -142,7 +145,18 @@ class AgentActor:
     @staticmethod
     async def _work(jobs: MemoryObjectReceiveStream[_Job]) -> None:
         async with jobs:
-            async for job in jobs:
+            while True:
+                # Take queued turns back to back (an instant brain never yields, so its
+                # turns' publishes go out together); wait only when there are none.
+                try:
+                    job = jobs.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        job = await jobs.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 await job()
 
     def _receive(self, message: InboxMessage) -> _Job | None:

@@ -27,7 +27,7 @@ import heapq
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import anyio
@@ -83,6 +83,25 @@ from mams.storage.eventstore import EventStore
 from mams.storage.model import NewEvent
 
 log = structlog.get_logger("mams.broker")
+
+_T = TypeVar("_T")
+
+
+# The hot loops hand items on without a scheduling round trip per item (anyio's send and
+# receive always checkpoint): they yield only when their queue is empty or full, so the
+# work that piled up meanwhile is done, published and written in one go.
+async def _put(stream: MemoryObjectSendStream[_T], item: _T) -> None:
+    try:
+        stream.send_nowait(item)
+    except anyio.WouldBlock:
+        await stream.send(item)
+
+
+async def _take(stream: MemoryObjectReceiveStream[_T]) -> _T:
+    try:
+        return stream.receive_nowait()
+    except anyio.WouldBlock:
+        return await stream.receive()
 
 
 class SessionStore(Protocol):
@@ -265,7 +284,7 @@ class Broker:
             self.stats.received += 1
             parsed = self._parse(msg)
             if parsed is not None:
-                await send.send(parsed)
+                await _put(send, parsed)
 
     def _parse(self, msg: Message) -> _Item | None:
         try:
@@ -298,15 +317,19 @@ class Broker:
     async def _process(self) -> None:
         receive = self._commands[1]
         batches = self._batches[0]
-        async for item in receive:
+        while True:
+            try:
+                item = await _take(receive)
+            except anyio.EndOfStream:
+                return
             if isinstance(item, _Control):
                 for control_batch in await self._control(item):
-                    await batches.send(control_batch)
+                    await _put(batches, control_batch)
                 continue
             nid, command = item
             batch = self._apply(nid, command)
             if batch is not None:
-                await batches.send(batch)
+                await _put(batches, batch)
 
     async def _control(self, item: _Control) -> list[_Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
@@ -505,7 +528,7 @@ class Broker:
     async def _write_loop(self) -> None:
         receive = self._batches[1]
         while True:
-            batches = [await receive.receive()]
+            batches = [await _take(receive)]
             while len(batches) < self.max_batch:
                 try:
                     batches.append(receive.receive_nowait())
@@ -525,7 +548,8 @@ class Broker:
             for subject, data in b.observed:
                 await self.bus.publish(subject, data)
             self.stats.delivered += len(b.deliveries)
-        await self.bus.flush()
+        # No flush (a round trip) here: the bus writes what is buffered as soon as this
+        # task yields, and the next batch's commit need not wait for the server's answer.
 
     async def _append_retrying(self, events: list[NewEvent]) -> None:
         # Deliver nothing that is not committed: wait for the database to come back.
