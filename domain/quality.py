@@ -11,6 +11,11 @@ completes, so the live monitor can flag as a negotiation runs; `check(events)` r
 stream. A finding depends only on the events up to the one it is about, so the live and
 the on-demand results are the same list.
 
+Prices are read conservatively (`money_in`): amounts marked as money, plus bare numbers
+where only a price can stand ("I'd take 110"); a fact or a difference ("I paid $80",
+"$5 off", "shipping is $10") is an amount but not a proposal, so it never counts as a
+price put on the table.
+
 The rules (stable names; `kind` groups them):
 
 price_hallucination
@@ -26,6 +31,8 @@ price_hallucination
                                          never offered or said $X
   hallucination.phantom_competitor       the buyer cites another seller's / a better offer
                                          at $X and no seller offered or said $X
+  hallucination.unverified_market_price  the same, citing the outside market ("I've seen
+                                         these go for $X online"): low, unverifiable here
 leakage
   leakage.seller_cost                    a seller's text states its cost price
   leakage.seller_margin                  a seller's text states its margin (price - cost)
@@ -77,7 +84,8 @@ from mams.domain.events import (
 from mams.domain.money import fmt
 
 # -- reading prices out of text ------------------------------------------------------------
-_NUM = r"(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?"
+# A number: 1,200 or 1200, optional cents; never the head of a longer number ("2,00").
+_NUM = r"(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?![\d,]*\d)"
 _MONEY = re.compile(
     rf"(?:\$|\bUS\$|\bUSD\s?)\s?{_NUM}(\s?[kK]\b)?|\b{_NUM}\s?(?:dollars?|bucks|usd)\b",
     re.IGNORECASE,
@@ -86,24 +94,84 @@ _MONEY = re.compile(
 _SENTENCE = re.compile(r"[!?]+|\.+(?!\d)|(?<!\d)\.+|[;\n]+")
 
 
-def prices_in(text: str) -> list[Decimal]:
-    """Money amounts written in `text`: `$12`, `$1,200.50`, `12 dollars`, `$1.2k`, `15 bucks`.
+_BARE = re.compile(
+    r"\b(?:take|accept|do|pay|offer|like|make it|less than|lower than|more than|go to|go down to|"
+    r"come down to|at least|how about|what about|settle (?:on|for)|give you|sell it for|"
+    rf"let it go for|below|under)\s+{_NUM}([kK]\b)?"
+    r"(?=\s*(?:$|[.,](?!\d)|[!?;)]|each\b|per\b|apiece\b|total\b|and\b|or\b|if\b|is\b|would\b|"
+    r"works\b|sounds\b|then\b|for (?:it|them|the|both|all|you)\b|cash\b|firm\b|obo\b))",
+    re.IGNORECASE,
+)
+# Amounts that state a fact or a difference rather than a price on the table.
+_FACT_AFTER = re.compile(
+    r"\s*(?:off|more|extra|less\b(?! than)|discount|deposit|fee|in shipping|for shipping|"
+    r"cheaper|ago|worth|of value|in savings|new|retail)\b",
+    re.IGNORECASE,
+)
+_FACT_BEFORE = re.compile(
+    r"(?:paid|bought(?: it| them| this| these| that)?(?: for)?|costs? me|cost us|worth|"
+    r"deposit(?: of)?|fee(?: of)?|shipping(?: is| of| costs?| will cost(?: me)?)?|"
+    r"retails?(?: for| at)?|msrp(?: of| is)?|new(?: for| at| it was)?|go(?:es)? for|going for|"
+    r"sold (?:it |them )?for|value[d]? at|over|spent|save you|saves you|"
+    r"i got (?:it|the item|this|them|mine|these) for)"
+    r"(?:\s+(?:about|around|roughly|nearly|almost))?\s*\$?\s*$",
+    re.IGNORECASE,
+)
 
-    Bare numbers are not prices (quantities, model numbers): only amounts marked as money.
+
+def _value(whole: str, cents: str | None) -> Decimal:
+    return Decimal(whole.replace(",", "") + ("." + cents if cents else ""))
+
+
+def money_in(
+    text: str, *, bare: bool = True, quantity: int | None = None
+) -> list[tuple[Decimal, bool]]:
+    """Every amount in `text` with whether it is a proposal (a price on the table), in
+    order. A fact or a difference is not: "$5 off", "I paid $80", "shipping is $10",
+    "worth $200". With `bare`, numbers without a currency mark count where only a price
+    can stand ("I'd take 110", "can you do 11.50?"), except the traded quantity.
     """
-    found: list[Decimal] = []
+    found: list[tuple[int, Decimal, bool]] = []
     for m in _MONEY.finditer(text):
-        whole, cents, kilo = (m.group(1), m.group(2), m.group(3))
+        whole, cents, kilo = m.group(1), m.group(2), m.group(3)
         if whole is None:
             whole, cents, kilo = m.group(4), m.group(5), None
         try:
-            value = Decimal(whole.replace(",", "") + ("." + cents if cents else ""))
+            value = _value(whole, cents)
         except InvalidOperation:  # pragma: no cover - the pattern admits digits only
             continue
         if kilo:
             value *= 1000
-        found.append(value)
-    return found
+        fact = bool(_FACT_AFTER.match(text, m.end())) or bool(
+            _FACT_BEFORE.search(text[max(0, m.start() - 40) : m.start()])
+        )
+        found.append((m.start(), value, not fact))
+    if bare:
+        taken = [m.span() for m in _MONEY.finditer(text)]
+        for m in _BARE.finditer(text):
+            start = m.start(1)
+            if any(a <= start < b for a, b in taken):
+                continue
+            value = _value(m.group(1), m.group(2)) * (1000 if m.group(3) else 1)
+            if quantity is not None and value == quantity:
+                continue
+            fact = bool(_FACT_AFTER.match(text, m.end()))
+            found.append((start, value, not fact))
+    return [(v, p) for _, v, p in sorted(found, key=lambda t: t[0])]
+
+
+def prices_in(text: str, *, bare: bool = False, quantity: int | None = None) -> list[Decimal]:
+    """Money amounts written in `text`: `$12`, `$1,200.50`, `12 dollars`, `$1.2k`, `15 bucks`.
+
+    Bare numbers are not prices (quantities, model numbers) unless `bare` and they stand
+    where only a price can (see `money_in`).
+    """
+    return [v for v, _ in money_in(text, bare=bare, quantity=quantity)]
+
+
+def proposals_in(text: str, *, quantity: int | None = None) -> list[Decimal]:
+    """The amounts of `text` that put a price on the table (not facts or discounts)."""
+    return [v for v, p in money_in(text, quantity=quantity) if p]
 
 
 def sentences(text: str) -> list[str]:
@@ -158,6 +226,11 @@ _COMPETITOR = _rx(
     r"|\bcompetitors?\b|\belsewhere\b|\bsomeone else\b|\bbetter (?:offer|price|deal|quote)\b"
     r"|\bbest (?:offer|price|quote) (?:i|we) (?:have|got|'?ve)\b|\b(?:been|got|get|have) "
     r"(?:an? )?(?:offer|quote)\b|\blowest (?:offer|price|quote)\b|\bcheaper\b"
+)
+# Talk of the outside market rather than of a rival in the room.
+_MARKET = _rx(
+    r"\b(?:seen|saw|go(?:es)? for|going for|similar|retails?|brand new|online|on (?:amazon|"
+    r"ebay|craigslist)|in stores?|market|listed|listings?|usually|typically|normally)\b"
 )
 _ATTRIBUTION = _rx(
     r"\b(?:offered|offers|offering|quoted|quotes|quoting|gave|gives|came in at|is at|was at|"
@@ -267,6 +340,15 @@ class QualityChecker:
     def _all_said(self) -> set[Decimal]:
         return set().union(*self.said.values()) if self.said else set()
 
+    def _quantity(self) -> int | None:
+        return self.started.buyer.quantity if self.started else None
+
+    def _amounts(self, text: str) -> list[Decimal]:
+        return prices_in(text, bare=True, quantity=self._quantity())
+
+    def _proposals(self, text: str) -> list[Decimal]:
+        return proposals_in(text, quantity=self._quantity())
+
     def _intent(self, agent: str, rnd: int) -> tuple[str, int] | None:
         return self.reasoning.get((agent, rnd))
 
@@ -276,11 +358,11 @@ class QualityChecker:
         if terms is None:
             return []
         mid = str(e.message_id)
-        amounts = prices_in(e.text)
+        amounts = self._amounts(e.text)
         out: list[QualityFlagged] = []
         quantity = self.started.buyer.quantity if self.started else 1
         echoes = {*self.counters, *self.own_offers.get(e.seller, []), terms.selling_price}
-        fresh = [a for a in amounts if not _among(a, echoes)]
+        fresh = [a for a in self._proposals(e.text) if not _among(a, echoes)]
         if e.offer is not None:
             stated = {e.offer.unit_price, e.offer.unit_price * e.offer.quantity}
             if fresh and not any(_among(a, stated) for a in amounts):
@@ -329,7 +411,7 @@ class QualityChecker:
         mid = str(e.message_id)
         counters = set(self.counters)
         for sentence in sentences(e.text):
-            amounts = prices_in(sentence)
+            amounts = self._amounts(sentence)
             if not amounts:
                 continue
             evidence = [mid]
@@ -416,7 +498,7 @@ class QualityChecker:
 
     # buyer -----------------------------------------------------------------------------
     def _citations(
-        self, agent: str, text: str, mid: str, rnd: int
+        self, agent: str, text: str, mid: str, rnd: int, own: Iterable[Decimal] = ()
     ) -> tuple[list[QualityFlagged], set[Decimal]]:
         """Prices the text attributes to a named seller, or cites from 'another seller':
         the findings, and every price cited (a citation is not a proposal)."""
@@ -433,7 +515,7 @@ class QualityChecker:
                     verb = _ATTRIBUTION.search(rest)
                     if verb is None or verb.start() > 40:
                         continue
-                    cited = prices_in(rest[verb.start() :])
+                    cited = self._amounts(rest[verb.start() :])
                     if not cited:
                         continue
                     price = cited[0]
@@ -456,22 +538,29 @@ class QualityChecker:
             if agent != self.started.buyer.agent_id or not _COMPETITOR.search(sentence):
                 continue
             known = self._all_said()
-            for price in prices_in(sentence):
-                if _among(price, attributed) or _among(price, self.counters):
+            market = bool(_MARKET.search(sentence))
+            for price in self._amounts(sentence):
+                if _among(price, attributed) or _among(price, {*self.counters, *own}):
                     continue
                 cited_all.add(price)
                 if _among(price, known):
                     continue
+                if market:  # the outside market: unverifiable here, not a rival's offer
+                    rule, severity = "hallucination.unverified_market_price", "low"
+                    claim = "a market price"
+                else:
+                    rule, severity = "hallucination.phantom_competitor", "high"
+                    claim = "a competitor's price"
                 out.append(
                     self._flag(
                         "price_hallucination",
-                        "hallucination.phantom_competitor",
-                        "high",
+                        rule,
+                        severity,  # type: ignore[arg-type]
                         agent,
                         rnd,
                         [mid],
-                        f"the buyer cited {fmt(price)} from a competitor in "
-                        f"{_quote(sentence)} but no seller offered or said it",
+                        f"the buyer cited {fmt(price)} as {claim} in "
+                        f"{_quote(sentence)} but no seller in the room offered or said it",
                     )
                 )
                 break
@@ -481,10 +570,11 @@ class QualityChecker:
         assert self.started is not None
         buyer = self.started.buyer
         mid = str(e.message_id)
-        out, cited = self._citations(buyer.agent_id, e.text, mid, e.round)
-        amounts = prices_in(e.text)
+        counter = () if e.counter_price is None else (e.counter_price,)
+        out, cited = self._citations(buyer.agent_id, e.text, mid, e.round, counter)
+        amounts = self._amounts(e.text)
         known = self._all_said() | set(self.counters) | cited
-        fresh = [a for a in amounts if not _among(a, known)]
+        fresh = [a for a in self._proposals(e.text) if not _among(a, known)]
         if e.counter_price is not None and fresh:
             stated = {e.counter_price, e.counter_price * buyer.quantity}
             if not any(_among(a, stated) for a in amounts):
@@ -531,7 +621,7 @@ class QualityChecker:
         assert self.started is not None
         buyer = self.started.buyer
         for sentence in sentences(text):
-            amounts = prices_in(sentence)
+            amounts = self._amounts(sentence)
             if not _among(buyer.max_price, amounts) or _among(buyer.max_price, self._all_said()):
                 continue
             named = bool(_MAX_NAMED.search(sentence))
@@ -605,9 +695,9 @@ class QualityChecker:
         assert self.started is not None
         buyer = self.started.buyer.agent_id
         mid = str(e.message_id)
-        out, _ = self._citations(buyer, e.text, mid, e.round)
+        out, _ = self._citations(buyer, e.text, mid, e.round, (e.unit_price,))
         others = {a for s, (o, _) in self.offers.items() if s != e.seller for a in (o.unit_price,)}
-        amounts = [a for a in prices_in(e.text) if not _among(a, others)]
+        amounts = [a for a in self._amounts(e.text) if not _among(a, others)]
         if (
             amounts
             and not _among(e.unit_price, amounts)

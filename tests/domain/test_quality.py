@@ -13,7 +13,7 @@ import pytest
 
 from mams.domain.events import QualityFlagged
 from mams.domain.messages import Accept, GuardrailNote, Say, WalkAway
-from mams.domain.quality import QualityChecker, check, prices_in, sentences
+from mams.domain.quality import QualityChecker, check, money_in, prices_in, sentences
 
 from .helpers import Room, buyer_turn, seller_turn, started
 
@@ -49,6 +49,26 @@ def all_offer(room: Room, rnd: int, prices: dict[str, str], texts: dict[str, str
 )
 def test_prices_in_reads_money_not_bare_numbers(text: str, expected: list[Decimal]) -> None:
     assert prices_in(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("i can take $100 off", [(D(100), False)]),
+        ("I bought it for $35,000, asking $30,000", [(D(35000), False), (D(30000), True)]),
+        ("shipping will cost me $110", [(D(110), False)]),
+        ("those alone go for about $200", [(D(200), False)]),
+        ("Sorry, I can't accept anything less than 110.", [(D(110), True)]),
+        ("Make it 20 and it's yours", [(D(20), True)]),
+        ("I would like 160", [(D(160), True)]),
+        ("I'll take 2.", []),  # the quantity, not a price
+        ("less than 2 years old", []),
+    ],
+)
+def test_money_in_tells_proposals_from_facts_and_reads_bare_prices_in_context(
+    text: str, expected: list[tuple[Decimal, bool]]
+) -> None:
+    assert money_in(text, quantity=2) == expected
 
 
 def test_sentences_keep_decimal_points_inside_prices() -> None:
@@ -140,6 +160,38 @@ def test_buyer_citing_a_competitor_price_nobody_offered_is_flagged() -> None:
     flags = check(room.events)
     assert [f.rule for f in flags] == ["hallucination.phantom_competitor"]
     assert "$9.50" in flags[0].detail
+
+
+def test_buyer_citing_an_outside_market_price_is_a_low_unverified_claim() -> None:
+    room = opened()
+    all_offer(room, 1, {"alpha": "12.00", "beta": "13.00", "gamma": "14.00"}, {})
+    text = "I've seen similar cases go for $8 from other sellers online. Can you do $11?"
+    room.ok(buyer_turn(2, Say(text=text, to=("beta",), counter_price=D("11"))))
+    assert [(f.rule, f.severity) for f in check(room.events)] == [
+        ("hallucination.unverified_market_price", "low")
+    ]
+
+
+def test_buyer_citing_competition_around_its_own_counter_is_not_flagged() -> None:
+    room = opened()
+    all_offer(room, 1, {"alpha": "12.00", "beta": "13.00", "gamma": "14.00"}, {})
+    text = "Other sellers are in the running too, so $11 is my offer."
+    room.ok(buyer_turn(2, Say(text=text, to=("beta",), counter_price=D("11"))))
+    assert rules(room) == []
+
+
+def test_a_discount_or_a_fact_is_not_a_price_on_the_table() -> None:
+    room = opened()
+    text = "I can take $3 off the asking price, so $12 each. Shipping is $4 extra."
+    room.ok(seller_turn("alpha", 1, text, "12.00"))
+    room.ok(seller_turn("beta", 1, "I can knock $2 off.", None))
+    assert rules(room) == []
+
+
+def test_bare_prices_in_context_are_read() -> None:
+    room = opened()
+    room.ok(seller_turn("alpha", 1, "I'd take 11 for it.", "12.00"))
+    assert rules(room) == ["hallucination.text_contradicts_offer"]
 
 
 def test_buyer_citing_a_real_competitor_price_is_not_flagged() -> None:
@@ -359,5 +411,4 @@ def test_feeding_event_by_event_gives_the_same_flags_as_checking_the_stream() ->
         "leakage.buyer_max",
         "leakage.seller_cost",
         "coherence.accepted_worse_offer",
-        "hallucination.text_contradicts_offer",
     }

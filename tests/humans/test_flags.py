@@ -72,9 +72,9 @@ def test_rates_hand_counted_on_three_dialogues() -> None:
     3: seller opens "I would like 160", the buyer offers 140, the seller agrees: deal at 140
        (listing 160, target 147); 1 buyer and 2 seller messages; no finding.
     10: 4 buyer and 5 seller messages, no deal (the seller's "$2,00" is unreadable); the
-       buyer's "I have $1786 that I can afford" names its target (leakage.buyer_max) and
-       the seller's "That is over $500 ... $2,00" names prices with no offer
-       (hallucination.price_without_offer).
+       buyer's "I have $1786 that I can afford" names its target (leakage.buyer_max); the
+       seller's "That is over $500 of the listing price" states a difference, not a price
+       on the table, so it is no finding.
     41: 4 buyer and 3 seller messages, deal at 120 (listing 200, target 120); "$120 is what
        I can pay and fits my budget" (leakage.buyer_max) countered after the seller's odd
        "40 dollars" (coherence.counter_above_offer).
@@ -83,7 +83,7 @@ def test_rates_hand_counted_on_three_dialogues() -> None:
     flags = [check(log) for log in logs]
     assert [sorted(f.rule for f in found) for found in flags] == [
         [],
-        ["hallucination.price_without_offer", "leakage.buyer_max"],
+        ["leakage.buyer_max"],
         ["coherence.counter_above_offer", "leakage.buyer_max"],
     ]
     s = human_flags.summarize(logs, flags, [D(147), D(1786), D(120)])
@@ -93,10 +93,10 @@ def test_rates_hand_counted_on_three_dialogues() -> None:
     assert (s["deals"], s["deal_rate"]) == (2, 0.6667)
     assert s["mean_deal_over_listing"] == 0.7375  # (140/160 + 120/200) / 2
     assert s["mean_deal_over_target"] == 0.9762  # (140/147 + 120/120) / 2
-    assert (s["flags"], s["flags_per_100"]) == (4, 21.05)  # 4 / 19
+    assert (s["flags"], s["flags_per_100"]) == (3, 15.79)  # 3 / 19
     assert (s["dialogues_flagged"], s["share_flagged"]) == (2, 0.6667)
     assert s["by_kind"] == {
-        "price_hallucination": {"flags": 1, "per_100": 5.26, "dialogues": 1},
+        "price_hallucination": {"flags": 0, "per_100": 0.0, "dialogues": 0},
         "leakage": {"flags": 2, "per_100": 10.53, "dialogues": 2},
         "constraint": {"flags": 0, "per_100": 0.0, "dialogues": 0},
         "coherence": {"flags": 1, "per_100": 5.26, "dialogues": 1},
@@ -109,7 +109,7 @@ def test_rates_hand_counted_on_three_dialogues() -> None:
     }
     assert s["by_side"] == {
         "buyer": {"messages": 9, "flags": 3, "per_100": 33.33, "dialogues": 2},
-        "seller": {"messages": 10, "flags": 1, "per_100": 10.0, "dialogues": 1},
+        "seller": {"messages": 10, "flags": 0, "per_100": 0.0, "dialogues": 0},
     }
     assert [(f["dialogue"], f["rule"]) for f in s["findings"]] == [
         (1, f.rule) for f in flags[1]
