@@ -213,6 +213,7 @@ class Broker:
         self._deadlines = _Deadlines()
         self._deadline_added = anyio.Event()
         self._inflight: list[_Batch] = []
+        self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
 
     # -- public API --------------------------------------------------------------------
     async def open(self, started: NegotiationStarted) -> None:
@@ -349,7 +350,7 @@ class Broker:
         # every batch decided before it (nothing is delivered ahead of its commit).
         return _Batch(
             events=[],
-            deliveries=[(self.subjects.inbox(AgentId(a)), encode(m)) for a, m in messages],
+            deliveries=[(self._inbox(a), encode(m)) for a, m in messages],
             observed=[],
         )
 
@@ -478,8 +479,12 @@ class Broker:
                     data=encode_event(event),
                 )
             )
+            sent: object = None
+            data = b""
             for agent_id, message in route(room.state, event):
-                batch.deliveries.append((self.subjects.inbox(AgentId(agent_id)), encode(message)))
+                if message is not sent:  # a buyer message goes to many sellers: encode once
+                    sent, data = message, encode(message)
+                batch.deliveries.append((self._inbox(agent_id), data))
             batch.observed.append(
                 (
                     events_subject,
@@ -489,6 +494,12 @@ class Broker:
             self._schedule(nid, room.state, event)
         self.stats.events += len(result)
         return batch
+
+    def _inbox(self, agent_id: str) -> str:
+        subject = self._inboxes.get(agent_id)
+        if subject is None:  # validated once per agent, not per delivery
+            subject = self._inboxes[agent_id] = self.subjects.inbox(AgentId(agent_id))
+        return subject
 
     def _schedule(self, nid: UUID, state: NegotiationState, event: Event) -> None:
         if state.started is None or not isinstance(event, RoundOpened | BuyerSaid):

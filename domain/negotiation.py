@@ -33,6 +33,7 @@ from mams.domain.events import (
     SellerReplied,
     SellerTerms,
 )
+from mams.domain.frozen import replace
 from mams.domain.guardrails import (
     buyer_action_violations,
     buyer_fallback,
@@ -116,7 +117,10 @@ class NegotiationState:
         """A seller's private terms, or None if it is not in the room."""
         if self.started is None:
             return None
-        return next((s for s in self.started.sellers if s.agent_id == agent_id), None)
+        for s in self.started.sellers:  # a plain loop: this runs for every seller reply
+            if s.agent_id == agent_id:
+                return s
+        return None
 
     @property
     def outcome(self) -> Outcome | None:
@@ -129,7 +133,7 @@ INITIAL = NegotiationState()
 
 def evolve(state: NegotiationState, event: Event) -> NegotiationState:
     """Apply one event. Total and pure: replaying a stream always gives the same state."""
-    r = dataclasses.replace
+    r = replace
     match event:
         case NegotiationStarted():
             return r(state, started=event, phase="idle", round=0)

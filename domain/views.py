@@ -14,6 +14,7 @@ from typing import Literal
 from uuid import UUID
 
 from mams.domain.events import Offer
+from mams.domain.frozen import replace
 from mams.domain.messages import (
     BuyerMessage,
     BuyerRoomOpened,
@@ -116,7 +117,7 @@ def open_seller_view(msg: SellerRoomOpened, me: str) -> SellerView:
 
 def buyer_received(view: BuyerView, msg: TurnStarted | SellerMessage | RoomClosed) -> BuyerView:
     """Fold one delivered message into the buyer's view."""
-    r = dataclasses.replace
+    r = replace
     match msg:
         case TurnStarted(round=n, final=final, unanswered=unanswered):
             return r(view, round=n, final=final, unanswered=unanswered)
@@ -143,7 +144,7 @@ def buyer_sent(
         targets = to or tuple(p.agent_id for p in view.sellers)
         counters = {**counters, **{t: counter for t in targets}}
     line = Line(round=view.round, speaker="me", text=text, price=counter, to=to)
-    return dataclasses.replace(view, my_counters=counters, history=(*view.history, line))
+    return replace(view, my_counters=counters, history=(*view.history, line))
 
 
 def seller_received(view: SellerView, msg: BuyerMessage | RoomClosed) -> SellerView:
@@ -151,11 +152,9 @@ def seller_received(view: SellerView, msg: BuyerMessage | RoomClosed) -> SellerV
     match msg:
         case BuyerMessage(round=n, text=text, counter_price=counter):
             line = Line(round=n, speaker=view.buyer.handle, text=text, price=counter)
-            return dataclasses.replace(
-                view, round=n, buyer_counter=counter, history=(*view.history, line)
-            )
+            return replace(view, round=n, buyer_counter=counter, history=(*view.history, line))
         case RoomClosed():
-            return dataclasses.replace(view, closed=msg)
+            return replace(view, closed=msg)
 
 
 def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
@@ -163,4 +162,4 @@ def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
     line = Line(
         round=view.round, speaker="me", text=text, price=offer.unit_price if offer else None
     )
-    return dataclasses.replace(view, my_offer=offer or view.my_offer, history=(*view.history, line))
+    return replace(view, my_offer=offer or view.my_offer, history=(*view.history, line))
