@@ -35,12 +35,18 @@ def link_hash(
     prev_hash: bytes, stream_id: UUID, seq: int, event_id: UUID, type_: str, data: bytes
 ) -> bytes:
     """The hash of one event given the hash of the event before it in its stream."""
-    h = hashlib.sha256(prev_hash)
-    h.update(stream_id.bytes)
-    h.update(seq.to_bytes(8, "big", signed=True))
-    h.update(event_id.bytes)
     tag = type_.encode("utf-8")
-    h.update(len(tag).to_bytes(4, "big"))
-    h.update(tag)
-    h.update(canonical(data))
-    return h.digest()
+    # One buffer, one update: this runs for every appended event.
+    return hashlib.sha256(
+        b"".join(
+            (
+                prev_hash,
+                stream_id.int.to_bytes(16, "big"),  # == stream_id.bytes, without the property
+                seq.to_bytes(8, "big", signed=True),
+                event_id.int.to_bytes(16, "big"),
+                len(tag).to_bytes(4, "big"),
+                tag,
+                canonical(data),
+            )
+        )
+    ).digest()

@@ -84,19 +84,42 @@ def _chain(
     has that row, else the hash just computed for that seq within the batch, else 32 zero
     bytes (the first event of a stream; also a gap or a pre-chain row, which audit flags).
     """
-    computed: dict[Key, bytes] = {}
-    links: dict[Key, tuple[bytes, bytes]] = {}
-    for event in sorted(batch, key=lambda e: e.seq):
-        key = (event.stream_id, event.seq - 1)
-        prev = stored.get(key) or computed.get(key) or GENESIS
-        own = link_hash(prev, event.stream_id, event.seq, event.event_id, event.type, event.data)
-        computed[(event.stream_id, event.seq)] = own
-        links[(event.stream_id, event.seq)] = (prev, own)
-    return [links[(e.stream_id, e.seq)] for e in batch]
+    links = _chain_in_order(batch, stored)
+    if links is not None:
+        return links
+    # Some stream's seqs go down within the batch: chain in seq order, answer in batch order.
+    order = sorted(range(len(batch)), key=lambda i: batch[i].seq)
+    by_seq = _chain_in_order([batch[i] for i in order], stored)
+    assert by_seq is not None
+    out: list[tuple[bytes, bytes]] = [by_seq[0]] * len(batch)
+    for j, i in enumerate(order):
+        out[i] = by_seq[j]
+    return out
+
+
+def _chain_in_order(
+    batch: Sequence[NewEvent], stored: Mapping[Key, bytes | None]
+) -> list[tuple[bytes, bytes]] | None:
+    # One pass in batch order (the broker's batches ascend per stream), remembering each
+    # stream's last computed (seq, hash); None if some stream's seq goes down.
+    last: dict[UUID, tuple[int, bytes]] = {}
+    links: list[tuple[bytes, bytes]] = []
+    for event in batch:
+        sid, seq = event.stream_id, event.seq
+        mine = last.get(sid)
+        if mine is not None and mine[0] > seq:
+            return None
+        prev = stored.get((sid, seq - 1)) if stored else None
+        if not prev:
+            prev = mine[1] if mine is not None and mine[0] == seq - 1 else GENESIS
+        own = link_hash(prev, sid, seq, event.event_id, event.type, event.data)
+        last[sid] = (seq, own)
+        links.append((prev, own))
+    return links
 
 
 def _previous_keys(batch: Sequence[NewEvent]) -> list[Key]:
-    return sorted({(e.stream_id, e.seq - 1) for e in batch if e.seq > 1})
+    return list(dict.fromkeys((e.stream_id, e.seq - 1) for e in batch if e.seq > 1))
 
 
 class InMemoryEventStore:
