@@ -53,6 +53,11 @@ async def create_pool(
 
     Connections get the jsonb codec of `init_connection`. A server that cannot be reached
     raises DatabaseUnavailable (naming the DSN without its password).
+
+    A released connection goes back without asyncpg's reset query (advisory unlock, CLOSE
+    ALL, UNLISTEN, RESET ALL: a round trip on every release, so on every group commit):
+    MAMS holds no session state on pooled connections (no SET, LISTEN, cursors or advisory
+    locks); a transaction left open is still rolled back.
     """
     settings = {"search_path": quote_ident(schema)} if schema is not None else None
     with translating(dsn):
@@ -62,8 +67,14 @@ async def create_pool(
             max_size=max_size,
             server_settings=settings,
             init=init_connection,
+            reset=_rollback_if_open,
         )
     return pool
+
+
+async def _rollback_if_open(conn: asyncpg.Connection) -> None:
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def open_store(

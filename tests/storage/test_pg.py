@@ -26,3 +26,19 @@ async def test_missing_socket_is_database_unavailable() -> None:
 def test_redact_dsn() -> None:
     assert redact_dsn("postgresql://u:p@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+async def test_a_released_connection_has_no_open_transaction(
+    database_url: str, pg_schema: str
+) -> None:
+    # The pool skips asyncpg's reset query, but never hands out a connection mid-transaction.
+    pool = await create_pool(database_url, schema=pg_schema, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TABLE left_open (x int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+    finally:
+        await pool.close()
