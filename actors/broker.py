@@ -511,8 +511,10 @@ class Broker:
         due = anyio.current_time() + timeout
         d = self._deadlines
         d.counter += 1
-        heapq.heappush(d.heap, (due, d.counter, nid, round_, phase))
-        self._deadline_added.set()
+        entry = (due, d.counter, nid, round_, phase)
+        heapq.heappush(d.heap, entry)
+        if d.heap[0] is entry:  # only a new earliest deadline changes what _timers waits for
+            self._deadline_added.set()
 
     async def _timers(self) -> None:
         send = self._commands[0]
