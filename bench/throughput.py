@@ -1,7 +1,7 @@
 """Broker throughput: K concurrent negotiations with S sellers each, baseline brains.
 
 Usage: python bench/throughput.py [--big] [--k 1 10 100] [--sellers 1 3 10]
-       [--modes one split open] [--nats URL] [--dsn DSN]
+       [--modes one split open] [--rate R] [--anatomy] [--nats URL] [--dsn DSN]
 
 Real broker, buyer and sellers (each actor on its own NATS connection) over a real NATS
 and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), each run in a throwaway
@@ -11,8 +11,8 @@ schema, with instant (baseline) decisions. Three modes per (K, S):
 - `split`: the broker in its own OS process (as `mams broker` runs), the buyer, sellers
   and the observer in this one; all K rooms opened at once (closed loop: the queue is
   always full, so hop latency there is queueing, K x S messages deep);
-- `open`: split, with rooms opened at a steady rate of 80% of the split run's
-  negotiations/s (open loop): the hop latency of a service at a sustainable load.
+- `open`: split, with rooms opened at a steady rate (`--rate`, default 80% of the split
+  run's negotiations/s): the hop latency of a service at a given offered load.
 
 Prints per run: negotiations/s, routed messages/s (the broker's publishes to agent
 inboxes), events committed/s, the broker hop latency p50/p99 (a buyer turn's publish by the
@@ -21,9 +21,11 @@ Bus that timestamps by message id, production code untouched), the broker proces
 RSS (in `one` mode the whole process's high-water mark so far, so it only grows down the
 table), the CPU seconds the broker's process spent during the run and routed messages per
 such CPU-second (the broker's capacity on one free core; in `one` mode the process also
-runs every agent), and routed msgs/s as a fraction of the raw ceilings measured in the same run: the
-raw broker of bench/raw_broker.py (publish + decode + batched COPY + republish; the issue's
-ceiling) and bare nats-py pub->sub. `--big` adds K=1000. Asserts nothing.
+runs every agent), the agents' process CPU seconds (split modes), and routed msgs/s as a
+fraction of the raw ceilings measured in the same run: the raw broker of
+bench/raw_broker.py (publish + decode + batched COPY + republish; the issue's ceiling) and
+bare nats-py pub->sub. `--big` adds K=1000. `--anatomy` splits each hop into its legs
+(agent -> broker, in the broker, broker -> seller). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -72,19 +74,27 @@ from mams.storage.readmodels import ReadModelProjector, save_session
 
 @dataclass
 class Probe:
-    """What the wrapping buses saw: turn publish times, hop latencies, broker deliveries."""
+    """What the wrapping buses saw: turn publish times, hop latencies, broker deliveries;
+    with `anatomy`, also when the broker received each buyer turn and first published
+    its message (the same monotonic clock across processes on one Linux machine)."""
 
     published: dict[UUID, float] = field(default_factory=dict)
     hops: list[float] = field(default_factory=list)
     routed: int = 0
+    anatomy: bool = False
+    first_seen: dict[UUID, float] = field(default_factory=dict)
+    broker_in: dict[UUID, float] = field(default_factory=dict)
+    broker_out: dict[UUID, float] = field(default_factory=dict)
 
 
 class _TimedSubscription:
-    """A seller's inbox: on receipt of a buyer message, the hop since its turn's publish."""
+    """A seller's inbox (on receipt of a buyer message: the hop since its turn's publish),
+    or, with anatomy, the broker's (when each buyer turn arrived)."""
 
-    def __init__(self, inner: Subscription, probe: Probe) -> None:
+    def __init__(self, inner: Subscription, probe: Probe, side: str) -> None:
         self._inner = inner
         self._probe = probe
+        self._side = side
 
     @property
     def subject(self) -> str:
@@ -97,13 +107,16 @@ class _TimedSubscription:
         msg = await self._inner.__anext__()
         now = time.perf_counter()
         try:
-            m = decode_inbox(msg.data)
+            m = decode_outbox(msg.data) if self._side == "broker" else decode_inbox(msg.data)
         except msgspec.MsgspecError:
             return msg
-        if isinstance(m, BuyerMessage):
+        if isinstance(m, BuyerTurn):
+            self._probe.broker_in.setdefault(m.message_id, now)
+        elif isinstance(m, BuyerMessage):
             sent = self._probe.published.get(m.message_id)
             if sent is not None:
                 self._probe.hops.append(now - sent)
+                self._probe.first_seen.setdefault(m.message_id, now)
         return msg
 
     async def unsubscribe(self) -> None:
@@ -112,7 +125,8 @@ class _TimedSubscription:
 
 class ProbeBus:
     """A Bus around another: the buyer's turns are timestamped, a seller's inbox timed,
-    the broker's inbox publishes counted. Everything else passes through."""
+    the broker's inbox publishes counted (and timed, with anatomy). Everything else
+    passes through."""
 
     def __init__(self, inner: Bus, role: str, probe: Probe) -> None:
         self._inner = inner
@@ -129,14 +143,18 @@ class ProbeBus:
                 self._probe.published[turn.message_id] = time.perf_counter()
         elif self._role == "broker" and subject.endswith(".inbox"):
             self._probe.routed += 1
+            if self._probe.anatomy:
+                m = decode_inbox(data)
+                if isinstance(m, BuyerMessage):
+                    self._probe.broker_out.setdefault(m.message_id, time.perf_counter())
         await self._inner.publish(subject, data)
 
     async def subscribe(
         self, subject: str, *, max_pending: int = DEFAULT_MAX_PENDING
     ) -> Subscription:
         sub = await self._inner.subscribe(subject, max_pending=max_pending)
-        if self._role == "seller":
-            return _TimedSubscription(sub, self._probe)
+        if self._role == "seller" or (self._role == "broker" and self._probe.anatomy):
+            return _TimedSubscription(sub, self._probe, self._role)
         return sub
 
     async def flush(self) -> None:
@@ -244,7 +262,7 @@ async def broker_child(params: dict[str, object]) -> None:
     pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
     sc = scenario(k, sellers)
     subjects = Subjects(prefix=str(params["prefix"]))
-    probe = Probe()
+    probe = Probe(anatomy=bool(params.get("anatomy")))
     bus = ProbeBus(await NatsBus.connect(nats_url, name="broker"), "broker", probe)
     broker = Broker(bus, store, subjects)
     options = RunOptions(seed=1, round_timeout=60)
@@ -272,14 +290,21 @@ async def broker_child(params: dict[str, object]) -> None:
         tg.cancel_scope.cancel()
     await bus.close()
     await pool.close()
-    print(json.dumps({"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu}), flush=True)
+    times = {
+        "broker_in": {str(k): v for k, v in probe.broker_in.items()},
+        "broker_out": {str(k): v for k, v in probe.broker_out.items()},
+    }
+    result = {"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu, **times}
+    print(json.dumps(result), flush=True)
 
 
 async def run_split(
-    nats_url: str, dsn: str, k: int, sellers: int, rate: float | None
+    nats_url: str, dsn: str, k: int, sellers: int, rate: float | None, anatomy: bool = False
 ) -> dict[str, float]:
     """Modes `split` and `open`: the broker in a child process, the agents and the observer
-    here; rooms all opened at once (rate None) or at `rate` rooms/s."""
+    here; rooms all opened at once (rate None) or at `rate` rooms/s. With `anatomy`, the
+    hop's p50/p99 legs too: buyer publish -> broker receipt, broker receipt -> broker's
+    publish to the first seller (decide + group commit), -> that seller's receipt."""
     admin, schema = await _fresh_schema(dsn)
     try:
         pool, _ = await open_store(dsn, schema, projector=ReadModelProjector())
@@ -298,6 +323,7 @@ async def run_split(
             "rate": rate,
             "prefix": prefix,
             "session": str(session_id),
+            "anatomy": anatomy,
         }
         probe = Probe()
         buses: list[Bus] = []
@@ -325,7 +351,7 @@ async def run_split(
                     actor = AgentActor(bus, subjects, agent_id, brain, role)  # type: ignore[arg-type]
                     await tg.start(actor.run)
                 opening = await anext(lines)
-                t0 = float(opening.split()[1])
+                t0, cpu0 = float(opening.split()[1]), time.process_time()
                 ended = 0
                 async for msg in events_sub:
                     if isinstance(decode_committed(msg.data).event, NegotiationEnded):
@@ -333,6 +359,7 @@ async def run_split(
                         if ended == k:
                             break
                 elapsed = time.perf_counter() - t0
+                agents_cpu = time.process_time() - cpu0
                 tg.cancel_scope.cancel()
             await child.stdin.aclose()
             result = json.loads(await anext(lines))
@@ -342,12 +369,38 @@ async def run_split(
             await each.close()
         events = int(await pool.fetchval("SELECT count(*) FROM events"))
         await pool.close()
-        return _figures(
+        figures = _figures(
             k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
         )
+        figures["agents_cpu_s"] = agents_cpu
+        if anatomy:
+            figures.update(_legs(probe, result["broker_in"], result["broker_out"]))
+        return figures
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+def _legs(
+    probe: Probe, broker_in: dict[str, float], broker_out: dict[str, float]
+) -> dict[str, float]:
+    legs: dict[str, list[float]] = {"to_broker": [], "in_broker": [], "to_seller": []}
+    for mid, sent in probe.published.items():
+        got, out, seen = (
+            broker_in.get(str(mid)),
+            broker_out.get(str(mid)),
+            probe.first_seen.get(mid),
+        )
+        if got is None or out is None or seen is None:
+            continue
+        legs["to_broker"].append(got - sent)
+        legs["in_broker"].append(out - got)
+        legs["to_seller"].append(seen - out)
+    figures: dict[str, float] = {}
+    for name, values in legs.items():
+        figures[f"{name}_p50_ms"] = _percentile(values, 50) * 1000
+        figures[f"{name}_p99_ms"] = _percentile(values, 99) * 1000
+    return figures
 
 
 async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
@@ -378,6 +431,11 @@ async def main() -> None:
     p.add_argument(
         "--rate", type=float, help="`open` mode: rooms opened per second (default: 80%% of split)"
     )
+    p.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
+    )
     p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--broker-child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -394,7 +452,7 @@ async def main() -> None:
     print(
         f"{'mode':>9} {'K':>5} {'S':>3} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
         f" {'events':>7} {'hop p50 ms':>10} {'hop p99 ms':>10} {'RSS MB':>7}"
-        f" {'CPU s':>6} {'routed/CPU-s':>12}"
+        f" {'CPU s':>6} {'routed/CPU-s':>12} {'agents CPU s':>12}"
         f" {'/raw broker':>11} {'/raw nats':>9}"
     )
 
@@ -404,10 +462,19 @@ async def main() -> None:
             f"{r['routed_per_s']:>9,.0f} {r['events_per_s']:>9,.0f} {r['events']:>7.0f} "
             f"{r['hop_p50_ms']:>10.2f} {r['hop_p99_ms']:>10.2f} {r['rss_mb']:>7.0f} "
             f"{r['broker_cpu_s']:>6.1f} {r['routed_per_cpu_s']:>12,.0f} "
+            f"{r.get('agents_cpu_s', float('nan')):>12.1f} "
             f"{r['routed_per_s'] / ceilings.broker:>11.3f} "
             f"{r['routed_per_s'] / ceilings.nats:>9.3f}",
             flush=True,
         )
+        if "in_broker_p50_ms" in r:
+            print(
+                "          hop legs p50/p99 ms: agent -> broker "
+                f"{r['to_broker_p50_ms']:.2f}/{r['to_broker_p99_ms']:.2f}, in the broker "
+                f"(decide, group commit) {r['in_broker_p50_ms']:.2f}/{r['in_broker_p99_ms']:.2f}"
+                f", broker -> seller {r['to_seller_p50_ms']:.2f}/{r['to_seller_p99_ms']:.2f}",
+                flush=True,
+            )
 
     if "one" in args.modes:
         await run_one(args.nats, args.dsn, 1, 1)  # warm-up (first connections, imports)
@@ -416,11 +483,11 @@ async def main() -> None:
             if "one" in args.modes:
                 row("one", k, sellers, await run_one(args.nats, args.dsn, k, sellers))
             if "split" in args.modes or ("open" in args.modes and not args.rate):
-                r = await run_split(args.nats, args.dsn, k, sellers, None)
+                r = await run_split(args.nats, args.dsn, k, sellers, None, args.anatomy)
                 row("split", k, sellers, r)
             if "open" in args.modes:
                 rate = args.rate or 0.8 * r["neg_per_s"]
-                r = await run_split(args.nats, args.dsn, k, sellers, rate)
+                r = await run_split(args.nats, args.dsn, k, sellers, rate, args.anatomy)
                 row(f"open@{rate:.0f}", k, sellers, r)
 
 
