@@ -173,7 +173,15 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set so far (Linux reports KiB)."""
+    """This process's peak resident set so far, in MB: VmHWM on Linux (ru_maxrss would
+    carry the parent's high-water mark into a child across fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
