@@ -28,6 +28,7 @@ from mams.actors.brains.base import (
     SellerBrain,
     SellerDecision,
 )
+from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import LLMCall
@@ -114,7 +115,9 @@ class AgentActor:
         self.log = log.bind(agent=agent_id, role=role)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe to the inbox, signal started, then serve until cancelled."""
+        """Subscribe to the inbox, signal started, then serve until cancelled. Raises the
+        process's young-generation GC threshold (`actors.tuning`)."""
+        tune_gc()
         sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
         try:
             send, receive = anyio.create_memory_object_stream[_Job](TURN_QUEUE)

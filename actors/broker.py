@@ -37,6 +37,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
 from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
@@ -141,6 +142,7 @@ class _Control:
 
 
 _Item = tuple[UUID, Command] | _Control
+_CONTROL = (Hello, OpenRooms)
 
 
 class _RefusedError(Exception):
@@ -293,7 +295,9 @@ class Broker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. On cancellation, what was decided is committed, and open
-        rooms are recorded as aborted if `abort_on_shutdown` (see the module docstring)."""
+        rooms are recorded as aborted if `abort_on_shutdown` (see the module docstring).
+        Raises the process's young-generation GC threshold (`actors.tuning`)."""
+        tune_gc()
         sub = await self.bus.subscribe(self.subjects.all_outboxes(), max_pending=100_000)
         try:
             async with anyio.create_task_group() as tg:
@@ -337,7 +341,7 @@ class Broker:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._drop(None, agent, f"malformed message: {exc}")
             return None
-        if isinstance(turn, Hello | OpenRooms):
+        if isinstance(turn, _CONTROL):
             return _Control(agent=agent, message=turn)
         return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
 
@@ -538,9 +542,11 @@ class Broker:
         return subject
 
     def _schedule(self, nid: UUID, state: NegotiationState, event: Event) -> None:
-        if state.started is None or not isinstance(event, RoundOpened | BuyerSaid):
+        # Type checks, not isinstance(event, A | B): that builds a union per event.
+        kind = type(event)
+        if state.started is None or (kind is not RoundOpened and kind is not BuyerSaid):
             return
-        phase: Phase = "buyer_turn" if isinstance(event, RoundOpened) else "sellers_turn"
+        phase: Phase = "buyer_turn" if kind is RoundOpened else "sellers_turn"
         self._push_deadline(nid, state.round, phase, state.started.round_timeout)
 
     def _push_deadline(self, nid: UUID, round_: int, phase: Phase, timeout: float) -> None:

@@ -31,6 +31,7 @@ bare nats-py pub->sub. `--big` adds K=1000. `--anatomy` splits each hop into its
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -234,6 +235,21 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
         await admin.close()
 
 
+def _time_gc() -> list[float]:
+    # Seconds this process spends in the cyclic garbage collector, accumulated in [0].
+    spent = [0.0]
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(on_gc)
+    return spent
+
+
 def _figures(
     k: int,
     elapsed: float,
@@ -267,6 +283,7 @@ async def broker_child(params: dict[str, object]) -> None:
     k, sellers = int(str(params["k"])), int(str(params["sellers"]))
     rate = float(str(params["rate"])) if params["rate"] is not None else None
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    gc_time = _time_gc()
     pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
     sc = scenario(k, sellers)
     subjects = Subjects(prefix=str(params["prefix"]))
@@ -303,6 +320,7 @@ async def broker_child(params: dict[str, object]) -> None:
         "broker_out": {str(k): v for k, v in probe.broker_out.items()},
     }
     result = {"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu, **times}
+    result["gc_s"] = gc_time[0]
     print(json.dumps(result), flush=True)
 
 
@@ -381,6 +399,7 @@ async def run_split(
             k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
         )
         figures["agents_cpu_s"] = agents_cpu
+        figures["broker_gc_s"] = result["gc_s"]
         if anatomy:
             figures.update(_legs(probe, result["broker_in"], result["broker_out"]))
         return figures
@@ -475,6 +494,8 @@ async def main() -> None:
             f"{r['routed_per_s'] / ceilings.nats:>9.3f}",
             flush=True,
         )
+        if "broker_gc_s" in r:
+            print(f"          broker's time in the garbage collector: {r['broker_gc_s']:.2f} s")
         if "in_broker_p50_ms" in r:
             print(
                 "          hop legs p50/p99 ms: agent -> broker "
