@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import os
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -226,6 +227,7 @@ class Broker:
         retry_timeout: float = 60.0,
         sessions: SessionStore | None = None,
         abort_on_shutdown: bool = True,
+        keep_ended: int = 1000,
     ) -> None:
         self.sessions = sessions
         self.abort_on_shutdown = abort_on_shutdown
@@ -238,6 +240,10 @@ class Broker:
         self.retry_timeout = retry_timeout
         self.stats = BrokerStats()
         self.rooms: dict[UUID, _Room] = {}
+        # Ended rooms stay a while (late or repeated turns are dropped as "ended"), then
+        # go, oldest first: a broker serving forever holds its open rooms plus these.
+        self.keep_ended = keep_ended
+        self._ended: deque[UUID] = deque()
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
         self._batches = anyio.create_memory_object_stream[_Batch](10_000)
@@ -533,7 +539,15 @@ class Broker:
             )
             self._schedule(nid, room.state, event)
         self.stats.events += len(result)
+        if room.state.phase == "ended":
+            self._retire(nid)
         return batch
+
+    def _retire(self, nid: UUID) -> None:
+        """Remember an ended room among the last `keep_ended`; forget the oldest beyond."""
+        self._ended.append(nid)
+        while len(self._ended) > self.keep_ended:
+            self.rooms.pop(self._ended.popleft(), None)
 
     def _inbox(self, agent_id: str) -> str:
         subject = self._inboxes.get(agent_id)

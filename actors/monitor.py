@@ -14,6 +14,7 @@ monitors, and an on-demand `mams analyze` never store a finding twice.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -64,12 +65,18 @@ class QualityMonitor:
         subjects: Subjects,
         *,
         on_ended: OnEnded | None = None,
+        keep_ended: int = 10_000,
     ) -> None:
         self.bus, self.store, self.subjects = bus, store, subjects
         self.on_ended = on_ended
         self.stats = MonitorStats()
         self._rooms: dict[UUID, _Room] = {}
         self._done: dict[UUID, anyio.Event] = {}
+        # Rooms graded to their end, oldest first; beyond `keep_ended` they are forgotten
+        # (a late duplicate of one of their events is then re-graded from the store, and
+        # recording it again is a no-op).
+        self.keep_ended = keep_ended
+        self._finished: deque[UUID] = deque()
         self._flags: dict[UUID, list[QualityFlagged]] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -136,6 +143,9 @@ class QualityMonitor:
             except Exception as exc:  # an exporter's failure must not stop grading
                 log.warning("monitor.on_ended_failed", negotiation_id=str(nid), error=repr(exc))
         self._done.setdefault(nid, anyio.Event()).set()
+        self._finished.append(nid)
+        while len(self._finished) > self.keep_ended:  # a monitor serving forever stays bounded
+            self._done.pop(self._finished.popleft(), None)
 
     def _ended(self, nid: UUID) -> bool:
         done = self._done.get(nid)

@@ -33,7 +33,7 @@ from mams.domain.views import SellerView
 from mams.storage.audit import audit_stream
 from mams.storage.eventstore import InMemoryEventStore, PostgresEventStore
 from mams.storage.model import NewEvent
-from tests.domain.helpers import Room, buyer_turn, seller_turn
+from tests.domain.helpers import Room, buyer_turn, seller_turn, started
 from tests.integration.helpers import logged
 from tests.integration.scenarios import phone
 
@@ -189,3 +189,19 @@ async def test_at_a_rooms_end_the_monitor_exports_it_to_galileo_with_its_flags(
     assert metadata["flags"] == str(len(expected))
     assert galileo_hook(store, env={}) is None
     assert galileo_hook(store, env={"GALILEO_API_KEY": "k"}) is not None
+
+
+async def test_a_monitor_serving_forever_forgets_old_finished_rooms() -> None:
+    store = InMemoryEventStore()
+    monitor = QualityMonitor(InMemoryBus(), store, Subjects(prefix="unused"), keep_ended=2)
+    nids = []
+    for _ in range(4):
+        room = Room(msgspec.structs.replace(started(), negotiation_id=uuid.uuid4()))
+        room.ok(buyer_turn(1, WalkAway(text="Bye.")))
+        nid = room.events[0].negotiation_id  # type: ignore[union-attr]
+        nids.append(nid)
+        for seq, event in enumerate(room.events, 1):
+            await monitor.observe(CommittedEvent(negotiation_id=nid, seq=seq, event=event))
+    assert monitor.stats.ended == 4
+    assert set(monitor._done) == set(nids[-2:])
+    assert not monitor._rooms
