@@ -20,7 +20,7 @@ from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BASELINE_LABEL, BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
-from mams.actors.monitor import QualityMonitor, galileo_hook
+from mams.actors.monitor import OnFlag, QualityMonitor, galileo_hook
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
 from mams.domain.config import (
@@ -191,6 +191,7 @@ async def run_market(
     on_event: OnEvent | None = None,
     on_opened: Callable[[list[RoomResult]], None] | None = None,
     subjects: Subjects | None = None,
+    on_flag: OnFlag | None = None,
 ) -> list[RoomResult]:
     """Run every item's negotiation concurrently; return when all have ended.
 
@@ -220,6 +221,7 @@ async def run_market(
             on_opened=on_opened,
             subjects=subjects,
             monitor=options.monitor,
+            on_flag=on_flag,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -236,11 +238,12 @@ async def run_rooms(
     on_opened: Callable[[list[RoomResult]], None] | None = None,
     subjects: Subjects | None = None,
     monitor: bool = False,
+    on_flag: OnFlag | None = None,
 ) -> list[RoomResult]:
     """Run these rooms with these brains (by agent id) until every room has ended.
 
-    With `monitor`, a QualityMonitor grades them live; this returns once it has recorded
-    its findings for every room.
+    With `monitor`, a QualityMonitor grades them live (`on_flag` sees each finding as it
+    fires); this returns once it has recorded its findings for every room.
     """
     subjects = subjects or Subjects(prefix=market_prefix())
     rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
@@ -261,7 +264,11 @@ async def run_rooms(
             grader = None
             if monitor:
                 grader = QualityMonitor(
-                    await bus_for("monitor"), store, subjects, on_ended=galileo_hook(store)
+                    await bus_for("monitor"),
+                    store,
+                    subjects,
+                    on_ended=galileo_hook(store),
+                    on_flag=on_flag,
                 )
                 await tg.start(grader.run)
             broker = Broker(await bus_for("broker"), store, subjects)

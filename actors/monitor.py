@@ -36,6 +36,7 @@ from mams.storage.observations import load_observations, record_observations
 log = structlog.get_logger("mams.monitor")
 
 OnEnded = Callable[[UUID, list[QualityFlagged]], Awaitable[None]]
+OnFlag = Callable[[QualityFlagged], None]
 
 
 @dataclass(slots=True)
@@ -66,9 +67,11 @@ class QualityMonitor:
         *,
         on_ended: OnEnded | None = None,
         keep_ended: int = 10_000,
+        on_flag: OnFlag | None = None,
     ) -> None:
         self.bus, self.store, self.subjects = bus, store, subjects
         self.on_ended = on_ended
+        self.on_flag = on_flag
         self.stats = MonitorStats()
         self._rooms: dict[UUID, _Room] = {}
         self._done: dict[UUID, anyio.Event] = {}
@@ -107,13 +110,21 @@ class QualityMonitor:
         found += room.checker.feed(committed.event)
         room.seq = committed.seq
         self.stats.events += 1
-        if found:
-            self.stats.flags += len(found)
-            self._flags.setdefault(nid, []).extend(found)
-            await self._record(nid, found)
+        await self._found(nid, found)
         if isinstance(committed.event, NegotiationEnded):
             await self._finish(nid)
         return found
+
+    async def _found(self, nid: UUID, found: list[QualityFlagged]) -> None:
+        """Keep, record and announce new findings."""
+        if not found:
+            return
+        self.stats.flags += len(found)
+        self._flags.setdefault(nid, []).extend(found)
+        await self._record(nid, found)
+        if self.on_flag is not None:
+            for flag in found:
+                self.on_flag(flag)
 
     async def _record(self, nid: UUID, found: list[QualityFlagged]) -> None:
         try:
@@ -165,11 +176,7 @@ class QualityMonitor:
             if self._ended(nid):
                 continue
             room = self._rooms.setdefault(nid, _Room())
-            found = await self._catch_up(nid, room, upto=2**31)
-            if found:
-                self.stats.flags += len(found)
-                self._flags.setdefault(nid, []).extend(found)
-                await self._record(nid, found)
+            await self._found(nid, await self._catch_up(nid, room, upto=2**31))
             await self._finish(nid)
 
 

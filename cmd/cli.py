@@ -48,6 +48,7 @@ from mams.cli_render import (
     outcome_json,
     outcomes_table,
     print_entry,
+    print_flag,
     quality_summary,
     room_tag,
     status_of,
@@ -221,6 +222,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 options=options,
                 on_event=on_event,
                 on_opened=on_opened,
+                on_flag=lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
             )
         flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()

@@ -179,6 +179,21 @@ class LLMUsage:
         )
 
 
+_SEVERITY_STYLE = {"low": "yellow", "medium": "dark_orange", "high": "bold red"}
+
+
+def print_flag(console: Console, flag: QualityFlagged, tag: Text | None = None) -> None:
+    """A quality finding as the monitor raises it, inline with the transcript."""
+    line = Text()
+    if tag is not None:
+        line.append_text(tag)
+        line.append(" ")
+    line.append(f"r{flag.round} ", style="dim")
+    line.append(f"! {flag.severity} {flag.rule}", style=_SEVERITY_STYLE.get(flag.severity, ""))
+    line.append(f": {flag.detail}", style="italic")
+    console.print(line)
+
+
 def flag_counts(flags: Sequence[QualityFlagged]) -> dict[str, int]:
     """Quality flags counted by kind (JSON: {"leakage": 1, ...}; kinds with none omitted)."""
     counts: dict[str, int] = {}

@@ -8,12 +8,14 @@ stream is untouched), once, even when the monitor joins late or sees a room twic
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
+from rich.console import Console
 
 from mams.actors.brains.base import BuyerBrain, SellerBrain, SellerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
@@ -24,6 +26,7 @@ from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
+from mams.cli_render import print_flag
 from mams.domain.events import QualityFlagged, encode_event, event_type, observation_stream_id
 from mams.domain.guardrails import Violation
 from mams.domain.messages import CommittedEvent, Say, WalkAway
@@ -63,7 +66,13 @@ class CostLeaker:
 
 
 async def _market(
-    nats_url: str, store: PostgresEventStore, subjects: Subjects, seed: int, *, leaky: bool
+    nats_url: str,
+    store: PostgresEventStore,
+    subjects: Subjects,
+    seed: int,
+    *,
+    leaky: bool,
+    on_flag: Callable[[QualityFlagged], None] | None = None,
 ) -> list[uuid.UUID]:
     scenario = phone()
     options = RunOptions(seed=seed, round_timeout=10)
@@ -79,7 +88,13 @@ async def _market(
         return await NatsBus.connect(nats_url, name=name)
 
     rooms = await run_rooms(
-        starts, brains, connect=connect, store=store, subjects=subjects, monitor=True
+        starts,
+        brains,
+        connect=connect,
+        store=store,
+        subjects=subjects,
+        monitor=True,
+        on_flag=on_flag,
     )
     return [r.negotiation_id for r in rooms]
 
@@ -88,7 +103,15 @@ async def test_live_flags_are_the_checks_over_the_stored_log(
     nats_url: str, pg_store: Store, subjects: Subjects
 ) -> None:
     _, store = pg_store
-    rooms = await _market(nats_url, store, subjects, seed=5, leaky=True)
+    announced: list[QualityFlagged] = []
+    rooms = await _market(nats_url, store, subjects, seed=5, leaky=True, on_flag=announced.append)
+    assert announced, "each finding is announced as it fires"
+    assert sorted(announced, key=str) == sorted(
+        [f for nid in rooms for f in await stored_flags(store, nid)], key=str
+    )
+    console = Console(record=True, width=200)
+    print_flag(console, announced[0])
+    assert f"! {announced[0].severity} {announced[0].rule}:" in console.export_text()
     leaks = 0
     for nid in rooms:
         events = await logged(store, nid)
