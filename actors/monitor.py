@@ -43,6 +43,8 @@ OnFlag = Callable[[QualityFlagged], None]
 class _Room:
     checker: QualityChecker = field(default_factory=QualityChecker)
     seq: int = 0
+    seen_at: float = 0.0  # when its last event arrived (anyio clock)
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -68,8 +70,12 @@ class QualityMonitor:
         on_ended: OnEnded | None = None,
         keep_ended: int = 10_000,
         on_flag: OnFlag | None = None,
+        idle: float = 10.0,
     ) -> None:
         self.bus, self.store, self.subjects = bus, store, subjects
+        # A room silent this long is read from the store: an event whose delivery was lost
+        # (a broker killed between its commit and its publish) is still graded.
+        self.idle = idle
         self.on_ended = on_ended
         self.on_flag = on_flag
         self.stats = MonitorStats()
@@ -85,14 +91,38 @@ class QualityMonitor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, signal started, then grade committed events until cancelled."""
         sub = await self.bus.subscribe(self.subjects.all_events(), max_pending=1_000_000)
-        task_status.started()
-        async for msg in sub:
-            try:
-                committed = decode_committed(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sweep_idle)
+            task_status.started()
+            async for msg in sub:
+                try:
+                    committed = decode_committed(msg.data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
+                    continue
+                await self.observe(committed)
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await anyio.sleep(self.idle / 2)
+            await self.sweep(older_than=self.idle)
+
+    async def sweep(self, *, older_than: float) -> int:
+        """Read rooms silent for `older_than` seconds from the store and grade what they
+        missed, finishing those that ended; how many ended so."""
+        now = anyio.current_time()
+        quiet = [nid for nid, r in self._rooms.items() if now - r.seen_at >= older_than]
+        finished = 0
+        for nid in quiet:
+            room = self._rooms.get(nid)
+            if room is None:
                 continue
-            await self.observe(committed)
+            room.seen_at = now
+            await self._found(nid, await self._catch_up(nid, room, upto=2**31))
+            if room.ended and nid in self._rooms:
+                await self._finish(nid)
+                finished += 1
+        return finished
 
     async def observe(self, committed: CommittedEvent) -> list[QualityFlagged]:
         """Grade one committed event (catching up from the store on a gap); the new flags."""
@@ -102,13 +132,18 @@ class QualityMonitor:
             if self._ended(nid):
                 return []  # a late duplicate of an ended room's event
             room = self._rooms[nid] = _Room()
+        room.seen_at = anyio.current_time()
         if committed.seq <= room.seq:
             return []  # already seen
         found: list[QualityFlagged] = []
         if committed.seq > room.seq + 1:
             found += await self._catch_up(nid, room, committed.seq - 1)
+        if committed.seq <= room.seq or room.ended:  # a sweep fed it meanwhile
+            await self._found(nid, found)
+            return found
         found += room.checker.feed(committed.event)
         room.seq = committed.seq
+        room.ended = isinstance(committed.event, NegotiationEnded)
         self.stats.events += 1
         await self._found(nid, found)
         if isinstance(committed.event, NegotiationEnded):
@@ -140,8 +175,12 @@ class QualityMonitor:
         for stored in await self.store.read(nid, after_seq=room.seq):
             if stored.seq > upto:
                 break
-            found += room.checker.feed(decode_event(stored.data))
+            if stored.seq != room.seq + 1:  # fed meanwhile by a live event, or a gap
+                continue
+            event = decode_event(stored.data)
+            found += room.checker.feed(event)
             room.seq = stored.seq
+            room.ended = isinstance(event, NegotiationEnded)
         return found
 
     async def _finish(self, nid: UUID) -> None:

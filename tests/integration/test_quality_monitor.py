@@ -228,3 +228,36 @@ async def test_a_monitor_serving_forever_forgets_old_finished_rooms() -> None:
     assert monitor.stats.ended == 4
     assert set(monitor._done) == set(nids[-2:])
     assert not monitor._rooms
+
+
+async def test_a_room_whose_last_events_were_never_delivered_is_finished_by_the_sweep() -> None:
+    # A broker killed between its commit and its publish loses the delivery of committed
+    # events; when nothing more comes for that room, the idle sweep reads the store.
+    room = Room()
+    room.ok(buyer_turn(1, Say(text="My budget is $14. Best price?")))
+    for agent in ("alpha", "beta", "gamma"):
+        room.ok(seller_turn(agent, 1, "I can do $12 each.", Decimal("12.00")))
+    room.ok(buyer_turn(2, WalkAway(text="No thanks.")))
+    store = InMemoryEventStore()
+    nid = room.events[0].negotiation_id  # type: ignore[union-attr]
+    await store.append(
+        [
+            NewEvent(nid, i, uuid.uuid4(), event_type(e), encode_event(e))
+            for i, e in enumerate(room.events, 1)
+        ]
+    )
+    monitor = QualityMonitor(InMemoryBus(), store, Subjects(prefix="unused"))
+    live = len(room.events) - 2  # the walk-away and the end never arrive
+    for seq, event in enumerate(room.events[:live], 1):
+        await monitor.observe(CommittedEvent(negotiation_id=nid, seq=seq, event=event))
+    assert monitor.stats.ended == 0
+    assert await monitor.sweep(older_than=60) == 0  # not idle yet: nothing read
+    assert await monitor.sweep(older_than=0) == 1
+    assert [f.rule for f in await stored_flags(store, nid)] == [
+        "leakage.buyer_max",
+        "coherence.walked_away_from_acceptable",
+    ]
+    # The end arriving late after all changes nothing.
+    last = CommittedEvent(negotiation_id=nid, seq=len(room.events), event=room.events[-1])
+    assert await monitor.observe(last) == []
+    assert monitor.stats.ended == 1
