@@ -28,6 +28,7 @@ from uuid import UUID
 import asyncpg
 
 from mams.bus.embedded import find_nats_server_binary
+from mams.domain.events import OBSERVATION_TAGS
 from tests.processes.helpers import mams_command
 
 SERVER_TIMEOUT = 30.0
@@ -186,6 +187,8 @@ async def check_log(conn: asyncpg.Connection) -> dict[str, int]:
         streams.setdefault(r["stream_id"], []).append(r["seq"])
     for sid, seqs in streams.items():
         assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"seq gap in {sid}"
+    # Quality observations live in companion streams; count negotiations apart from them.
+    observed = {r["stream_id"] for r in rows if r["type"] in OBSERVATION_TAGS}
     replied = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'seller.replied'")
     distinct = await conn.fetchval(
         "SELECT count(DISTINCT data->>'message_id') FROM events WHERE type = 'seller.replied'"
@@ -204,7 +207,8 @@ async def check_log(conn: asyncpg.Connection) -> dict[str, int]:
     )
     assert ended == ended_events, "a stream ended twice"
     return {
-        "streams": len(streams),
+        "streams": len(streams.keys() - observed),
+        "observation_streams": len(observed),
         "events": len(rows),
         "ended": ended,
         "seller_replied": replied,

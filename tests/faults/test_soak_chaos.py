@@ -4,7 +4,9 @@ kills (SIGKILL) and restarts the broker and random sellers a bounded number of t
 Small by default (200 negotiations of at most 2 rounds, 1 s round deadlines, 5 kills) to
 stay fast in CI; bigger runs are opt-in: MAMS_SOAK=1000 (negotiations), MAMS_SOAK_KILLS,
 MAMS_SOAK_SEED. Afterwards: every negotiation ended, the audit of every stream is clean,
-no event id is duplicated, seqs are 1..n, and one seller.replied per seller turn message id.
+no event id is duplicated, seqs are 1..n, one seller.replied per seller turn message id,
+and the quality monitor (a process of its own) recorded for every room exactly what the
+checks find over its stored log.
 The numbers observed are printed (run with -s to see them).
 """
 
@@ -19,6 +21,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from mams.actors.monitor import stored_flags
+from mams.domain.events import decode_event
+from mams.domain.quality import check
+from mams.storage.pg import open_store
 from tests.faults.servers import audit_all, check_log
 from tests.faults.test_broker_crash import poll
 from tests.processes.helpers import Cast, Child
@@ -85,6 +91,9 @@ async def test_soak_with_broker_and_seller_kills(
 
     broker = start_broker()
     await broker.wait_for("broker ready")
+    # The quality monitor grades every room live, through the kills (never killed itself).
+    monitor = procs.mams("monitor", "monitor", "--market", market)
+    await monitor.wait_for("quality monitor ready")
     sellers = {h: start_seller(h) for h in SELLERS}
     for s in sellers.values():
         await s.wait_for("ready")
@@ -141,6 +150,29 @@ async def test_soak_with_broker_and_seller_kills(
 
         await poll(all_ended, within=60 + N / 5)
         t_ended = time.monotonic() - t0
+        # Every room's recorded findings are exactly the checks over its stored log, even
+        # where the broker died between a commit and its publish (the monitor's idle sweep).
+        pool, store = await open_store(database_url, pg_schema)
+        try:
+            nids = [
+                r["stream_id"]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT stream_id FROM events WHERE type = 'negotiation.started'"
+                )
+            ]
+            pending = set(nids)
+
+            async def graded() -> bool:
+                for nid in sorted(pending):
+                    events = [decode_event(e.data) for e in await store.read(nid)]
+                    if await stored_flags(store, nid) == check(events):
+                        pending.discard(nid)
+                return not pending
+
+            await poll(graded, within=60)
+            flags = sum([len(await stored_flags(store, nid)) for nid in nids])
+        finally:
+            await pool.close()
         log = await check_log(conn)
         rounds = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'round.opened'")
         by_status: dict[str, int] = {
@@ -153,6 +185,10 @@ async def test_soak_with_broker_and_seller_kills(
     finally:
         await conn.close()
     codes = [await b.wait(within=30) for b in buyers]
+    monitor.signal(signal.SIGTERM)
+    assert await monitor.wait(within=30) == 0, monitor.describe()
+    # It followed every room to its end through the kills (live, or by its idle sweep).
+    assert f"graded {N} negotiation(s)" in monitor.out(), monitor.describe()
     resumed = [
         " ".join(c.out().split()).split("resumed ")[-1].split(" ")[0]
         for c in procs.children
@@ -163,9 +199,10 @@ async def test_soak_with_broker_and_seller_kills(
         f"\nsoak: {N} negotiations in {waves} waves, seed {SEED}; kills (who, events, ended) "
         f"{kills}; restarted brokers resumed {resumed} open rooms; log {log}; rounds opened "
         f"{rounds}; ended by status {by_status}; all ended after {t_ended:.1f} s; "
-        f"buyer exits {codes}; audited {len(report['streams'])} streams, all clean"
+        f"buyer exits {codes}; audited {len(report['streams'])} streams, all clean; "
+        f"{flags} quality flags, each room's equal to check() over its log"
     )
     assert log["streams"] == N
     assert log["ended"] == N
-    assert len(report["streams"]) == N
+    assert len([r for r in report["streams"] if r["kind"] == "negotiation"]) == N
     assert codes == [0] * waves, [b.describe() for b in buyers]
