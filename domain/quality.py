@@ -360,7 +360,6 @@ class QualityChecker:
         mid = str(e.message_id)
         amounts = self._amounts(e.text)
         out: list[QualityFlagged] = []
-        quantity = self.started.buyer.quantity if self.started else 1
         echoes = {*self.counters, *self.own_offers.get(e.seller, []), terms.selling_price}
         fresh = [a for a in self._proposals(e.text) if not _among(a, echoes)]
         if e.offer is not None:
@@ -394,7 +393,7 @@ class QualityChecker:
                 )
             )
         offered = e.offer.unit_price if e.offer is not None else None
-        out += self._seller_leaks(e, terms, offered, quantity)
+        out += self._seller_leaks(e, terms, offered)
         out += self._seller_intent(e, terms)
         # What this seller truly said, for others' citations; its standing offer.
         self.said.setdefault(e.seller, set()).update(amounts)
@@ -405,7 +404,7 @@ class QualityChecker:
         return out
 
     def _seller_leaks(
-        self, e: SellerReplied, terms: SellerTerms, offered: Decimal | None, quantity: int
+        self, e: SellerReplied, terms: SellerTerms, offered: Decimal | None
     ) -> list[QualityFlagged]:
         out: list[QualityFlagged] = []
         mid = str(e.message_id)
