@@ -115,14 +115,18 @@ class QualityMonitor:
         finished = 0
         for nid in quiet:
             room = self._rooms.get(nid)
-            if room is None:
-                continue
-            room.seen_at = now
-            await self._found(nid, await self._catch_up(nid, room, upto=2**31))
-            if room.ended and nid in self._rooms:
-                await self._finish(nid)
-                finished += 1
+            if room is not None:
+                room.seen_at = now
+                finished += await self._drain(nid)
         return finished
+
+    async def _drain(self, nid: UUID) -> bool:
+        """Grade whatever the store holds beyond what the room saw; finish it if it ended."""
+        room = self._rooms.setdefault(nid, _Room())
+        await self._found(nid, await self._catch_up(nid, room, upto=2**31))
+        if room.ended:
+            await self._finish(nid)
+        return room.ended
 
     async def observe(self, committed: CommittedEvent) -> list[QualityFlagged]:
         """Grade one committed event (catching up from the store on a gap); the new flags."""
@@ -184,6 +188,8 @@ class QualityMonitor:
         return found
 
     async def _finish(self, nid: UUID) -> None:
+        if self._ended(nid):
+            return  # finished already (live and by a sweep at once)
         self._rooms.pop(nid, None)
         flags = self._flags.pop(nid, [])
         self.stats.ended += 1
@@ -212,11 +218,8 @@ class QualityMonitor:
             for nid in ids:
                 await self._done.setdefault(nid, anyio.Event()).wait()
         for nid in ids:
-            if self._ended(nid):
-                continue
-            room = self._rooms.setdefault(nid, _Room())
-            await self._found(nid, await self._catch_up(nid, room, upto=2**31))
-            await self._finish(nid)
+            if not self._ended(nid) and not await self._drain(nid):
+                await self._finish(nid)  # told it ended; the store disagrees: stop waiting
 
 
 def galileo_hook(store: EventStore, env: Mapping[str, str] | None = None) -> OnEnded | None:
