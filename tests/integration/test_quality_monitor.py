@@ -163,7 +163,8 @@ async def test_a_monitor_joining_late_catches_up_from_the_store_and_records_once
     assert await stored_flags(store, nid) == expected
 
 
-async def test_settle_finishes_a_room_whose_end_never_reached_the_monitor() -> None:
+async def _stored_walk_away() -> tuple[Room, InMemoryEventStore, uuid.UUID]:
+    """A room where the buyer leaks its budget, then walks away from $12 offers; stored."""
     room = Room()
     room.ok(buyer_turn(1, Say(text="My budget is $14. Best price?")))
     for agent in ("alpha", "beta", "gamma"):
@@ -177,6 +178,11 @@ async def test_settle_finishes_a_room_whose_end_never_reached_the_monitor() -> N
             for i, e in enumerate(room.events, 1)
         ]
     )
+    return room, store, nid
+
+
+async def test_settle_finishes_a_room_whose_end_never_reached_the_monitor() -> None:
+    room, store, nid = await _stored_walk_away()
     monitor = QualityMonitor(InMemoryBus(), store, Subjects(prefix="unused"))
     # Only the opening arrives live; the rest was lost on the way.
     await monitor.observe(CommittedEvent(negotiation_id=nid, seq=1, event=room.events[0]))
@@ -233,19 +239,7 @@ async def test_a_monitor_serving_forever_forgets_old_finished_rooms() -> None:
 async def test_a_room_whose_last_events_were_never_delivered_is_finished_by_the_sweep() -> None:
     # A broker killed between its commit and its publish loses the delivery of committed
     # events; when nothing more comes for that room, the idle sweep reads the store.
-    room = Room()
-    room.ok(buyer_turn(1, Say(text="My budget is $14. Best price?")))
-    for agent in ("alpha", "beta", "gamma"):
-        room.ok(seller_turn(agent, 1, "I can do $12 each.", Decimal("12.00")))
-    room.ok(buyer_turn(2, WalkAway(text="No thanks.")))
-    store = InMemoryEventStore()
-    nid = room.events[0].negotiation_id  # type: ignore[union-attr]
-    await store.append(
-        [
-            NewEvent(nid, i, uuid.uuid4(), event_type(e), encode_event(e))
-            for i, e in enumerate(room.events, 1)
-        ]
-    )
+    room, store, nid = await _stored_walk_away()
     monitor = QualityMonitor(InMemoryBus(), store, Subjects(prefix="unused"))
     live = len(room.events) - 2  # the walk-away and the end never arrive
     for seq, event in enumerate(room.events[:live], 1):
