@@ -77,7 +77,7 @@ from mams.domain.events import (
 )
 from mams.domain.money import fmt
 from mams.infra import servers
-from mams.storage.eventstore import EventStore, PostgresEventStore
+from mams.storage.eventstore import EventStore
 from mams.storage.observations import load_observations, record_observations
 
 _json = msgspec.json.Encoder(decimal_format="number")
@@ -167,14 +167,12 @@ async def cmd_analyze(args: argparse.Namespace, out: Console) -> int:
         async with srv.pool.acquire() as conn:
             nid = await _resolve(conn, args.negotiation_id)
         events, times = await load_negotiation(srv.store, nid)
-        # Observations feed no read model; their own store skips the projector.
-        obs_store = PostgresEventStore(srv.pool, None, dsn=srv.dsn)
-        observed = await load_observations(obs_store, nid)
+        observed = await load_observations(srv.store, nid)
         fresh = check(events)
-        new = await record_observations(obs_store, nid, fresh)
+        new = await record_observations(srv.store, nid, fresh)
         flags = merge_flags([o for o in observed if isinstance(o, QualityFlagged)], fresh)
         reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
-        shown, analyst = await _review(events, flags, reviews, args.analyst_model, obs_store, nid)
+        shown, analyst = await _review(events, flags, reviews, args.analyst_model, srv.store, nid)
     analysis = analyze(events, flags, shown, times)
     render(out, analysis, analyst, recorded=new)
     if args.json:
