@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, cast
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -41,10 +41,12 @@ class EventStore(Protocol):
 
 
 class Projector(Protocol):
-    """Updates read models from newly appended events, inside the append's transaction."""
+    """Computes read-model rows for a batch; the store writes them with the events."""
 
-    async def project(self, conn: asyncpg.Connection, events: Sequence[NewEvent]) -> None:
-        """Apply `events` (only those actually inserted, in batch order) using `conn`."""
+    def rows(self, events: Sequence[NewEvent]) -> bytes | None:
+        """The read-model rows of `events` as the JSON document `mams_append` takes
+        (migration 0005), or None if the batch has none. The store writes the rows of
+        only those events it actually inserts, in the same statement as the events."""
         ...
 
 
@@ -167,15 +169,10 @@ class InMemoryEventStore:
         return max(self._streams.get(stream_id, {}), default=0)
 
 
-# One statement per batch: the arrays travel in one round trip, ON CONFLICT makes
-# re-appends no-ops, RETURNING tells the projector which rows are new.
-_APPEND = """
-INSERT INTO events (stream_id, seq, event_id, type, data, prev_hash, hash)
-SELECT * FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::jsonb[],
-                     $6::bytea[], $7::bytea[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
-"""
+# One round trip per batch: `mams_append` (migration 0005) inserts the events (ON CONFLICT
+# makes re-appends no-ops) and the projector's read-model rows of those it inserted, in one
+# implicit transaction. It returns NULL when every event was new, else the inserted ids.
+_APPEND = "SELECT mams_append($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # The stored hashes the batch chains from: one round trip, in the append's transaction.
 _PREVIOUS = """
@@ -229,8 +226,8 @@ class PostgresEventStore:
         self._last: dict[UUID, tuple[int, bytes]] = {}  # stream -> (seq, hash) we inserted
 
     async def append(self, events: Sequence[NewEvent]) -> None:
-        """Append `events` in one transaction (read the hashes the batch chains from,
-        unless remembered; insert), with the projector."""
+        """Append `events` and their read-model rows in one statement (after reading the
+        hashes the batch chains from, unless remembered)."""
         batch = _dedupe(events)
         if not batch:
             return
@@ -249,51 +246,52 @@ class PostgresEventStore:
                 known[key] = last[1]
             else:
                 previous.append(key)
+        models = self._projector.rows(batch) if self._projector is not None else None
         with translating(self._dsn):
             async with self._pool.acquire() as conn:
+                if previous:
+                    # Rows are immutable, so reading them outside the append's transaction
+                    # is as good as inside it.
+                    found = await conn.fetch(
+                        _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
+                    )
+                    known.update({(r["stream_id"], r["seq"]): r["hash"] for r in found})
                 try:
-                    async with conn.transaction():
-                        if previous:
-                            found = await conn.fetch(
-                                _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
-                            )
-                            known.update({(r["stream_id"], r["seq"]): r["hash"] for r in found})
-                        try:
-                            links = _chain(batch, known)
-                        except msgspec.DecodeError as exc:
-                            raise StorageError(f"event data is not valid JSON: {exc}") from exc
-                        rows = await conn.fetch(
-                            _APPEND,
-                            *columns,
-                            [prev for prev, _ in links],
-                            [own for _, own in links],
-                        )
-                        inserted = {r["event_id"] for r in rows}
-                        if self._projector is not None and rows:
-                            fresh = [e for e in batch if e.event_id in inserted]
-                            # The pool's proxy forwards every Connection method.
-                            await self._projector.project(cast(asyncpg.Connection, conn), fresh)
-                    self._remember(batch, links, inserted)
+                    links = _chain(batch, known)
+                except msgspec.DecodeError as exc:
+                    raise StorageError(f"event data is not valid JSON: {exc}") from exc
+                try:
+                    some: list[UUID] | None = await conn.fetchval(
+                        _APPEND,
+                        *columns,
+                        [prev for prev, _ in links],
+                        [own for _, own in links],
+                        models,
+                    )
                 except asyncpg.UniqueViolationError as exc:
                     mapped = translate(exc, dsn=self._dsn)
                     if mapped is not None:
                         raise mapped from exc
                     if exc.constraint_name != "events_pkey":
                         raise
-                    # The server did not name the key; look it up (the tx is rolled back).
+                    # The server did not name the key; look it up (the call rolled back).
                     taken = await conn.fetchrow(_FIND_TAKEN, *columns[:3])
                     if taken is None:
                         raise
                     raise ConcurrencyError(taken["stream_id"], taken["seq"]) from exc
+                self._remember(batch, links, None if some is None else set(some))
 
     def _remember(
-        self, batch: Sequence[NewEvent], links: Sequence[tuple[bytes, bytes]], inserted: set[UUID]
+        self,
+        batch: Sequence[NewEvent],
+        links: Sequence[tuple[bytes, bytes]],
+        inserted: set[UUID] | None,
     ) -> None:
-        # Called once the transaction committed; only rows this append inserted count (a
+        # Called once the append committed; only rows it inserted (None: all) count (a
         # skipped duplicate's stored hash is whatever its first append computed).
         last = self._last
         for event, (_, own) in zip(batch, links, strict=True):
-            if event.event_id not in inserted:
+            if inserted is not None and event.event_id not in inserted:
                 continue
             seen = last.pop(event.stream_id, None)
             last[event.stream_id] = (

@@ -1,7 +1,8 @@
 """Read models: the seed's tables, kept in step with the log.
 
-`ReadModelProjector` runs inside the event append's transaction, so a row exists exactly
-when the events behind it are committed. Session configurations are written once by
+`ReadModelProjector` computes the rows; the event store writes them in the statement that
+appends the events (`mams_append`), so a row exists exactly when the events behind it are
+committed. Session configurations are written once by
 `save_session` and serve any number of later runs (`load_session`).
 """
 
@@ -33,124 +34,107 @@ from mams.storage.model import NewEvent
 _json = msgspec.json.Encoder(decimal_format="string")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-_INSERT_RUN = """
-INSERT INTO negotiation_runs (negotiation_id, session_id, item_name, status, brain, max_rounds,
-                              seed, rounds, buyer, sellers)
-VALUES ($1, $2, $3, 'running', $4, $5, $6, 0, $7, $8)
-ON CONFLICT (negotiation_id) DO NOTHING
-"""
-_INSERT_MESSAGE = """
-INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients, text,
-                      offer_unit_price, offer_quantity)
-SELECT $1, $2, $3, $4, COALESCE($5, r.buyer, 'buyer'), COALESCE($6, r.sellers), $7, $8, $9
-FROM negotiation_runs r WHERE r.negotiation_id = $1
-ON CONFLICT DO NOTHING
-"""
-_ROUNDS = "UPDATE negotiation_runs SET rounds = GREATEST(rounds, $2) WHERE negotiation_id = $1"
-_END_RUN = """
-UPDATE negotiation_runs SET status = $2, rounds = $3, ended_at = now() WHERE negotiation_id = $1
-"""
-_INSERT_OUTCOME = """
-INSERT INTO outcomes (negotiation_id, type, seller, unit_price, quantity, total, rounds)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (negotiation_id) DO NOTHING
-"""
-
 
 class ReadModelProjector:
-    """Projects committed events into negotiation_runs, messages and outcomes."""
+    """Projects committed events into negotiation_runs, messages and outcomes.
 
-    async def project(self, conn: Conn, events: Sequence[NewEvent]) -> None:
-        """Write the rows for a batch of events, inside the caller's transaction."""
-        runs: list[tuple[Any, ...]] = []
-        rounds: list[tuple[Any, ...]] = []
-        messages: list[tuple[Any, ...]] = []
-        ends: list[tuple[Any, ...]] = []
-        outcomes: list[tuple[Any, ...]] = []
+    `rows` turns a batch into the read-model rows `mams_append` (migration 0005) writes in
+    the same statement as the events, for those events it actually inserted.
+    """
+
+    def rows(self, events: Sequence[NewEvent]) -> bytes | None:
+        """The read-model rows of a batch, as the JSON document `mams_append` takes."""
+        runs: list[dict[str, Any]] = []
+        rounds: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        ends: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
         for stored in events:
             if stored.type in OBSERVATION_TAGS:
                 continue  # observations have no read model; they stay in their stream
-            nid = stored.stream_id
+            nid, e_id = stored.stream_id, stored.event_id
             match decode_event(stored.data):
                 case NegotiationStarted() as e:
                     brains = sorted({e.buyer.brain, *(s.brain for s in e.sellers)})
                     runs.append(
-                        (
-                            nid,
-                            e.session_id,
-                            e.item_name,
-                            " / ".join(brains),
-                            e.max_rounds,
-                            e.seed,
-                            e.buyer.agent_id,
-                            [s.agent_id for s in e.sellers],
-                        )
+                        {
+                            "e": e_id,
+                            "nid": nid,
+                            "session": e.session_id,
+                            "item": e.item_name,
+                            "brain": " / ".join(brains),
+                            "max_rounds": e.max_rounds,
+                            "seed": e.seed,
+                            "buyer": e.buyer.agent_id,
+                            "sellers": [s.agent_id for s in e.sellers],
+                        }
                     )
                 case RoundOpened(round=n):
-                    rounds.append((nid, n))
+                    rounds.append({"e": e_id, "nid": nid, "round": n})
                 case BuyerSaid() as e:
                     messages.append(
-                        (
-                            nid,
-                            stored.seq,
-                            e.message_id,
-                            e.round,
-                            None,
-                            list(e.to),
-                            e.text,
-                            e.counter_price,
-                            None,
-                        )
+                        _message(stored, e.message_id, e.round, None, list(e.to), e.text)
+                        | {"price": e.counter_price}
                     )
                 case SellerReplied() as e:
                     offer = e.offer
-                    messages.append(
-                        (
-                            nid,
-                            stored.seq,
-                            e.message_id,
-                            e.round,
-                            e.seller,
-                            None,
-                            e.text,
-                            offer.unit_price if offer else None,
-                            offer.quantity if offer else None,
-                        )
-                    )
+                    row = _message(stored, e.message_id, e.round, e.seller, None, e.text)
+                    if offer is not None:
+                        row |= {"price": offer.unit_price, "qty": offer.quantity}
+                    messages.append(row)
                 case DealClosed() as e:
-                    messages.append(
-                        (
-                            nid,
-                            stored.seq,
-                            e.message_id,
-                            e.round,
-                            None,
-                            [e.seller],
-                            e.text,
-                            e.unit_price,
-                            e.quantity,
-                        )
-                    )
+                    row = _message(stored, e.message_id, e.round, None, [e.seller], e.text)
+                    messages.append(row | {"price": e.unit_price, "qty": e.quantity})
                 case BuyerWalkedAway() as e:
-                    messages.append(
-                        (nid, stored.seq, e.message_id, e.round, None, None, e.text, None, None)
-                    )
+                    messages.append(_message(stored, e.message_id, e.round, None, None, e.text))
                 case NegotiationEnded(status=status, outcome=o):
-                    ends.append((nid, status, o.rounds))
+                    ends.append({"e": e_id, "nid": nid, "status": status, "rounds": o.rounds})
                     outcomes.append(
-                        (nid, o.type, o.seller, o.unit_price, o.quantity, o.total, o.rounds)
+                        {
+                            "e": e_id,
+                            "nid": nid,
+                            "type": o.type,
+                            "seller": o.seller,
+                            "price": o.unit_price,
+                            "qty": o.quantity,
+                            "total": o.total,
+                            "rounds": o.rounds,
+                        }
                     )
                 case _:
                     pass
-        # Order matters: runs exist before their messages, outcomes after their runs.
-        for sql, rows in (
-            (_INSERT_RUN, runs),
-            (_ROUNDS, rounds),
-            (_INSERT_MESSAGE, messages),
-            (_END_RUN, ends),
-            (_INSERT_OUTCOME, outcomes),
-        ):
-            if rows:
-                await conn.executemany(sql, rows)
+        if not (runs or rounds or messages or ends or outcomes):
+            return None
+        return _json.encode(
+            {
+                "runs": runs,
+                "rounds": rounds,
+                "messages": messages,
+                "ends": ends,
+                "outcomes": outcomes,
+            }
+        )
+
+
+def _message(
+    stored: NewEvent,
+    message_id: UUID,
+    round_: int,
+    sender: str | None,
+    recipients: list[str] | None,
+    text: str | None,
+) -> dict[str, Any]:
+    # A None sender or recipients list is filled from the run (buyer, its sellers).
+    return {
+        "e": stored.event_id,
+        "nid": stored.stream_id,
+        "seq": stored.seq,
+        "mid": message_id,
+        "round": round_,
+        "sender": sender,
+        "recipients": recipients,
+        "text": text,
+    }
 
 
 async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None:

@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from mams.storage.eventstore import PostgresEventStore
+from mams.storage.pg import open_store
+from mams.storage.readmodels import ReadModelProjector
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -45,3 +49,15 @@ async def pg_schema(database_url: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def db(
+    database_url: str, pg_schema: str
+) -> AsyncIterator[tuple[asyncpg.Pool, PostgresEventStore]]:
+    """A pool and a PostgresEventStore with the read-model projector, on `pg_schema`."""
+    pool, store = await open_store(database_url, pg_schema, projector=ReadModelProjector())
+    try:
+        yield pool, store
+    finally:
+        await pool.close()

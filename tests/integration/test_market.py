@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
@@ -16,22 +15,10 @@ from mams.domain.events import NegotiationEnded, decode_event
 from mams.domain.negotiation import replay
 from mams.domain.transcript import render
 from mams.storage.eventstore import PostgresEventStore
-from mams.storage.pg import open_store
-from mams.storage.readmodels import ReadModelProjector, list_runs, load_session, save_session
+from mams.storage.readmodels import list_runs, load_session, save_session
 from tests.integration.scenarios import phone
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(
-    database_url: str, pg_schema: str
-) -> AsyncIterator[tuple[asyncpg.Pool, PostgresEventStore]]:
-    pool, store = await open_store(database_url, pg_schema, projector=ReadModelProjector())
-    try:
-        yield pool, store
-    finally:
-        await pool.close()
 
 
 async def test_market_runs_to_outcomes_and_replays(

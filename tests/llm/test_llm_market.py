@@ -46,7 +46,7 @@ from mams.domain.negotiation import replay
 from mams.domain.views import Line, SellerView
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.pg import open_store
-from mams.storage.readmodels import ReadModelProjector, list_runs, save_session
+from mams.storage.readmodels import list_runs, save_session
 from tests.integration.helpers import logged, nats_connect, of_type
 from tests.llm.fakes import (
     FakeAnthropic,
@@ -168,17 +168,6 @@ async def built_brains(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[ob
 async def close_provider(provider: object) -> None:
     if isinstance(provider, AnthropicProvider | OpenAIProvider):
         await provider.aclose()
-
-
-@pytest.fixture
-async def db(
-    database_url: str, pg_schema: str
-) -> AsyncIterator[tuple[asyncpg.Pool, PostgresEventStore]]:
-    pool, store = await open_store(database_url, pg_schema, projector=ReadModelProjector())
-    try:
-        yield pool, store
-    finally:
-        await pool.close()
 
 
 # -- running and reading -----------------------------------------------------------------------

@@ -169,62 +169,6 @@ class TestPostgresEventStore(EventStoreContract):
         return pg_store[1]
 
 
-class RecordingProjector:
-    """Writes each projected event_id into `projected`; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.fail = False
-        self.calls: list[list[UUID]] = []
-
-    async def project(self, conn: asyncpg.Connection, events: Sequence[NewEvent]) -> None:
-        self.calls.append([e.event_id for e in events])
-        await conn.executemany(
-            "INSERT INTO projected (event_id) VALUES ($1)", [(e.event_id,) for e in events]
-        )
-        if self.fail:
-            raise RuntimeError("projector failed")
-
-
-@pytest.fixture
-async def projected_store(
-    pg_store: tuple[asyncpg.Pool, PostgresEventStore],
-) -> tuple[asyncpg.Pool, PostgresEventStore, RecordingProjector]:
-    pool, _ = pg_store
-    await pool.execute("CREATE TABLE projected (event_id uuid PRIMARY KEY)")
-    projector = RecordingProjector()
-    return pool, PostgresEventStore(pool, projector), projector
-
-
-async def projected_ids(pool: asyncpg.Pool) -> set[UUID]:
-    return {r["event_id"] for r in await pool.fetch("SELECT event_id FROM projected")}
-
-
-async def test_projector_commits_with_the_events(
-    projected_store: tuple[asyncpg.Pool, PostgresEventStore, RecordingProjector],
-) -> None:
-    pool, store, projector = projected_store
-    sid = uuid4()
-    events = stream(sid, 1, 3)
-    await store.append(events[:2])
-    await store.append(events)  # only the third is new: projected once, not again
-    assert await projected_ids(pool) == {e.event_id for e in events}
-    assert projector.calls == [[events[0].event_id, events[1].event_id], [events[2].event_id]]
-    await store.append(events)
-    assert len(projector.calls) == 2  # nothing new, projector not called
-
-
-async def test_projector_failure_rolls_back_the_events(
-    projected_store: tuple[asyncpg.Pool, PostgresEventStore, RecordingProjector],
-) -> None:
-    pool, store, projector = projected_store
-    sid = uuid4()
-    projector.fail = True
-    with pytest.raises(RuntimeError, match="projector failed"):
-        await store.append(stream(sid, 1, 3))
-    assert await store.read(sid) == []
-    assert await projected_ids(pool) == set()
-
-
 async def test_chain_from_memory_equals_chain_from_the_log(
     pg_store: tuple[asyncpg.Pool, PostgresEventStore],
 ) -> None:

@@ -1,0 +1,82 @@
+-- One round trip per commit. `mams_append` inserts a batch of events and, for the rows it
+-- actually inserted, the read-model rows computed by the Python projector
+-- (mams.storage.readmodels.ReadModelProjector.rows), as one statement: called in
+-- autocommit it is one implicit transaction, so read models still exist exactly when the
+-- events behind them are committed, and a failure anywhere rolls back everything.
+--
+-- `models` is NULL (no projector) or {"runs": [...], "rounds": [...], "messages": [...],
+-- "ends": [...], "outcomes": [...]}, each row an object carrying `e`, the event_id it
+-- comes from. Re-appended events (ON CONFLICT) project nothing, as before.
+--
+-- Returns NULL when every event was new, else the event_ids this call inserted.
+CREATE FUNCTION mams_append(
+    p_stream uuid[], p_seq int4[], p_id uuid[], p_type text[], p_data jsonb[],
+    p_prev bytea[], p_hash bytea[], models jsonb
+) RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    inserted uuid[];
+BEGIN
+    WITH ins AS (
+        INSERT INTO events (stream_id, seq, event_id, type, data, prev_hash, hash)
+        SELECT * FROM unnest(p_stream, p_seq, p_id, p_type, p_data, p_prev, p_hash)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+    )
+    SELECT coalesce(array_agg(event_id), '{}') INTO inserted FROM ins;
+
+    IF models IS NOT NULL AND cardinality(inserted) > 0 THEN
+        -- Order matters: runs exist before their messages, outcomes after their runs.
+        INSERT INTO negotiation_runs (negotiation_id, session_id, item_name, status, brain,
+                                      max_rounds, seed, rounds, buyer, sellers)
+        SELECT r.nid, r.session, r.item, 'running', r.brain, r.max_rounds, r.seed, 0,
+               r.buyer, r.sellers
+        FROM jsonb_to_recordset(models->'runs') AS r(
+            e uuid, nid uuid, session uuid, item text, brain text, max_rounds int4,
+            seed int8, buyer text, sellers text[])
+        WHERE r.e IN (SELECT unnest(inserted))
+        ON CONFLICT (negotiation_id) DO NOTHING;
+
+        UPDATE negotiation_runs n SET rounds = GREATEST(n.rounds, x.round)
+        FROM (SELECT r.nid, max(r.round) AS round
+              FROM jsonb_to_recordset(models->'rounds') AS r(e uuid, nid uuid, round int4)
+              WHERE r.e IN (SELECT unnest(inserted))
+              GROUP BY r.nid) x
+        WHERE n.negotiation_id = x.nid;
+
+        INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients,
+                              text, offer_unit_price, offer_quantity)
+        SELECT r.nid, r.seq, r.mid, r.round, COALESCE(r.sender, n.buyer, 'buyer'),
+               COALESCE(r.recipients, n.sellers), r.text, r.price, r.qty
+        FROM jsonb_to_recordset(models->'messages') AS r(
+            e uuid, nid uuid, seq int4, mid uuid, round int4, sender text, recipients text[],
+            text text, price numeric, qty int4)
+        JOIN negotiation_runs n ON n.negotiation_id = r.nid
+        WHERE r.e IN (SELECT unnest(inserted))
+        ON CONFLICT DO NOTHING;
+
+        UPDATE negotiation_runs n SET status = x.status, rounds = x.rounds, ended_at = now()
+        FROM (SELECT DISTINCT ON (r.nid) r.nid, r.status, r.rounds
+              FROM jsonb_to_recordset(models->'ends') AS r(
+                  e uuid, nid uuid, status text, rounds int4)
+              WHERE r.e IN (SELECT unnest(inserted))) x
+        WHERE n.negotiation_id = x.nid;
+
+        INSERT INTO outcomes (negotiation_id, type, seller, unit_price, quantity, total, rounds)
+        SELECT r.nid, r.type, r.seller, r.price, r.qty, r.total, r.rounds
+        FROM jsonb_to_recordset(models->'outcomes') AS r(
+            e uuid, nid uuid, type text, seller text, price numeric, qty int4,
+            total numeric, rounds int4)
+        WHERE r.e IN (SELECT unnest(inserted))
+        ON CONFLICT (negotiation_id) DO NOTHING;
+    END IF;
+
+    IF cardinality(inserted) = cardinality(p_id) THEN
+        RETURN NULL;
+    END IF;
+    RETURN inserted;
+END
+$$;
+
+-- A message row's run is guaranteed by mams_append itself (it joins negotiation_runs), and
+-- the foreign key's per-row check cost about 5 us of the server's time per message.
+ALTER TABLE messages DROP CONSTRAINT messages_negotiation_id_fkey;

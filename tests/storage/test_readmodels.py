@@ -1,0 +1,115 @@
+"""The read models are written with the events, by the same statement (`mams_append`):
+rows exist exactly for committed events, re-appends project nothing, and a failing row
+rolls the events back."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from mams.domain.events import encode_event, event_type
+from mams.domain.messages import Accept, Say
+from mams.storage.errors import StorageError
+from mams.storage.eventstore import PostgresEventStore
+from mams.storage.model import NewEvent
+from mams.storage.readmodels import ReadModelProjector
+from tests.domain.helpers import NID, SID, Room, buyer_turn, seller_turn
+
+D = Decimal
+
+
+def negotiation() -> list[NewEvent]:
+    """A deal in round 3: everyone asked, two offers, a counter to @Beta, then a deal."""
+    room = Room()
+    room.ok(buyer_turn(1, Say(text="Best price for 2?")))
+    room.ok(seller_turn("alpha", 1, "$12 each", "12.00"))
+    room.ok(seller_turn("beta", 1, "$13 each", "13.00"))
+    room.ok(seller_turn("gamma", 1, "sold out"))
+    room.ok(buyer_turn(2, Say(text="$10?", to=("beta",), counter_price=D("10.00"))))
+    room.ok(seller_turn("beta", 2, "$11 then", "11.00"))
+    room.ok(buyer_turn(3, Accept(seller="beta", unit_price=D("11.00"), quantity=2, text="Deal")))
+    assert room.state.phase == "ended"
+    return [
+        NewEvent(NID, seq, uuid.uuid4(), event_type(e), encode_event(e))
+        for seq, e in enumerate(room.events, 1)
+    ]
+
+
+async def add_session(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "INSERT INTO sessions (session_id, name, scenario) VALUES ($1, 't', '{}')", SID
+    )
+
+
+async def snapshot(pool: asyncpg.Pool) -> tuple[list[tuple[object, ...]], ...]:
+    runs = await pool.fetch(
+        "SELECT negotiation_id, session_id, item_name, status, brain, max_rounds, seed, rounds,"
+        " buyer, sellers, ended_at FROM negotiation_runs"
+    )
+    messages = await pool.fetch(
+        "SELECT seq, round, sender, recipients, text, offer_unit_price, offer_quantity"
+        " FROM messages ORDER BY seq"
+    )
+    outcomes = await pool.fetch(
+        "SELECT type, seller, unit_price, quantity, total, rounds, decided_at FROM outcomes"
+    )
+    return tuple([tuple(r.values()) for r in rows] for rows in (runs, messages, outcomes))
+
+
+@pytest.mark.parametrize("cut", [1, 3, 0], ids=["started-alone", "split", "one-batch"])
+async def test_read_models_follow_the_log(
+    db: tuple[asyncpg.Pool, PostgresEventStore], cut: int
+) -> None:
+    pool, store = db
+    await add_session(pool)
+    events = negotiation()
+    if cut:
+        await store.append(events[:cut])
+        [(status, _rounds)] = await pool.fetch("SELECT status, rounds FROM negotiation_runs")
+        assert status == "running"
+    await store.append(events[cut:] if cut else events)
+
+    runs, messages, outcomes = await snapshot(pool)
+    [run] = runs
+    assert run[:10] == (
+        NID, SID, "iPhone 15 case", "completed", "baseline", 3, 7, 3, "buyer",
+        ["alpha", "beta", "gamma"],
+    )  # fmt: skip
+    assert run[10] is not None  # ended_at
+    assert [m[1:] for m in messages] == [
+        (1, "buyer", ["alpha", "beta", "gamma"], "Best price for 2?", None, None),
+        (1, "alpha", ["alpha", "beta", "gamma"], "$12 each", D("12.00"), 2),
+        (1, "beta", ["alpha", "beta", "gamma"], "$13 each", D("13.00"), 2),
+        (1, "gamma", ["alpha", "beta", "gamma"], "sold out", None, None),
+        (2, "buyer", ["beta"], "$10?", D("10.00"), None),
+        (2, "beta", ["alpha", "beta", "gamma"], "$11 then", D("11.00"), 2),
+        (3, "buyer", ["beta"], "Deal", D("11.00"), 2),
+    ]
+    [outcome] = outcomes
+    assert outcome[:6] == ("deal", "beta", D("11.00"), 2, D("22.00"), 3)
+
+    # Appending the same events again changes no row (not even a timestamp).
+    before = await snapshot(pool)
+    await store.append(events)
+    await PostgresEventStore(pool, ReadModelProjector()).append(events[2:])
+    assert await snapshot(pool) == before
+
+
+async def test_a_failing_read_model_row_rolls_the_events_back(
+    db: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    # No session row: the run's foreign key fails, and the events go with it.
+    pool, store = db
+    events = negotiation()
+    with pytest.raises(StorageError, match="negotiation_runs_session_id_fkey"):
+        await store.append(events)
+    assert await store.read(NID) == []
+    assert await pool.fetchval("SELECT count(*) FROM negotiation_runs") == 0
+    # Nothing was remembered either: with the session in place the same batch lands whole.
+    await add_session(pool)
+    await store.append(events)
+    assert len(await store.read(NID)) == len(events)
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 7
