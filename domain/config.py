@@ -424,8 +424,12 @@ class _Validator:
             return
         if buyer.agent_id in ids:
             self.bad("buyer.handle", f"{buyer.handle!r} is also a seller's handle")
+        stockists: dict[str, int] = {}  # one pass, not every inventory for every item
+        for s in sellers:
+            for key in {item_key(e.item_name) for e in s.inventory}:
+                stockists[key] = stockists.get(key, 0) + 1
         for i, item in enumerate(buyer.items):
-            count = sum(1 for s in sellers if s.stock(item.item_name) is not None)
+            count = stockists.get(item_key(item.item_name), 0)
             path = f"buyer.items[{i}].item_name"
             sellers_ok = not any(p.path.startswith("sellers") for p in self.problems)
             if count == 0 and sellers_ok:
