@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import asyncpg
@@ -37,6 +37,37 @@ class EventStore(Protocol):
 
     async def last_seq(self, stream_id: UUID) -> int:
         """The highest seq in `stream_id`, or 0 if the stream is empty."""
+        ...
+
+
+class PreparedAppend(msgspec.Struct, frozen=True):
+    """A batch ready to commit: deduplicated events, their chain links, read-model rows."""
+
+    batch: list[NewEvent]
+    links: list[tuple[bytes, bytes]]
+    models: bytes | None
+
+
+# mams_append's SQLSTATE when a stream's first link in the batch does not continue the
+# stored chain (migration 0005).
+_STALE_CHAIN = "MA001"
+
+
+class _StaleChainError(Exception):
+    """The batch was chained from hashes that are not the stored ones."""
+
+
+@runtime_checkable
+class PipelinedStore(EventStore, Protocol):
+    """An EventStore whose append comes in two steps, so a writer can prepare its next
+    batch while the previous one commits (`append` is `prepare` then `commit`)."""
+
+    async def prepare(self, events: Sequence[NewEvent]) -> PreparedAppend | None:
+        """Dedupe, chain and project `events` now; None if there is nothing to append."""
+        ...
+
+    async def commit(self, prepared: PreparedAppend) -> None:
+        """Commit a prepared batch; batches commit in the order they were prepared."""
         ...
 
 
@@ -224,13 +255,76 @@ class PostgresEventStore:
         self._projector = projector
         self._dsn = dsn  # only to name the server in DatabaseUnavailable
         self._last: dict[UUID, tuple[int, bytes]] = {}  # stream -> (seq, hash) we inserted
+        self._tip: dict[UUID, tuple[int, bytes]] = {}  # the same, prepared, not committed
 
     async def append(self, events: Sequence[NewEvent]) -> None:
         """Append `events` and their read-model rows in one statement (after reading the
         hashes the batch chains from, unless remembered)."""
+        prepared = await self.prepare(events)
+        if prepared is not None:
+            await self.commit(prepared)
+
+    async def prepare(self, events: Sequence[NewEvent]) -> PreparedAppend | None:
+        """Do the client-side work of an append now (dedupe, hash chain, read-model rows),
+        so it can overlap the commit of the batch before; None if `events` is empty.
+
+        A batch prepared while the one before it in its streams is still committing chains
+        from that batch's hashes. `commit` has the database check each stream's first link
+        against the stored row before it, and prepares again if it does not match (that
+        batch failed, or another writer got there first).
+        """
         batch = _dedupe(events)
         if not batch:
-            return
+            return None
+        known: dict[Key, bytes | None] = {}
+        previous: list[Key] = []
+        for key in _previous_keys(batch):
+            mine = self._tip.get(key[0]) or self._last.get(key[0])
+            if mine is not None and mine[0] == key[1]:
+                known[key] = mine[1]
+            else:
+                previous.append(key)
+        if previous:
+            # Rows are immutable, so reading them outside the append's transaction is as
+            # good as inside it.
+            with translating(self._dsn):
+                found = await self._pool.fetch(
+                    _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
+                )
+            known.update({(r["stream_id"], r["seq"]): r["hash"] for r in found})
+        try:
+            links = _chain(batch, known)
+        except msgspec.DecodeError as exc:
+            raise StorageError(f"event data is not valid JSON: {exc}") from exc
+        tip = self._tip
+        for event, (_, own) in zip(batch, links, strict=True):
+            seen = tip.get(event.stream_id)
+            if seen is None or event.seq > seen[0]:
+                tip[event.stream_id] = (event.seq, own)
+        models = self._projector.rows(batch) if self._projector is not None else None
+        return PreparedAppend(batch, links, models)
+
+    async def commit(self, prepared: PreparedAppend) -> None:
+        """Commit a batch from `prepare`: events and read-model rows in one statement."""
+        try:
+            try:
+                some = await self._commit(prepared)
+            except _StaleChainError:
+                # What the batch chained from is not what is stored: chain from the log.
+                for event in prepared.batch:
+                    self._last.pop(event.stream_id, None)
+                    self._tip.pop(event.stream_id, None)
+                again = await self.prepare(prepared.batch)
+                assert again is not None
+                prepared = again
+                some = await self._commit(prepared)
+        except BaseException:
+            self._tip.clear()  # batches prepared on top of this one will not match
+            raise
+        self._remember(prepared.batch, prepared.links, None if some is None else set(some))
+
+    async def _commit(self, prepared: PreparedAppend) -> list[UUID] | None:
+        batch, links = prepared.batch, prepared.links
         columns: tuple[list[UUID], list[int], list[UUID], list[str], list[bytes]] = (
             [e.stream_id for e in batch],
             [e.seq for e in batch],
@@ -238,37 +332,22 @@ class PostgresEventStore:
             [e.type for e in batch],
             [e.data for e in batch],
         )
-        known: dict[Key, bytes | None] = {}
-        previous: list[Key] = []
-        for key in _previous_keys(batch):
-            last = self._last.get(key[0])
-            if last is not None and last[0] == key[1]:
-                known[key] = last[1]
-            else:
-                previous.append(key)
-        models = self._projector.rows(batch) if self._projector is not None else None
         with translating(self._dsn):
             async with self._pool.acquire() as conn:
-                if previous:
-                    # Rows are immutable, so reading them outside the append's transaction
-                    # is as good as inside it.
-                    found = await conn.fetch(
-                        _PREVIOUS, [k[0] for k in previous], [k[1] for k in previous]
-                    )
-                    known.update({(r["stream_id"], r["seq"]): r["hash"] for r in found})
-                try:
-                    links = _chain(batch, known)
-                except msgspec.DecodeError as exc:
-                    raise StorageError(f"event data is not valid JSON: {exc}") from exc
                 try:
                     some: list[UUID] | None = await conn.fetchval(
                         _APPEND,
                         *columns,
                         [prev for prev, _ in links],
                         [own for _, own in links],
-                        models,
+                        prepared.models,
                     )
-                except asyncpg.UniqueViolationError as exc:
+                    return some
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate == _STALE_CHAIN:
+                        raise _StaleChainError from exc
+                    if not isinstance(exc, asyncpg.UniqueViolationError):
+                        raise
                     mapped = translate(exc, dsn=self._dsn)
                     if mapped is not None:
                         raise mapped from exc
@@ -279,7 +358,6 @@ class PostgresEventStore:
                     if taken is None:
                         raise
                     raise ConcurrencyError(taken["stream_id"], taken["seq"]) from exc
-                self._remember(batch, links, None if some is None else set(some))
 
     def _remember(
         self,
@@ -289,10 +367,12 @@ class PostgresEventStore:
     ) -> None:
         # Called once the append committed; only rows it inserted (None: all) count (a
         # skipped duplicate's stored hash is whatever its first append computed).
-        last = self._last
+        last, tip = self._last, self._tip
         for event, (_, own) in zip(batch, links, strict=True):
             if inserted is not None and event.event_id not in inserted:
                 continue
+            if tip.get(event.stream_id) == (event.seq, own):
+                del tip[event.stream_id]  # committed: the tip is the last row now
             seen = last.pop(event.stream_id, None)
             last[event.stream_id] = (
                 (event.seq, own) if seen is None or event.seq > seen[0] else seen

@@ -8,14 +8,33 @@
 -- "ends": [...], "outcomes": [...]}, each row an object carrying `e`, the event_id it
 -- comes from. Re-appended events (ON CONFLICT) project nothing, as before.
 --
--- Returns NULL when every event was new, else the event_ids this call inserted.
+-- Returns NULL when every event was new, else the event_ids this call inserted. Raises
+-- SQLSTATE MA001 when the batch does not continue a stream's stored hash chain.
 CREATE FUNCTION mams_append(
     p_stream uuid[], p_seq int4[], p_id uuid[], p_type text[], p_data jsonb[],
     p_prev bytea[], p_hash bytea[], models jsonb
 ) RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
     inserted uuid[];
+    genesis constant bytea := decode(repeat('00', 32), 'hex');
 BEGIN
+    -- Each stream's first event here must continue the stored chain: its prev_hash is
+    -- the hash of the stored row before it (zeros for a stream's first event, or when
+    -- that row is missing or older than the chain). Writers chain from memory, and may
+    -- chain from a batch still committing; this keeps a stale memory from ever storing a
+    -- broken link. The writer catches MA001 and chains again from the log.
+    IF EXISTS (
+        SELECT 1
+        FROM (SELECT DISTINCT ON (b.stream_id) b.stream_id, b.seq, b.prev
+              FROM unnest(p_stream, p_seq, p_prev) AS b(stream_id, seq, prev)
+              ORDER BY b.stream_id, b.seq) f
+        LEFT JOIN events e ON e.stream_id = f.stream_id AND e.seq = f.seq - 1
+        WHERE f.prev IS DISTINCT FROM coalesce(e.hash, genesis)
+    ) THEN
+        RAISE EXCEPTION 'a stream''s first event does not continue its stored hash chain'
+            USING ERRCODE = 'MA001';
+    END IF;
+
     WITH ins AS (
         INSERT INTO events (stream_id, seq, event_id, type, data, prev_hash, hash)
         SELECT * FROM unnest(p_stream, p_seq, p_id, p_type, p_data, p_prev, p_hash)

@@ -10,8 +10,14 @@ import anyio
 import asyncpg
 import pytest
 
+from mams.storage.audit import check_chain
 from mams.storage.errors import ConcurrencyError, StorageError
-from mams.storage.eventstore import EventStore, InMemoryEventStore, PostgresEventStore
+from mams.storage.eventstore import (
+    EventStore,
+    InMemoryEventStore,
+    PostgresEventStore,
+    PreparedAppend,
+)
 from mams.storage.model import NewEvent
 from tests.storage.helpers import event, same, stream
 
@@ -174,8 +180,6 @@ async def test_chain_from_memory_equals_chain_from_the_log(
 ) -> None:
     # A store remembers the hashes it inserted; what it did not insert (another writer's
     # rows, a re-append) it reads from the log. Either way the chain is whole.
-    from mams.storage.audit import check_chain
-
     pool, remembering = pg_store
     sid = uuid4()
     events = stream(sid, 1, 8)
@@ -189,3 +193,49 @@ async def test_chain_from_memory_equals_chain_from_the_log(
     assert stored[0].prev_hash == bytes(32)
     assert [s.prev_hash for s in stored[1:]] == [s.hash for s in stored[:-1]]
     assert check_chain(stored) == []
+
+
+async def two_prepared(
+    store: PostgresEventStore, events: list[NewEvent], cut: int
+) -> tuple[PreparedAppend, PreparedAppend]:
+    """Append the first two events, then prepare events[2:cut] and events[cut:], the
+    second on top of the first before it commits (as the broker's writer does)."""
+    await store.append(events[:2])
+    first = await store.prepare(events[2:cut])
+    second = await store.prepare(events[cut:])
+    assert first is not None
+    assert second is not None
+    assert second.links[0][0] == first.links[-1][1]
+    return first, second
+
+
+async def test_prepared_batches_chain_from_the_one_still_committing(
+    pg_store: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    _, store = pg_store
+    events = stream(uuid4(), 1, 6)
+    first, second = await two_prepared(store, events, 4)
+    await store.commit(first)
+    await store.commit(second)
+    stored = await store.read(events[0].stream_id)
+    assert same(stored, events)
+    assert check_chain(stored) == []
+
+
+async def test_a_batch_prepared_on_a_chain_that_did_not_happen_chains_again(
+    pg_store: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    # The batch it was prepared on never commits; another writer stores a different seq 3.
+    # The database refuses the stale link (SQLSTATE MA001) and the store chains again from
+    # the log, so no broken link is ever stored.
+    pool, store = pg_store
+    sid = uuid4()
+    events = stream(sid, 1, 4)
+    _, after = await two_prepared(store, events, 3)
+    other = event(sid, 3, {"by": "another writer"})
+    await PostgresEventStore(pool).append([other])
+    await store.commit(after)
+    stored = await store.read(sid)
+    assert same(stored, [*events[:2], other, events[3]])
+    assert check_chain(stored) == []
+    assert stored[3].prev_hash == stored[2].hash != after.links[0][0]
