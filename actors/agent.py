@@ -10,7 +10,6 @@ runs as its own task; rooms never wait for each other.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 from uuid import UUID
@@ -28,6 +27,7 @@ from mams.actors.brains.base import (
     SellerBrain,
     SellerDecision,
 )
+from mams.actors.ids import RandomIds
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
@@ -112,6 +112,7 @@ class AgentActor:
         # again): act once per buyer turn and once per buyer message.
         self.turns_taken: dict[UUID, int] = {}
         self.answered: set[UUID] = set()
+        self._ids = RandomIds()  # message ids
         self.log = log.bind(agent=agent_id, role=role)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -284,7 +285,7 @@ class AgentActor:
         turn = BuyerTurn(
             negotiation_id=view.negotiation_id,
             round=view.round,
-            message_id=uuid.uuid4(),
+            message_id=self._ids.new(),
             action=action,
             reasoning=decision.reasoning,
             guardrails=notes,
@@ -326,7 +327,7 @@ class AgentActor:
         turn = SellerTurn(
             negotiation_id=view.negotiation_id,
             round=view.round,
-            message_id=uuid.uuid4(),
+            message_id=self._ids.new(),
             text=decision.text,
             offer=decision.offer,
             reasoning=decision.reasoning,

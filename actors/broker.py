@@ -24,11 +24,11 @@ stop leaves them open, exactly like a crash, and the next `mams broker` resumes 
 from __future__ import annotations
 
 import heapq
-import os
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -38,6 +38,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mams.actors.ids import RandomIds
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
@@ -54,7 +55,6 @@ from mams.domain.events import (
 )
 from mams.domain.messages import (
     MAX_PAYLOAD,
-    CommittedEvent,
     Hello,
     InboxMessage,
     OpenRooms,
@@ -63,7 +63,7 @@ from mams.domain.messages import (
     Welcome,
     decode_outbox,
     encode,
-    encode_committed,
+    encode_committed_json,
 )
 from mams.domain.negotiation import (
     INITIAL,
@@ -82,7 +82,7 @@ from mams.domain.negotiation import (
 from mams.domain.opening import RoomOptions, opening
 from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable
-from mams.storage.eventstore import EventStore
+from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
 from mams.storage.model import NewEvent
 
 log = structlog.get_logger("mams.broker")
@@ -155,31 +155,6 @@ class _RefusedError(Exception):
 
 
 _MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS permits them)
-_FORKS = [0]  # bumped in a forked child, so no two processes draw the same random bytes
-os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
-_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
-_KEEP = ~((0xF000 << 64) | (0xC000 << 48))
-
-
-class _EventIds:
-    """Random (version 4) UUIDs for event ids, like uuid.uuid4 but drawing os.urandom 4 KiB
-    at a time: uuid4's getrandom call per id was 6.8% of the broker's samples. Used only
-    by its broker's event loop; a forked child refills before its first id."""
-
-    __slots__ = ("_buffer", "_fork", "_next")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._next = 0
-        self._fork = _FORKS[0]
-
-    def new(self) -> UUID:
-        """A fresh random UUID."""
-        at = self._next
-        if at >= len(self._buffer) or self._fork != _FORKS[0]:
-            self._buffer, at, self._fork = os.urandom(4096), 0, _FORKS[0]
-        self._next = at + 16
-        return UUID(int=int.from_bytes(self._buffer[at : at + 16]) & _KEEP | _VERSION_4)
 
 
 @dataclass(slots=True)
@@ -195,6 +170,34 @@ class _Batch:
     events: list[NewEvent]
     deliveries: list[tuple[str, bytes]]
     observed: list[tuple[str, bytes]]
+    nid: UUID | None = None  # the room, or None for deliveries only (a barrier)
+
+
+@dataclass(eq=False, slots=True)
+class _Barrier:
+    """A deliveries-only batch every commit lane must reach: delivered once each lane has
+    delivered all it was given before it, and no lane goes past it before then, so these
+    messages keep their place in the order of everything decided."""
+
+    batch: _Batch
+    waiting: int
+    passed: anyio.Event = field(default_factory=anyio.Event)
+
+
+_Queued = _Batch | _Barrier
+_Staged = _Barrier | tuple[list[_Batch], PreparedAppend | None]
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    """One commit lane: its own queue and writer; a room's batches always take the same
+    lane, so each stream is still written strictly in order."""
+
+    send: MemoryObjectSendStream[_Queued]
+    receive: MemoryObjectReceiveStream[_Queued]
+    held: _Queued | None = None  # taken from the queue, not yet handled
+    preparing: list[_Batch] = field(default_factory=list)  # prepared, waiting to commit
+    inflight: list[_Batch] = field(default_factory=list)  # being committed
 
 
 @dataclass(slots=True)
@@ -224,6 +227,7 @@ class Broker:
         subjects: Subjects,
         *,
         max_batch: int = 2000,
+        commit_lanes: int = 2,
         retry_timeout: float = 60.0,
         sessions: SessionStore | None = None,
         abort_on_shutdown: bool = True,
@@ -246,13 +250,16 @@ class Broker:
         self._ended: deque[UUID] = deque()
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
-        self._batches = anyio.create_memory_object_stream[_Batch](10_000)
+        if commit_lanes < 1:
+            raise ValueError("commit_lanes must be at least 1")
+        self._lanes = [
+            _Lane(*anyio.create_memory_object_stream[_Queued](10_000)) for _ in range(commit_lanes)
+        ]
         self._deadlines = _Deadlines()
         self._deadline_added = anyio.Event()
-        self._inflight: list[_Batch] = []
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
         self._senders: dict[str, str] = {}  # outbox subject -> agent id
-        self._event_ids = _EventIds()
+        self._event_ids = RandomIds()
 
     # -- public API --------------------------------------------------------------------
     async def open(self, started: NegotiationStarted) -> None:
@@ -309,15 +316,19 @@ class Broker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_bus, sub)
                 tg.start_soon(self._timers)
-                tg.start_soon(self._write_loop)
+                for lane in self._lanes:
+                    tg.start_soon(self._write_loop, lane)
                 task_status.started()
                 await self._process()
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
                 await self._shutdown()
-                for stream in (*self._commands, *self._batches):
+                for stream in self._commands:
                     stream.close()
+                for lane in self._lanes:
+                    lane.send.close()
+                    lane.receive.close()
 
     # -- inbound: bus -> commands ------------------------------------------------------
     async def _read_bus(self, sub: object) -> None:
@@ -363,7 +374,6 @@ class Broker:
     # -- the core: commands -> events (serial, pure decisions) -----------------------
     async def _process(self) -> None:
         receive = self._commands[1]
-        batches = self._batches[0]
         while True:
             try:
                 item = await _take(receive)
@@ -371,12 +381,23 @@ class Broker:
                 return
             if isinstance(item, _Control):
                 for control_batch in await self._control(item):
-                    await _put(batches, control_batch)
+                    await self._enqueue(control_batch)
                 continue
             nid, command = item
             batch = self._apply(nid, command)
             if batch is not None:
-                await _put(batches, batch)
+                await self._enqueue(batch)
+
+    async def _enqueue(self, batch: _Batch) -> None:
+        lanes = self._lanes
+        if len(lanes) == 1:
+            await _put(lanes[0].send, batch)
+        elif batch.nid is not None:
+            await _put(lanes[batch.nid.int % len(lanes)].send, batch)
+        else:
+            barrier = _Barrier(batch, waiting=len(lanes))
+            for lane in lanes:
+                await _put(lane.send, barrier)
 
     async def _control(self, item: _Control) -> list[_Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
@@ -511,32 +532,28 @@ class Broker:
             if not isinstance(command, Deadline):  # stale deadlines are routine
                 self._drop(nid, agent, result.reason)
             return None
-        batch = _Batch(events=[], deliveries=[], observed=[])
+        batch = _Batch(events=[], deliveries=[], observed=[], nid=nid)
         events_subject = self.subjects.events(nid)
         for event in result:
             room.state = evolve(room.state, event)
             room.seq += 1
+            stored = encode_event(event)
             batch.events.append(
                 NewEvent(
                     stream_id=nid,
                     seq=room.seq,
                     event_id=self._event_ids.new(),
                     type=event_type(event),
-                    data=encode_event(event),
+                    data=stored,
                 )
             )
+            batch.observed.append((events_subject, encode_committed_json(nid, room.seq, stored)))
             sent: object = None
             data = b""
             for agent_id, message in route(room.state, event):
                 if message is not sent:  # a buyer message goes to many sellers: encode once
                     sent, data = message, encode(message)
                 batch.deliveries.append((self._inbox(agent_id), data))
-            batch.observed.append(
-                (
-                    events_subject,
-                    encode_committed(CommittedEvent(negotiation_id=nid, seq=room.seq, event=event)),
-                )
-            )
             self._schedule(nid, room.state, event)
         self.stats.events += len(result)
         if room.state.phase == "ended":
@@ -594,22 +611,74 @@ class Broker:
                 await send.send((nid, Deadline(round=round_, phase=phase)))
 
     # -- outbound: commit, then deliver --------------------------------------------------
-    async def _write_loop(self) -> None:
-        receive = self._batches[1]
-        while True:
-            batches = [await _take(receive)]
-            while len(batches) < self.max_batch:
-                try:
-                    batches.append(receive.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-            self._inflight = batches
-            await self._commit_and_deliver(batches)
-            self._inflight = []
+    async def _write_loop(self, lane: _Lane) -> None:
+        # Each lane writes in two stages: while one batch commits, the next is taken and,
+        # if the store allows (PipelinedStore), prepared (deduped, hash-chained,
+        # projected), so the broker's share of a commit overlaps the database's. A lane
+        # commits one batch at a time, in order, and delivers nothing before its commit;
+        # lanes commit side by side on separate connections.
+        store = self.store
+        pipelined = store if isinstance(store, PipelinedStore) else None
+        send, receive = anyio.create_memory_object_stream[_Staged](0)
+        async with anyio.create_task_group() as tg, send:
+            tg.start_soon(self._commit_loop, lane, receive)
+            while True:
+                taken = await self._take_batches(lane)
+                if isinstance(taken, _Barrier):
+                    await send.send(taken)
+                    continue
+                lane.preparing = taken
+                prepared = None
+                if pipelined is not None:
+                    events = self._events(taken)
+                    prepared = await self._retrying(partial(pipelined.prepare, events))
+                await send.send((taken, prepared))
 
-    async def _commit_and_deliver(self, batches: Sequence[_Batch]) -> None:
-        events = [e for b in batches for e in b.events]
-        await self._append_retrying(events)
+    async def _commit_loop(self, lane: _Lane, receive: MemoryObjectReceiveStream[_Staged]) -> None:
+        pipelined = isinstance(self.store, PipelinedStore)
+        async with receive:
+            async for staged in receive:
+                if isinstance(staged, _Barrier):
+                    staged.waiting -= 1
+                    if staged.waiting == 0:  # the last lane to arrive delivers it
+                        await self._deliver([staged.batch])
+                        staged.passed.set()
+                    else:
+                        await staged.passed.wait()
+                    continue
+                batches, prepared = staged
+                lane.inflight, lane.preparing = batches, []
+                if prepared is not None:
+                    assert isinstance(self.store, PipelinedStore)
+                    await self._retrying(partial(self.store.commit, prepared))
+                elif not pipelined:
+                    await self._retrying(partial(self.store.append, self._events(batches)))
+                await self._deliver(batches)
+                lane.inflight = []
+
+    async def _take_batches(self, lane: _Lane) -> list[_Batch] | _Barrier:
+        # What queued in this lane, merged into one commit, up to its next barrier.
+        first = lane.held if lane.held is not None else await _take(lane.receive)
+        lane.held = None
+        if isinstance(first, _Barrier):
+            return first
+        batches = [first]
+        while len(batches) < self.max_batch:
+            try:
+                item = lane.receive.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            if isinstance(item, _Barrier):
+                lane.held = item
+                break
+            batches.append(item)
+        return batches
+
+    @staticmethod
+    def _events(batches: Sequence[_Batch]) -> list[NewEvent]:
+        return [e for b in batches for e in b.events]
+
+    async def _deliver(self, batches: Sequence[_Batch]) -> None:
         self.stats.commits += 1
         for b in batches:
             for subject, data in b.deliveries:
@@ -620,13 +689,12 @@ class Broker:
         # No flush (a round trip) here: the bus writes what is buffered as soon as this
         # task yields, and the next batch's commit need not wait for the server's answer.
 
-    async def _append_retrying(self, events: list[NewEvent]) -> None:
+    async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
         # Deliver nothing that is not committed: wait for the database to come back.
         delay, waited = 0.05, 0.0
         while True:
             try:
-                await self.store.append(events)
-                return
+                return await step()
             except DatabaseUnavailable as exc:
                 if waited >= self.retry_timeout:
                     raise
@@ -641,12 +709,21 @@ class Broker:
         # appends are idempotent by event id. Without abort, open rooms stay open in the
         # log for the next broker's resume(); their undelivered messages are re-sent by
         # catch_up when the agents say hello to it.
-        pending: list[_Batch] = list(self._inflight)
-        while True:
-            try:
-                pending.append(self._batches[1].receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+        pending: list[_Batch] = []
+        for lane in self._lanes:
+            queued: list[_Queued] = [*lane.inflight, *lane.preparing]
+            if lane.held is not None:
+                queued.append(lane.held)
+            while True:
+                try:
+                    queued.append(lane.receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+            # Barriers carry deliveries only; a batch handed from one stage to the next
+            # may be in both lists for an instant.
+            for b in queued:
+                if isinstance(b, _Batch) and all(b is not p for p in pending):
+                    pending.append(b)
         if self.abort_on_shutdown:
             for nid in self.running():
                 batch = self._apply(nid, Abort(reason="broker shut down"))
@@ -656,7 +733,7 @@ class Broker:
             return
         try:
             with anyio.fail_after(10):
-                await self._append_retrying([e for b in pending for e in b.events])
+                await self._retrying(partial(self.store.append, self._events(pending)))
                 for b in pending:
                     for subject, data in b.observed:
                         await self.bus.publish(subject, data)

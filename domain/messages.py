@@ -286,6 +286,16 @@ def encode_committed(message: CommittedEvent) -> bytes:
     return _encoder.encode(message)
 
 
+def encode_committed_json(negotiation_id: UUID, seq: int, event_json: bytes) -> bytes:
+    """`encode_committed` for an event already encoded by `encode_event` (as the log
+    stores it): the same bytes, without encoding the event a second time."""
+    return b'{"negotiation_id":"%s","seq":%d,"event":%s}' % (
+        str(negotiation_id).encode(),
+        seq,
+        event_json,
+    )
+
+
 def decode_committed(data: bytes) -> CommittedEvent:
     """Decode a committed event an observer received."""
     message: CommittedEvent = _committed_decoder.decode(data)

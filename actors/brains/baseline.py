@@ -9,7 +9,8 @@ inside its range, or walks away on its final turn.
 
 from __future__ import annotations
 
-import random
+import hashlib
+from collections.abc import Sequence
 from decimal import Decimal
 
 from mams.actors.brains.base import BASELINE_LABEL, BuyerDecision, SellerDecision
@@ -20,9 +21,33 @@ from mams.domain.money import cents, cents_down, cents_up, fmt
 from mams.domain.views import BuyerView, SellerView
 
 
-def _rng(seed: int | None, *parts: object) -> random.Random:
-    # A string seed is hashed deterministically by random.Random (unlike hash()).
-    return random.Random(":".join(str(p) for p in (seed, *parts)))
+class _Draws:
+    """The few deterministic draws one decision makes, from a hash of its key (seed, role,
+    agent, item, round). Seeding random.Random from a string cost 5.5 us a decision (the
+    Mersenne Twister's whole state); this costs 0.7 us."""
+
+    __slots__ = ("_at", "_bits")
+
+    def __init__(self, key: str) -> None:
+        self._bits = hashlib.blake2b(key.encode(), digest_size=32).digest()
+        self._at = 0
+
+    def _next(self) -> int:
+        at = self._at
+        self._at = (at + 8) % 32
+        return int.from_bytes(self._bits[at : at + 8])
+
+    def randint(self, low: int, high: int) -> int:
+        """An integer in [low, high], both included."""
+        return low + self._next() % (high - low + 1)
+
+    def choice(self, options: Sequence[str]) -> str:
+        """One of `options`."""
+        return options[self._next() % len(options)]
+
+
+def _rng(seed: int | None, *parts: object) -> _Draws:
+    return _Draws(":".join(str(p) for p in (seed, *parts)))
 
 
 _OPEN = {

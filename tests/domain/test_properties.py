@@ -37,6 +37,7 @@ from mams.domain.messages import (
     BuyerAction,
     BuyerMessage,
     BuyerRoomOpened,
+    CommittedEvent,
     GuardrailNote,
     RoomClosed,
     RoomMessage,
@@ -45,7 +46,10 @@ from mams.domain.messages import (
     SellerRoomOpened,
     TurnStarted,
     WalkAway,
+    decode_committed,
     encode,
+    encode_committed,
+    encode_committed_json,
 )
 from mams.domain.negotiation import (
     INITIAL,
@@ -392,6 +396,18 @@ def test_replay_from_the_stored_bytes_gives_the_live_state_and_transcript(
     # Replaying any prefix gives the state the live run had at that point.
     for i, before in enumerate(run.states_before):
         assert replay(decoded[:i]) == before
+
+
+@SETTINGS
+@given(st.data())
+def test_what_observers_receive_is_the_event_as_the_log_stores_it(data: st.DataObject) -> None:
+    # The broker wraps the stored bytes for observers rather than encoding twice.
+    run = drive(data)
+    nid = run.opening.negotiation_id
+    for seq, event in enumerate(run.events, 1):
+        wrapped = encode_committed_json(nid, seq, encode_event(event))
+        assert wrapped == encode_committed(CommittedEvent(negotiation_id=nid, seq=seq, event=event))
+        assert decode_committed(wrapped) == CommittedEvent(negotiation_id=nid, seq=seq, event=event)
 
 
 # -- (c) constraints ---------------------------------------------------------------------------

@@ -412,21 +412,21 @@ async def test_a_nul_character_in_a_text_does_not_kill_the_broker(
 def test_event_ids_are_random_v4_and_a_forked_child_never_repeats_its_parent() -> None:
     import uuid as uuid_module
 
-    from mams.actors import broker as broker_module
+    from mams.actors import ids as ids_module
 
-    child = broker_module._EventIds()
+    child = ids_module.RandomIds()
     drawn = [child.new() for _ in range(1000)]  # several refills of the buffer
     assert len(set(drawn)) == len(drawn)
     assert all(i.version == 4 and i.variant == uuid_module.RFC_4122 for i in drawn)
     # A fork: the parent goes on drawing from its buffer; the child's copy of the same
     # buffer must not be drawn from (os.register_at_fork bumps _FORKS in the child).
-    parent = broker_module._EventIds()
+    parent = ids_module.RandomIds()
     parent._buffer, parent._next = child._buffer, child._next
-    broker_module._FORKS[0] += 1
+    ids_module._FORKS[0] += 1
     try:
-        parent._fork = broker_module._FORKS[0]  # the parent is not the one that forked
+        parent._fork = ids_module._FORKS[0]  # the parent is not the one that forked
         rest = child._buffer
         assert child.new() != parent.new()
         assert child._buffer != rest
     finally:
-        broker_module._FORKS[0] -= 1
+        ids_module._FORKS[0] -= 1
