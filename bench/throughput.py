@@ -8,8 +8,9 @@ and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), each run in a t
 schema, with instant (baseline) decisions. Three modes per (K, S):
 
 - `one`: run_market's cast in one process (broker and agents share one core);
-- `split`: the broker in its own OS process (as `mams broker` runs), the buyer, sellers
-  and the observer in this one; all K rooms opened at once (closed loop: the queue is
+- `split`: the broker in its own OS process (as `mams broker` runs), the buyer and
+  sellers in this one (no events observer: the run ends when the buyer has been told
+  every room closed); all K rooms opened at once (closed loop: the queue is
   always full, so hop latency there is queueing, K x S messages deep);
 - `open`: split, with rooms opened at a steady rate (`--rate`, default 80% of the split
   run's negotiations/s): the hop latency of a service at a given offered load.
@@ -40,7 +41,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -61,14 +62,16 @@ from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Message, Subscription
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
 from mams.domain.config import BASELINE_MODEL, item_key, stock_index
-from mams.domain.events import NegotiationEnded
 from mams.domain.messages import (
     BuyerMessage,
     BuyerTurn,
-    decode_committed,
+    InboxMessage,
+    RoomClosed,
     decode_inbox,
     decode_outbox,
 )
+from mams.storage.eventstore import PostgresEventStore, PreparedAppend
+from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 
@@ -122,6 +125,36 @@ class _TimedSubscription:
 
     async def unsubscribe(self) -> None:
         await self._inner.unsubscribe()
+
+
+class TimedStore:
+    """A PipelinedStore around PostgreSQL's that times each commit (the broker's)."""
+
+    def __init__(self, inner: PostgresEventStore) -> None:
+        self.inner = inner
+        self.commits: list[tuple[float, int]] = []  # (seconds, events) per commit
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        prepared = await self.prepare(events)
+        if prepared is not None:
+            await self.commit(prepared)
+
+    async def prepare(self, events: Sequence[NewEvent]) -> PreparedAppend | None:
+        return await self.inner.prepare(events)
+
+    async def commit(self, prepared: PreparedAppend) -> None:
+        start = time.perf_counter()
+        await self.inner.commit(prepared)
+        self.commits.append((time.perf_counter() - start, len(prepared.batch)))
+
+    async def read(self, stream_id: uuid.UUID, *, after_seq: int = 0) -> list[StoredEvent]:
+        return await self.inner.read(stream_id, after_seq=after_seq)
+
+    async def stream_ids(self) -> list[uuid.UUID]:
+        return await self.inner.stream_ids()
+
+    async def last_seq(self, stream_id: uuid.UUID) -> int:
+        return await self.inner.last_seq(stream_id)
 
 
 class ProbeBus:
@@ -250,6 +283,19 @@ def _time_gc() -> list[float]:
     return spent
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU-seconds of the whole machine so far, every core, from /proc/stat:
+    the broker, the agents, PostgreSQL and nats-server together."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
 def _figures(
     k: int,
     elapsed: float,
@@ -284,7 +330,8 @@ async def broker_child(params: dict[str, object]) -> None:
     rate = float(str(params["rate"])) if params["rate"] is not None else None
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     gc_time = _time_gc()
-    pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
+    pool, pg_store = await open_store(dsn, schema, projector=ReadModelProjector())
+    store = TimedStore(pg_store)
     sc = scenario(k, sellers)
     subjects = Subjects(prefix=str(params["prefix"]))
     probe = Probe(anatomy=bool(params.get("anatomy")))
@@ -312,6 +359,7 @@ async def broker_child(params: dict[str, object]) -> None:
             await broker.open(started)
         await anyio.to_thread.run_sync(sys.stdin.read)
         cpu = time.process_time() - cpu0
+        wall = time.perf_counter() - t0
         tg.cancel_scope.cancel()
     await bus.close()
     await pool.close()
@@ -321,13 +369,19 @@ async def broker_child(params: dict[str, object]) -> None:
     }
     result = {"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu, **times}
     result["gc_s"] = gc_time[0]
+    seconds = [c[0] for c in store.commits]
+    result["commits"] = len(seconds)
+    result["events_per_commit"] = sum(c[1] for c in store.commits) / max(1, len(seconds))
+    result["commit_p50_ms"] = _percentile(seconds, 50) * 1000
+    result["commit_p99_ms"] = _percentile(seconds, 99) * 1000
+    result["commit_busy"] = sum(seconds) / wall  # share of the run the writer was committing
     print(json.dumps(result), flush=True)
 
 
 async def run_split(
     nats_url: str, dsn: str, k: int, sellers: int, rate: float | None, anatomy: bool = False
 ) -> dict[str, float]:
-    """Modes `split` and `open`: the broker in a child process, the agents and the observer
+    """Modes `split` and `open`: the broker in a child process, the agents
     here; rooms all opened at once (rate None) or at `rate` rooms/s. With `anatomy`, the
     hop's p50/p99 legs too: buyer publish -> broker receipt, broker receipt -> broker's
     publish to the first seller (decide + group commit), -> that seller's receipt."""
@@ -364,9 +418,17 @@ async def run_split(
             lines = _lines(child.stdout)
             while (await anext(lines)) != "started":  # py-spy may say things first
                 pass
-            observer = await NatsBus.connect(nats_url, name="observer")
-            buses.append(observer)
-            events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
+            # The run ends when the buyer has been told every room closed (no observer on
+            # the events subjects: a `mams monitor` would be a process of its own).
+            closed: set[UUID] = set()
+            all_closed = anyio.Event()
+
+            def on_buyer_message(message: InboxMessage) -> None:
+                if isinstance(message, RoomClosed):
+                    closed.add(message.negotiation_id)
+                    if len(closed) == k:
+                        all_closed.set()
+
             async with anyio.create_task_group() as tg:
                 cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
                 cast += [(s.agent_id, "seller") for s in sc.sellers]
@@ -374,16 +436,20 @@ async def run_split(
                     bus = ProbeBus(await NatsBus.connect(nats_url, name=agent_id), role, probe)
                     buses.append(bus)
                     brain = BaselineBuyer() if role == "buyer" else BaselineSeller()
-                    actor = AgentActor(bus, subjects, agent_id, brain, role)  # type: ignore[arg-type]
+                    actor = AgentActor(
+                        bus,
+                        subjects,
+                        agent_id,
+                        brain,
+                        role,  # type: ignore[arg-type]
+                        on_message=on_buyer_message if role == "buyer" else None,
+                    )
                     await tg.start(actor.run)
                 opening = await anext(lines)
                 t0, cpu0 = float(opening.split()[1]), time.process_time()
-                ended = 0
-                async for msg in events_sub:
-                    if isinstance(decode_committed(msg.data).event, NegotiationEnded):
-                        ended += 1
-                        if ended == k:
-                            break
+                machine0 = _machine_cpu()
+                await all_closed.wait()
+                machine1 = _machine_cpu()
                 elapsed = time.perf_counter() - t0
                 agents_cpu = time.process_time() - cpu0
                 tg.cancel_scope.cancel()
@@ -399,7 +465,13 @@ async def run_split(
             k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
         )
         figures["agents_cpu_s"] = agents_cpu
+        busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
+        figures["machine_busy"] = busy / total if total else float("nan")
+        figures["machine_us_per_routed"] = busy * 1e6 / result["routed"]
         figures["broker_gc_s"] = result["gc_s"]
+        for key in ("commits", "events_per_commit", "commit_p50_ms", "commit_p99_ms"):
+            figures[key] = result[key]
+        figures["commit_busy"] = result["commit_busy"]
         if anatomy:
             figures.update(_legs(probe, result["broker_in"], result["broker_out"]))
         return figures
@@ -495,7 +567,16 @@ async def main() -> None:
             flush=True,
         )
         if "broker_gc_s" in r:
-            print(f"          broker's time in the garbage collector: {r['broker_gc_s']:.2f} s")
+            print(
+                f"          broker: {r['broker_gc_s']:.2f} s in the garbage collector;"
+                f" {r['commits']:,.0f} commits of {r['events_per_commit']:.0f} events,"
+                f" p50/p99 {r['commit_p50_ms']:.1f}/{r['commit_p99_ms']:.1f} ms,"
+                f" committing {r['commit_busy']:.0%} of the run"
+            )
+            print(
+                f"          machine: {r['machine_busy']:.0%} busy (all cores, all processes),"
+                f" {r['machine_us_per_routed']:.0f} CPU-us per routed message"
+            )
         if "in_broker_p50_ms" in r:
             print(
                 "          hop legs p50/p99 ms: agent -> broker "
