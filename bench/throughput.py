@@ -336,7 +336,12 @@ async def broker_child(params: dict[str, object]) -> None:
     subjects = Subjects(prefix=str(params["prefix"]))
     probe = Probe(anatomy=bool(params.get("anatomy")))
     bus = ProbeBus(await NatsBus.connect(nats_url, name="broker"), "broker", probe)
-    broker = Broker(bus, store, subjects)
+    lanes = params.get("lanes")
+    broker = (
+        Broker(bus, store, subjects)
+        if lanes is None
+        else Broker(bus, store, subjects, commit_lanes=int(str(lanes)))
+    )
     options = RunOptions(seed=1, round_timeout=60)
     models = {a: BASELINE_MODEL for a in [sc.buyer.agent_id, *(s.agent_id for s in sc.sellers)]}
     index = stock_index(sc)
@@ -379,7 +384,13 @@ async def broker_child(params: dict[str, object]) -> None:
 
 
 async def run_split(
-    nats_url: str, dsn: str, k: int, sellers: int, rate: float | None, anatomy: bool = False
+    nats_url: str,
+    dsn: str,
+    k: int,
+    sellers: int,
+    rate: float | None,
+    anatomy: bool = False,
+    lanes: int | None = None,
 ) -> dict[str, float]:
     """Modes `split` and `open`: the broker in a child process, the agents
     here; rooms all opened at once (rate None) or at `rate` rooms/s. With `anatomy`, the
@@ -404,6 +415,7 @@ async def run_split(
             "prefix": prefix,
             "session": str(session_id),
             "anatomy": anatomy,
+            "lanes": lanes,
         }
         probe = Probe()
         buses: list[Bus] = []
@@ -535,6 +547,11 @@ async def main() -> None:
         action="store_true",
         help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
     )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        help="split/open: the broker's commit lanes (default: the Broker's, 2)",
+    )
     p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--broker-child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -593,11 +610,11 @@ async def main() -> None:
             if "one" in args.modes:
                 row("one", k, sellers, await run_one(args.nats, args.dsn, k, sellers))
             if "split" in args.modes or ("open" in args.modes and not args.rate):
-                r = await run_split(args.nats, args.dsn, k, sellers, None, args.anatomy)
+                r = await run_split(args.nats, args.dsn, k, sellers, None, args.anatomy, args.lanes)
                 row("split", k, sellers, r)
             if "open" in args.modes:
                 rate = args.rate or 0.8 * r["neg_per_s"]
-                r = await run_split(args.nats, args.dsn, k, sellers, rate, args.anatomy)
+                r = await run_split(args.nats, args.dsn, k, sellers, rate, args.anatomy, args.lanes)
                 row(f"open@{rate:.0f}", k, sellers, r)
 
 

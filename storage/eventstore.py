@@ -276,14 +276,26 @@ class PostgresEventStore:
         batch = _dedupe(events)
         if not batch:
             return None
+        # Only each stream's first event here needs the hash before it; the rest chain
+        # from the batch itself.
+        first: dict[UUID, int] = {}
+        for event in batch:
+            seen = first.get(event.stream_id)
+            if seen is None or event.seq < seen:
+                first[event.stream_id] = event.seq
         known: dict[Key, bytes | None] = {}
         previous: list[Key] = []
-        for key in _previous_keys(batch):
-            mine = self._tip.get(key[0]) or self._last.get(key[0])
-            if mine is not None and mine[0] == key[1]:
-                known[key] = mine[1]
+        tip, last = self._tip, self._last
+        for sid, seq in first.items():
+            if seq == 1:
+                continue
+            ahead, done = tip.get(sid), last.get(sid)
+            if ahead is not None and ahead[0] == seq - 1:
+                known[sid, seq - 1] = ahead[1]
+            elif done is not None and done[0] == seq - 1:
+                known[sid, seq - 1] = done[1]
             else:
-                previous.append(key)
+                previous.append((sid, seq - 1))
         if previous:
             # Rows are immutable, so reading them outside the append's transaction is as
             # good as inside it.
@@ -296,10 +308,9 @@ class PostgresEventStore:
             links = _chain(batch, known)
         except msgspec.DecodeError as exc:
             raise StorageError(f"event data is not valid JSON: {exc}") from exc
-        tip = self._tip
         for event, (_, own) in zip(batch, links, strict=True):
-            seen = tip.get(event.stream_id)
-            if seen is None or event.seq > seen[0]:
+            ahead = tip.get(event.stream_id)
+            if ahead is None or event.seq > ahead[0]:
                 tip[event.stream_id] = (event.seq, own)
         models = self._projector.rows(batch) if self._projector is not None else None
         return PreparedAppend(batch, links, models)

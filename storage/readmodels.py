@@ -103,17 +103,15 @@ class ReadModelProjector:
                     )
                 case _:
                     pass
-        if not (runs or rounds or messages or ends or outcomes):
-            return None
-        return _json.encode(
-            {
-                "runs": runs,
-                "rounds": rounds,
-                "messages": messages,
-                "ends": ends,
-                "outcomes": outcomes,
-            }
-        )
+        tables = {
+            "runs": runs,
+            "rounds": rounds,
+            "messages": messages,
+            "ends": ends,
+            "outcomes": outcomes,
+        }
+        present = {name: rows for name, rows in tables.items() if rows}  # mams_append skips
+        return _json.encode(present) if present else None
 
 
 def _message(

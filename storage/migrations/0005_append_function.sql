@@ -5,17 +5,23 @@
 -- events behind them are committed, and a failure anywhere rolls back everything.
 --
 -- `models` is NULL (no projector) or {"runs": [...], "rounds": [...], "messages": [...],
--- "ends": [...], "outcomes": [...]}, each row an object carrying `e`, the event_id it
--- comes from. Re-appended events (ON CONFLICT) project nothing, as before.
+-- "ends": [...], "outcomes": [...]} (a key only where the batch has rows), each row an
+-- object carrying `e`, the event_id it comes from. Re-appended events (ON CONFLICT) project nothing, as before.
 --
 -- Returns NULL when every event was new, else the event_ids this call inserted. Raises
 -- SQLSTATE MA001 when the batch does not continue a stream's stored hash chain.
 CREATE FUNCTION mams_append(
     p_stream uuid[], p_seq int4[], p_id uuid[], p_type text[], p_data jsonb[],
     p_prev bytea[], p_hash bytea[], models jsonb
-) RETURNS uuid[] LANGUAGE plpgsql AS $$
+) RETURNS uuid[] LANGUAGE plpgsql
+-- The planner takes unnest() and jsonb_to_recordset() for 100 rows and would hash the
+-- whole events (or negotiation_runs) table to join a batch against it: a scan growing
+-- with the log on every commit (3.3 ms for a 13-event batch on a 30k-event log). Index
+-- lookups per batch row are right at any batch size here.
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     inserted uuid[];
+    all_new boolean;  -- every event was new (the usual case): no row needs filtering
     genesis constant bytea := decode(repeat('00', 32), 'hex');
 BEGIN
     -- Each stream's first event here must continue the stored chain: its prev_hash is
@@ -42,54 +48,67 @@ BEGIN
         RETURNING event_id
     )
     SELECT coalesce(array_agg(event_id), '{}') INTO inserted FROM ins;
+    all_new := cardinality(inserted) = cardinality(p_id);
 
     IF models IS NOT NULL AND cardinality(inserted) > 0 THEN
         -- Order matters: runs exist before their messages, outcomes after their runs.
-        INSERT INTO negotiation_runs (negotiation_id, session_id, item_name, status, brain,
-                                      max_rounds, seed, rounds, buyer, sellers)
-        SELECT r.nid, r.session, r.item, 'running', r.brain, r.max_rounds, r.seed, 0,
-               r.buyer, r.sellers
-        FROM jsonb_to_recordset(models->'runs') AS r(
-            e uuid, nid uuid, session uuid, item text, brain text, max_rounds int4,
-            seed int8, buyer text, sellers text[])
-        WHERE r.e IN (SELECT unnest(inserted))
-        ON CONFLICT (negotiation_id) DO NOTHING;
+        -- Each table is touched only if the batch has rows for it (a key of `models`).
 
-        UPDATE negotiation_runs n SET rounds = GREATEST(n.rounds, x.round)
-        FROM (SELECT r.nid, max(r.round) AS round
-              FROM jsonb_to_recordset(models->'rounds') AS r(e uuid, nid uuid, round int4)
-              WHERE r.e IN (SELECT unnest(inserted))
-              GROUP BY r.nid) x
-        WHERE n.negotiation_id = x.nid;
+        IF models ? 'runs' THEN
+            INSERT INTO negotiation_runs (negotiation_id, session_id, item_name, status, brain,
+                                          max_rounds, seed, rounds, buyer, sellers)
+            SELECT r.nid, r.session, r.item, 'running', r.brain, r.max_rounds, r.seed, 0,
+                   r.buyer, r.sellers
+            FROM jsonb_to_recordset(models->'runs') AS r(
+                e uuid, nid uuid, session uuid, item text, brain text, max_rounds int4,
+                seed int8, buyer text, sellers text[])
+            WHERE (all_new OR r.e = ANY (inserted))
+            ON CONFLICT (negotiation_id) DO NOTHING;
+        END IF;
 
-        INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients,
-                              text, offer_unit_price, offer_quantity)
-        SELECT r.nid, r.seq, r.mid, r.round, COALESCE(r.sender, n.buyer, 'buyer'),
-               COALESCE(r.recipients, n.sellers), r.text, r.price, r.qty
-        FROM jsonb_to_recordset(models->'messages') AS r(
-            e uuid, nid uuid, seq int4, mid uuid, round int4, sender text, recipients text[],
-            text text, price numeric, qty int4)
-        JOIN negotiation_runs n ON n.negotiation_id = r.nid
-        WHERE r.e IN (SELECT unnest(inserted))
-        ON CONFLICT DO NOTHING;
+        IF models ? 'rounds' THEN
+            UPDATE negotiation_runs n SET rounds = GREATEST(n.rounds, x.round)
+            FROM (SELECT r.nid, max(r.round) AS round
+                  FROM jsonb_to_recordset(models->'rounds') AS r(e uuid, nid uuid, round int4)
+                  WHERE (all_new OR r.e = ANY (inserted))
+                  GROUP BY r.nid) x
+            WHERE n.negotiation_id = x.nid;
+        END IF;
 
-        UPDATE negotiation_runs n SET status = x.status, rounds = x.rounds, ended_at = now()
-        FROM (SELECT DISTINCT ON (r.nid) r.nid, r.status, r.rounds
-              FROM jsonb_to_recordset(models->'ends') AS r(
-                  e uuid, nid uuid, status text, rounds int4)
-              WHERE r.e IN (SELECT unnest(inserted))) x
-        WHERE n.negotiation_id = x.nid;
+        IF models ? 'messages' THEN
+            INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients,
+                                  text, offer_unit_price, offer_quantity)
+            SELECT r.nid, r.seq, r.mid, r.round, COALESCE(r.sender, n.buyer, 'buyer'),
+                   COALESCE(r.recipients, n.sellers), r.text, r.price, r.qty
+            FROM jsonb_to_recordset(models->'messages') AS r(
+                e uuid, nid uuid, seq int4, mid uuid, round int4, sender text, recipients text[],
+                text text, price numeric, qty int4)
+            JOIN negotiation_runs n ON n.negotiation_id = r.nid
+            WHERE (all_new OR r.e = ANY (inserted))
+            ON CONFLICT DO NOTHING;
+        END IF;
 
-        INSERT INTO outcomes (negotiation_id, type, seller, unit_price, quantity, total, rounds)
-        SELECT r.nid, r.type, r.seller, r.price, r.qty, r.total, r.rounds
-        FROM jsonb_to_recordset(models->'outcomes') AS r(
-            e uuid, nid uuid, type text, seller text, price numeric, qty int4,
-            total numeric, rounds int4)
-        WHERE r.e IN (SELECT unnest(inserted))
-        ON CONFLICT (negotiation_id) DO NOTHING;
+        IF models ? 'ends' THEN
+            UPDATE negotiation_runs n SET status = x.status, rounds = x.rounds, ended_at = now()
+            FROM (SELECT DISTINCT ON (r.nid) r.nid, r.status, r.rounds
+                  FROM jsonb_to_recordset(models->'ends') AS r(
+                      e uuid, nid uuid, status text, rounds int4)
+                  WHERE (all_new OR r.e = ANY (inserted))) x
+            WHERE n.negotiation_id = x.nid;
+        END IF;
+
+        IF models ? 'outcomes' THEN
+            INSERT INTO outcomes (negotiation_id, type, seller, unit_price, quantity, total, rounds)
+            SELECT r.nid, r.type, r.seller, r.price, r.qty, r.total, r.rounds
+            FROM jsonb_to_recordset(models->'outcomes') AS r(
+                e uuid, nid uuid, type text, seller text, price numeric, qty int4,
+                total numeric, rounds int4)
+            WHERE (all_new OR r.e = ANY (inserted))
+            ON CONFLICT (negotiation_id) DO NOTHING;
+        END IF;
     END IF;
 
-    IF cardinality(inserted) = cardinality(p_id) THEN
+    IF all_new THEN
         RETURN NULL;
     END IF;
     RETURN inserted;
