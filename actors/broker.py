@@ -635,7 +635,9 @@ class Broker:
                 await send.send((taken, prepared))
 
     async def _commit_loop(self, lane: _Lane, receive: MemoryObjectReceiveStream[_Staged]) -> None:
-        pipelined = isinstance(self.store, PipelinedStore)
+        store = self.store
+        # Checked once: isinstance against a runtime-checkable protocol is slow.
+        pipelined = store if isinstance(store, PipelinedStore) else None
         async with receive:
             async for staged in receive:
                 if isinstance(staged, _Barrier):
@@ -648,11 +650,10 @@ class Broker:
                     continue
                 batches, prepared = staged
                 lane.inflight, lane.preparing = batches, []
-                if prepared is not None:
-                    assert isinstance(self.store, PipelinedStore)
-                    await self._retrying(partial(self.store.commit, prepared))
-                elif not pipelined:
-                    await self._retrying(partial(self.store.append, self._events(batches)))
+                if pipelined is None:
+                    await self._retrying(partial(store.append, self._events(batches)))
+                elif prepared is not None:
+                    await self._retrying(partial(pipelined.commit, prepared))
                 await self._deliver(batches)
                 lane.inflight = []
 
