@@ -7,7 +7,6 @@ deadlines, opening and aborting) and appends whatever events it returns.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Literal
@@ -33,7 +32,6 @@ from mams.domain.events import (
     SellerReplied,
     SellerTerms,
 )
-from mams.domain.frozen import replace
 from mams.domain.guardrails import (
     buyer_action_violations,
     buyer_fallback,
@@ -91,8 +89,7 @@ class Drop(msgspec.Struct, frozen=True):
 
 
 # -- state ---------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class NegotiationState:
+class NegotiationState(msgspec.Struct, frozen=True):
     """Everything the broker knows of one room, derived from its events alone."""
 
     started: NegotiationStarted | None = None
@@ -100,8 +97,8 @@ class NegotiationState:
     round: int = 0
     final: bool = False
     awaiting: frozenset[str] = frozenset()
-    offers: Mapping[str, Offer] = dataclasses.field(default_factory=dict)
-    first_asks: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
+    offers: Mapping[str, Offer] = msgspec.field(default_factory=dict)
+    first_asks: Mapping[str, Decimal] = msgspec.field(default_factory=dict)
     seen: frozenset[UUID] = frozenset()
     last_unanswered: tuple[str, ...] = ()
     last_said: BuyerSaid | None = None
@@ -133,7 +130,7 @@ INITIAL = NegotiationState()
 
 def evolve(state: NegotiationState, event: Event) -> NegotiationState:
     """Apply one event. Total and pure: replaying a stream always gives the same state."""
-    r = replace
+    r = msgspec.structs.replace
     match event:
         case NegotiationStarted():
             return r(state, started=event, phase="idle", round=0)

@@ -7,14 +7,14 @@ not see (DESIGN.md invariant 1). Brains decide from views.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
+import msgspec
+
 from mams.domain.events import Offer
-from mams.domain.frozen import replace
 from mams.domain.messages import (
     BuyerMessage,
     BuyerRoomOpened,
@@ -29,8 +29,7 @@ from mams.domain.messages import (
 Speaker = Literal["buyer", "seller", "me"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Line:
+class Line(msgspec.Struct, frozen=True):
     """One line of an agent's own conversation memory."""
 
     round: int
@@ -40,8 +39,7 @@ class Line:
     to: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BuyerView:
+class BuyerView(msgspec.Struct, frozen=True):
     """The buyer's knowledge of one room: its needs and limits, and what sellers said."""
 
     negotiation_id: UUID
@@ -54,9 +52,9 @@ class BuyerView:
     seed: int | None
     round: int = 0
     final: bool = False
-    offers: Mapping[str, Offer] = dataclasses.field(default_factory=dict)
-    first_asks: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
-    my_counters: Mapping[str, Decimal] = dataclasses.field(default_factory=dict)
+    offers: Mapping[str, Offer] = msgspec.field(default_factory=dict)
+    first_asks: Mapping[str, Decimal] = msgspec.field(default_factory=dict)
+    my_counters: Mapping[str, Decimal] = msgspec.field(default_factory=dict)
     unanswered: tuple[str, ...] = ()
     history: tuple[Line, ...] = ()
     closed: RoomClosed | None = None
@@ -66,8 +64,7 @@ class BuyerView:
         return next((p.handle for p in self.sellers if p.agent_id == agent_id), agent_id)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SellerView:
+class SellerView(msgspec.Struct, frozen=True):
     """One seller's knowledge of one room: its own terms and what the buyer told it."""
 
     negotiation_id: UUID
@@ -117,7 +114,7 @@ def open_seller_view(msg: SellerRoomOpened, me: str) -> SellerView:
 
 def buyer_received(view: BuyerView, msg: TurnStarted | SellerMessage | RoomClosed) -> BuyerView:
     """Fold one delivered message into the buyer's view."""
-    r = replace
+    r = msgspec.structs.replace
     match msg:
         case TurnStarted(round=n, final=final, unanswered=unanswered):
             return r(view, round=n, final=final, unanswered=unanswered)
@@ -144,7 +141,7 @@ def buyer_sent(
         targets = to or tuple(p.agent_id for p in view.sellers)
         counters = {**counters, **{t: counter for t in targets}}
     line = Line(round=view.round, speaker="me", text=text, price=counter, to=to)
-    return replace(view, my_counters=counters, history=(*view.history, line))
+    return msgspec.structs.replace(view, my_counters=counters, history=(*view.history, line))
 
 
 def seller_received(view: SellerView, msg: BuyerMessage | RoomClosed) -> SellerView:
@@ -152,9 +149,11 @@ def seller_received(view: SellerView, msg: BuyerMessage | RoomClosed) -> SellerV
     match msg:
         case BuyerMessage(round=n, text=text, counter_price=counter):
             line = Line(round=n, speaker=view.buyer.handle, text=text, price=counter)
-            return replace(view, round=n, buyer_counter=counter, history=(*view.history, line))
+            return msgspec.structs.replace(
+                view, round=n, buyer_counter=counter, history=(*view.history, line)
+            )
         case RoomClosed():
-            return replace(view, closed=msg)
+            return msgspec.structs.replace(view, closed=msg)
 
 
 def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
@@ -162,4 +161,6 @@ def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
     line = Line(
         round=view.round, speaker="me", text=text, price=offer.unit_price if offer else None
     )
-    return replace(view, my_offer=offer or view.my_offer, history=(*view.history, line))
+    return msgspec.structs.replace(
+        view, my_offer=offer or view.my_offer, history=(*view.history, line)
+    )
