@@ -58,6 +58,9 @@ class MonitorStats:
     ended: int = 0
 
 
+STOP_DRAIN_SECONDS = 10.0  # how long a stopping monitor may spend reading what it missed
+
+
 class QualityMonitor:
     """Grades every negotiation on the bus; `run` until cancelled."""
 
@@ -89,18 +92,31 @@ class QualityMonitor:
         self._flags: dict[UUID, list[QualityFlagged]] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe, signal started, then grade committed events until cancelled."""
+        """Subscribe, signal started, then grade committed events until cancelled; on the
+        way out, grade from the store what the open rooms missed."""
         sub = await self.bus.subscribe(self.subjects.all_events(), max_pending=1_000_000)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sweep_idle)
-            task_status.started()
-            async for msg in sub:
-                try:
-                    committed = decode_committed(msg.data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
-                    continue
-                await self.observe(committed)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._sweep_idle)
+                task_status.started()
+                async for msg in sub:
+                    try:
+                        committed = decode_committed(msg.data)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
+                        continue
+                    await self.observe(committed)
+        finally:
+            # Stopping: what the store holds beyond what the open rooms saw is graded now
+            # (a broker killed between a commit and its publish), not left to a sweep that
+            # will not come. Bounded, so a stop never hangs on a dead database.
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+                with anyio.move_on_after(STOP_DRAIN_SECONDS):
+                    try:
+                        await self.sweep(older_than=0.0)
+                    except StorageError as exc:
+                        log.warning("monitor.stop_drain_failed", error=str(exc))
 
     async def _sweep_idle(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import asyncpg
 import msgspec
 import pytest
@@ -29,7 +30,7 @@ from mams.bus.subjects import Subjects
 from mams.cli_render import print_flag
 from mams.domain.events import QualityFlagged, encode_event, event_type, observation_stream_id
 from mams.domain.guardrails import Violation
-from mams.domain.messages import CommittedEvent, Say, WalkAway
+from mams.domain.messages import CommittedEvent, Say, WalkAway, encode_committed
 from mams.domain.negotiation import replay
 from mams.domain.quality import check
 from mams.domain.views import SellerView
@@ -255,3 +256,30 @@ async def test_a_room_whose_last_events_were_never_delivered_is_finished_by_the_
     last = CommittedEvent(negotiation_id=nid, seq=len(room.events), event=room.events[-1])
     assert await monitor.observe(last) == []
     assert monitor.stats.ended == 1
+
+
+async def test_a_stopping_monitor_grades_from_the_store_what_its_open_rooms_missed() -> None:
+    # `mams monitor` stopped (SIGTERM) before the idle sweep came round: the room whose
+    # last deliveries were lost is still finished, its flags recorded.
+    room, store, nid = await _stored_walk_away()
+    bus = InMemoryBus()
+    subjects = Subjects(prefix="stop")
+    monitor = QualityMonitor(bus, store, subjects)
+    live = len(room.events) - 2  # the walk-away and the end never arrive
+    async with anyio.create_task_group() as tg:
+        await tg.start(monitor.run)
+        for seq, event in enumerate(room.events[:live], 1):
+            await bus.publish(
+                subjects.events(nid),
+                encode_committed(CommittedEvent(negotiation_id=nid, seq=seq, event=event)),
+            )
+        with anyio.fail_after(5):
+            while monitor.stats.events < live:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert monitor.stats.ended == 0
+        tg.cancel_scope.cancel()
+    assert monitor.stats.ended == 1
+    assert [f.rule for f in await stored_flags(store, nid)] == [
+        "leakage.buyer_max",
+        "coherence.walked_away_from_acceptable",
+    ]
