@@ -5,6 +5,10 @@ asks the pure state machine what the turn means, appends the resulting events to
 log, and only after the commit delivers to each agent its own view (visibility policy)
 and publishes the committed events to observers. Appends are group-committed: whatever
 queued while the previous batch was being written goes in the next single transaction.
+Rooms are split over `commit_lanes` lanes (two by default) that commit side by side, each
+preparing its next batch while one commits; a room always takes the same lane, so its
+stream is written in order, and deliveries-only messages (welcome, catch-up, rooms.opened)
+are barriers every lane reaches before they go out.
 
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
