@@ -5,10 +5,12 @@ asks the pure state machine what the turn means, appends the resulting events to
 log, and only after the commit delivers to each agent its own view (visibility policy)
 and publishes the committed events to observers. Appends are group-committed: whatever
 queued while the previous batch was being written goes in the next single transaction.
-Rooms are split over `commit_lanes` lanes (two by default) that commit side by side, each
-preparing its next batch while one commits; a room always takes the same lane, so its
-stream is written in order, and deliveries-only messages (welcome, catch-up, rooms.opened)
-are barriers every lane reaches before they go out.
+Under load the writer prepares its next batch while one commits (at light load it waits
+and takes what queued meanwhile: fewer, larger commits). Rooms can be split over
+`commit_lanes` writers (one by default; `mams broker --commit-lanes`) that commit side by
+side; a room always takes the same lane, so its stream is written in order, and
+deliveries-only messages (welcome, catch-up, rooms.opened) are barriers every lane
+reaches before they go out.
 
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
@@ -202,6 +204,13 @@ class _Lane:
     held: _Queued | None = None  # taken from the queue, not yet handled
     preparing: list[_Batch] = field(default_factory=list)  # prepared, waiting to commit
     inflight: list[_Batch] = field(default_factory=list)  # being committed
+    free: anyio.Event = field(default_factory=anyio.Event)  # set while nothing commits
+
+
+# Below this many events, a lane's next batch waits for the commit in flight and takes
+# what queued meanwhile: at light load there is little to prepare ahead, and one larger
+# commit costs the database much less than two small ones.
+LATE_TAKE_EVENTS = 100
 
 
 @dataclass(slots=True)
@@ -231,7 +240,7 @@ class Broker:
         subjects: Subjects,
         *,
         max_batch: int = 2000,
-        commit_lanes: int = 2,
+        commit_lanes: int = 1,
         retry_timeout: float = 60.0,
         sessions: SessionStore | None = None,
         abort_on_shutdown: bool = True,
@@ -631,7 +640,10 @@ class Broker:
                 if isinstance(taken, _Barrier):
                     await send.send(taken)
                     continue
-                lane.preparing = taken
+                lane.preparing = taken  # from here on, a shutdown commits these too
+                if lane.inflight and sum(len(b.events) for b in taken) < LATE_TAKE_EVENTS:
+                    await lane.free.wait()
+                    self._take_more(lane, taken)
                 prepared = None
                 if pipelined is not None:
                     events = self._events(taken)
@@ -654,12 +666,14 @@ class Broker:
                     continue
                 batches, prepared = staged
                 lane.inflight, lane.preparing = batches, []
+                lane.free = anyio.Event()
                 if pipelined is None:
                     await self._retrying(partial(store.append, self._events(batches)))
                 elif prepared is not None:
                     await self._retrying(partial(pipelined.commit, prepared))
                 await self._deliver(batches)
                 lane.inflight = []
+                lane.free.set()
 
     async def _take_batches(self, lane: _Lane) -> list[_Batch] | _Barrier:
         # What queued in this lane, merged into one commit, up to its next barrier.
@@ -668,16 +682,22 @@ class Broker:
         if isinstance(first, _Barrier):
             return first
         batches = [first]
+        self._take_more(lane, batches)
+        return batches
+
+    def _take_more(self, lane: _Lane, batches: list[_Batch]) -> None:
+        # Add what is queued, up to max_batch and never past a barrier.
+        if lane.held is not None:
+            return
         while len(batches) < self.max_batch:
             try:
                 item = lane.receive.receive_nowait()
             except anyio.WouldBlock:
-                break
+                return
             if isinstance(item, _Barrier):
                 lane.held = item
-                break
+                return
             batches.append(item)
-        return batches
 
     @staticmethod
     def _events(batches: Sequence[_Batch]) -> list[NewEvent]:

@@ -401,6 +401,12 @@ def test_replay_of_unknown_ids_exits_2(cli: Cli, scenario_file: Path) -> None:
     assert "no negotiation 'zzzzzzzz'" in flat(bad.stderr)
 
 
+def test_broker_refuses_a_bad_commit_lanes_before_connecting(cli: Cli) -> None:
+    for bad in ("0", "17", "two"):
+        proc = ok_fail(cli("broker", "--market", "lanes", "--commit-lanes", bad))
+        assert f"{bad!r} is not a whole number from 1 to 16" in flat(proc.stderr)
+
+
 def ok_fail(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     """A usage error: status 2 and nothing on stdout."""
     assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
