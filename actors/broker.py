@@ -67,6 +67,7 @@ from mams.domain.messages import (
     Rejected,
     RoomsOpened,
     Welcome,
+    committed_prefix,
     decode_outbox,
     encode,
     encode_committed_json,
@@ -167,6 +168,7 @@ _MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS perm
 class _Room:
     state: NegotiationState = INITIAL
     seq: int = 0
+    committed: bytes = b""  # committed_prefix of its id: observers' messages start so
 
 
 @dataclass(slots=True)
@@ -312,7 +314,9 @@ class Broker:
             if state.started is None:
                 log.warning("broker.resume_skipped", negotiation_id=str(nid), reason="no start")
                 continue
-            self.rooms[nid] = _Room(state=state, seq=stored[-1].seq)
+            self.rooms[nid] = _Room(
+                state=state, seq=stored[-1].seq, committed=committed_prefix(nid)
+            )
             if state.phase in ("buyer_turn", "sellers_turn"):
                 self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
             resumed.append(nid)
@@ -538,7 +542,7 @@ class Broker:
                 agent = command.agent if isinstance(command, FromAgent) else None
                 self._drop(nid, agent, "no such negotiation")
                 return None
-            room = self.rooms[nid] = _Room()
+            room = self.rooms[nid] = _Room(committed=committed_prefix(nid))
         result = decide(room.state, command)
         if isinstance(result, Drop):
             agent = command.agent if isinstance(command, FromAgent) else None
@@ -560,7 +564,9 @@ class Broker:
                     data=stored,
                 )
             )
-            batch.observed.append((events_subject, encode_committed_json(nid, room.seq, stored)))
+            batch.observed.append(
+                (events_subject, encode_committed_json(room.committed, room.seq, stored))
+            )
             sent: object = None
             data = b""
             for agent_id, message in route(room.state, event):

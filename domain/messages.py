@@ -286,14 +286,17 @@ def encode_committed(message: CommittedEvent) -> bytes:
     return _encoder.encode(message)
 
 
-def encode_committed_json(negotiation_id: UUID, seq: int, event_json: bytes) -> bytes:
+def committed_prefix(negotiation_id: UUID) -> bytes:
+    """The bytes every committed event of one negotiation starts with, for
+    `encode_committed_json` (computed once per room, not per event)."""
+    return b'{"negotiation_id":"%s","seq":' % str(negotiation_id).encode()
+
+
+def encode_committed_json(prefix: bytes, seq: int, event_json: bytes) -> bytes:
     """`encode_committed` for an event already encoded by `encode_event` (as the log
-    stores it): the same bytes, without encoding the event a second time."""
-    return b'{"negotiation_id":"%s","seq":%d,"event":%s}' % (
-        str(negotiation_id).encode(),
-        seq,
-        event_json,
-    )
+    stores it), given its room's `committed_prefix`: the same bytes, without encoding the
+    event a second time."""
+    return b'%s%d,"event":%s}' % (prefix, seq, event_json)
 
 
 def decode_committed(data: bytes) -> CommittedEvent:

@@ -76,7 +76,7 @@ class Projector(Protocol):
 
     def rows(self, events: Sequence[NewEvent]) -> bytes | None:
         """The read-model rows of `events` as the JSON document `mams_append` takes
-        (migration 0005), or None if the batch has none. The store writes the rows of
+        (migration 0005); None writes no read models at all. The store writes the rows of
         only those events it actually inserts, in the same statement as the events."""
         ...
 

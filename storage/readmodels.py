@@ -19,14 +19,9 @@ import msgspec
 
 from mams.domain.config import Scenario, parse_scenario, scenario_to_raw
 from mams.domain.events import (
-    OBSERVATION_TAGS,
-    BuyerSaid,
-    BuyerWalkedAway,
-    DealClosed,
     NegotiationEnded,
     NegotiationStarted,
     RoundOpened,
-    SellerReplied,
     decode_event,
 )
 from mams.storage.model import NewEvent
@@ -35,23 +30,28 @@ _json = msgspec.json.Encoder(decimal_format="string")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
+# The event types behind negotiation_runs and outcomes rows; message rows `mams_append`
+# derives from the message events' own data.
+_PROJECTED = frozenset({"negotiation.started", "round.opened", "negotiation.ended"})
+
+
 class ReadModelProjector:
     """Projects committed events into negotiation_runs, messages and outcomes.
 
-    `rows` turns a batch into the read-model rows `mams_append` (migration 0005) writes in
-    the same statement as the events, for those events it actually inserted.
+    `rows` turns a batch into the run and outcome rows `mams_append` (migration 0005)
+    writes in the same statement as the events, for those events it actually inserted;
+    with any document (even an empty one) it also writes their message rows.
     """
 
-    def rows(self, events: Sequence[NewEvent]) -> bytes | None:
+    def rows(self, events: Sequence[NewEvent]) -> bytes:
         """The read-model rows of a batch, as the JSON document `mams_append` takes."""
         runs: list[dict[str, Any]] = []
         rounds: list[dict[str, Any]] = []
-        messages: list[dict[str, Any]] = []
         ends: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
         for stored in events:
-            if stored.type in OBSERVATION_TAGS:
-                continue  # observations have no read model; they stay in their stream
+            if stored.type not in _PROJECTED:
+                continue  # messages are derived in SQL; observations stay in their stream
             nid, e_id = stored.stream_id, stored.event_id
             match decode_event(stored.data):
                 case NegotiationStarted() as e:
@@ -71,22 +71,6 @@ class ReadModelProjector:
                     )
                 case RoundOpened(round=n):
                     rounds.append({"e": e_id, "nid": nid, "round": n})
-                case BuyerSaid() as e:
-                    messages.append(
-                        _message(stored, e.message_id, e.round, None, list(e.to), e.text)
-                        | {"price": e.counter_price}
-                    )
-                case SellerReplied() as e:
-                    offer = e.offer
-                    row = _message(stored, e.message_id, e.round, e.seller, None, e.text)
-                    if offer is not None:
-                        row |= {"price": offer.unit_price, "qty": offer.quantity}
-                    messages.append(row)
-                case DealClosed() as e:
-                    row = _message(stored, e.message_id, e.round, None, [e.seller], e.text)
-                    messages.append(row | {"price": e.unit_price, "qty": e.quantity})
-                case BuyerWalkedAway() as e:
-                    messages.append(_message(stored, e.message_id, e.round, None, None, e.text))
                 case NegotiationEnded(status=status, outcome=o):
                     ends.append({"e": e_id, "nid": nid, "status": status, "rounds": o.rounds})
                     outcomes.append(
@@ -106,33 +90,11 @@ class ReadModelProjector:
         tables = {
             "runs": runs,
             "rounds": rounds,
-            "messages": messages,
             "ends": ends,
             "outcomes": outcomes,
         }
         present = {name: rows for name, rows in tables.items() if rows}  # mams_append skips
-        return _json.encode(present) if present else None
-
-
-def _message(
-    stored: NewEvent,
-    message_id: UUID,
-    round_: int,
-    sender: str | None,
-    recipients: list[str] | None,
-    text: str | None,
-) -> dict[str, Any]:
-    # A None sender or recipients list is filled from the run (buyer, its sellers).
-    return {
-        "e": stored.event_id,
-        "nid": stored.stream_id,
-        "seq": stored.seq,
-        "mid": message_id,
-        "round": round_,
-        "sender": sender,
-        "recipients": recipients,
-        "text": text,
-    }
+        return _json.encode(present)
 
 
 async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None:

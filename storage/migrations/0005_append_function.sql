@@ -4,9 +4,10 @@
 -- autocommit it is one implicit transaction, so read models still exist exactly when the
 -- events behind them are committed, and a failure anywhere rolls back everything.
 --
--- `models` is NULL (no projector) or {"runs": [...], "rounds": [...], "messages": [...],
+-- `models` is NULL (no projector: no read models) or {"runs": [...], "rounds": [...],
 -- "ends": [...], "outcomes": [...]} (a key only where the batch has rows), each row an
--- object carrying `e`, the event_id it comes from. Re-appended events (ON CONFLICT) project nothing, as before.
+-- object carrying `e`, the event_id it comes from. Message rows are derived here from
+-- the events' own data. Re-appended events (ON CONFLICT) project nothing, as before.
 --
 -- Returns NULL when every event was new, else the event_ids this call inserted. Raises
 -- SQLSTATE MA001 when the batch does not continue a stream's stored hash chain.
@@ -75,18 +76,30 @@ BEGIN
             WHERE n.negotiation_id = x.nid;
         END IF;
 
-        IF models ? 'messages' THEN
-            INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients,
-                                  text, offer_unit_price, offer_quantity)
-            SELECT r.nid, r.seq, r.mid, r.round, COALESCE(r.sender, n.buyer, 'buyer'),
-                   COALESCE(r.recipients, n.sellers), r.text, r.price, r.qty
-            FROM jsonb_to_recordset(models->'messages') AS r(
-                e uuid, nid uuid, seq int4, mid uuid, round int4, sender text, recipients text[],
-                text text, price numeric, qty int4)
-            JOIN negotiation_runs n ON n.negotiation_id = r.nid
-            WHERE (all_new OR r.e = ANY (inserted))
-            ON CONFLICT DO NOTHING;
-        END IF;
+        -- Messages come from the events themselves (their jsonb is at hand here): the
+        -- buyer's words, sellers' replies, the deal and the walk-away, one row each.
+        INSERT INTO messages (negotiation_id, seq, message_id, round, sender, recipients,
+                              text, offer_unit_price, offer_quantity)
+        SELECT b.stream_id, b.seq, (b.data->>'message_id')::uuid, (b.data->>'round')::int4,
+               CASE WHEN b.type = 'seller.replied' THEN b.data->>'seller'
+                    ELSE COALESCE(n.buyer, 'buyer') END,
+               CASE b.type
+                   WHEN 'buyer.said' THEN ARRAY(SELECT jsonb_array_elements_text(b.data->'to'))
+                   WHEN 'deal.closed' THEN ARRAY[b.data->>'seller']
+                   ELSE n.sellers END,
+               b.data->>'text',
+               CASE b.type
+                   WHEN 'buyer.said' THEN (b.data->>'counter_price')::numeric
+                   WHEN 'seller.replied' THEN (b.data->'offer'->>'unit_price')::numeric
+                   WHEN 'deal.closed' THEN (b.data->>'unit_price')::numeric END,
+               CASE b.type
+                   WHEN 'seller.replied' THEN (b.data->'offer'->>'quantity')::int4
+                   WHEN 'deal.closed' THEN (b.data->>'quantity')::int4 END
+        FROM unnest(p_stream, p_seq, p_id, p_type, p_data) AS b(stream_id, seq, id, type, data)
+        JOIN negotiation_runs n ON n.negotiation_id = b.stream_id
+        WHERE b.type IN ('buyer.said', 'seller.replied', 'deal.closed', 'buyer.walked_away')
+          AND (all_new OR b.id = ANY (inserted))
+        ON CONFLICT DO NOTHING;
 
         IF models ? 'ends' THEN
             UPDATE negotiation_runs n SET status = x.status, rounds = x.rounds, ended_at = now()

@@ -46,6 +46,7 @@ from mams.domain.messages import (
     SellerRoomOpened,
     TurnStarted,
     WalkAway,
+    committed_prefix,
     decode_committed,
     encode,
     encode_committed,
@@ -404,8 +405,9 @@ def test_what_observers_receive_is_the_event_as_the_log_stores_it(data: st.DataO
     # The broker wraps the stored bytes for observers rather than encoding twice.
     run = drive(data)
     nid = run.opening.negotiation_id
+    prefix = committed_prefix(nid)
     for seq, event in enumerate(run.events, 1):
-        wrapped = encode_committed_json(nid, seq, encode_event(event))
+        wrapped = encode_committed_json(prefix, seq, encode_event(event))
         assert wrapped == encode_committed(CommittedEvent(negotiation_id=nid, seq=seq, event=event))
         assert decode_committed(wrapped) == CommittedEvent(negotiation_id=nid, seq=seq, event=event)
 
