@@ -6,8 +6,8 @@ log, and only after the commit delivers to each agent its own view (visibility p
 and publishes the committed events to observers. Appends are group-committed: whatever
 queued while the previous batch was being written goes in the next single transaction.
 Under load the writer prepares its next batch while one commits (at light load it waits
-and takes what queued meanwhile: fewer, larger commits). Rooms can be split over
-`commit_lanes` writers (one by default; `mams broker --commit-lanes`) that commit side by
+and takes what queued meanwhile: fewer, larger commits). Rooms are split over
+`commit_lanes` writers (two by default; `mams broker --commit-lanes`) that commit side by
 side; a room always takes the same lane, so its stream is written in order, and
 deliveries-only messages (welcome, catch-up, rooms.opened) are barriers every lane
 reaches before they go out.
@@ -242,7 +242,7 @@ class Broker:
         subjects: Subjects,
         *,
         max_batch: int = 2000,
-        commit_lanes: int = 1,
+        commit_lanes: int = 2,
         retry_timeout: float = 60.0,
         sessions: SessionStore | None = None,
         abort_on_shutdown: bool = True,

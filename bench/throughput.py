@@ -550,7 +550,7 @@ async def main() -> None:
     p.add_argument(
         "--lanes",
         type=int,
-        help="split/open: the broker's commit lanes (default: the Broker's, 1)",
+        help="split/open: the broker's commit lanes (default: the Broker's, 2)",
     )
     p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--broker-child", help=argparse.SUPPRESS)
