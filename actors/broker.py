@@ -633,7 +633,9 @@ class Broker:
     async def _write_loop(self, lane: _Lane) -> None:
         # Each lane writes in two stages: while one batch commits, the next is taken and,
         # if the store allows (PipelinedStore), prepared (deduped, hash-chained,
-        # projected), so the broker's share of a commit overlaps the database's. A lane
+        # projected), so the broker's share of a commit overlaps the database's. A small
+        # batch (light load: little to overlap) waits for the commit in flight instead and
+        # takes what queued meanwhile, so the lane makes fewer, larger commits. A lane
         # commits one batch at a time, in order, and delivers nothing before its commit;
         # lanes commit side by side on separate connections.
         store = self.store
