@@ -74,19 +74,13 @@ async def test_broker_killed_mid_negotiation_resumes_after_restart(
     await broker.wait_for("broker ready")
     sellers = {}
     for handle in ("@TechMart", "@QuickTech"):
-        sellers[handle] = procs.mams(
-            handle, "seller", "--scenario", str(scenario), "--handle", handle, "--market", market
-        )
+        sellers[handle] = procs.seller(scenario, handle, market)
         await sellers[handle].wait_for("ready")
     # @QuickTech frozen: round 1 waits for it until its deadline, so the room is open when
     # the broker dies (after @TechMart's reply is committed).
     sellers["@QuickTech"].signal(signal.SIGSTOP)
-    buyer = procs.mams(
-        "buyer",
-        "buyer",
-        "--scenario",
-        str(scenario),
-        "--market",
+    buyer = procs.buyer(
+        scenario,
         market,
         "--seed",
         "7",

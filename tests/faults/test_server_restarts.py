@@ -61,17 +61,11 @@ async def _market(c: Cast, market: str, scenario: Path) -> tuple[Child, Child, C
     await broker.wait_for("broker ready")
     sellers = {}
     for handle in ("@TechMart", "@QuickTech"):
-        sellers[handle] = c.mams(
-            handle, "seller", "--scenario", str(scenario), "--handle", handle, "--market", market
-        )
+        sellers[handle] = c.seller(scenario, handle, market)
         await sellers[handle].wait_for("ready")
     sellers["@QuickTech"].signal(signal.SIGSTOP)
-    buyer = c.mams(
-        "buyer",
-        "buyer",
-        "--scenario",
-        str(scenario),
-        "--market",
+    buyer = c.buyer(
+        scenario,
         market,
         "--seed",
         "7",

@@ -113,12 +113,8 @@ async def test_soak_with_broker_and_seller_kills(
         # Chaos in waves: a buyer opens its share of the rooms, and while they are live one
         # process is killed (SIGKILL) and started again; then the next buyer comes.
         for w in range(waves):
-            buyer = procs.mams(
-                f"buyer{w}",
-                "buyer",
-                "--scenario",
-                str(scenarios[w]),
-                "--market",
+            buyer = procs.buyer(
+                scenarios[w],
                 market,
                 "--seed",
                 str(SEED + w),
@@ -128,6 +124,7 @@ async def test_soak_with_broker_and_seller_kills(
                 "2",
                 "--model",
                 "baseline",
+                name=f"buyer{w}",
             )
             buyers.append(buyer)
             await buyer.wait_for(f"opened {len(range(w, N, waves))} room(s)")

@@ -137,6 +137,23 @@ class Cast:
     def mams(self, name: str, *args: str) -> Child:
         return self.spawn(name, [*mams_command(), *args])
 
+    def seller(self, scenario: Path, handle: str, market: str, *, name: str = "") -> Child:
+        """`mams seller` for one handle of a scenario file, in `market`."""
+        return self.mams(
+            name or handle,
+            "seller",
+            "--scenario",
+            str(scenario),
+            "--handle",
+            handle,
+            "--market",
+            market,
+        )
+
+    def buyer(self, scenario: Path, market: str, *args: str, name: str = "buyer") -> Child:
+        """`mams buyer` for a scenario file's buyer, in `market`, with `args` after."""
+        return self.mams(name, "buyer", "--scenario", str(scenario), "--market", market, *args)
+
     def external_seller(self, name: str, *args: str) -> Child:
         return self.spawn(name, [sys.executable, str(EXTERNAL_SELLER), *args])
 

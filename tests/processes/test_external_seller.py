@@ -105,23 +105,10 @@ async def test_external_seller_negotiates_with_mams_processes(
         "outsider", "--nats", nats_url, "--market", market, "--handle", "@Outsider"
     )
     await outsider.wait_for("ready")
-    techmart = procs.mams(
-        "techmart",
-        "seller",
-        "--scenario",
-        str(scenario),
-        "--handle",
-        "@TechMart",
-        "--market",
-        market,
-    )
+    techmart = procs.seller(scenario, "@TechMart", market, name="techmart")
     await techmart.wait_for("ready")
-    buyer = procs.mams(
-        "buyer",
-        "buyer",
-        "--scenario",
-        str(scenario),
-        "--market",
+    buyer = procs.buyer(
+        scenario,
         market,
         "--seed",
         "7",

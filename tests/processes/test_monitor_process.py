@@ -78,26 +78,13 @@ async def test_monitor_process_records_a_leak_seen_on_the_bus(
     await broker.wait_for("broker ready")
     monitor = procs.mams("monitor", "monitor", "--market", market)
     await monitor.wait_for("quality monitor ready")
-    techmart = procs.mams(
-        "techmart",
-        "seller",
-        "--scenario",
-        str(scenario),
-        "--handle",
-        "@TechMart",
-        "--market",
-        market,
-    )
+    techmart = procs.seller(scenario, "@TechMart", market, name="techmart")
     await techmart.wait_for("ready")
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_leaky_outsider, nats_url, market, stop)
-        buyer = procs.mams(
-            "buyer",
-            "buyer",
-            "--scenario",
-            str(scenario),
-            "--market",
+        buyer = procs.buyer(
+            scenario,
             market,
             "--seed",
             "7",

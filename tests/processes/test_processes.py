@@ -110,9 +110,7 @@ async def start_market(
     broker = procs.mams("broker", "broker", "--market", market)
     await broker.wait_for("broker ready")
     for handle in handles:
-        seller = procs.mams(
-            handle, "seller", "--scenario", str(scenario), "--handle", handle, "--market", market
-        )
+        seller = procs.seller(scenario, handle, market)
         await seller.wait_for("ready")
 
 
@@ -159,12 +157,8 @@ async def test_four_processes_match_the_single_process_run(
     procs: Cast, market: str, scenario_file: Path, database_url: str, pg_schema: str
 ) -> None:
     await start_market(procs, market, scenario_file)
-    buyer = procs.mams(
-        "buyer",
-        "buyer",
-        "--scenario",
-        str(scenario_file),
-        "--market",
+    buyer = procs.buyer(
+        scenario_file,
         market,
         "--seed",
         "7",
@@ -286,12 +280,8 @@ async def test_killed_seller_deadline_then_rejoin(
             await start_market(procs, market, scenario, ("@QuickTech",))
             [quicktech] = [c for c in procs.children if c.name == "@QuickTech"]
             quicktech.signal(signal.SIGSTOP)  # in the room, never answering
-            buyer = procs.mams(
-                "buyer",
-                "buyer",
-                "--scenario",
-                str(scenario),
-                "--market",
+            buyer = procs.buyer(
+                scenario,
                 market,
                 "--seed",
                 "7",
