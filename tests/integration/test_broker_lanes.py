@@ -23,32 +23,23 @@ from mams.domain.messages import (
     decode_inbox,
     encode,
 )
-from mams.storage.eventstore import InMemoryEventStore
-from mams.storage.model import NewEvent, StoredEvent
+from mams.storage.model import NewEvent
 from tests.domain.helpers import BUYER, started
+from tests.storage.helpers import WrappedStore
 
 
-class GatedStore:
+class GatedStore(WrappedStore):
     """An in-memory store whose commits touching one room wait at a gate."""
 
     def __init__(self, held: UUID) -> None:
-        self.inner = InMemoryEventStore()
+        super().__init__()
         self.held = held
         self.gate = anyio.Event()
 
     async def append(self, events: Sequence[NewEvent]) -> None:
         if any(e.stream_id == self.held for e in events):
             await self.gate.wait()
-        await self.inner.append(events)
-
-    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
-        return await self.inner.read(stream_id, after_seq=after_seq)
-
-    async def stream_ids(self) -> list[UUID]:
-        return await self.inner.stream_ids()
-
-    async def last_seq(self, stream_id: UUID) -> int:
-        return await self.inner.last_seq(stream_id)
+        await super().append(events)
 
 
 def room_on_lane(lane: int) -> UUID:

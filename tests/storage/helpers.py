@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from uuid import UUID, uuid4
 
+from mams.storage.eventstore import InMemoryEventStore
 from mams.storage.model import NewEvent, StoredEvent
 
 
@@ -30,3 +32,23 @@ def same(stored: list[StoredEvent], new: list[NewEvent]) -> bool:
         and json.loads(s.data) == json.loads(n.data)
         for s, n in zip(stored, new, strict=True)
     )
+
+
+class WrappedStore:
+    """An in-memory EventStore that tests wrap: subclasses override `append` (to fail, to
+    hold, to count) and call `super().append`; reads go straight to `inner`."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryEventStore()
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        await self.inner.append(events)
+
+    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
+        return await self.inner.read(stream_id, after_seq=after_seq)
+
+    async def stream_ids(self) -> list[UUID]:
+        return await self.inner.stream_ids()
+
+    async def last_seq(self, stream_id: UUID) -> int:
+        return await self.inner.last_seq(stream_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import anyio
 import asyncpg
@@ -12,15 +12,15 @@ import pytest
 from mams.storage.errors import ConcurrencyError, DatabaseUnavailable, StorageError
 from mams.storage.eventstore import EventStore, InMemoryEventStore, PostgresEventStore
 from mams.storage.groupcommit import GroupCommitter
-from mams.storage.model import NewEvent, StoredEvent
-from tests.storage.helpers import event, same, stream
+from mams.storage.model import NewEvent
+from tests.storage.helpers import WrappedStore, event, same, stream
 
 
-class FlakyStore:
+class FlakyStore(WrappedStore):
     """Delegates to an in-memory store after failing the first `failures` appends."""
 
     def __init__(self, failures: int) -> None:
-        self.inner = InMemoryEventStore()
+        super().__init__()
         self.failures = failures
         self.calls = 0
 
@@ -28,16 +28,7 @@ class FlakyStore:
         self.calls += 1
         if self.calls <= self.failures:
             raise DatabaseUnavailable("postgresql://u:secret@db/x", "connection refused")
-        await self.inner.append(events)
-
-    async def read(self, stream_id: UUID, *, after_seq: int = 0) -> list[StoredEvent]:
-        return await self.inner.read(stream_id, after_seq=after_seq)
-
-    async def stream_ids(self) -> list[UUID]:
-        return await self.inner.stream_ids()
-
-    async def last_seq(self, stream_id: UUID) -> int:
-        return await self.inner.last_seq(stream_id)
+        await super().append(events)
 
 
 class GatedStore(FlakyStore):
