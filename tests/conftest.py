@@ -52,6 +52,18 @@ async def pg_schema(database_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def pg_store(
+    database_url: str, pg_schema: str
+) -> AsyncIterator[tuple[asyncpg.Pool, PostgresEventStore]]:
+    """A migrated event store (no projector) in `pg_schema`, and its pool."""
+    pool, store = await open_store(database_url, pg_schema)
+    try:
+        yield pool, store
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
 async def db(
     database_url: str, pg_schema: str
 ) -> AsyncIterator[tuple[asyncpg.Pool, PostgresEventStore]]:

@@ -4,7 +4,6 @@ its review stored in (and read back from) a real PostgreSQL schema."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,12 +15,10 @@ from mams.actors.analyst import (
     analyst_prompt,
     review_negotiation,
 )
-from mams.actors.brains.llm import providers
 from mams.actors.brains.llm.providers import ProviderConfigError
 from mams.domain.events import Event
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.observations import load_observations, record_observations
-from mams.storage.pg import open_store
 from tests.domain.helpers import NID
 from tests.llm.fakes import (
     FakeAnthropic,
@@ -39,25 +36,10 @@ REVIEW = (
 )
 
 
-@pytest.fixture(autouse=True)
-def fresh_limiters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Provider limiters are per process; each test's event loop gets new ones."""
-    monkeypatch.setattr(providers, "_LIMITERS", {})
-
-
 @pytest.fixture
 async def events() -> list[Event]:
     with FakeAnthropic() as fake:
         return await negotiation(fake)
-
-
-@pytest.fixture
-async def store(database_url: str, pg_schema: str) -> AsyncIterator[PostgresEventStore]:
-    pool, store = await open_store(database_url, pg_schema)
-    try:
-        yield store
-    finally:
-        await pool.close()
 
 
 # -- which model --------------------------------------------------------------------------

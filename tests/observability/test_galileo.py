@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from mams.actors.brains.llm import providers
 from mams.actors.galileo import (
     AgentSpanSpec,
     GalileoExportError,
@@ -23,7 +21,6 @@ from mams.domain.errors import ConfigError
 from mams.domain.events import AnalystReviewed, Event, LLMCalled
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.observations import record_observations
-from mams.storage.pg import open_store
 from tests.domain.helpers import NID
 from tests.llm.fakes import FakeAnthropic
 from tests.observability.helpers import (
@@ -53,20 +50,6 @@ class Captured:
         [request] = self.requests
         [trace] = request["traces"]
         return dict(trace)
-
-
-@pytest.fixture(autouse=True)
-def fresh_limiters(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(providers, "_LIMITERS", {})
-
-
-@pytest.fixture
-async def store(database_url: str, pg_schema: str) -> AsyncIterator[PostgresEventStore]:
-    pool, store = await open_store(database_url, pg_schema)
-    try:
-        yield store
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
