@@ -166,9 +166,9 @@ _MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS perm
 
 @dataclass(slots=True)
 class _Room:
+    committed: bytes  # committed_prefix of its id: observers' messages start so
     state: NegotiationState = INITIAL
     seq: int = 0
-    committed: bytes = b""  # committed_prefix of its id: observers' messages start so
 
 
 @dataclass(slots=True)
@@ -407,9 +407,7 @@ class Broker:
 
     async def _enqueue(self, batch: _Batch) -> None:
         lanes = self._lanes
-        if len(lanes) == 1:
-            await _put(lanes[0].send, batch)
-        elif batch.nid is not None:
+        if batch.nid is not None:
             await _put(lanes[batch.nid.int % len(lanes)].send, batch)
         else:
             barrier = _Barrier(batch, waiting=len(lanes))
@@ -638,11 +636,12 @@ class Broker:
         # takes what queued meanwhile, so the lane makes fewer, larger commits. A lane
         # commits one batch at a time, in order, and delivers nothing before its commit;
         # lanes commit side by side on separate connections.
+        # Checked once per lane: isinstance against a runtime-checkable protocol is slow.
         store = self.store
         pipelined = store if isinstance(store, PipelinedStore) else None
         send, receive = anyio.create_memory_object_stream[_Staged](0)
         async with anyio.create_task_group() as tg, send:
-            tg.start_soon(self._commit_loop, lane, receive)
+            tg.start_soon(self._commit_loop, lane, receive, pipelined)
             while True:
                 taken = await self._take_batches(lane)
                 if isinstance(taken, _Barrier):
@@ -658,10 +657,12 @@ class Broker:
                     prepared = await self._retrying(partial(pipelined.prepare, events))
                 await send.send((taken, prepared))
 
-    async def _commit_loop(self, lane: _Lane, receive: MemoryObjectReceiveStream[_Staged]) -> None:
-        store = self.store
-        # Checked once: isinstance against a runtime-checkable protocol is slow.
-        pipelined = store if isinstance(store, PipelinedStore) else None
+    async def _commit_loop(
+        self,
+        lane: _Lane,
+        receive: MemoryObjectReceiveStream[_Staged],
+        pipelined: PipelinedStore | None,
+    ) -> None:
         async with receive:
             async for staged in receive:
                 if isinstance(staged, _Barrier):
@@ -676,9 +677,10 @@ class Broker:
                 lane.inflight, lane.preparing = batches, []
                 lane.free = anyio.Event()
                 if pipelined is None:
-                    await self._retrying(partial(store.append, self._events(batches)))
+                    await self._retrying(partial(self.store.append, self._events(batches)))
                 elif prepared is not None:
                     await self._retrying(partial(pipelined.commit, prepared))
+                self.stats.commits += 1
                 await self._deliver(batches)
                 lane.inflight = []
                 lane.free.set()
@@ -712,7 +714,6 @@ class Broker:
         return [e for b in batches for e in b.events]
 
     async def _deliver(self, batches: Sequence[_Batch]) -> None:
-        self.stats.commits += 1
         for b in batches:
             for subject, data in b.deliveries:
                 await self.bus.publish(subject, data)

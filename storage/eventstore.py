@@ -239,9 +239,11 @@ class PostgresEventStore:
     `create_pool`), so event data travels as bytes with no re-encoding.
 
     The store remembers the hash of the last row it inserted (and saw committed) in each
-    of the most recent `CHAIN_CACHE_STREAMS` streams: a batch that continues those streams
-    chains from memory, without reading the previous hashes back. Rows are immutable, so a
-    remembered hash is the stored one; any other previous row is read in the transaction.
+    of the most recent `CHAIN_CACHE_STREAMS` streams, and of the last row of each batch it
+    prepared and has not yet committed: a batch that continues those streams chains from
+    memory, without reading the previous hashes back. Any other previous row is read
+    before the append (rows are immutable); `mams_append` checks each stream's first link
+    against the stored row, so a stale memory is never written.
     """
 
     def __init__(

@@ -32,7 +32,9 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 # The event types behind negotiation_runs and outcomes rows; message rows `mams_append`
 # derives from the message events' own data.
-_PROJECTED = frozenset({"negotiation.started", "round.opened", "negotiation.ended"})
+_PROJECTED = frozenset(
+    str(t.__struct_config__.tag) for t in (NegotiationStarted, RoundOpened, NegotiationEnded)
+)
 
 
 class ReadModelProjector:
