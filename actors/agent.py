@@ -112,6 +112,12 @@ class AgentActor:
         # again): act once per buyer turn and once per buyer message.
         self.turns_taken: dict[UUID, int] = {}
         self.answered: set[UUID] = set()
+        self.heard: dict[UUID, set[UUID]] = {}  # per open room, the seller messages folded
+        # Per open room, the last turn published and what it answered (the buyer's round,
+        # or the buyer message a seller replied to). The broker re-sends a turn it is still
+        # owed (it restarted, or the turn was lost on the bus): the same bytes go again,
+        # and the broker folds each message id once.
+        self.last_turn: dict[UUID, tuple[int | UUID, bytes]] = {}
         self._ids = RandomIds()  # message ids
         self.log = log.bind(agent=agent_id, role=role)
 
@@ -177,16 +183,19 @@ class AgentActor:
                 self.buyer_views.setdefault(nid, open_buyer_view(message))
             case SellerRoomOpened() if self.role == "seller":
                 self.seller_views.setdefault(nid, open_seller_view(message, str(self.agent)))
+            case SellerMessage(message_id=mid) if mid in self.heard.get(nid, ()):
+                return None  # a repeat delivery (re-sent on rejoin): folded once
             case TurnStarted() | SellerMessage() | RoomClosed() if nid in self.buyer_views:
+                if isinstance(message, SellerMessage):
+                    self.heard.setdefault(nid, set()).add(message.message_id)
                 view = self.buyer_views[nid] = buyer_received(self.buyer_views[nid], message)
-                if (
-                    isinstance(message, TurnStarted)
-                    and self.turns_taken.get(nid, 0) < message.round
-                ):
-                    self.turns_taken[nid] = message.round
-                    return functools.partial(self._buyer_turn, view)
+                if isinstance(message, TurnStarted):
+                    if self.turns_taken.get(nid, 0) < message.round:
+                        self.turns_taken[nid] = message.round
+                        return functools.partial(self._buyer_turn, view)
+                    return self._again(nid, message.round)
             case BuyerMessage(message_id=mid) if mid in self.answered:
-                return None  # a repeat delivery (re-sent on rejoin): folded, answered
+                return self._again(nid, mid)  # a repeat delivery: folded and answered
             case BuyerMessage() | RoomClosed() if nid in self.seller_views:
                 sview = self.seller_views[nid] = seller_received(self.seller_views[nid], message)
                 if isinstance(message, BuyerMessage) and message.message_id not in self.answered:
@@ -201,9 +210,24 @@ class AgentActor:
                 return None
         if isinstance(message, RoomClosed):
             self.turns_taken.pop(nid, None)
+            self.heard.pop(nid, None)
+            self.last_turn.pop(nid, None)
             self.buyer_views.pop(nid, None)
             self.seller_views.pop(nid, None)
         return None
+
+    def _again(self, nid: UUID, answering: int | UUID) -> _Job | None:
+        """Publish again the turn already sent for `answering`, if it was (a turn still
+        being decided goes out when it is done)."""
+        last = self.last_turn.get(nid)
+        if last is None or last[0] != answering:
+            return None
+        return functools.partial(self._publish, nid, answering, last[1])
+
+    async def _publish(self, nid: UUID, answering: int | UUID, turn: bytes) -> None:
+        if nid in self.buyer_views or nid in self.seller_views:  # not once it closed
+            self.last_turn[nid] = (answering, turn)
+            await self.bus.publish(self.subjects.outbox(self.agent), turn)
 
     # -- turns -----------------------------------------------------------------------------
     async def _guarded(
@@ -291,7 +315,7 @@ class AgentActor:
             guardrails=notes,
             llm_calls=calls,
         )
-        await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
+        await self._publish(view.negotiation_id, view.round, encode(turn))
 
     # -- seller --------------------------------------------------------------------------
     @staticmethod
@@ -300,7 +324,7 @@ class AgentActor:
             decision.offer, least_price=view.terms.least_price, quantity=view.quantity
         )
 
-    async def _seller_turn(self, view: SellerView, _replying_to: UUID) -> None:
+    async def _seller_turn(self, view: SellerView, replying_to: UUID) -> None:
         brain: SellerBrain = self.brain  # type: ignore[assignment]
 
         def fallback(d: SellerDecision | None) -> SellerDecision:
@@ -334,7 +358,7 @@ class AgentActor:
             guardrails=notes,
             llm_calls=calls,
         )
-        await self.bus.publish(self.subjects.outbox(self.agent), encode(turn))
+        await self._publish(view.negotiation_id, replying_to, encode(turn))
 
 
 __all__ = ["AgentActor"]

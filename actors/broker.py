@@ -16,8 +16,11 @@ Crashes and restarts. The log is the truth, so a broker holds nothing the log do
 `resume()` (call it before `run`) loads every stream whose last event is not
 negotiation.ended, rebuilds each room's state with `replay`, continues its seq, and gives
 its current phase a fresh deadline (the full round_timeout from now). Agents that say
-hello again are welcomed with their open rooms and caught up (`catch_up`); the agent
-processes re-say hello every few seconds, so they notice a restarted broker on their own.
+hello again are welcomed with their open rooms and caught up (`catch_up`: the room views,
+the sellers' answers to the buyer's last message, which a crash between commit and publish
+may have kept from the buyer, and the owed turns); the agent processes re-say hello every
+few seconds as a keepalive (re-sent only their owed turns), so they notice a restarted
+broker on their own.
 A turn published while no broker was listening is lost on the bus, never in the log: the
 round's deadline closes it, so no room is left stuck.
 
@@ -73,6 +76,7 @@ from mams.domain.messages import (
     encode_committed_json,
 )
 from mams.domain.negotiation import (
+    DUPLICATE,
     INITIAL,
     Abort,
     Command,
@@ -259,6 +263,7 @@ class Broker:
         self.retry_timeout = retry_timeout
         self.stats = BrokerStats()
         self.rooms: dict[UUID, _Room] = {}
+        self._resumed: list[UUID] = []  # re-sent to their agents before anything else
         # Ended rooms stay a while (late or repeated turns are dropped as "ended"), then
         # go, oldest first: a broker serving forever holds its open rooms plus these.
         self.keep_ended = keep_ended
@@ -298,7 +303,11 @@ class Broker:
         """Take over the open rooms of the log (call before `run`): every stream among
         `candidates` (default: every stream of the store) whose last event is not
         negotiation.ended is replayed into a room, its seq continued and its current phase
-        given a fresh deadline (the full round_timeout, from now). Returns their ids."""
+        given a fresh deadline (the full round_timeout, from now). Returns their ids.
+
+        `run` then re-sends every agent of these rooms its catch-up before it delivers
+        anything else: the crashed broker may have committed what it never published, and
+        an agent must not take its next turn without it (repeats are folded once)."""
         streams = await self.store.stream_ids() if candidates is None else candidates
         resumed: list[UUID] = []
         for nid in streams:
@@ -320,6 +329,7 @@ class Broker:
             if state.phase in ("buyer_turn", "sellers_turn"):
                 self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
             resumed.append(nid)
+        self._resumed += resumed
         log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
         return resumed
 
@@ -379,9 +389,12 @@ class Broker:
             return _Control(agent=agent, message=turn)
         return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
 
-    def _drop(self, nid: UUID | None, agent: str | None, reason: str) -> None:
+    def _drop(
+        self, nid: UUID | None, agent: str | None, reason: str, *, routine: bool = False
+    ) -> None:
+        # A repeated message id is routine: agents re-send a turn the broker seems to owe.
         self.stats.dropped += 1
-        log.warning(
+        (log.info if routine else log.warning)(
             "broker.message_dropped",
             negotiation_id=str(nid) if nid else None,
             agent=agent,
@@ -391,6 +404,9 @@ class Broker:
     # -- the core: commands -> events (serial, pure decisions) -----------------------
     async def _process(self) -> None:
         receive = self._commands[1]
+        if self._resumed:
+            await self._enqueue(self._redeliver(self._resumed))
+            self._resumed = []
         while True:
             try:
                 item = await _take(receive)
@@ -436,6 +452,18 @@ class Broker:
             observed=[],
         )
 
+    def _redeliver(self, rooms: list[UUID]) -> _Batch:
+        """Every agent's catch-up for resumed rooms, without waiting for its hello."""
+        messages: list[tuple[str, InboxMessage]] = []
+        for nid in rooms:
+            state = self.rooms[nid].state
+            assert state.started is not None
+            agents = (state.started.buyer.agent_id, *(s.agent_id for s in state.started.sellers))
+            for agent in agents:
+                messages += catch_up(state, agent, rejoin=True)
+        log.info("broker.redelivered", rooms=len(rooms), messages=len(messages))
+        return self._deliver_only(messages)
+
     def _hello(self, agent: str, hello: Hello) -> list[_Batch]:
         again = agent in self.brains
         self.brains[agent] = hello.brain[:200] or "unannounced"
@@ -455,8 +483,9 @@ class Broker:
         messages: list[tuple[str, InboxMessage]] = [
             (agent, Welcome(agent_id=agent, rooms=tuple(rooms)))
         ]
+        rejoin = hello.catch_up or not again  # a keepalive is enough only if we know it
         for nid in rooms:
-            messages += catch_up(self.rooms[nid].state, agent)
+            messages += catch_up(self.rooms[nid].state, agent, rejoin=rejoin)
         (log.debug if again else log.info)(
             "broker.agent_joined",
             agent=agent,
@@ -545,7 +574,7 @@ class Broker:
         if isinstance(result, Drop):
             agent = command.agent if isinstance(command, FromAgent) else None
             if not isinstance(command, Deadline):  # stale deadlines are routine
-                self._drop(nid, agent, result.reason)
+                self._drop(nid, agent, result.reason, routine=result.reason == DUPLICATE)
             return None
         batch = _Batch(events=[], deliveries=[], observed=[], nid=nid)
         events_subject = self.subjects.events(nid)

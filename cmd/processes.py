@@ -199,8 +199,9 @@ async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None
 
 async def _keep_saying_hello(actor: AgentActor) -> None:
     """Hello every REHELLO_EVERY seconds, for ever: a restarted broker knows nothing of us
-    until we say hello, and answers it with our open rooms (catch-up)."""
-    hello = encode(Hello(role=actor.role, brain=actor.brain.label))
+    until we say hello, and answers it with our open rooms (catch-up); a broker that knows
+    us re-sends only the turns we owe (a keepalive)."""
+    hello = encode(Hello(role=actor.role, brain=actor.brain.label, catch_up=False))
     while True:
         await anyio.sleep(REHELLO_EVERY)
         await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)

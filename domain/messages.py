@@ -222,11 +222,16 @@ class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
 
 class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
     """An agent joins (or rejoins) the market: its role and the brain it runs, as a label
-    for the log. The broker answers with `Welcome` and re-sends the agent's open rooms."""
+    for the log. The broker answers with `Welcome` and re-sends the agent's open rooms.
+
+    `catch_up=False` marks a keepalive from an agent that has kept its state: a broker
+    that already knows the agent then re-sends only the turns it owes, not whole rooms.
+    """
 
     role: Literal["buyer", "seller"]
     brain: str = ""
     protocol: int = 1
+    catch_up: bool = True
 
 
 class OpenRooms(msgspec.Struct, frozen=True, kw_only=True, tag="open_rooms"):

@@ -102,6 +102,7 @@ class NegotiationState(msgspec.Struct, frozen=True):
     seen: frozenset[UUID] = frozenset()
     last_unanswered: tuple[str, ...] = ()
     last_said: BuyerSaid | None = None
+    replies: tuple[SellerReplied, ...] = ()  # the answers to last_said, in commit order
     closing: DealClosed | BuyerWalkedAway | None = None
     ended: NegotiationEnded | None = None
 
@@ -143,6 +144,7 @@ def evolve(state: NegotiationState, event: Event) -> NegotiationState:
                 awaiting=frozenset(to),
                 seen=state.seen | {mid},
                 last_said=event,
+                replies=(),
             )
         case SellerReplied(seller=seller, offer=offer, message_id=mid):
             offers, asks = state.offers, state.first_asks
@@ -156,6 +158,7 @@ def evolve(state: NegotiationState, event: Event) -> NegotiationState:
                 offers=offers,
                 first_asks=asks,
                 seen=state.seen | {mid},
+                replies=(*state.replies, event),
             )
         case RoundClosed(unanswered=unanswered):
             return r(state, awaiting=frozenset(), last_unanswered=unanswered)
@@ -239,13 +242,16 @@ def _deadline(state: NegotiationState, cmd: Deadline) -> list[Event] | Drop:
     return Drop(f"no deadline applies in phase {state.phase}")
 
 
+DUPLICATE = "duplicate message_id"  # the Drop reason for a turn already folded
+
+
 def _turn_checks(
     state: NegotiationState, turn: BuyerTurn | SellerTurn, phase: Phase
 ) -> Drop | None:
     if state.started is None:
         return Drop("no such negotiation")
     if turn.message_id in state.seen:
-        return Drop("duplicate message_id")
+        return Drop(DUPLICATE)
     if state.phase == "ended":
         return Drop("negotiation has ended")
     if state.phase != phase or turn.round != state.round:

@@ -65,24 +65,8 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
                 negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter
             )
             return [(seller, msg) for seller in to]
-        case SellerReplied(seller=seller, round=n, message_id=mid, text=text, offer=offer):
-            terms = state.seller(seller)
-            if terms is None:
-                return []
-            peer = Peer(agent_id=seller, handle=terms.handle)
-            return [
-                (
-                    buyer,
-                    SellerMessage(
-                        negotiation_id=nid,
-                        round=n,
-                        message_id=mid,
-                        seller=peer,
-                        text=text,
-                        offer=offer,
-                    ),
-                )
-            ]
+        case SellerReplied():
+            return _seller_message(state, event)
         case NegotiationEnded():
             return _room_closed(state, event)
         case (
@@ -94,6 +78,23 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
             | LLMCalled()
         ):
             return []
+
+
+def _seller_message(state: NegotiationState, event: SellerReplied) -> list[Delivery]:
+    """A seller's reply, to the buyer: its words and offer under its handle."""
+    assert state.started is not None
+    terms = state.seller(event.seller)
+    if terms is None:
+        return []
+    message = SellerMessage(
+        negotiation_id=state.started.negotiation_id,
+        round=event.round,
+        message_id=event.message_id,
+        seller=Peer(agent_id=event.seller, handle=terms.handle),
+        text=event.text,
+        offer=event.offer,
+    )
+    return [(state.started.buyer.agent_id, message)]
 
 
 def _room_opened(event: NegotiationStarted) -> list[Delivery]:
@@ -178,26 +179,33 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
     return out
 
 
-def catch_up(state: NegotiationState, agent: str) -> list[Delivery]:
-    """What an agent that (re)joins must receive to take part in an open room: its
-    room-opened view, and the turn it owes now (the buyer's turn, or the buyer message a
-    seller has not answered). Nothing for an ended room or one the agent is not in."""
+def catch_up(state: NegotiationState, agent: str, *, rejoin: bool) -> list[Delivery]:
+    """What an agent must be re-sent to take part in an open room; nothing for an ended
+    room or one the agent is not in. Deliveries can repeat, so agents fold each message id
+    once and act once per turn (PROTOCOL.md section 3).
+
+    `rejoin` (the agent or the broker is new to the other): its room-opened view, the
+    sellers' answers to the buyer's last message (to the buyer: they may have been
+    committed but never published, by a broker that died in between), and the turn it owes
+    now (the buyer's turn, or the buyer message a seller has not answered). Otherwise (a
+    keepalive hello) only the owed turn, the buyer's with the answers it decides on.
+    """
     started = state.started
     if started is None or state.phase == "ended":
         return []
-    out = [(a, m) for a, m in _room_opened(started) if a == agent]
-    if agent == started.buyer.agent_id and state.phase == "buyer_turn":
-        out.append(
-            (
-                agent,
-                TurnStarted(
-                    negotiation_id=started.negotiation_id,
-                    round=state.round,
-                    final=state.final,
-                    unanswered=state.last_unanswered,
-                ),
+    out = [(a, m) for a, m in _room_opened(started) if a == agent] if rejoin else []
+    if agent == started.buyer.agent_id:
+        if rejoin or state.phase == "buyer_turn":
+            for reply in state.replies:
+                out += _seller_message(state, reply)
+        if state.phase == "buyer_turn":
+            turn = TurnStarted(
+                negotiation_id=started.negotiation_id,
+                round=state.round,
+                final=state.final,
+                unanswered=state.last_unanswered,
             )
-        )
+            out.append((agent, turn))
     said = state.last_said
     if state.phase == "sellers_turn" and agent in state.awaiting and said is not None:
         out.append(

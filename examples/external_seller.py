@@ -8,11 +8,13 @@ It does not import mams; any language with a NATS client can do what it does.
 
 What it does (see PROTOCOL.md):
 - subscribes to its inbox ``<market>.agent.<id>.inbox`` and says ``hello`` on its outbox
-  ``<market>.broker.<id>.outbox`` every second until the broker answers ``welcome``;
+  ``<market>.broker.<id>.outbox`` every second until the broker answers ``welcome``, then
+  every five seconds as a keepalive (``"catch_up": false``), so a restarted broker knows it;
 - for each room it is in (``room.opened.seller``), remembers its asking price and floor;
 - answers each ``buyer.message`` once with a ``seller.turn``: the first offer is its
   asking price, each later one concedes 10% of the remaining gap toward its floor (cents
-  rounded up, never below the floor), for the quantity the buyer asked;
+  rounded up, never below the floor), for the quantity the buyer asked; a ``buyer.message``
+  re-sent after it answered gets the same ``seller.turn`` again (the broker had lost it);
 - logs every step on stdout; exits cleanly on SIGINT or SIGTERM.
 
 Its agent id is its handle without the "@", lowercased (``@Outsider`` -> ``outsider``);
@@ -38,6 +40,7 @@ from nats.aio.msg import Msg
 CENT = Decimal("0.01")
 CONCESSION = Decimal("0.10")
 HELLO_EVERY = 1.0
+REHELLO_EVERY = 5.0
 TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
@@ -77,7 +80,7 @@ class Seller:
         self.outbox = f"{market}.broker.{agent_id}.outbox"
         self.welcomed = asyncio.Event()
         self.rooms: dict[str, dict[str, object]] = {}
-        self.answered: set[str] = set()
+        self.answered: dict[str, dict[str, object]] = {}  # buyer message id -> my turn
 
     async def send(self, message: dict[str, object]) -> None:
         await self.nc.publish(self.outbox, json.dumps(message).encode())
@@ -130,11 +133,13 @@ class Seller:
         mid = str(message["message_id"])
         room = self.rooms.get(nid)
         if mid in self.answered:
-            return  # a repeat delivery (the broker re-sends on rejoin): answered already
+            # A repeat: the broker does not have my answer (it restarted, or the answer was
+            # lost). Send the same turn again; it ignores a message_id it already has.
+            await self.send(self.answered[mid])
+            return
         if room is None:
             log("dropped", negotiation_id=nid, reason="buyer.message for a room I never saw")
             return
-        self.answered.add(mid)
         last = room["last"]
         assert last is None or isinstance(last, Decimal)
         ask, floor = room["ask"], room["floor"]
@@ -149,17 +154,17 @@ class Seller:
         )
         if price == floor and last is not None:
             text = f"{price} per unit is as low as I go."
-        await self.send(
-            {
-                "type": "seller.turn",
-                "negotiation_id": nid,
-                "round": message["round"],
-                "message_id": str(uuid.uuid4()),
-                "text": text,
-                "offer": {"unit_price": str(price), "quantity": room["quantity"]},
-                "reasoning": f"10% of the gap per round; ask {ask}, floor {floor}",
-            }
-        )
+        turn: dict[str, object] = {
+            "type": "seller.turn",
+            "negotiation_id": nid,
+            "round": message["round"],
+            "message_id": str(uuid.uuid4()),
+            "text": text,
+            "offer": {"unit_price": str(price), "quantity": room["quantity"]},
+            "reasoning": f"10% of the gap per round; ask {ask}, floor {floor}",
+        }
+        self.answered[mid] = turn
+        await self.send(turn)
         log(
             "offer",
             negotiation_id=nid,
@@ -198,7 +203,14 @@ async def main() -> int:
             w.cancel()
     if seller.welcomed.is_set():
         log("ready", handle=args.handle)
-    await stop.wait()
+    # Keep saying hello, so that a restarted broker learns of us; a keepalive asks a broker
+    # that knows us only for the turns we owe.
+    keepalive = {**hello, "catch_up": False}
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=REHELLO_EVERY)
+        except TimeoutError:
+            await seller.send(keepalive)
     log("stopping")
     await sub.unsubscribe()
     await nc.drain()

@@ -123,6 +123,9 @@ class Run:
     private_markers: set[str] = field(default_factory=set)
     drops: list[str] = field(default_factory=list)
     used_ids: list[uuid.UUID] = field(default_factory=list)
+    # after each decision, how many events were committed: a decision's events commit
+    # together, so a crash falls between decisions, never inside one
+    decided: list[int] = field(default_factory=list)
     counter: int = 0
 
     @property
@@ -146,6 +149,7 @@ class Run:
             self.live_transcript += [e.plain() for e in self.renderer.entries(event)]
             for recipient, message in route(self.state, event):
                 self.deliveries.append((event, recipient, message))
+        self.decided.append(len(self.events))
 
 
 def maybe_private(

@@ -21,21 +21,17 @@ from uuid import UUID
 import anyio
 import asyncpg
 import pytest
-from anyio.abc import TaskStatus
 
-from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BuyerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
-from mams.actors.broker import Broker
 from mams.actors.market import RunOptions
-from mams.bus.base import Bus
-from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import NegotiationEnded, RoundOpened, SellerReplied
 from mams.domain.messages import Hello, Welcome, decode_committed, decode_inbox, encode
 from mams.domain.negotiation import replay
 from mams.domain.views import BuyerView
 from mams.storage.eventstore import PostgresEventStore
+from tests.faults.rig import Rig
 from tests.integration.helpers import logged, started_for
 from tests.integration.scenarios import phone
 from tests.processes.helpers import Cast, one_json_object
@@ -147,37 +143,23 @@ class GatedBuyer(BaselineBuyer):
         return await super().decide(view)
 
 
-async def _serve(
-    broker: Broker, scope: anyio.CancelScope, *, task_status: TaskStatus[None]
-) -> None:
-    with scope:
-        await broker.run(task_status=task_status)
-
-
 @pytest.mark.integration
 async def test_a_new_broker_resumes_a_crashed_brokers_room(
     nats_url: str,
     pg_store: tuple[asyncpg.Pool, PostgresEventStore],
     subjects: Subjects,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, store = pg_store
     sc = phone()
     started = started_for(sc, "iPhone 15 case", RunOptions(max_rounds=6, seed=1, round_timeout=60))
     nid = started.negotiation_id
     buyer_brain = GatedBuyer()
-    buses: list[Bus] = []
-
-    async def bus_for(name: str) -> Bus:
-        bus = await NatsBus.connect(nats_url, name=name)
-        buses.append(bus)
-        return bus
-
+    rig = Rig(nats_url, store, subjects)
     welcomes: list[Welcome] = []
     try:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
-                observer = await bus_for("observer")
+                observer = await rig.bus("observer")
                 feed = await observer.subscribe(subjects.all_events(), max_pending=100_000)
                 tap = await observer.subscribe(subjects.inbox(AgentId("buyer")))
 
@@ -188,22 +170,9 @@ async def test_a_new_broker_resumes_a_crashed_brokers_room(
                             welcomes.append(m)
 
                 tg.start_soon(read_tap)
-                first = Broker(await bus_for("broker-1"), store, subjects)
-
-                async def crash() -> None:  # no commit of queued work, no abort: a crash
-                    return None
-
-                monkeypatch.setattr(first, "_shutdown", crash)
-                first_scope = anyio.CancelScope()
-                await tg.start(_serve, first, first_scope)
-                buyer = AgentActor(await bus_for("buyer"), subjects, "buyer", buyer_brain, "buyer")
-                await tg.start(buyer.run)
+                first, crash = await rig.broker(tg, "broker-1")
                 sellers = [s.agent_id for s in started.sellers]
-                for agent_id in sellers:
-                    actor = AgentActor(
-                        await bus_for(agent_id), subjects, agent_id, BaselineSeller(), "seller"
-                    )
-                    await tg.start(actor.run)
+                await rig.agents(tg, buyer_brain, {a: BaselineSeller() for a in sellers})
                 await first.joined({"buyer", *sellers})
                 await first.open(started)
                 async for msg in feed:  # until round 2 is committed and the buyer is on it
@@ -211,19 +180,18 @@ async def test_a_new_broker_resumes_a_crashed_brokers_room(
                     if isinstance(c.event, RoundOpened) and c.event.round == 2:
                         break
                 await buyer_brain.waiting.wait()
-                first_scope.cancel()
+                crash.cancel()
                 before = await logged(store, nid)
                 assert not isinstance(before[-1], NegotiationEnded)
                 assert any(isinstance(e, SellerReplied) for e in before)
 
-                second = Broker(await bus_for("broker-2"), store, subjects)
-                assert await second.resume() == [nid]
+                second, _ = await rig.broker(tg, "broker-2", crashes=False, resume=True)
+                assert list(second.rooms) == [nid]
                 assert second.rooms[nid].state == replay(before)
                 assert second.rooms[nid].seq == len(before)
-                await tg.start(_serve, second, anyio.CancelScope())
                 # The buyer says hello again: welcomed with its room and caught up (the
                 # repeated turn-started is deduped by the actor).
-                raw = await bus_for("raw")
+                raw = await rig.bus("raw")
                 hello = Hello(role="buyer", brain=buyer_brain.label)
                 await raw.publish(subjects.outbox(AgentId("buyer")), encode(hello))
                 await raw.flush()
@@ -235,9 +203,7 @@ async def test_a_new_broker_resumes_a_crashed_brokers_room(
                         break
                 tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            for bus in buses:
-                await bus.close()
+        await rig.close()
 
     assert welcomes[-1].rooms == (nid,)
     events = await logged(store, nid)  # seqs 1..n

@@ -1,0 +1,79 @@
+"""In-process crash rigs: brokers and agent actors on their own real NATS connections,
+where a broker can crash (cancelled with no shutdown work) and another take over."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from mams.actors.agent import AgentActor
+from mams.actors.brains.base import BuyerBrain, SellerBrain
+from mams.actors.broker import Broker
+from mams.bus.base import Bus
+from mams.bus.nats import NatsBus
+from mams.bus.subjects import Subjects
+from mams.storage.eventstore import EventStore
+
+
+async def _serve(
+    broker: Broker, scope: anyio.CancelScope, *, task_status: TaskStatus[None]
+) -> None:
+    with scope:
+        await broker.run(task_status=task_status)
+
+
+async def _crash() -> None:  # no commit of queued work, no abort: what SIGKILL leaves
+    return None
+
+
+class Rig:
+    """Connections made here are closed by `close` (call it in a finally)."""
+
+    def __init__(self, nats_url: str, store: EventStore, subjects: Subjects) -> None:
+        self.nats_url = nats_url
+        self.store = store
+        self.subjects = subjects
+        self.buses: list[Bus] = []
+
+    async def bus(self, name: str) -> Bus:
+        bus = await NatsBus.connect(self.nats_url, name=name)
+        self.buses.append(bus)
+        return bus
+
+    async def broker(
+        self,
+        tg: TaskGroup,
+        name: str,
+        *,
+        bus: Bus | None = None,
+        crashes: bool = True,
+        resume: bool = False,
+    ) -> tuple[Broker, anyio.CancelScope]:
+        """A serving broker and the scope that stops it (a crash, if `crashes`); with
+        `resume`, it first takes over the open rooms of the log (they are its `rooms`)."""
+        broker = Broker(bus or await self.bus(name), self.store, self.subjects)
+        if resume:
+            await broker.resume()
+        if crashes:
+            setattr(broker, "_shutdown", _crash)  # noqa: B010 (an instance override)
+        scope = anyio.CancelScope()
+        await tg.start(_serve, broker, scope)
+        return broker, scope
+
+    async def agents(
+        self, tg: TaskGroup, buyer: BuyerBrain, sellers: Mapping[str, SellerBrain]
+    ) -> AgentActor:
+        """The buyer ("buyer") and the sellers by agent id, running; returns the buyer."""
+        actor = AgentActor(await self.bus("buyer"), self.subjects, "buyer", buyer, "buyer")
+        await tg.start(actor.run)
+        for agent_id, brain in sellers.items():
+            seller = AgentActor(await self.bus(agent_id), self.subjects, agent_id, brain, "seller")
+            await tg.start(seller.run)
+        return actor
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for bus in self.buses:
+                await bus.close()
