@@ -14,7 +14,9 @@ from mams.domain.events import encode_event, event_type
 from mams.domain.messages import Accept, Say
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import PostgresEventStore
+from mams.storage.migrate import available, migrate
 from mams.storage.model import NewEvent
+from mams.storage.pg import create_pool
 from mams.storage.readmodels import ReadModelProjector
 from tests.domain.helpers import NID, SID, Room, buyer_turn, seller_turn
 
@@ -81,11 +83,11 @@ async def test_read_models_follow_the_log(
     assert run[10] is not None  # ended_at
     assert [m[1:] for m in messages] == [
         (1, "buyer", ["alpha", "beta", "gamma"], "Best price for 2?", None, None),
-        (1, "alpha", ["alpha", "beta", "gamma"], "$12 each", D("12.00"), 2),
-        (1, "beta", ["alpha", "beta", "gamma"], "$13 each", D("13.00"), 2),
-        (1, "gamma", ["alpha", "beta", "gamma"], "sold out", None, None),
+        (1, "alpha", ["buyer"], "$12 each", D("12.00"), 2),
+        (1, "beta", ["buyer"], "$13 each", D("13.00"), 2),
+        (1, "gamma", ["buyer"], "sold out", None, None),
         (2, "buyer", ["beta"], "$10?", D("10.00"), None),
-        (2, "beta", ["alpha", "beta", "gamma"], "$11 then", D("11.00"), 2),
+        (2, "beta", ["buyer"], "$11 then", D("11.00"), 2),
         (3, "buyer", ["beta"], "Deal", D("11.00"), 2),
     ]
     [outcome] = outcomes
@@ -96,6 +98,48 @@ async def test_read_models_follow_the_log(
     await store.append(events)
     await PostgresEventStore(pool, ReadModelProjector()).append(events[2:])
     assert await snapshot(pool) == before
+
+
+async def test_migration_0006_sends_the_rows_0005_wrote_for_seller_replies_to_the_buyer(
+    database_url: str, pg_schema: str
+) -> None:
+    # A database at 0005 (its mams_append recorded a reply's recipients as every seller),
+    # then migrated: the old rows are corrected, and new appends are right.
+    pool = await create_pool(database_url, schema=pg_schema)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, sql in available():
+                if version < "0006":
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+        await add_session(pool)
+        store = PostgresEventStore(pool, ReadModelProjector())
+        events = negotiation()
+        await store.append(events[:4])  # started, round 1, the ask, alpha's reply
+        old = await pool.fetch("SELECT sender, recipients FROM messages ORDER BY seq")
+        assert [tuple(r.values()) for r in old] == [
+            ("buyer", ["alpha", "beta", "gamma"]),
+            ("alpha", ["alpha", "beta", "gamma"]),  # what 0005 wrote
+        ]
+        async with pool.acquire() as conn:
+            assert await migrate(conn) == ["0006_reply_recipients"]
+        await store.append(events[4:])
+        fixed = await pool.fetch("SELECT sender, recipients FROM messages ORDER BY seq")
+        assert [tuple(r.values()) for r in fixed] == [
+            ("buyer", ["alpha", "beta", "gamma"]),
+            ("alpha", ["buyer"]),
+            ("beta", ["buyer"]),
+            ("gamma", ["buyer"]),
+            ("buyer", ["beta"]),
+            ("beta", ["buyer"]),
+            ("buyer", ["beta"]),
+        ]
+    finally:
+        await pool.close()
 
 
 async def test_a_failing_read_model_row_rolls_the_events_back(
