@@ -25,9 +25,13 @@ checked). `mams audit ID` audits both the negotiation and, once graded, its comp
 per line (`mams.storage.export`), to FILE or stdout. `mams import FILE` (or `-` for
 stdin) re-appends exported streams into a log that does not hold them yet and checks the
 recomputed chain equals the file's; `--json` prints
-`{"imported": [{"negotiation_id": "...", "events": N, "head": "<hex>"}]}`. Imported
-streams have events only (no session or read-model rows); `mams replay`, `mams audit` and
-`mams export` work on them by full id or prefix.
+`{"imported": [{"negotiation_id": "...", "events": N, "head": "<hex>"}],
+  "sessions_rebuilt": [{"session_id": "...", "items": N, "sellers": N}]}`.
+Imported negotiations get their read models, so `mams negotiations`, `mams report` and
+`mams sessions` list them like any other. A run needs its session, which an export does
+not carry: a session the log lacks is rebuilt from the opening events of the file's rooms
+(the buyer's items and the sellers' terms they show; named "imported from FILE"). The
+read models stamp the import time, the file keeps the original `recorded_at`.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ import msgspec
 from rich.console import Console
 from rich.markup import escape
 
+from mams.domain.config import Scenario, ScenarioError
 from mams.domain.errors import ConfigError
-from mams.domain.events import observation_stream_id
+from mams.domain.events import NegotiationStarted, decode_event, observation_stream_id
 from mams.infra import servers
 from mams.storage.audit import StreamReport, audit_stream
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.export import export_lines, import_events, parse_lines
-from mams.storage.readmodels import find_negotiation
+from mams.storage.model import StoredEvent
+from mams.storage.readmodels import ReadModelProjector, find_negotiation, restore_sessions
 
 _json = msgspec.json.Encoder()
 
@@ -204,11 +210,36 @@ async def cmd_import(args: argparse.Namespace, out: Console) -> int:
             raise AuditUsageError(f"cannot read {args.file}: {exc.strerror}") from exc
         source = str(path)
     events = parse_lines(raw.splitlines(), source=source)
+    restored: list[tuple[UUID, Scenario]] = []
     async with servers(need_bus=False) as srv:
-        # No projector: read models need the session row, which an export does not carry.
-        store = PostgresEventStore(srv.pool, None, dsn=srv.dsn)
-        counts = await import_events(store, events)
+
+        async def sessions_first(streams: dict[UUID, list[StoredEvent]]) -> None:
+            # A run's read models need its session row, which an export does not carry:
+            # a session this log lacks is rebuilt from its rooms' opening events.
+            rooms = [
+                e
+                for evs in streams.values()
+                if isinstance(e := decode_event(evs[0].data), NegotiationStarted)
+            ]
+            async with srv.pool.acquire() as conn:
+                try:
+                    restored.extend(
+                        await restore_sessions(conn, rooms, name=f"imported from {source}")
+                    )
+                except ScenarioError as exc:
+                    raise AuditUsageError(
+                        f"{source}: its negotiations do not make a session to list them "
+                        f"under: {exc}"
+                    ) from exc
+
+        store = PostgresEventStore(srv.pool, ReadModelProjector(), dsn=srv.dsn)
+        counts = await import_events(store, events, before_append=sessions_first)
         heads = {sid: (await store.read(sid))[-1].hash.hex() for sid in counts}
+    for session_id, scenario in restored:
+        out.print(
+            f"session {session_id} rebuilt from the file's rooms: "
+            f"{len(scenario.buyer.items)} item(s), {len(scenario.sellers)} seller(s)"
+        )
     for sid, n in counts.items():
         out.print(
             f"imported {n} events of negotiation {sid}; chain verified (head {heads[sid][:16]})"
@@ -219,7 +250,15 @@ async def cmd_import(args: argparse.Namespace, out: Console) -> int:
                 "imported": [
                     {"negotiation_id": str(sid), "events": n, "head": heads[sid]}
                     for sid, n in counts.items()
-                ]
+                ],
+                "sessions_rebuilt": [
+                    {
+                        "session_id": str(session_id),
+                        "items": len(scenario.buyer.items),
+                        "sellers": len(scenario.sellers),
+                    }
+                    for session_id, scenario in restored
+                ],
             }
         )
     return 0

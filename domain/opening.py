@@ -1,13 +1,24 @@
-"""Opening a room: the `negotiation.started` event for one buyer item of a scenario."""
+"""Opening a room: the `negotiation.started` event for one buyer item of a scenario (and
+back: the scenario a session's opening events show)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from mams.domain.config import BuyerItem, Scenario, Stockists, item_key, stock_index
+from mams.domain.config import (
+    BuyerItem,
+    Problem,
+    Scenario,
+    ScenarioError,
+    Stockists,
+    item_key,
+    parse_scenario,
+    stock_index,
+)
 from mams.domain.events import BuyerTerms, NegotiationStarted, SellerTerms
 
 
@@ -70,3 +81,55 @@ def opening(
         round_timeout=options.round_timeout,
         seed=options.seed,
     )
+
+
+def scenario_of(rooms: Sequence[NegotiationStarted], *, name: str) -> Scenario:
+    """As much of a session's scenario as its rooms' opening events show: the buyer's items
+    and, for each seller, its style, weights and terms for those items (the inverse of
+    `opening`, for a session known only from its log, e.g. an imported archive). An item
+    opened twice keeps its first room's terms. Raises ScenarioError if the rooms do not
+    make a valid scenario (they all must share one buyer)."""
+    if not rooms:
+        raise ScenarioError([Problem("rooms", "no room to rebuild a scenario from")])
+    items: dict[str, dict[str, str | int]] = {}
+    sellers: dict[str, dict[str, Any]] = {}
+    for room in rooms:
+        key = item_key(room.item_name)
+        if key in items:
+            continue
+        b = room.buyer
+        items[key] = {
+            "item_name": room.item_name,
+            "quantity": b.quantity,
+            "min_price": str(b.min_price),
+            "max_price": str(b.max_price),
+        }
+        for s in room.sellers:
+            seller = sellers.setdefault(
+                s.agent_id,
+                {
+                    "handle": s.handle,
+                    "style": s.style,
+                    "customer_retention_weight": str(s.customer_retention_weight),
+                    "profit_maximization_weight": str(s.profit_maximization_weight),
+                    "inventory": [],
+                },
+            )
+            seller["inventory"].append(
+                {
+                    "item_name": room.item_name,
+                    "cost_price": str(s.cost_price),
+                    "selling_price": str(s.selling_price),
+                    "least_price": str(s.least_price),
+                }
+            )
+    handles = {r.buyer.handle for r in rooms}
+    if len(handles) > 1:
+        problem = Problem("buyer.handle", f"the rooms have several buyers: {sorted(handles)}")
+        raise ScenarioError([problem])
+    raw = {
+        "name": name,
+        "buyer": {"handle": rooms[0].buyer.handle, "items": list(items.values())},
+        "sellers": list(sellers.values()),
+    }
+    return parse_scenario(raw, source=name)

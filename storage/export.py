@@ -9,12 +9,13 @@ One JSON object per line, one line per event, in seq order:
 Import re-appends the events through an EventStore (which recomputes the chain), refusing
 a file whose own chain does not verify and a stream the target log already holds; after
 appending it checks the recomputed hashes equal the file's. `recorded_at` is kept in the
-file for the record; the target log stamps its own commit time.
+file for the record; the target log stamps its own commit time (so do the read models:
+an imported run shows when it was imported).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -96,11 +97,18 @@ def by_stream(events: Sequence[StoredEvent]) -> dict[UUID, list[StoredEvent]]:
     return {sid: sorted(evs, key=lambda e: e.seq) for sid, evs in groups.items()}
 
 
-async def import_events(store: EventStore, events: Sequence[StoredEvent]) -> dict[UUID, int]:
+async def import_events(
+    store: EventStore,
+    events: Sequence[StoredEvent],
+    *,
+    before_append: Callable[[dict[UUID, list[StoredEvent]]], Awaitable[None]] | None = None,
+) -> dict[UUID, int]:
     """Append exported events into `store`; return events imported per stream.
 
     Refuses (before writing anything) a file whose chain does not verify or a stream the
     store already holds; each stream is appended in one batch (one transaction).
+    `before_append` gets the streams once every check passed, before the first append
+    (to store what the read models need first, such as the streams' sessions).
     """
     streams = by_stream(events)
     if not streams:
@@ -117,6 +125,8 @@ async def import_events(store: EventStore, events: Sequence[StoredEvent]) -> dic
                 f"stream {sid} already has events in this log; import only into a log "
                 "that does not hold it"
             )
+    if before_append is not None:
+        await before_append(streams)
     counts: dict[UUID, int] = {}
     for sid, evs in streams.items():
         await store.append([NewEvent(e.stream_id, e.seq, e.event_id, e.type, e.data) for e in evs])

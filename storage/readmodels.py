@@ -24,6 +24,7 @@ from mams.domain.events import (
     RoundOpened,
     decode_event,
 )
+from mams.domain.opening import scenario_of
 from mams.storage.model import NewEvent
 
 _json = msgspec.json.Encoder(decimal_format="string")
@@ -142,6 +143,25 @@ async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None
                 for e in s.inventory
             ],
         )
+
+
+async def restore_sessions(
+    conn: Conn, rooms: Sequence[NegotiationStarted], *, name: str
+) -> list[tuple[UUID, Scenario]]:
+    """Store, for each session of `rooms` this database lacks, the scenario its rooms show
+    (`scenario_of`), so their read models can be written (a run needs its session row).
+    Returns what it stored; raises ScenarioError if some session's rooms make no scenario."""
+    by_session: dict[UUID, list[NegotiationStarted]] = {}
+    for room in rooms:
+        by_session.setdefault(room.session_id, []).append(room)
+    made: list[tuple[UUID, Scenario]] = []
+    for session_id, opened in by_session.items():
+        if await conn.fetchval("SELECT 1 FROM sessions WHERE session_id = $1", session_id):
+            continue
+        scenario = scenario_of(opened, name=name)
+        await save_session(conn, session_id, scenario)
+        made.append((session_id, scenario))
+    return made
 
 
 async def load_session(conn: Conn, session_id: UUID) -> Scenario | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from uuid import UUID
 
+import asyncpg
 import pytest
 
 from tests.audit.conftest import Market
@@ -29,8 +31,29 @@ def run(
     )
 
 
+async def read_models(database_url: str, schema: str, nid: UUID) -> list[list[tuple[object, ...]]]:
+    """A run's read-model rows, without the timestamps of when they were written."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        queries = (
+            "SELECT item_name, status, brain, max_rounds, seed, rounds, buyer, sellers"
+            " FROM negotiation_runs WHERE negotiation_id = $1",
+            "SELECT seq, message_id, round, sender, recipients, text, offer_unit_price,"
+            " offer_quantity FROM messages WHERE negotiation_id = $1 ORDER BY seq",
+            "SELECT type, seller, unit_price, quantity, total, rounds FROM outcomes"
+            " WHERE negotiation_id = $1",
+        )
+        return [[tuple(r.values()) for r in await conn.fetch(q, nid)] for q in queries]
+    finally:
+        await conn.close()
+
+
 async def test_audit_export_import_over_the_cli(
-    market: Market, database_url: str, pg_schema: str, other_schema: str, tmp_path: Path
+    market: Market,
+    database_url: str,
+    pg_schema: str,
+    other_schema: str,
+    tmp_path: Path,
 ) -> None:
     nid = market.rooms[0].negotiation_id
 
@@ -59,7 +82,8 @@ async def test_audit_export_import_over_the_cli(
     assert len(lines) == await market.store.last_seq(nid)
     proc = mams("import", str(archive), "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
-    imported = one_json_object(proc.stdout)["imported"]
+    result = one_json_object(proc.stdout)
+    imported = result["imported"]
     original = await market.store.read(nid)
     assert imported == [
         {"negotiation_id": str(nid), "events": len(original), "head": original[-1].hash.hex()}
@@ -67,6 +91,19 @@ async def test_audit_export_import_over_the_cli(
     proc = mams("audit", str(nid), "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
     assert one_json_object(proc.stdout)["streams"][0]["head"] == original[-1].hash.hex()
+    # Its read models are there too (so it is listed and reported like any run), under a
+    # session rebuilt from its opening: the item it shows, each seller with its terms.
+    started = market.rooms[0].state.started
+    assert started is not None
+    assert result["sessions_rebuilt"] == [
+        {"session_id": str(started.session_id), "items": 1, "sellers": len(started.sellers)}
+    ]
+    assert await read_models(database_url, other_schema, nid) == await read_models(
+        database_url, pg_schema, nid
+    )
+    proc = mams("negotiations", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    assert str(nid)[:8] in proc.stdout
     # The same file again is refused (exit 1, nothing written).
     proc = mams("import", str(archive), schema=other_schema)
     assert proc.returncode == 1

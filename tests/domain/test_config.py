@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mams.domain.config import (
+    AUTO_MODEL,
     BuyerItem,
     Problem,
     Scenario,
@@ -24,6 +27,7 @@ from mams.domain.config import (
     scenario_to_raw,
 )
 from mams.domain.errors import MamsError
+from mams.domain.opening import RoomOptions, opening, scenario_of
 
 D = Decimal
 
@@ -761,3 +765,33 @@ def test_valid_random_scenarios_parse_and_round_trip(raw: dict[str, Any]) -> Non
     for item, raw_item in zip(scenario.buyer.items, raw["buyer"]["items"], strict=True):
         assert item.max_price == raw_item["max_price"]
         assert item.max_price.as_tuple().exponent == -2
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw_scenarios())
+def test_a_sessions_openings_give_back_its_scenario(raw: dict[str, Any]) -> None:
+    # What an imported archive's rooms rebuild (`scenario_of`): everything but the name,
+    # description and models, which no opening event carries.
+    scenario = parse_scenario(raw)
+    session = uuid.uuid4()
+    rooms = [opening(scenario, session, item, RoomOptions(), {}) for item in scenario.buyer.items]
+    rebuilt = scenario_of([*rooms, rooms[0]], name="imported")  # a repeated item: once
+    r = msgspec.structs.replace
+    assert rebuilt == r(
+        scenario,
+        name="imported",
+        description="",
+        buyer=r(scenario.buyer, model=AUTO_MODEL),
+        sellers=tuple(r(s, model=AUTO_MODEL) for s in scenario.sellers),
+    )
+
+
+def test_rooms_of_two_buyers_make_no_scenario() -> None:
+    scenario = parse_scenario_text(TOML, fmt="toml")
+    item = scenario.buyer.items[0]
+    mine = opening(scenario, uuid.uuid4(), item, RoomOptions(), {})
+    theirs = msgspec.structs.replace(mine, buyer=msgspec.structs.replace(mine.buyer, handle="@B2"))
+    with pytest.raises(ScenarioError, match="several buyers"):
+        scenario_of([mine, theirs], name="x")
+    with pytest.raises(ScenarioError, match="no room"):
+        scenario_of([], name="x")
