@@ -25,10 +25,15 @@ from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
+import anyio
 import asyncpg
+import msgspec
 
+from mams.bus.base import Bus, Subscription
 from mams.bus.embedded import find_nats_server_binary
+from mams.bus.subjects import Subjects
 from mams.domain.events import OBSERVATION_TAGS
+from mams.domain.messages import BuyerTurn, SellerTurn, decode_outbox
 from tests.processes.helpers import mams_command
 
 SERVER_TIMEOUT = 30.0
@@ -213,3 +218,83 @@ async def check_log(conn: asyncpg.Connection) -> dict[str, int]:
         "ended": ended,
         "seller_replied": replied,
     }
+
+
+class Sent(msgspec.Struct, frozen=True):
+    """One turn an agent put on the bus (seen by a tap on every outbox)."""
+
+    negotiation_id: UUID
+    round: int
+    agent: str
+    kind: str  # "buyer.turn" or "seller.turn"
+
+
+class TurnTap:
+    """Every buyer and seller turn published on a market, by message id (a turn re-sent
+    with its id is one entry). Subscribe before the agents start; the bus buffers what
+    arrives until `collect`, which reads it all."""
+
+    def __init__(self, bus: Bus, subjects: Subjects) -> None:
+        self.bus = bus
+        self.subjects = subjects
+        self.sent: dict[UUID, Sent] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.bus.subscribe(self.subjects.all_outboxes(), max_pending=1_000_000)
+        await self.bus.flush()
+
+    async def collect(self, *, idle: float = 1.0) -> dict[UUID, Sent]:
+        """What arrived, reading until nothing has come for `idle` seconds."""
+        assert self._sub is not None, "start() first"
+        while True:
+            with anyio.move_on_after(idle) as waited:
+                msg = await anext(self._sub)
+            if waited.cancelled_caught:
+                return self.sent
+            try:
+                turn = decode_outbox(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if isinstance(turn, BuyerTurn | SellerTurn):
+                agent = str(self.subjects.agent_of_outbox(msg.subject))
+                kind = "buyer.turn" if isinstance(turn, BuyerTurn) else "seller.turn"
+                self.sent[turn.message_id] = Sent(turn.negotiation_id, turn.round, agent, kind)
+
+
+async def check_turns_accounted(conn: asyncpg.Connection, sent: dict[UUID, Sent]) -> int:
+    """The log invents no agent message, and loses none: every event that carries an
+    agent's message id is a turn some agent sent, and every turn sent is in the log unless
+    the log shows it came too late (its round had closed on the deadline without it, or
+    the room had ended). Returns how many turns came too late."""
+    rows = await conn.fetch(
+        "SELECT stream_id, type, data FROM events WHERE type IN "
+        "('buyer.said', 'seller.replied', 'deal.closed', 'buyer.walked_away')"
+    )
+    logged = {UUID(json.loads(r["data"])["message_id"]) for r in rows}
+    invented = logged - sent.keys()
+    assert not invented, f"{len(invented)} logged agent messages no agent sent"
+    closed = {
+        (r["stream_id"], d["round"]): (d["reason"], set(d["unanswered"]))
+        for r in await conn.fetch("SELECT stream_id, data FROM events WHERE type = 'round.closed'")
+        for d in [json.loads(r["data"])]
+    }
+    ended = {
+        r["stream_id"]
+        for r in await conn.fetch("SELECT stream_id FROM events WHERE type = 'negotiation.ended'")
+    }
+    late, unexplained = 0, []
+    for mid, turn in sent.items():
+        if mid in logged:
+            continue
+        reason, unanswered = closed.get((turn.negotiation_id, turn.round), ("", set()))
+        if (
+            (turn.kind == "seller.turn" and turn.agent in unanswered)
+            or (turn.kind == "buyer.turn" and reason == "buyer_timeout")
+            or (not reason and turn.negotiation_id in ended)  # its round was the last
+        ):
+            late += 1
+        else:
+            unexplained.append((mid, turn, reason, unanswered))
+    assert not unexplained, f"turns sent but neither logged nor late: {unexplained[:5]}"
+    return late

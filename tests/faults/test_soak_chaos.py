@@ -5,6 +5,8 @@ Small by default (200 negotiations of at most 2 rounds, 1 s round deadlines, 5 k
 stay fast in CI; bigger runs are opt-in: MAMS_SOAK=1000 (negotiations), MAMS_SOAK_KILLS,
 MAMS_SOAK_SEED. Afterwards: every negotiation ended, the audit of every stream is clean,
 no event id is duplicated, seqs are 1..n, one seller.replied per seller turn message id,
+every turn an agent put on the bus (a tap on all outboxes) is in the log once, unless the
+log shows it came too late for its round, and the log holds no agent message none sent,
 and the quality monitor (a process of its own) recorded for every room exactly what the
 checks find over its stored log, which is nothing: the baseline brains raise no flag
 without faults, and with them every committed offer still reaches the buyer before its
@@ -25,10 +27,12 @@ import asyncpg
 import pytest
 
 from mams.actors.monitor import stored_flags
+from mams.bus.nats import NatsBus
+from mams.bus.subjects import Subjects
 from mams.domain.events import decode_event
 from mams.domain.quality import check
 from mams.storage.pg import open_store
-from tests.faults.servers import audit_all, check_log
+from tests.faults.servers import TurnTap, audit_all, check_log, check_turns_accounted
 from tests.faults.test_broker_crash import poll
 from tests.processes.helpers import Cast, Child
 
@@ -63,7 +67,7 @@ def soak_scenario(n: int, wave: int, waves: int) -> str:
 @pytest.mark.e2e
 @pytest.mark.timeout(120 + N // 2)
 async def test_soak_with_broker_and_seller_kills(
-    procs: Cast, market: str, tmp_path: Path, database_url: str, pg_schema: str
+    procs: Cast, market: str, tmp_path: Path, database_url: str, pg_schema: str, nats_url: str
 ) -> None:
     rng = random.Random(SEED)
     waves = max(1, KILLS)
@@ -92,6 +96,9 @@ async def test_soak_with_broker_and_seller_kills(
             market,
         )
 
+    # Every turn the agents put on the bus, to account for each in the log afterwards.
+    tap = TurnTap(await NatsBus.connect(nats_url, name="soak-tap"), Subjects(market))
+    await tap.start()
     broker = start_broker()
     await broker.wait_for("broker ready")
     # The quality monitor grades every room live, through the kills (never killed itself).
@@ -174,6 +181,8 @@ async def test_soak_with_broker_and_seller_kills(
         finally:
             await pool.close()
         log = await check_log(conn)
+        sent = await tap.collect()
+        late = await check_turns_accounted(conn, sent)
         rounds = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'round.opened'")
         by_status: dict[str, int] = {
             r["status"]: r["n"]
@@ -184,6 +193,7 @@ async def test_soak_with_broker_and_seller_kills(
         }
     finally:
         await conn.close()
+        await tap.bus.close()
     codes = [await b.wait(within=30) for b in buyers]
     monitor.signal(signal.SIGTERM)
     assert await monitor.wait(within=30) == 0, monitor.describe()
@@ -200,7 +210,8 @@ async def test_soak_with_broker_and_seller_kills(
         f"{kills}; restarted brokers resumed {resumed} open rooms; log {log}; rounds opened "
         f"{rounds}; ended by status {by_status}; all ended after {t_ended:.1f} s; "
         f"buyer exits {codes}; audited {len(report['streams'])} streams, all clean; "
-        f"{flags} quality flags, each room's equal to check() over its log"
+        f"{flags} quality flags, each room's equal to check() over its log; {len(sent)} "
+        f"turns sent, each logged once or ({late}) too late for its round"
     )
     assert log["streams"] == N
     assert flags == 0, "a buyer decided without an offer the log holds (or lost its turn)"
