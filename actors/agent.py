@@ -187,7 +187,10 @@ class AgentActor:
                 return None  # a repeat delivery (re-sent on rejoin): folded once
             case TurnStarted() | SellerMessage() | RoomClosed() if nid in self.buyer_views:
                 if isinstance(message, SellerMessage):
-                    self.heard.setdefault(nid, set()).add(message.message_id)
+                    heard = self.heard.get(nid)
+                    if heard is None:
+                        heard = self.heard[nid] = set()
+                    heard.add(message.message_id)
                 view = self.buyer_views[nid] = buyer_received(self.buyer_views[nid], message)
                 if isinstance(message, TurnStarted):
                     if self.turns_taken.get(nid, 0) < message.round:
