@@ -66,7 +66,7 @@ from mams.domain.negotiation import (
     replay,
 )
 from mams.domain.transcript import Renderer, render
-from mams.domain.visibility import route
+from mams.domain.visibility import catch_up, route
 
 from .helpers import BUYER, NID, buyer_turn, seller_turn, started
 
@@ -305,56 +305,69 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 
 # -- (a) opacity ------------------------------------------------------------------------------
+def check_delivery(run: Run, recipient: str, message: RoomMessage) -> None:
+    """What one delivery may carry to its recipient (DESIGN.md invariant 1)."""
+    buyer_private_numbers = {BUYER_MIN, BUYER_MAX}
+    assert recipient in {BUYER, *run.seller_ids}  # nothing leaves the room
+    assert message.negotiation_id == NID
+    raw = encode(message)
+    for marker in run.private_markers:
+        assert marker.encode() not in raw, (marker, recipient)
+    if recipient == BUYER:
+        assert isinstance(message, BuyerRoomOpened | TurnStarted | SellerMessage | RoomClosed)
+        for key in PRIVATE_SELLER_KEYS:
+            assert key not in raw, (key, message)
+        for sid in run.seller_ids:
+            terms = run.state.seller(sid)
+            assert terms is not None
+            hidden = {str(terms.cost_price), str(terms.least_price)}
+            assert not numbers_in(raw, hidden), (sid, message)
+            assert f'"{terms.customer_retention_weight}"'.encode() not in raw
+            assert f'"{terms.style}"'.encode() not in raw
+        return
+    # A seller.
+    assert recipient in run.seller_ids
+    assert isinstance(message, SellerRoomOpened | BuyerMessage | RoomClosed), message
+    for key in BUYER_KEYS:
+        assert key not in raw, (key, message)
+    assert not numbers_in(raw, buyer_private_numbers), message
+    if isinstance(message, SellerRoomOpened):
+        own = run.state.seller(recipient)
+        assert own is not None
+        assert message.terms.least_price == own.least_price
+        assert message.terms.cost_price == own.cost_price
+    else:
+        for key in PRIVATE_SELLER_KEYS:
+            assert key not in raw, (key, message)
+    for other in run.seller_ids:
+        if other == recipient:
+            return
+        assert f"x{other}".encode() not in raw, (other, message)  # its texts, reasoning
+        assert not numbers_in(raw, run.seller_numbers[other]), (other, message)
+        assert f'"{other}"'.encode() not in raw, (other, message)  # not even its id
+    for text in texts_of(message):
+        for marker, to in run.buyer_markers.items():
+            if marker in text and to is not None:
+                assert recipient in to, (marker, recipient, to)
+    if isinstance(message, RoomClosed) and message.outcome is not None:
+        assert message.outcome.seller == recipient
+
+
 @SETTINGS
 @given(st.data())
 def test_opacity_no_party_receives_what_it_may_not_see(data: st.DataObject) -> None:
     run = drive(data)
     participants = {BUYER, *run.seller_ids}
-    buyer_private_numbers = {BUYER_MIN, BUYER_MAX}
     for _event, recipient, message in run.deliveries:
-        assert recipient in participants  # nothing leaves the room
-        assert message.negotiation_id == NID
-        raw = encode(message)
-        for marker in run.private_markers:
-            assert marker.encode() not in raw, (marker, recipient)
-        if recipient == BUYER:
-            assert isinstance(message, BuyerRoomOpened | TurnStarted | SellerMessage | RoomClosed)
-            for key in PRIVATE_SELLER_KEYS:
-                assert key not in raw, (key, message)
-            for sid in run.seller_ids:
-                terms = run.state.seller(sid)
-                assert terms is not None
-                hidden = {str(terms.cost_price), str(terms.least_price)}
-                assert not numbers_in(raw, hidden), (sid, message)
-                assert f'"{terms.customer_retention_weight}"'.encode() not in raw
-                assert f'"{terms.style}"'.encode() not in raw
-            continue
-        # A seller.
-        assert recipient in run.seller_ids
-        assert isinstance(message, SellerRoomOpened | BuyerMessage | RoomClosed), message
-        for key in BUYER_KEYS:
-            assert key not in raw, (key, message)
-        assert not numbers_in(raw, buyer_private_numbers), message
-        if isinstance(message, SellerRoomOpened):
-            own = run.state.seller(recipient)
-            assert own is not None
-            assert message.terms.least_price == own.least_price
-            assert message.terms.cost_price == own.cost_price
-        else:
-            for key in PRIVATE_SELLER_KEYS:
-                assert key not in raw, (key, message)
-        for other in run.seller_ids:
-            if other == recipient:
-                continue
-            assert f"x{other}".encode() not in raw, (other, message)  # its texts, reasoning
-            assert not numbers_in(raw, run.seller_numbers[other]), (other, message)
-            assert f'"{other}"'.encode() not in raw, (other, message)  # not even its id
-        for text in texts_of(message):
-            for marker, to in run.buyer_markers.items():
-                if marker in text and to is not None:
-                    assert recipient in to, (marker, recipient, to)
-        if isinstance(message, RoomClosed) and message.outcome is not None:
-            assert message.outcome.seller == recipient
+        check_delivery(run, recipient, message)
+    # What a rejoin or a keepalive re-sends (catch_up) crosses the same boundary, at any
+    # point of the run.
+    for state in [*run.states_before[1:], run.state]:
+        for agent in participants:
+            for rejoin in (True, False):
+                for recipient, message in catch_up(state, agent, rejoin=rejoin):
+                    assert recipient == agent
+                    check_delivery(run, recipient, message)
     # Private events produce no deliveries at all.
     for event in run.events:
         if isinstance(event, GuardrailTripped | ReasoningRecorded):
