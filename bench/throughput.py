@@ -552,6 +552,13 @@ async def main() -> None:
         type=int,
         help="split/open: the broker's commit lanes (default: the Broker's, 2)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each (K, S) this many times, each against raw ceilings measured just "
+        "before it, then print the median and range (this machine's rates move ~10%%)",
+    )
     p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--broker-child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -605,17 +612,42 @@ async def main() -> None:
 
     if "one" in args.modes:
         await run_one(args.nats, args.dsn, 1, 1)  # warm-up (first connections, imports)
+    fresh = True  # the ceilings were just measured
     for sellers in args.sellers:
         for k in ks:
-            if "one" in args.modes:
-                row("one", k, sellers, await run_one(args.nats, args.dsn, k, sellers))
-            if "split" in args.modes or ("open" in args.modes and not args.rate):
-                r = await run_split(args.nats, args.dsn, k, sellers, None, args.anatomy, args.lanes)
-                row("split", k, sellers, r)
-            if "open" in args.modes:
-                rate = args.rate or 0.8 * r["neg_per_s"]
-                r = await run_split(args.nats, args.dsn, k, sellers, rate, args.anatomy, args.lanes)
-                row(f"open@{rate:.0f}", k, sellers, r)
+            got: dict[str, list[tuple[float, float]]] = {}  # mode -> (routed/s, ratio)
+            for _ in range(args.repeat):
+                if args.repeat > 1 and not args.no_ceilings and not fresh:
+                    ceilings = await raw_ceilings(args.nats, args.dsn)  # each run its own
+                    print(ceilings.describe())
+                fresh = False
+                if "one" in args.modes:
+                    r = await run_one(args.nats, args.dsn, k, sellers)
+                    row("one", k, sellers, r)
+                    got.setdefault("one", []).append((r["routed_per_s"], ceilings.broker))
+                if "split" in args.modes or ("open" in args.modes and not args.rate):
+                    r = await run_split(
+                        args.nats, args.dsn, k, sellers, None, args.anatomy, args.lanes
+                    )
+                    row("split", k, sellers, r)
+                    got.setdefault("split", []).append((r["routed_per_s"], ceilings.broker))
+                if "open" in args.modes:
+                    rate = args.rate or 0.8 * r["neg_per_s"]
+                    r = await run_split(
+                        args.nats, args.dsn, k, sellers, rate, args.anatomy, args.lanes
+                    )
+                    row(f"open@{rate:.0f}", k, sellers, r)
+            if args.repeat > 1:
+                for mode, runs in got.items():
+                    rates, rel = [g[0] for g in runs], [g[0] / g[1] for g in runs]
+                    print(
+                        f"{mode:>9} {k:>5} {sellers:>3}  median of {len(runs)}: "
+                        f"{statistics.median(rates):,.0f} routed/s "
+                        f"({min(rates):,.0f}-{max(rates):,.0f}), "
+                        f"{statistics.median(rel):.3f} of the raw broker measured before "
+                        f"each ({min(rel):.3f}-{max(rel):.3f})",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
