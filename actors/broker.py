@@ -21,8 +21,10 @@ the sellers' answers to the buyer's last message, which a crash between commit a
 may have kept from the buyer, and the owed turns); the agent processes re-say hello every
 few seconds as a keepalive (re-sent only their owed turns), so they notice a restarted
 broker on their own.
-A turn published while no broker was listening is lost on the bus, never in the log: the
-round's deadline closes it, so no room is left stuck.
+A turn published while no broker was listening is lost on the bus, never in the log: when
+the next broker re-sends the turn the agent still owes, the agent publishes the same turn
+again (same message id); an agent that does not (PROTOCOL.md asks it to) is closed out by
+the round's deadline, so no room is left stuck.
 
 Shutdown. Whatever was decided (queued or in flight to the writer) is always committed on
 the way out. Then, with `abort_on_shutdown=True` (the default; in-process `mams run`, whose
