@@ -155,7 +155,11 @@ class _Control:
     message: Hello | OpenRooms
 
 
-_Item = tuple[UUID, Command] | _Control
+class _Resync:
+    """The bus reconnected: re-send every agent of every open room its catch-up."""
+
+
+_Item = tuple[UUID, Command] | _Control | _Resync
 _CONTROL = (Hello, OpenRooms)
 
 
@@ -292,6 +296,12 @@ class Broker:
         """Abort one room (recorded as aborted)."""
         await self._commands[0].send((negotiation_id, Abort(reason=reason)))
 
+    async def resync(self) -> None:
+        """Re-send every agent of every open room its catch-up, after whatever is already
+        queued. Call it when the bus has reconnected (`NatsBus.on_reconnect`): what was
+        published while the server was away may be lost, and agents fold repeats once."""
+        await self._commands[0].send(_Resync())
+
     async def joined(self, agents: set[str]) -> None:
         """Wait until every one of these agents has said hello."""
         while not agents <= self.brains.keys():
@@ -418,6 +428,9 @@ class Broker:
                 for control_batch in await self._control(item):
                     await self._enqueue(control_batch)
                 continue
+            if isinstance(item, _Resync):
+                await self._enqueue(self._redeliver(self.running()))
+                continue
             nid, command = item
             batch = self._apply(nid, command)
             if batch is not None:
@@ -455,11 +468,13 @@ class Broker:
         )
 
     def _redeliver(self, rooms: list[UUID]) -> _Batch:
-        """Every agent's catch-up for resumed rooms, without waiting for its hello."""
+        """Every agent's catch-up for these rooms (resumed, or open when the bus came
+        back), without waiting for its hello."""
         messages: list[tuple[str, InboxMessage]] = []
         for nid in rooms:
             state = self.rooms[nid].state
-            assert state.started is not None
+            if state.started is None:
+                continue  # a room whose opening was refused
             agents = (state.started.buyer.agent_id, *(s.agent_id for s in state.started.sellers))
             for agent in agents:
                 messages += catch_up(state, agent, rejoin=True)

@@ -7,7 +7,7 @@ nats-py errors are translated into `BusError` subclasses in exactly one place,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, NoReturn
 
@@ -102,6 +102,14 @@ class NatsBus:
         self._nc = nc
         self._url = url
         self._subs: dict[int, tuple[BufferedSubscription, NatsSubscription]] = {}
+        self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Call `hook` each time the connection comes back after a disconnect (the
+        subscriptions are in place again by then). What was published to us, or by us
+        past nats-py's buffer, while the server was away is lost: a hook re-sends what the
+        other side may need. A failing hook is logged, never raised."""
+        self._on_reconnect.append(hook)
 
     @property
     def url(self) -> str:
@@ -131,6 +139,7 @@ class NatsBus:
         """
         log = _log.bind(url=redact_url(url), client=name)
         last_error: list[BaseException] = []
+        bus: list[NatsBus] = []  # the instance, once connected (for the reconnect hooks)
 
         async def on_error(exc: Exception) -> None:
             last_error[:] = [exc]
@@ -147,6 +156,11 @@ class NatsBus:
 
         async def on_reconnected() -> None:
             log.info("nats.reconnected", server=_netloc(nc))
+            for hook in bus[0]._on_reconnect if bus else ():
+                try:
+                    await hook()
+                except Exception as exc:  # a hook must not break nats-py's reconnect
+                    log.warning("nats.reconnect_hook_failed", error=repr(exc))
 
         async def on_closed() -> None:
             log.info("nats.closed")
@@ -187,7 +201,8 @@ class NatsBus:
                 await nc.close()
             _raise(exc, url=url, doing="connecting")
         log.debug("nats.connected", server=_netloc(nc))
-        return cls(nc, url)
+        bus.append(cls(nc, url))
+        return bus[0]
 
     async def publish(self, subject: str, data: bytes) -> None:
         """Publish ``data`` on ``subject`` (buffered by nats-py; `flush` to wait for it)."""

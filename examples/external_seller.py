@@ -9,7 +9,8 @@ It does not import mams; any language with a NATS client can do what it does.
 What it does (see PROTOCOL.md):
 - subscribes to its inbox ``<market>.agent.<id>.inbox`` and says ``hello`` on its outbox
   ``<market>.broker.<id>.outbox`` every second until the broker answers ``welcome``, then
-  every five seconds as a keepalive (``"catch_up": false``), so a restarted broker knows it;
+  every five seconds as a keepalive (``"catch_up": false``), so a restarted broker knows it,
+  and with a full catch-up at once when its NATS connection comes back from an outage;
 - for each room it is in (``room.opened.seller``), remembers its asking price and floor;
 - answers each ``buyer.message`` once with a ``seller.turn``: the first offer is its
   asking price, each later one concedes 10% of the remaining gap toward its floor (cents
@@ -189,11 +190,16 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    nc = await nats.connect(args.nats, name=f"{args.market}-{agent_id}")
+    hello: dict[str, object] = {"type": "hello", "role": "seller", "brain": "external"}
+
+    async def reconnected() -> None:  # what was delivered during the outage is lost
+        log("reconnected")
+        await seller.send(hello)  # a full catch-up
+
+    nc = await nats.connect(args.nats, name=f"{args.market}-{agent_id}", reconnected_cb=reconnected)
     seller = Seller(nc, args.market, agent_id)
     sub = await nc.subscribe(seller.inbox, cb=seller.on_message)
     log("started", handle=args.handle, inbox=seller.inbox, outbox=seller.outbox)
-    hello: dict[str, object] = {"type": "hello", "role": "seller", "brain": "external"}
     while not seller.welcomed.is_set() and not stop.is_set():
         await seller.send(hello)
         log("hello")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mams.bus.subjects import Subjects
+from tests.faults.servers import OwnNats
 from tests.processes.helpers import Cast, cast, process_env, schema_dsn
 
 
@@ -33,3 +34,14 @@ def procs(tmp_path: Path, nats_url: str, dsn: str) -> Iterator[Cast]:
 @pytest.fixture
 def subjects() -> Subjects:
     return Subjects(prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[OwnNats]:
+    """A nats-server of the test's own (127.0.0.1, a free port), to kill and restart."""
+    server = OwnNats(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -44,16 +44,6 @@ def own_pg() -> Iterator[OwnPostgres]:
             pg.close()
 
 
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[OwnNats]:
-    server = OwnNats(tmp_path)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 async def _market(c: Cast, market: str, scenario: Path) -> tuple[Child, Child, Child]:
     """The broker, both sellers ready (@QuickTech then frozen), and the buyer started.
     Returns (broker, @QuickTech, buyer)."""

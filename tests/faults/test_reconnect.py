@@ -1,0 +1,98 @@
+"""After a NATS outage: the bus runs its reconnect hooks, and a broker told to resync
+re-sends every open room's catch-up (real nats-server processes, real PostgreSQL).
+
+`mams broker` resyncs on reconnect and `mams seller`/`mams buyer` say a full catch-up
+hello, so whichever side comes back last, what the outage swallowed is sent again
+(tests/faults/test_server_restarts.py runs that end to end).
+"""
+
+from __future__ import annotations
+
+import anyio
+import asyncpg
+import pytest
+
+from mams.actors.brains.baseline import BaselineSeller
+from mams.actors.market import RunOptions
+from mams.bus.nats import NatsBus
+from mams.bus.subjects import AgentId, Subjects
+from mams.domain.messages import BuyerRoomOpened, SellerMessage, TurnStarted, decode_inbox
+from mams.storage.eventstore import PostgresEventStore
+from tests.faults.rig import Rig
+from tests.faults.servers import OwnNats
+from tests.faults.test_broker_crash import GatedBuyer, poll
+from tests.integration.helpers import started_for
+from tests.integration.scenarios import phone
+
+pytestmark = pytest.mark.integration
+
+
+async def test_reconnect_hooks_run_once_the_connection_and_its_subscriptions_are_back(
+    own_nats: OwnNats,
+) -> None:
+    bus = await NatsBus.connect(own_nats.url, name="hooked", reconnect_wait=0.05)
+    called: list[str] = []
+
+    async def broken() -> None:
+        raise RuntimeError("a hook with a bug")
+
+    async def note() -> None:
+        called.append("reconnected")
+
+    bus.on_reconnect(broken)  # logged; the next hook still runs
+    bus.on_reconnect(note)
+    try:
+        sub = await bus.subscribe("hooks.test")
+        with anyio.fail_after(30):
+            await anyio.to_thread.run_sync(own_nats.kill)
+            await anyio.to_thread.run_sync(own_nats.start)
+            await poll(lambda: called, within=20)
+            await bus.publish("hooks.test", b"after")
+            assert (await anext(sub)).data == b"after"
+        assert called == ["reconnected"]
+    finally:
+        await bus.close()
+
+
+async def test_resync_re_sends_every_open_rooms_catch_up_without_a_hello(
+    nats_url: str, pg_store: tuple[asyncpg.Pool, PostgresEventStore], subjects: Subjects
+) -> None:
+    _, store = pg_store
+    options = RunOptions(max_rounds=6, seed=5, round_timeout=60)
+    started = started_for(phone(), "iPhone 15 case", options)
+    sellers = [s.agent_id for s in started.sellers]
+    buyer_brain = GatedBuyer()  # holds round 2, so the room stays open
+    rig = Rig(nats_url, store, subjects)
+    seen: list[object] = []
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tap = await (await rig.bus("tap")).subscribe(subjects.inbox(AgentId("buyer")))
+
+                async def read_tap() -> None:
+                    async for msg in tap:
+                        seen.append(decode_inbox(msg.data))
+
+                tg.start_soon(read_tap)
+                broker, _ = await rig.broker(tg, "broker", crashes=False)
+                await rig.agents(tg, buyer_brain, {a: BaselineSeller() for a in sellers})
+                await broker.joined({"buyer", *sellers})
+                await broker.open(started)
+                await buyer_brain.waiting.wait()
+                await poll(lambda: any(isinstance(m, TurnStarted) and m.round == 2 for m in seen))
+                before = len(seen)
+
+                await broker.resync()
+                await poll(lambda: any(isinstance(m, TurnStarted) for m in seen[before:]))
+                buyer_brain.release.set()
+                tg.cancel_scope.cancel()
+    finally:
+        await rig.close()
+
+    again = seen[before:]
+    assert isinstance(again[0], BuyerRoomOpened)
+    replies = [m for m in seen[:before] if isinstance(m, SellerMessage)]
+    assert [m for m in again if isinstance(m, SellerMessage)] == replies  # round 1's answers
+    assert again[-1] == next(
+        m for m in seen[:before] if isinstance(m, TurnStarted) and m.round == 2
+    )
