@@ -126,6 +126,7 @@ class AgentActor:
         process's young-generation GC threshold (`actors.tuning`)."""
         tune_gc()
         sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
+        self.bus.on_reconnect(self._rejoin)
         try:
             send, receive = anyio.create_memory_object_stream[_Job](TURN_QUEUE)
             async with anyio.create_task_group() as tg, send, receive:
@@ -151,6 +152,12 @@ class AgentActor:
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
+
+    async def _rejoin(self) -> None:
+        """After a NATS outage: a full catch-up hello, since what was delivered to us
+        meanwhile is lost (the broker re-sends on its own reconnect too)."""
+        hello = Hello(role=self.role, brain=self.brain.label)
+        await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
 
     @staticmethod
     async def _work(jobs: MemoryObjectReceiveStream[_Job]) -> None:

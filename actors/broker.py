@@ -34,6 +34,7 @@ stop leaves them open, exactly like a crash, and the next `mams broker` resumes 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import uuid
 from collections import deque
@@ -299,8 +300,10 @@ class Broker:
     async def resync(self) -> None:
         """Re-send every agent of every open room its catch-up, after whatever is already
         queued. Call it when the bus has reconnected (`NatsBus.on_reconnect`): what was
-        published while the server was away may be lost, and agents fold repeats once."""
-        await self._commands[0].send(_Resync())
+        published while the server was away may be lost, and agents fold repeats once.
+        Does nothing once the broker has stopped."""
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._commands[0].send(_Resync())
 
     async def joined(self, agents: set[str]) -> None:
         """Wait until every one of these agents has said hello."""
@@ -351,6 +354,7 @@ class Broker:
         Raises the process's young-generation GC threshold (`actors.tuning`)."""
         tune_gc()
         sub = await self.bus.subscribe(self.subjects.all_outboxes(), max_pending=100_000)
+        self.bus.on_reconnect(self.resync)  # what a NATS outage swallowed, sent again
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_bus, sub)

@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -193,6 +193,9 @@ class ProbeBus:
 
     async def flush(self) -> None:
         await self._inner.flush()
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._inner.on_reconnect(hook)
 
     async def close(self) -> None:
         await self._inner.close()

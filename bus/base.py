@@ -9,7 +9,7 @@ exactly one token and ``>`` (only as the last token) matches one or more remaini
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -116,6 +116,12 @@ class Bus(Protocol):
 
     async def flush(self) -> None:
         """Wait until everything published so far has reached the server (round trip)."""
+        ...
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Call `hook` each time the connection comes back after an outage (subscriptions
+        in place again). What was sent to us meanwhile is lost, so hooks re-send what the
+        other side may need. A failing hook is logged, never raised."""
         ...
 
     async def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 
 from mams.bus._buffer import BufferedSubscription
@@ -60,6 +62,9 @@ class InMemoryBus:
         for sub in targets:
             await sub.deliver(message)
         await anyio.lowlevel.checkpoint()
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Never called: an in-process bus has no connection to lose."""
 
     async def subscribe(
         self, subject: str, *, max_pending: int = DEFAULT_MAX_PENDING

@@ -152,7 +152,6 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             commit_lanes=args.commit_lanes,
         )
         resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
-        bus.on_reconnect(broker.resync)  # what the outage swallowed, re-sent
         return broker.run, f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
 
     await _serve(args, out, "broker", build)
@@ -198,22 +197,15 @@ async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None
         )
 
 
-async def _keep_saying_hello(actor: AgentActor, bus: NatsBus) -> None:
+async def _keep_saying_hello(actor: AgentActor) -> None:
     """Hello every REHELLO_EVERY seconds, for ever: a restarted broker knows nothing of us
     until we say hello, and answers it with our open rooms (catch-up); a broker that knows
-    us re-sends only the turns we owe (a keepalive). After the connection comes back from
-    an outage, a full catch-up hello at once: deliveries sent meanwhile are lost."""
-    outbox = actor.subjects.outbox(actor.agent)
-    keepalive = encode(Hello(role=actor.role, brain=actor.brain.label, catch_up=False))
-    rejoin = encode(Hello(role=actor.role, brain=actor.brain.label))
-
-    async def say_rejoin() -> None:
-        await bus.publish(outbox, rejoin)
-
-    bus.on_reconnect(say_rejoin)
+    us re-sends only the turns we owe (a keepalive). (After a NATS outage the actor itself
+    says a full catch-up hello.)"""
+    hello = encode(Hello(role=actor.role, brain=actor.brain.label, catch_up=False))
     while True:
         await anyio.sleep(REHELLO_EVERY)
-        await bus.publish(outbox, keepalive)
+        await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)
 
 
 # -- seller ----------------------------------------------------------------------------------
@@ -243,7 +235,7 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
-            tg.start_soon(_keep_saying_hello, actor, bus)
+            tg.start_soon(_keep_saying_hello, actor)
             out.print(f"seller {seller.handle} ready ({brain.label})")
             sys.stdout.flush()
             await _until_signalled()
@@ -331,7 +323,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
-            tg.start_soon(_keep_saying_hello, actor, bus)
+            tg.start_soon(_keep_saying_hello, actor)
             requested.set()
             await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
             await done.wait()

@@ -11,7 +11,7 @@ published where no interest is known yet.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -101,6 +101,9 @@ class ClusterBus:
 
     async def flush(self) -> None:
         await self.inner.flush()
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self.inner.on_reconnect(hook)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -3,7 +3,7 @@ where a broker can crash (cancelled with no shutdown work) and another take over
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -11,10 +11,39 @@ from anyio.abc import TaskGroup, TaskStatus
 from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BuyerBrain, SellerBrain
 from mams.actors.broker import Broker
-from mams.bus.base import Bus
+from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Subscription
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
 from mams.storage.eventstore import EventStore
+
+
+class HandBus:
+    """A real bus under the test's hand: its publishes vanish once `cut` is set (a process
+    about to die), and the reconnect hooks given to it are kept in `hooks`, to fire by
+    hand (what NatsBus runs once the server is back), instead of passed on."""
+
+    def __init__(self, inner: Bus) -> None:
+        self.inner = inner
+        self.cut = False
+        self.hooks: list[Callable[[], Awaitable[None]]] = []
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        if not self.cut:
+            await self.inner.publish(subject, data)
+
+    async def subscribe(
+        self, subject: str, *, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> Subscription:
+        return await self.inner.subscribe(subject, max_pending=max_pending)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self.hooks.append(hook)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 async def _serve(

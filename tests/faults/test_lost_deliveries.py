@@ -21,42 +21,18 @@ import pytest
 from mams.actors.brains.base import BuyerDecision, SellerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.market import RunOptions
-from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Subscription
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import RoundOpened, SellerReplied
 from mams.domain.messages import SellerTurn, decode_outbox
 from mams.domain.negotiation import replay
 from mams.domain.views import BuyerView, SellerView
 from mams.storage.eventstore import PostgresEventStore
-from tests.faults.rig import Rig
+from tests.faults.rig import HandBus, Rig
 from tests.faults.test_broker_crash import poll
 from tests.integration.helpers import logged, of_type, started_for
 from tests.integration.scenarios import phone
 
 pytestmark = pytest.mark.integration
-
-
-class LossyBus:
-    """A real bus whose publishes vanish once `cut` is set: a process about to die."""
-
-    def __init__(self, inner: Bus) -> None:
-        self.inner = inner
-        self.cut = False
-
-    async def publish(self, subject: str, data: bytes) -> None:
-        if not self.cut:
-            await self.inner.publish(subject, data)
-
-    async def subscribe(
-        self, subject: str, *, max_pending: int = DEFAULT_MAX_PENDING
-    ) -> Subscription:
-        return await self.inner.subscribe(subject, max_pending=max_pending)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class RecordingBuyer(BaselineBuyer):
@@ -110,7 +86,7 @@ async def test_an_answer_committed_but_never_published_reaches_the_buyer_before_
     try:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
-                lossy = LossyBus(await rig.bus("broker-1"))
+                lossy = HandBus(await rig.bus("broker-1"))
                 first, crash = await rig.broker(tg, "broker-1", bus=lossy)
                 brains = {a: gate if a == late else BaselineSeller() for a in sellers}
                 buyer = await rig.agents(tg, recorder, brains)

@@ -1,9 +1,11 @@
-"""After a NATS outage: the bus runs its reconnect hooks, and a broker told to resync
-re-sends every open room's catch-up (real nats-server processes, real PostgreSQL).
+"""After a NATS outage, what it swallowed is sent again (real nats-server processes).
 
-`mams broker` resyncs on reconnect and `mams seller`/`mams buyer` say a full catch-up
-hello, so whichever side comes back last, what the outage swallowed is sent again
-(tests/faults/test_server_restarts.py runs that end to end).
+- NatsBus runs its reconnect hooks once the server is back and the subscriptions are in
+  place again; a failing hook is logged and the next one still runs.
+- The hook a Broker gives its bus re-sends every open room's catch-up without a hello.
+- The hook an AgentActor gives its bus says a full catch-up hello.
+Whichever side comes back last, the other is covered; tests/faults/test_server_restarts.py
+runs a whole market of processes through a NATS restart.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ import anyio
 import asyncpg
 import pytest
 
+from mams.actors.agent import AgentActor
 from mams.actors.brains.baseline import BaselineSeller
 from mams.actors.market import RunOptions
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
-from mams.domain.messages import BuyerRoomOpened, SellerMessage, TurnStarted, decode_inbox
+from mams.domain.messages import (
+    BuyerRoomOpened,
+    Hello,
+    SellerMessage,
+    TurnStarted,
+    decode_inbox,
+    decode_outbox,
+)
 from mams.storage.eventstore import PostgresEventStore
-from tests.faults.rig import Rig
+from tests.faults.rig import HandBus, Rig
 from tests.faults.servers import OwnNats
 from tests.faults.test_broker_crash import GatedBuyer, poll
 from tests.integration.helpers import started_for
@@ -54,7 +64,7 @@ async def test_reconnect_hooks_run_once_the_connection_and_its_subscriptions_are
         await bus.close()
 
 
-async def test_resync_re_sends_every_open_rooms_catch_up_without_a_hello(
+async def test_a_reconnected_broker_re_sends_every_open_rooms_catch_up_without_a_hello(
     nats_url: str, pg_store: tuple[asyncpg.Pool, PostgresEventStore], subjects: Subjects
 ) -> None:
     _, store = pg_store
@@ -74,7 +84,8 @@ async def test_resync_re_sends_every_open_rooms_catch_up_without_a_hello(
                         seen.append(decode_inbox(msg.data))
 
                 tg.start_soon(read_tap)
-                broker, _ = await rig.broker(tg, "broker", crashes=False)
+                hand = HandBus(await rig.bus("broker"))
+                broker, _ = await rig.broker(tg, "broker", bus=hand, crashes=False)
                 await rig.agents(tg, buyer_brain, {a: BaselineSeller() for a in sellers})
                 await broker.joined({"buyer", *sellers})
                 await broker.open(started)
@@ -82,7 +93,8 @@ async def test_resync_re_sends_every_open_rooms_catch_up_without_a_hello(
                 await poll(lambda: any(isinstance(m, TurnStarted) and m.round == 2 for m in seen))
                 before = len(seen)
 
-                await broker.resync()
+                [resync] = hand.hooks  # what Broker.run gave the bus for its reconnects
+                await resync()
                 await poll(lambda: any(isinstance(m, TurnStarted) for m in seen[before:]))
                 buyer_brain.release.set()
                 tg.cancel_scope.cancel()
@@ -96,3 +108,36 @@ async def test_resync_re_sends_every_open_rooms_catch_up_without_a_hello(
     assert again[-1] == next(
         m for m in seen[:before] if isinstance(m, TurnStarted) and m.round == 2
     )
+
+
+async def test_an_agent_asks_for_a_full_catch_up_when_its_connection_comes_back(
+    nats_url: str, subjects: Subjects
+) -> None:
+    bus = HandBus(await NatsBus.connect(nats_url, name="seller"))
+    watcher = await NatsBus.connect(nats_url, name="watcher")
+    hellos: list[Hello] = []
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tap = await watcher.subscribe(subjects.outbox(AgentId("techmart")))
+                await watcher.flush()
+
+                async def read_tap() -> None:
+                    async for msg in tap:
+                        m = decode_outbox(msg.data)
+                        if isinstance(m, Hello):
+                            hellos.append(m)
+
+                tg.start_soon(read_tap)
+                actor = AgentActor(bus, subjects, "techmart", BaselineSeller(), "seller")
+                await tg.start(actor.run)
+                await poll(lambda: hellos)  # its first hello, on start
+                assert len(bus.hooks) == 1
+                await bus.hooks[0]()  # what NatsBus runs once the server is back
+                await poll(lambda: len(hellos) == 2)
+                tg.cancel_scope.cancel()
+    finally:
+        await bus.close()
+        await watcher.close()
+    assert hellos[1].catch_up is True
+    assert hellos[1].role == "seller"
