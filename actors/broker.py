@@ -157,7 +157,8 @@ class _Control:
 
 
 class _Resync:
-    """The bus reconnected: re-send every agent of every open room its catch-up."""
+    """Re-send every agent of every open room its catch-up: the rooms a broker resumed
+    (their last deliveries may never have gone out), or all after the bus reconnected."""
 
 
 _Item = tuple[UUID, Command] | _Control | _Resync
@@ -270,7 +271,6 @@ class Broker:
         self.retry_timeout = retry_timeout
         self.stats = BrokerStats()
         self.rooms: dict[UUID, _Room] = {}
-        self._resumed: list[UUID] = []  # re-sent to their agents before anything else
         # Ended rooms stay a while (late or repeated turns are dropped as "ended"), then
         # go, oldest first: a broker serving forever holds its open rooms plus these.
         self.keep_ended = keep_ended
@@ -344,7 +344,8 @@ class Broker:
             if state.phase in ("buyer_turn", "sellers_turn"):
                 self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
             resumed.append(nid)
-        self._resumed += resumed
+        if resumed:  # first in the queue: before anything `run` decides
+            await self._commands[0].send(_Resync())
         log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
         return resumed
 
@@ -420,9 +421,6 @@ class Broker:
     # -- the core: commands -> events (serial, pure decisions) -----------------------
     async def _process(self) -> None:
         receive = self._commands[1]
-        if self._resumed:
-            await self._enqueue(self._redeliver(self._resumed))
-            self._resumed = []
         while True:
             try:
                 item = await _take(receive)
@@ -433,7 +431,7 @@ class Broker:
                     await self._enqueue(control_batch)
                 continue
             if isinstance(item, _Resync):
-                await self._enqueue(self._redeliver(self.running()))
+                await self._enqueue(self._redeliver())
                 continue
             nid, command = item
             batch = self._apply(nid, command)
@@ -471,16 +469,13 @@ class Broker:
             observed=[],
         )
 
-    def _redeliver(self, rooms: list[UUID]) -> _Batch:
-        """Every agent's catch-up for these rooms (resumed, or open when the bus came
-        back), without waiting for its hello."""
+    def _redeliver(self) -> _Batch:
+        """Every agent's catch-up for every open room, without waiting for its hello."""
+        rooms = self.running()
         messages: list[tuple[str, InboxMessage]] = []
         for nid in rooms:
             state = self.rooms[nid].state
-            if state.started is None:
-                continue  # a room whose opening was refused
-            agents = (state.started.buyer.agent_id, *(s.agent_id for s in state.started.sellers))
-            for agent in agents:
+            for agent in state.agents:  # none for a room whose opening was refused
                 messages += catch_up(state, agent, rejoin=True)
         log.info("broker.redelivered", rooms=len(rooms), messages=len(messages))
         return self._deliver_only(messages)
@@ -493,13 +488,7 @@ class Broker:
         rooms = [
             nid
             for nid, room in self.rooms.items()
-            if room.state.started is not None
-            and room.state.phase != "ended"
-            and agent
-            in {
-                room.state.started.buyer.agent_id,
-                *(s.agent_id for s in room.state.started.sellers),
-            }
+            if room.state.phase != "ended" and agent in room.state.agents
         ]
         messages: list[tuple[str, InboxMessage]] = [
             (agent, Welcome(agent_id=agent, rooms=tuple(rooms)))

@@ -107,6 +107,13 @@ class NegotiationState(msgspec.Struct, frozen=True):
     ended: NegotiationEnded | None = None
 
     @property
+    def agents(self) -> tuple[str, ...]:
+        """Agent ids of everyone in the room: the buyer, then the sellers."""
+        if self.started is None:
+            return ()
+        return (self.started.buyer.agent_id, *(s.agent_id for s in self.started.sellers))
+
+    @property
     def seller_ids(self) -> frozenset[str]:
         """Agent ids of the sellers in the room."""
         return frozenset(s.agent_id for s in self.started.sellers) if self.started else frozenset()
