@@ -7,8 +7,8 @@ why seller rows count seats) and prints the tables. It writes PNG plots to `--pl
 (default `./mams-report/`; `--no-plots` skips them; see `mams.report_plots`) and prints
 their paths. Only ended (completed) negotiations are aggregated; aborted or still-open
 ones are counted as `skipped`. Negotiations are those the `negotiation_runs` read model
-lists (streams brought in by `mams import` have no run row and are left out). Exit
-status: 0; 2 for bad input.
+lists (`mams import` writes it too, so imported negotiations are in). Exit status: 0;
+2 for bad input.
 
 `--json` prints one object on stdout (fractions 0..1, percentages in percent, prices as
 JSON numbers; null where there is nothing to average):
@@ -54,6 +54,7 @@ from mams.domain.report import GroupRow, Report, build_report
 from mams.infra import servers
 from mams.storage.eventstore import EventStore
 from mams.storage.observations import load_observations
+from mams.storage.readmodels import has_session
 
 
 def add_parsers(sub: Any) -> None:
@@ -86,9 +87,7 @@ async def _analysis(store: EventStore, nid: UUID) -> NegotiationAnalysis:
 
 
 async def _ids(conn: Any, session: UUID | None) -> list[UUID]:
-    if session is not None and not await conn.fetchval(
-        "SELECT 1 FROM sessions WHERE session_id = $1", session
-    ):
+    if session is not None and not await has_session(conn, session):
         raise AnalyzeUsageError(f"no session {session}; `mams sessions` lists stored sessions")
     rows = await conn.fetch(
         "SELECT negotiation_id FROM negotiation_runs WHERE $1::uuid IS NULL OR session_id = $1 "

@@ -145,6 +145,11 @@ async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None
         )
 
 
+async def has_session(conn: Conn, session_id: UUID) -> bool:
+    """Whether a session is stored."""
+    return bool(await conn.fetchval("SELECT 1 FROM sessions WHERE session_id = $1", session_id))
+
+
 async def restore_sessions(
     conn: Conn, rooms: Sequence[NegotiationStarted], *, name: str
 ) -> list[tuple[UUID, Scenario]]:
@@ -156,7 +161,7 @@ async def restore_sessions(
         by_session.setdefault(room.session_id, []).append(room)
     made: list[tuple[UUID, Scenario]] = []
     for session_id, opened in by_session.items():
-        if await conn.fetchval("SELECT 1 FROM sessions WHERE session_id = $1", session_id):
+        if await has_session(conn, session_id):
             continue
         scenario = scenario_of(opened, name=name)
         await save_session(conn, session_id, scenario)
