@@ -11,10 +11,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BuyerBrain, SellerBrain
 from mams.actors.broker import Broker
+from mams.actors.market import RunOptions
 from mams.bus.base import DEFAULT_MAX_PENDING, Bus, Subscription
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
+from mams.domain.events import NegotiationStarted
 from mams.storage.eventstore import EventStore
+from tests.integration.helpers import started_for
+from tests.integration.scenarios import phone
 
 
 class HandBus:
@@ -44,6 +48,14 @@ class HandBus:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+def phone_room(seed: int) -> tuple[NegotiationStarted, list[str]]:
+    """The phone scenario's iPhone-case room (6 rounds, 60 s deadlines: only the test moves
+    it on) and its sellers' agent ids."""
+    options = RunOptions(max_rounds=6, seed=seed, round_timeout=60)
+    started = started_for(phone(), "iPhone 15 case", options)
+    return started, [s.agent_id for s in started.sellers]
 
 
 async def _serve(
@@ -91,15 +103,23 @@ class Rig:
         await tg.start(_serve, broker, scope)
         return broker, scope
 
-    async def agents(
-        self, tg: TaskGroup, buyer: BuyerBrain, sellers: Mapping[str, SellerBrain]
+    async def open_room(
+        self,
+        tg: TaskGroup,
+        broker: Broker,
+        started: NegotiationStarted,
+        buyer: BuyerBrain,
+        sellers: Mapping[str, SellerBrain],
     ) -> AgentActor:
-        """The buyer ("buyer") and the sellers by agent id, running; returns the buyer."""
+        """Run the buyer ("buyer") and the sellers by agent id, wait until the broker knows
+        them all, and open the room with it; returns the buyer's actor."""
         actor = AgentActor(await self.bus("buyer"), self.subjects, "buyer", buyer, "buyer")
         await tg.start(actor.run)
         for agent_id, brain in sellers.items():
             seller = AgentActor(await self.bus(agent_id), self.subjects, agent_id, brain, "seller")
             await tg.start(seller.run)
+        await broker.joined({"buyer", *sellers})
+        await broker.open(started)
         return actor
 
     async def close(self) -> None:

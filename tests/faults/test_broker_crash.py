@@ -24,16 +24,14 @@ import pytest
 
 from mams.actors.brains.base import BuyerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
-from mams.actors.market import RunOptions
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import NegotiationEnded, RoundOpened, SellerReplied
 from mams.domain.messages import Hello, Welcome, decode_committed, decode_inbox, encode
 from mams.domain.negotiation import replay
 from mams.domain.views import BuyerView
 from mams.storage.eventstore import PostgresEventStore
-from tests.faults.rig import Rig
-from tests.integration.helpers import logged, started_for
-from tests.integration.scenarios import phone
+from tests.faults.rig import Rig, phone_room
+from tests.integration.helpers import logged
 from tests.processes.helpers import Cast, one_json_object
 from tests.processes.test_processes import SCENARIO
 
@@ -150,8 +148,7 @@ async def test_a_new_broker_resumes_a_crashed_brokers_room(
     subjects: Subjects,
 ) -> None:
     _, store = pg_store
-    sc = phone()
-    started = started_for(sc, "iPhone 15 case", RunOptions(max_rounds=6, seed=1, round_timeout=60))
+    started, sellers = phone_room(seed=1)
     nid = started.negotiation_id
     buyer_brain = GatedBuyer()
     rig = Rig(nats_url, store, subjects)
@@ -171,10 +168,8 @@ async def test_a_new_broker_resumes_a_crashed_brokers_room(
 
                 tg.start_soon(read_tap)
                 first, crash = await rig.broker(tg, "broker-1")
-                sellers = [s.agent_id for s in started.sellers]
-                await rig.agents(tg, buyer_brain, {a: BaselineSeller() for a in sellers})
-                await first.joined({"buyer", *sellers})
-                await first.open(started)
+                brains = {a: BaselineSeller() for a in sellers}
+                await rig.open_room(tg, first, started, buyer_brain, brains)
                 async for msg in feed:  # until round 2 is committed and the buyer is on it
                     c = decode_committed(msg.data)
                     if isinstance(c.event, RoundOpened) and c.event.round == 2:

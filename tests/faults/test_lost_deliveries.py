@@ -20,17 +20,15 @@ import pytest
 
 from mams.actors.brains.base import BuyerDecision, SellerDecision
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
-from mams.actors.market import RunOptions
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import RoundOpened, SellerReplied
 from mams.domain.messages import SellerTurn, decode_outbox
 from mams.domain.negotiation import replay
 from mams.domain.views import BuyerView, SellerView
 from mams.storage.eventstore import PostgresEventStore
-from tests.faults.rig import HandBus, Rig
+from tests.faults.rig import HandBus, Rig, phone_room
 from tests.faults.test_broker_crash import poll
-from tests.integration.helpers import logged, of_type, started_for
-from tests.integration.scenarios import phone
+from tests.integration.helpers import logged, of_type
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +64,8 @@ async def test_an_answer_committed_but_never_published_reaches_the_buyer_before_
     nats_url: str, pg_store: tuple[asyncpg.Pool, PostgresEventStore], subjects: Subjects
 ) -> None:
     _, store = pg_store
-    options = RunOptions(max_rounds=6, seed=3, round_timeout=60)
-    started = started_for(phone(), "iPhone 15 case", options)
+    started, sellers = phone_room(seed=3)
     nid = started.negotiation_id
-    sellers = [s.agent_id for s in started.sellers]
     late = sellers[-1]
     gate = GatedSeller()
     recorder = RecordingBuyer()
@@ -89,9 +85,7 @@ async def test_an_answer_committed_but_never_published_reaches_the_buyer_before_
                 lossy = HandBus(await rig.bus("broker-1"))
                 first, crash = await rig.broker(tg, "broker-1", bus=lossy)
                 brains = {a: gate if a == late else BaselineSeller() for a in sellers}
-                buyer = await rig.agents(tg, recorder, brains)
-                await first.joined({"buyer", *sellers})
-                await first.open(started)
+                buyer = await rig.open_room(tg, first, started, recorder, brains)
                 await gate.waiting.wait()
                 await poll(others_answered)
                 await poll(lambda: len(buyer.buyer_views[nid].offers) == len(sellers) - 1)
@@ -125,10 +119,8 @@ async def test_a_turn_sent_while_no_broker_listened_is_sent_again_and_logged_onc
     nats_url: str, pg_store: tuple[asyncpg.Pool, PostgresEventStore], subjects: Subjects
 ) -> None:
     _, store = pg_store
-    options = RunOptions(max_rounds=6, seed=4, round_timeout=60)
-    started = started_for(phone(), "iPhone 15 case", options)
+    started, sellers = phone_room(seed=4)
     nid = started.negotiation_id
-    sellers = [s.agent_id for s in started.sellers]
     late = sellers[0]
     gate = GatedSeller()
     rig = Rig(nats_url, store, subjects)
@@ -143,9 +135,7 @@ async def test_a_turn_sent_while_no_broker_listened_is_sent_again_and_logged_onc
             async with anyio.create_task_group() as tg:
                 first, crash = await rig.broker(tg, "broker-1")
                 brains = {a: gate if a == late else BaselineSeller() for a in sellers}
-                await rig.agents(tg, BaselineBuyer(), brains)
-                await first.joined({"buyer", *sellers})
-                await first.open(started)
+                await rig.open_room(tg, first, started, BaselineBuyer(), brains)
                 await gate.waiting.wait()
                 crash.cancel()  # the broker dies while the late seller decides
 

@@ -16,7 +16,6 @@ import pytest
 
 from mams.actors.agent import AgentActor
 from mams.actors.brains.baseline import BaselineSeller
-from mams.actors.market import RunOptions
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.messages import (
@@ -28,11 +27,9 @@ from mams.domain.messages import (
     decode_outbox,
 )
 from mams.storage.eventstore import PostgresEventStore
-from tests.faults.rig import HandBus, Rig
+from tests.faults.rig import HandBus, Rig, phone_room
 from tests.faults.servers import OwnNats
 from tests.faults.test_broker_crash import GatedBuyer, poll
-from tests.integration.helpers import started_for
-from tests.integration.scenarios import phone
 
 pytestmark = pytest.mark.integration
 
@@ -68,9 +65,7 @@ async def test_a_reconnected_broker_re_sends_every_open_rooms_catch_up_without_a
     nats_url: str, pg_store: tuple[asyncpg.Pool, PostgresEventStore], subjects: Subjects
 ) -> None:
     _, store = pg_store
-    options = RunOptions(max_rounds=6, seed=5, round_timeout=60)
-    started = started_for(phone(), "iPhone 15 case", options)
-    sellers = [s.agent_id for s in started.sellers]
+    started, sellers = phone_room(seed=5)
     buyer_brain = GatedBuyer()  # holds round 2, so the room stays open
     rig = Rig(nats_url, store, subjects)
     seen: list[object] = []
@@ -86,9 +81,8 @@ async def test_a_reconnected_broker_re_sends_every_open_rooms_catch_up_without_a
                 tg.start_soon(read_tap)
                 hand = HandBus(await rig.bus("broker"))
                 broker, _ = await rig.broker(tg, "broker", bus=hand, crashes=False)
-                await rig.agents(tg, buyer_brain, {a: BaselineSeller() for a in sellers})
-                await broker.joined({"buyer", *sellers})
-                await broker.open(started)
+                brains = {a: BaselineSeller() for a in sellers}
+                await rig.open_room(tg, broker, started, buyer_brain, brains)
                 await buyer_brain.waiting.wait()
                 await poll(lambda: any(isinstance(m, TurnStarted) and m.round == 2 for m in seen))
                 before = len(seen)
