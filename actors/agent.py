@@ -3,8 +3,9 @@
 An agent folds what the broker delivers into its own view of each negotiation, asks its
 brain for a decision when it is its turn, checks the decision against its own
 constraints (asking the brain once to repair a bad one, then falling back to a safe
-action), and publishes the turn to its outbox. Brains may be slow (LLMs), so each turn
-runs as its own task; rooms never wait for each other.
+action), and publishes the turn to its outbox. Brains may be slow (LLMs), so turns run
+in a pool that grows while they are slow (`actors.queues.TurnPool`): rooms never wait
+for each other.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import anyio
 import msgspec
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mams.actors.brains.base import (
     BrainError,
@@ -28,6 +28,7 @@ from mams.actors.brains.base import (
     SellerDecision,
 )
 from mams.actors.ids import RandomIds
+from mams.actors.queues import Job, TurnPool
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
@@ -70,8 +71,10 @@ from mams.domain.views import (
 
 log = structlog.get_logger("mams.agent")
 
-_Job = Callable[[], Awaitable[None]]
-TURN_WORKERS = 32  # turns in flight per agent (LLM calls are capped per provider anyway)
+# Turns: TURN_WORKERS permanent tasks, more while a slow brain keeps them all busy, up to
+# MAX_TURNS in flight (a model's calls are capped by its provider's limiter, not here).
+TURN_WORKERS = 32
+MAX_TURNS = 10_000
 TURN_QUEUE = 10_000
 
 _D = TypeVar("_D", BuyerDecision, SellerDecision)
@@ -101,6 +104,7 @@ class AgentActor:
         on_message: Callable[[InboxMessage], None] | None = None,
     ) -> None:
         self.on_message = on_message
+        self.turns: TurnPool | None = None  # while running
         self.bus = bus
         self.subjects = subjects
         self.agent = AgentId(agent_id)
@@ -127,13 +131,10 @@ class AgentActor:
         tune_gc()
         sub = await self.bus.subscribe(self.subjects.inbox(self.agent))
         self.bus.on_reconnect(self._rejoin)
+        pool = self.turns = TurnPool(TURN_WORKERS, MAX_TURNS, TURN_QUEUE)
         try:
-            send, receive = anyio.create_memory_object_stream[_Job](TURN_QUEUE)
-            async with anyio.create_task_group() as tg, send, receive:
-                # A fixed pool of turn workers: rooms never wait for each other (a slow
-                # model holds one worker), and an instant brain costs no task per turn.
-                for _ in range(TURN_WORKERS):
-                    tg.start_soon(self._work, receive.clone())
+            async with anyio.create_task_group() as tg:
+                pool.start(tg)
                 hello = Hello(role=self.role, brain=self.brain.label)
                 await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
                 task_status.started()
@@ -145,11 +146,10 @@ class AgentActor:
                         continue
                     job = self._receive(message)
                     if job is not None:
-                        try:  # no scheduling round trip per turn unless the queue is full
-                            send.send_nowait(job)
-                        except anyio.WouldBlock:
-                            await send.send(job)
+                        await pool.submit(job)
+                pool.close()
         finally:
+            pool.close()
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
 
@@ -159,24 +159,7 @@ class AgentActor:
         hello = Hello(role=self.role, brain=self.brain.label)
         await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
 
-    @staticmethod
-    async def _work(jobs: MemoryObjectReceiveStream[_Job]) -> None:
-        async with jobs:
-            while True:
-                # Take queued turns back to back (an instant brain never yields, so its
-                # turns' publishes go out together); wait only when there are none.
-                try:
-                    job = jobs.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        job = await jobs.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                await job()
-
-    def _receive(self, message: InboxMessage) -> _Job | None:
+    def _receive(self, message: InboxMessage) -> Job | None:
         """Fold a delivery into its room's view; return the turn it calls for, if any."""
         if self.on_message is not None:
             self.on_message(message)
@@ -226,7 +209,7 @@ class AgentActor:
             self.seller_views.pop(nid, None)
         return None
 
-    def _again(self, nid: UUID, answering: int | UUID) -> _Job | None:
+    def _again(self, nid: UUID, answering: int | UUID) -> Job | None:
         """Publish again the turn already sent for `answering`, if it was (a turn still
         being decided goes out when it is done)."""
         last = self.last_turn.get(nid)

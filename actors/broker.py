@@ -51,6 +51,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mams.actors.ids import RandomIds
+from mams.actors.queues import put, take
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
@@ -102,23 +103,6 @@ from mams.storage.model import NewEvent
 log = structlog.get_logger("mams.broker")
 
 _T = TypeVar("_T")
-
-
-# The hot loops hand items on without a scheduling round trip per item (anyio's send and
-# receive always checkpoint): they yield only when their queue is empty or full, so the
-# work that piled up meanwhile is done, published and written in one go.
-async def _put(stream: MemoryObjectSendStream[_T], item: _T) -> None:
-    try:
-        stream.send_nowait(item)
-    except anyio.WouldBlock:
-        await stream.send(item)
-
-
-async def _take(stream: MemoryObjectReceiveStream[_T]) -> _T:
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        return await stream.receive()
 
 
 class SessionStore(Protocol):
@@ -381,7 +365,7 @@ class Broker:
             self.stats.received += 1
             parsed = self._parse(msg)
             if parsed is not None:
-                await _put(send, parsed)
+                await put(send, parsed)
 
     def _parse(self, msg: Message) -> _Item | None:
         agent = self._senders.get(msg.subject)
@@ -423,7 +407,7 @@ class Broker:
         receive = self._commands[1]
         while True:
             try:
-                item = await _take(receive)
+                item = await take(receive)
             except anyio.EndOfStream:
                 return
             if isinstance(item, _Control):
@@ -441,11 +425,11 @@ class Broker:
     async def _enqueue(self, batch: _Batch) -> None:
         lanes = self._lanes
         if batch.nid is not None:
-            await _put(lanes[batch.nid.int % len(lanes)].send, batch)
+            await put(lanes[batch.nid.int % len(lanes)].send, batch)
         else:
             barrier = _Barrier(batch, waiting=len(lanes))
             for lane in lanes:
-                await _put(lane.send, barrier)
+                await put(lane.send, barrier)
 
     async def _control(self, item: _Control) -> list[_Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
@@ -726,7 +710,7 @@ class Broker:
 
     async def _take_batches(self, lane: _Lane) -> list[_Batch] | _Barrier:
         # What queued in this lane, merged into one commit, up to its next barrier.
-        first = lane.held if lane.held is not None else await _take(lane.receive)
+        first = lane.held if lane.held is not None else await take(lane.receive)
         lane.held = None
         if isinstance(first, _Barrier):
             return first
