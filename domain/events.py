@@ -16,14 +16,14 @@ OutcomeType = Literal["deal", "no_deal", "max_rounds"]
 Status = Literal["completed", "aborted"]
 
 
-class Offer(msgspec.Struct, frozen=True, kw_only=True):
+class Offer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A seller's committed offer: unit price for a quantity."""
 
     unit_price: Decimal
     quantity: int
 
 
-class BuyerTerms(msgspec.Struct, frozen=True, kw_only=True):
+class BuyerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """The buyer's private facts for one item (only the buyer and the log see them)."""
 
     agent_id: str
@@ -34,7 +34,7 @@ class BuyerTerms(msgspec.Struct, frozen=True, kw_only=True):
     brain: str
 
 
-class SellerTerms(msgspec.Struct, frozen=True, kw_only=True):
+class SellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One seller's private facts for one item (only that seller and the log see them)."""
 
     agent_id: str
@@ -48,7 +48,7 @@ class SellerTerms(msgspec.Struct, frozen=True, kw_only=True):
     brain: str
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+class Outcome(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """How a negotiation ended. `seller`, prices and quantity are set for a deal only."""
 
     type: OutcomeType
@@ -65,7 +65,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
         return self.unit_price * self.quantity
 
 
-class NegotiationStarted(msgspec.Struct, frozen=True, kw_only=True, tag="negotiation.started"):
+class NegotiationStarted(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.started"):
     """A room opened for one item: who is in it and every private fact the log keeps."""
 
     negotiation_id: UUID
@@ -78,14 +78,14 @@ class NegotiationStarted(msgspec.Struct, frozen=True, kw_only=True, tag="negotia
     seed: int | None = None
 
 
-class RoundOpened(msgspec.Struct, frozen=True, kw_only=True, tag="round.opened"):
+class RoundOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="round.opened"):
     """The buyer's turn in `round`; on the final round only accept or walk away remain."""
 
     round: int
     final: bool = False
 
 
-class BuyerSaid(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.said"):
+class BuyerSaid(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="buyer.said"):
     """The buyer wrote to sellers (`to` are agent ids), optionally with a counter price."""
 
     round: int
@@ -95,7 +95,7 @@ class BuyerSaid(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.said"):
     counter_price: Decimal | None = None
 
 
-class SellerReplied(msgspec.Struct, frozen=True, kw_only=True, tag="seller.replied"):
+class SellerReplied(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="seller.replied"):
     """A seller answered the buyer, optionally with a committed offer."""
 
     round: int
@@ -105,7 +105,7 @@ class SellerReplied(msgspec.Struct, frozen=True, kw_only=True, tag="seller.repli
     offer: Offer | None = None
 
 
-class RoundClosed(msgspec.Struct, frozen=True, kw_only=True, tag="round.closed"):
+class RoundClosed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="round.closed"):
     """Every addressed seller answered, or the deadline passed for those who did not."""
 
     round: int
@@ -113,7 +113,7 @@ class RoundClosed(msgspec.Struct, frozen=True, kw_only=True, tag="round.closed")
     unanswered: tuple[str, ...] = ()
 
 
-class DealClosed(msgspec.Struct, frozen=True, kw_only=True, tag="deal.closed"):
+class DealClosed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="deal.closed"):
     """The buyer accepted a seller's standing offer."""
 
     round: int
@@ -124,7 +124,7 @@ class DealClosed(msgspec.Struct, frozen=True, kw_only=True, tag="deal.closed"):
     text: str
 
 
-class BuyerWalkedAway(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.walked_away"):
+class BuyerWalkedAway(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="buyer.walked_away"):
     """The buyer left the room without a deal."""
 
     round: int
@@ -132,7 +132,7 @@ class BuyerWalkedAway(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.walk
     text: str
 
 
-class NegotiationEnded(msgspec.Struct, frozen=True, kw_only=True, tag="negotiation.ended"):
+class NegotiationEnded(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.ended"):
     """Terminal: the outcome, and whether the run completed or was aborted."""
 
     status: Status
@@ -140,7 +140,7 @@ class NegotiationEnded(msgspec.Struct, frozen=True, kw_only=True, tag="negotiati
     reason: str = ""
 
 
-class GuardrailTripped(msgspec.Struct, frozen=True, kw_only=True, tag="guardrail.tripped"):
+class GuardrailTripped(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="guardrail.tripped"):
     """A brain proposed an action that breaks a constraint; what happened instead.
 
     `resolution`: "repaired" (the brain fixed it when asked once), "fallback" (a safe
@@ -156,7 +156,7 @@ class GuardrailTripped(msgspec.Struct, frozen=True, kw_only=True, tag="guardrail
     brain: str = ""
 
 
-class ReasoningRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="reasoning.recorded"):
+class ReasoningRecorded(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="reasoning.recorded"):
     """An agent's private reasoning for its action; never shown to the other side."""
 
     agent: str
@@ -164,7 +164,7 @@ class ReasoningRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="reasonin
     text: str
 
 
-class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
+class LLMCall(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One call an agent's brain made to a language model, as the log keeps it.
 
     `request` and `response` are the exact HTTP bodies; `tool_input`/`text` what the
@@ -191,7 +191,7 @@ class LLMCall(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
-class LLMCalled(msgspec.Struct, frozen=True, kw_only=True, tag="llm.called"):
+class LLMCalled(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="llm.called"):
     """An agent's brain called a model for its turn in `round` (private to the log)."""
 
     agent: str
@@ -234,7 +234,7 @@ FlagKind = Literal["price_hallucination", "leakage", "constraint", "coherence"]
 Severity = Literal["low", "medium", "high"]
 
 
-class QualityFlagged(msgspec.Struct, frozen=True, kw_only=True, tag="quality.flagged"):
+class QualityFlagged(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="quality.flagged"):
     """A grounded quality check fired on a negotiation's log.
 
     `rule` is the stable name of the check (e.g. `"hallucination.misattributed_offer"`),
@@ -256,7 +256,7 @@ class QualityFlagged(msgspec.Struct, frozen=True, kw_only=True, tag="quality.fla
     style: str = ""
 
 
-class AnalystReviewed(msgspec.Struct, frozen=True, kw_only=True, tag="analysis.reviewed"):
+class AnalystReviewed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="analysis.reviewed"):
     """An LLM analyst's short qualitative review of a whole negotiation."""
 
     negotiation_id: UUID

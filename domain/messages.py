@@ -22,14 +22,14 @@ MAX_TEXT = 4000
 MAX_PAYLOAD = 1000 * 1024
 
 
-class Peer(msgspec.Struct, frozen=True, kw_only=True):
+class Peer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Another participant as the agent may know it: its handle and bus identity."""
 
     agent_id: str
     handle: str
 
 
-class OwnSellerTerms(msgspec.Struct, frozen=True, kw_only=True):
+class OwnSellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A seller's own private facts, delivered to that seller only."""
 
     style: str
@@ -41,7 +41,7 @@ class OwnSellerTerms(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # -- broker -> agent -----------------------------------------------------------------------
-class BuyerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.opened.buyer"):
+class BuyerRoomOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.opened.buyer"):
     """To the buyer: a room for one item, its own price range, the sellers' handles."""
 
     negotiation_id: UUID
@@ -55,7 +55,7 @@ class BuyerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.opene
     seed: int | None = None
 
 
-class SellerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.opened.seller"):
+class SellerRoomOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.opened.seller"):
     """To one seller: the buyer wants an item; the seller's own terms for it."""
 
     negotiation_id: UUID
@@ -69,7 +69,7 @@ class SellerRoomOpened(msgspec.Struct, frozen=True, kw_only=True, tag="room.open
     handle: str = ""
 
 
-class TurnStarted(msgspec.Struct, frozen=True, kw_only=True, tag="turn.started"):
+class TurnStarted(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="turn.started"):
     """To the buyer: its turn in `round`. On the final turn only accept or walk away."""
 
     negotiation_id: UUID
@@ -78,7 +78,7 @@ class TurnStarted(msgspec.Struct, frozen=True, kw_only=True, tag="turn.started")
     unanswered: tuple[str, ...] = ()
 
 
-class BuyerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.message"):
+class BuyerMessage(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="buyer.message"):
     """To one addressed seller: what the buyer wrote, and a counter price if any."""
 
     negotiation_id: UUID
@@ -88,7 +88,7 @@ class BuyerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.message
     counter_price: Decimal | None = None
 
 
-class SellerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="seller.message"):
+class SellerMessage(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="seller.message"):
     """To the buyer: one seller's reply and offer."""
 
     negotiation_id: UUID
@@ -99,7 +99,7 @@ class SellerMessage(msgspec.Struct, frozen=True, kw_only=True, tag="seller.messa
     offer: Offer | None = None
 
 
-class RoomClosed(msgspec.Struct, frozen=True, kw_only=True, tag="room.closed"):
+class RoomClosed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.closed"):
     """To each participant: the room ended. A seller learns only whether it got the deal."""
 
     negotiation_id: UUID
@@ -109,7 +109,7 @@ class RoomClosed(msgspec.Struct, frozen=True, kw_only=True, tag="room.closed"):
     outcome: Outcome | None = None
 
 
-class Welcome(msgspec.Struct, frozen=True, kw_only=True, tag="welcome"):
+class Welcome(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="welcome"):
     """To an agent that said hello: who the broker takes it to be, and the open rooms it is
     in (their views follow, so an agent that (re)joins late can catch up)."""
 
@@ -118,7 +118,7 @@ class Welcome(msgspec.Struct, frozen=True, kw_only=True, tag="welcome"):
     rooms: tuple[UUID, ...] = ()
 
 
-class RoomsOpened(msgspec.Struct, frozen=True, kw_only=True, tag="rooms.opened"):
+class RoomsOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="rooms.opened"):
     """To the buyer: the rooms its `open_rooms` request opened, one per item."""
 
     request_id: UUID
@@ -127,7 +127,7 @@ class RoomsOpened(msgspec.Struct, frozen=True, kw_only=True, tag="rooms.opened")
     items: tuple[str, ...]
 
 
-class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected"):
+class Rejected(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="rejected"):
     """To an agent: a control request of its was refused, and why (what to fix)."""
 
     request_id: UUID
@@ -160,7 +160,7 @@ ROOM_MESSAGES = (
 
 
 # -- agent -> broker -----------------------------------------------------------------------
-class Say(msgspec.Struct, frozen=True, kw_only=True, tag="say"):
+class Say(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="say"):
     """Buyer writes to sellers (`to` empty means all), optionally countering a price."""
 
     text: str
@@ -168,7 +168,7 @@ class Say(msgspec.Struct, frozen=True, kw_only=True, tag="say"):
     counter_price: Decimal | None = None
 
 
-class Accept(msgspec.Struct, frozen=True, kw_only=True, tag="accept"):
+class Accept(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="accept"):
     """Buyer accepts one seller's standing offer, at its unit price and quantity."""
 
     seller: str
@@ -177,7 +177,7 @@ class Accept(msgspec.Struct, frozen=True, kw_only=True, tag="accept"):
     text: str = ""
 
 
-class WalkAway(msgspec.Struct, frozen=True, kw_only=True, tag="walk_away"):
+class WalkAway(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="walk_away"):
     """Buyer leaves without a deal."""
 
     text: str = ""
@@ -186,7 +186,7 @@ class WalkAway(msgspec.Struct, frozen=True, kw_only=True, tag="walk_away"):
 BuyerAction = Say | Accept | WalkAway
 
 
-class GuardrailNote(msgspec.Struct, frozen=True, kw_only=True):
+class GuardrailNote(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """What an agent's own guardrail caught before sending (logged by the broker)."""
 
     rule: str
@@ -195,7 +195,7 @@ class GuardrailNote(msgspec.Struct, frozen=True, kw_only=True):
     resolution: str
 
 
-class BuyerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.turn"):
+class BuyerTurn(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="buyer.turn"):
     """The buyer's action for a round, with its private reasoning."""
 
     negotiation_id: UUID
@@ -207,7 +207,7 @@ class BuyerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="buyer.turn"):
     llm_calls: tuple[LLMCall, ...] = ()
 
 
-class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
+class SellerTurn(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="seller.turn"):
     """A seller's reply for a round: text, optional offer, private reasoning."""
 
     negotiation_id: UUID
@@ -220,7 +220,7 @@ class SellerTurn(msgspec.Struct, frozen=True, kw_only=True, tag="seller.turn"):
     llm_calls: tuple[LLMCall, ...] = ()
 
 
-class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
+class Hello(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="hello"):
     """An agent joins (or rejoins) the market: its role and the brain it runs, as a label
     for the log. The broker answers with `Welcome` and re-sends the agent's open rooms.
 
@@ -234,7 +234,7 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
     catch_up: bool = True
 
 
-class OpenRooms(msgspec.Struct, frozen=True, kw_only=True, tag="open_rooms"):
+class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_rooms"):
     """The buyer asks the broker to open one room per item of a session.
 
     Either `session_id` names a stored session, or `scenario` carries the whole scenario
@@ -275,7 +275,7 @@ def decode_outbox(data: bytes) -> OutboxMessage:
 
 
 # -- broker -> observers -------------------------------------------------------------------
-class CommittedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class CommittedEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """An event the log has committed, as published to observers on the events subject."""
 
     negotiation_id: UUID

@@ -53,27 +53,27 @@ Phase = Literal["idle", "buyer_turn", "sellers_turn", "ended"]
 
 
 # -- commands ------------------------------------------------------------------------------
-class Open(msgspec.Struct, frozen=True, kw_only=True):
+class Open(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Open a room with these participants and private facts."""
 
     started: NegotiationStarted
 
 
-class FromAgent(msgspec.Struct, frozen=True, kw_only=True):
+class FromAgent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A turn received from `agent` (taken from the subject, never the payload)."""
 
     agent: str
     turn: BuyerTurn | SellerTurn
 
 
-class Deadline(msgspec.Struct, frozen=True, kw_only=True):
+class Deadline(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """The timer for `round` in `phase` ran out."""
 
     round: int
     phase: Phase
 
 
-class Abort(msgspec.Struct, frozen=True, kw_only=True):
+class Abort(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Stop the room now (shutdown, fatal error); recorded as aborted."""
 
     reason: str
@@ -82,14 +82,14 @@ class Abort(msgspec.Struct, frozen=True, kw_only=True):
 Command = Open | FromAgent | Deadline | Abort
 
 
-class Drop(msgspec.Struct, frozen=True):
+class Drop(msgspec.Struct, frozen=True, gc=False):
     """A command that changes nothing, with the reason it was dropped (for the log)."""
 
     reason: str
 
 
 # -- state ---------------------------------------------------------------------------------
-class NegotiationState(msgspec.Struct, frozen=True):
+class NegotiationState(msgspec.Struct, frozen=True, gc=False):
     """Everything the broker knows of one room, derived from its events alone."""
 
     started: NegotiationStarted | None = None

@@ -29,7 +29,7 @@ from mams.domain.messages import (
 Speaker = Literal["buyer", "seller", "me"]
 
 
-class Line(msgspec.Struct, frozen=True):
+class Line(msgspec.Struct, frozen=True, gc=False):
     """One line of an agent's own conversation memory."""
 
     round: int
@@ -39,7 +39,7 @@ class Line(msgspec.Struct, frozen=True):
     to: tuple[str, ...] = ()
 
 
-class BuyerView(msgspec.Struct, frozen=True):
+class BuyerView(msgspec.Struct, frozen=True, gc=False):
     """The buyer's knowledge of one room: its needs and limits, and what sellers said."""
 
     negotiation_id: UUID
@@ -64,7 +64,7 @@ class BuyerView(msgspec.Struct, frozen=True):
         return next((p.handle for p in self.sellers if p.agent_id == agent_id), agent_id)
 
 
-class SellerView(msgspec.Struct, frozen=True):
+class SellerView(msgspec.Struct, frozen=True, gc=False):
     """One seller's knowledge of one room: its own terms and what the buyer told it."""
 
     negotiation_id: UUID

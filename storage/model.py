@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 
 
-class NewEvent(msgspec.Struct, frozen=True):
+class NewEvent(msgspec.Struct, frozen=True, gc=False):
     """An event to append.
 
     `seq` is 1-based within `stream_id`; `(stream_id, seq)` is unique (optimistic
@@ -24,7 +24,7 @@ class NewEvent(msgspec.Struct, frozen=True):
     data: bytes
 
 
-class StoredEvent(msgspec.Struct, frozen=True):
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event read back from the log, with the time the log committed it.
 
     `prev_hash` and `hash` are its links in the stream's hash chain (`mams.storage.chain`);
