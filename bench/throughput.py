@@ -1,11 +1,12 @@
 """Broker throughput: K concurrent negotiations with S sellers each, baseline brains.
 
 Usage: python bench/throughput.py [--big] [--k 1 10 100] [--sellers 1 3 10]
-       [--modes one split open] [--rate R] [--anatomy] [--nats URL] [--dsn DSN]
+       [--modes one split open paced] [--rate R] [--think MIN MAX] [--anatomy] [--lag]
+       [--lanes N] [--repeat N] [--nats URL] [--dsn DSN]
 
 Real broker, buyer and sellers (each actor on its own NATS connection) over a real NATS
 and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), each run in a throwaway
-schema, with instant (baseline) decisions. Three modes per (K, S):
+schema, with baseline decisions. Modes per (K, S) (the first three by default):
 
 - `one`: run_market's cast in one process (broker and agents share one core);
 - `split`: the broker in its own OS process (as `mams broker` runs), the buyer and
@@ -13,7 +14,10 @@ schema, with instant (baseline) decisions. Three modes per (K, S):
   every room closed); all K rooms opened at once (closed loop: the queue is
   always full, so hop latency there is queueing, K x S messages deep);
 - `open`: split, with rooms opened at a steady rate (`--rate`, default 80% of the split
-  run's negotiations/s): the hop latency of a service at a given offered load.
+  run's negotiations/s): the hop latency of a service at a given offered load;
+- `paced`: split, all K rooms opened at once, and every decision takes a think time
+  (`--think`, uniform, default 1-3 s: a fast model's latency), so all K rooms think at
+  once, as they would with model brains: the hop latency of K live negotiations.
 
 Prints per run: negotiations/s, routed messages/s (the broker's publishes to agent
 inboxes), events committed/s, the broker hop latency p50/p99 (a buyer turn's publish by the
@@ -25,8 +29,11 @@ such CPU-second (the broker's capacity on one free core; in `one` mode the proce
 runs every agent), the agents' process CPU seconds (split modes), and routed msgs/s as a
 fraction of the raw ceilings measured in the same run: the raw broker of
 bench/raw_broker.py (publish + decode + batched COPY + republish; the issue's ceiling) and
-bare nats-py pub->sub. `--big` adds K=1000. `--anatomy` splits each hop into its legs
-(agent -> broker, in the broker, broker -> seller). Asserts nothing.
+bare nats-py pub->sub. Split modes add a line each on the broker's collector (and the
+agents' process's: longest pauses), its commits, the machine's CPU per routed message, and
+how bursty the buyer's turns were. `--big` adds K=1000. `--anatomy` splits each hop into
+its legs (agent -> broker, in the broker, broker -> seller); `--lag` samples each
+process's event-loop lag. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import gc
 import json
 import logging
 import os
+import random
 import resource
 import statistics
 import sys
@@ -43,7 +51,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -74,6 +84,28 @@ from mams.storage.eventstore import PostgresEventStore, PreparedAppend
 from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
+
+
+class Thinking:
+    """A brain around another that takes a think time before each decision, drawn
+    uniformly from `think` seconds (a model's latency: `paced` mode). Repairs are
+    immediate (baseline brains never need one)."""
+
+    def __init__(self, inner: Any, think: tuple[float, float], seed: str) -> None:
+        self._inner = inner
+        self._think = think
+        self._random = random.Random(seed)
+
+    @property
+    def label(self) -> str:
+        return str(self._inner.label)
+
+    async def decide(self, view: Any) -> Any:
+        await anyio.sleep(self._random.uniform(*self._think))
+        return await self._inner.decide(view)
+
+    async def repair(self, view: Any, rejected: Any, problems: Any) -> Any:
+        return await self._inner.repair(view, rejected, problems)
 
 
 @dataclass
@@ -271,19 +303,51 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
         await admin.close()
 
 
-def _time_gc() -> list[float]:
-    # Seconds this process spends in the cyclic garbage collector, accumulated in [0].
-    spent = [0.0]
-    started = [0.0]
+class LoopLag:
+    """How late this process's event loop runs a task: a 1 ms sleep's overshoot, sampled
+    back to back (`--lag`; the wakeups cost the process some CPU)."""
 
-    def on_gc(phase: str, info: dict[str, int]) -> None:
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            self.samples.append(time.perf_counter() - t - 0.001)
+
+    def figures(self) -> list[float]:
+        """p50, p99, max in ms (empty if never run)."""
+        if not self.samples:
+            return []
+        return [
+            _percentile(self.samples, 50) * 1000,
+            _percentile(self.samples, 99) * 1000,
+            max(self.samples) * 1000,
+        ]
+
+
+class GcTimer:
+    """Seconds this process spends in the cyclic garbage collector while installed, and
+    its longest pause."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            spent[0] += time.perf_counter() - started[0]
+            pause = time.perf_counter() - self._started
+            self.spent += pause
+            self.longest = max(self.longest, pause)
 
-    gc.callbacks.append(on_gc)
-    return spent
+    def stop(self) -> tuple[float, float]:
+        gc.callbacks.remove(self._on_gc)
+        return self.spent, self.longest
 
 
 def _machine_cpu() -> tuple[float, float]:
@@ -332,7 +396,6 @@ async def broker_child(params: dict[str, object]) -> None:
     k, sellers = int(str(params["k"])), int(str(params["sellers"]))
     rate = float(str(params["rate"])) if params["rate"] is not None else None
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    gc_time = _time_gc()
     pool, pg_store = await open_store(dsn, schema, projector=ReadModelProjector())
     store = TimedStore(pg_store)
     sc = scenario(k, sellers)
@@ -355,11 +418,15 @@ async def broker_child(params: dict[str, object]) -> None:
         )
         for item in sc.buyer.items
     ]
+    lag = LoopLag()
     async with anyio.create_task_group() as tg:
         await tg.start(broker.run)
+        if params.get("lag"):
+            tg.start_soon(lag.run)
         print("started", flush=True)
         await broker.joined(set(models))
         t0, cpu0 = time.perf_counter(), time.process_time()
+        gc_time = GcTimer()  # from here: not the broker's one collection as it starts
         print(f"opening {t0!r}", flush=True)
         for i, started in enumerate(starts):
             if rate is not None:
@@ -376,7 +443,8 @@ async def broker_child(params: dict[str, object]) -> None:
         "broker_out": {str(k): v for k, v in probe.broker_out.items()},
     }
     result = {"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu, **times}
-    result["gc_s"] = gc_time[0]
+    result["gc_s"], result["gc_max_s"] = gc_time.stop()
+    result["lag"] = lag.figures()
     seconds = [c[0] for c in store.commits]
     result["commits"] = len(seconds)
     result["events_per_commit"] = sum(c[1] for c in store.commits) / max(1, len(seconds))
@@ -391,12 +459,16 @@ async def run_split(
     dsn: str,
     k: int,
     sellers: int,
+    *,
     rate: float | None,
     anatomy: bool = False,
     lanes: int | None = None,
+    think: tuple[float, float] | None = None,
+    lag: bool = False,
 ) -> dict[str, float]:
-    """Modes `split` and `open`: the broker in a child process, the agents
-    here; rooms all opened at once (rate None) or at `rate` rooms/s. With `anatomy`, the
+    """Modes `split`, `open` and `paced`: the broker in a child process, the agents
+    here; rooms all opened at once (rate None) or at `rate` rooms/s; with `think`, every
+    decision takes a think time (uniform, seconds): all K rooms think at once. With `anatomy`, the
     hop's p50/p99 legs too: buyer publish -> broker receipt, broker receipt -> broker's
     publish to the first seller (decide + group commit), -> that seller's receipt."""
     admin, schema = await _fresh_schema(dsn)
@@ -419,6 +491,7 @@ async def run_split(
             "session": str(session_id),
             "anatomy": anatomy,
             "lanes": lanes,
+            "lag": lag,
         }
         probe = Probe()
         buses: list[Bus] = []
@@ -444,13 +517,19 @@ async def run_split(
                     if len(closed) == k:
                         all_closed.set()
 
+            actors: list[AgentActor] = []
+            agents_lag = LoopLag()
             async with anyio.create_task_group() as tg:
+                if lag:
+                    tg.start_soon(agents_lag.run)
                 cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
                 cast += [(s.agent_id, "seller") for s in sc.sellers]
                 for agent_id, role in cast:
                     bus = ProbeBus(await NatsBus.connect(nats_url, name=agent_id), role, probe)
                     buses.append(bus)
-                    brain = BaselineBuyer() if role == "buyer" else BaselineSeller()
+                    brain: Any = BaselineBuyer() if role == "buyer" else BaselineSeller()
+                    if think is not None:
+                        brain = Thinking(brain, think, seed=agent_id)
                     actor = AgentActor(
                         bus,
                         subjects,
@@ -460,13 +539,17 @@ async def run_split(
                         on_message=on_buyer_message if role == "buyer" else None,
                     )
                     await tg.start(actor.run)
+                    actors.append(actor)
                 opening = await anext(lines)
                 t0, cpu0 = float(opening.split()[1]), time.process_time()
+                agents_gc_timer = GcTimer()
                 machine0 = _machine_cpu()
                 await all_closed.wait()
                 machine1 = _machine_cpu()
                 elapsed = time.perf_counter() - t0
                 agents_cpu = time.process_time() - cpu0
+                agents_gc = agents_gc_timer.stop()
+                turns_peak = max(a.turns.peak for a in actors if a.turns is not None)
                 tg.cancel_scope.cancel()
             await child.stdin.aclose()
             result = json.loads(await anext(lines))
@@ -480,10 +563,17 @@ async def run_split(
             k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
         )
         figures["agents_cpu_s"] = agents_cpu
+        figures["turns_peak"] = turns_peak
+        figures["turns_per_s_mean"], figures["turns_per_s_busiest"] = _burstiness(probe)
+        if lag:
+            for side, values in (("broker", result["lag"]), ("agents", agents_lag.figures())):
+                for name, v in zip(("p50", "p99", "max"), values, strict=True):
+                    figures[f"{side}_lag_{name}_ms"] = v
         busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
         figures["machine_busy"] = busy / total if total else float("nan")
         figures["machine_us_per_routed"] = busy * 1e6 / result["routed"]
-        figures["broker_gc_s"] = result["gc_s"]
+        figures["broker_gc_s"], figures["broker_gc_max_s"] = result["gc_s"], result["gc_max_s"]
+        figures["agents_gc_s"], figures["agents_gc_max_s"] = agents_gc
         for key in ("commits", "events_per_commit", "commit_p50_ms", "commit_p99_ms"):
             figures[key] = result[key]
         figures["commit_busy"] = result["commit_busy"]
@@ -493,6 +583,19 @@ async def run_split(
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+def _burstiness(probe: Probe) -> tuple[float, float]:
+    """Buyer turns published per second: the mean over the run, and the busiest second
+    (rooms opened together keep their rounds in step, so load comes in waves)."""
+    times = list(probe.published.values())
+    if not times:
+        return float("nan"), float("nan")
+    t0 = min(times)
+    per_second: dict[int, int] = {}
+    for t in times:
+        per_second[int(t - t0)] = per_second.get(int(t - t0), 0) + 1
+    return len(times) / (max(times) - t0 or 1.0), float(max(per_second.values()))
 
 
 def _legs(
@@ -534,9 +637,10 @@ async def main() -> None:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=["one", "split", "open"],
+        choices=["one", "split", "open", "paced"],
         default=["one", "split", "open"],
-        help="which runs per (K, S); `open` runs `split` first for its rate",
+        help="which runs per (K, S); `open` runs `split` first for its rate; `paced` "
+        "(not by default) opens all K rooms with --think time per decision",
     )
     p.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument(
@@ -546,9 +650,23 @@ async def main() -> None:
         "--rate", type=float, help="`open` mode: rooms opened per second (default: 80%% of split)"
     )
     p.add_argument(
+        "--think",
+        type=float,
+        nargs=2,
+        default=(1.0, 3.0),
+        metavar=("MIN", "MAX"),
+        help="`paced` mode: seconds each decision takes, uniform in [MIN, MAX] "
+        "(default 1 3: a fast model's latency)",
+    )
+    p.add_argument(
         "--anatomy",
         action="store_true",
         help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
+    )
+    p.add_argument(
+        "--lag",
+        action="store_true",
+        help="split/open/paced: also sample each process's event-loop lag (costs CPU)",
     )
     p.add_argument(
         "--lanes",
@@ -582,7 +700,13 @@ async def main() -> None:
         f" {'/raw broker':>11} {'/raw nats':>9}"
     )
 
+    # (K, S, mode) -> (routed/s, the raw broker ceiling before it, hop p99 ms) per run
+    got: dict[tuple[int, int, str], list[tuple[float, float, float]]] = {}
+
     def row(mode: str, k: int, sellers: int, r: dict[str, float]) -> None:
+        got.setdefault((k, sellers, mode), []).append(
+            (r["routed_per_s"], ceilings.broker, r["hop_p99_ms"])
+        )
         print(
             f"{mode:>9} {k:>5} {sellers:>3} {r['seconds']:>7.2f} {r['neg_per_s']:>8.1f} "
             f"{r['routed_per_s']:>9,.0f} {r['events_per_s']:>9,.0f} {r['events']:>7.0f} "
@@ -595,14 +719,26 @@ async def main() -> None:
         )
         if "broker_gc_s" in r:
             print(
-                f"          broker: {r['broker_gc_s']:.2f} s in the garbage collector;"
+                f"          broker: {r['broker_gc_s']:.2f} s in the garbage collector"
+                f" (longest pause {r['broker_gc_max_s'] * 1000:.0f} ms; agents' process"
+                f" {r['agents_gc_s']:.2f} s, {r['agents_gc_max_s'] * 1000:.0f} ms; at most"
+                f" {r['turns_peak']:.0f} turns in flight per agent);"
                 f" {r['commits']:,.0f} commits of {r['events_per_commit']:.0f} events,"
                 f" p50/p99 {r['commit_p50_ms']:.1f}/{r['commit_p99_ms']:.1f} ms,"
                 f" committing {r['commit_busy']:.0%} of the run"
             )
             print(
                 f"          machine: {r['machine_busy']:.0%} busy (all cores, all processes),"
-                f" {r['machine_us_per_routed']:.0f} CPU-us per routed message"
+                f" {r['machine_us_per_routed']:.0f} CPU-us per routed message;"
+                f" buyer turns {r['turns_per_s_mean']:,.0f}/s, {r['turns_per_s_busiest']:,.0f}"
+                " in the busiest second"
+            )
+        if "broker_lag_p99_ms" in r:
+            print(
+                "          event-loop lag p50/p99/max ms: broker "
+                f"{r['broker_lag_p50_ms']:.2f}/{r['broker_lag_p99_ms']:.2f}/"
+                f"{r['broker_lag_max_ms']:.0f}, agents {r['agents_lag_p50_ms']:.2f}/"
+                f"{r['agents_lag_p99_ms']:.2f}/{r['agents_lag_max_ms']:.0f}"
             )
         if "in_broker_p50_ms" in r:
             print(
@@ -618,37 +754,47 @@ async def main() -> None:
     fresh = True  # the ceilings were just measured
     for sellers in args.sellers:
         for k in ks:
-            got: dict[str, list[tuple[float, float]]] = {}  # mode -> (routed/s, ratio)
+            split = partial(
+                run_split,
+                args.nats,
+                args.dsn,
+                k,
+                sellers,
+                anatomy=args.anatomy,
+                lanes=args.lanes,
+                lag=args.lag,
+            )
+
             for _ in range(args.repeat):
                 if args.repeat > 1 and not args.no_ceilings and not fresh:
                     ceilings = await raw_ceilings(args.nats, args.dsn)  # each run its own
                     print(ceilings.describe())
                 fresh = False
                 if "one" in args.modes:
-                    r = await run_one(args.nats, args.dsn, k, sellers)
-                    row("one", k, sellers, r)
-                    got.setdefault("one", []).append((r["routed_per_s"], ceilings.broker))
+                    row("one", k, sellers, await run_one(args.nats, args.dsn, k, sellers))
                 if "split" in args.modes or ("open" in args.modes and not args.rate):
-                    r = await run_split(
-                        args.nats, args.dsn, k, sellers, None, args.anatomy, args.lanes
-                    )
+                    r = await split(rate=None)
                     row("split", k, sellers, r)
-                    got.setdefault("split", []).append((r["routed_per_s"], ceilings.broker))
                 if "open" in args.modes:
                     rate = args.rate or 0.8 * r["neg_per_s"]
-                    r = await run_split(
-                        args.nats, args.dsn, k, sellers, rate, args.anatomy, args.lanes
-                    )
-                    row(f"open@{rate:.0f}", k, sellers, r)
+                    row(f"open@{rate:.0f}", k, sellers, await split(rate=rate))
+                if "paced" in args.modes:
+                    lo, hi = args.think
+                    r = await split(rate=None, think=(lo, hi))
+                    row(f"paced{lo:g}-{hi:g}", k, sellers, r)
             if args.repeat > 1:
-                for mode, runs in got.items():
+                for (k_, s_, mode), runs in got.items():
+                    if (k_, s_) != (k, sellers):
+                        continue
                     rates, rel = [g[0] for g in runs], [g[0] / g[1] for g in runs]
+                    p99 = [g[2] for g in runs]
                     print(
                         f"{mode:>9} {k:>5} {sellers:>3}  median of {len(runs)}: "
                         f"{statistics.median(rates):,.0f} routed/s "
                         f"({min(rates):,.0f}-{max(rates):,.0f}), "
                         f"{statistics.median(rel):.3f} of the raw broker measured before "
-                        f"each ({min(rel):.3f}-{max(rel):.3f})",
+                        f"each ({min(rel):.3f}-{max(rel):.3f}); hop p99 "
+                        f"{statistics.median(p99):.1f} ms ({min(p99):.1f}-{max(p99):.1f})",
                         flush=True,
                     )
 
