@@ -48,6 +48,7 @@ from mams.domain.messages import (
     GuardrailNote,
     Hello,
     InboxMessage,
+    Recap,
     Rejected,
     RoomClosed,
     Say,
@@ -61,10 +62,12 @@ from mams.domain.messages import (
 from mams.domain.views import (
     BuyerView,
     SellerView,
+    buyer_recalled,
     buyer_received,
     buyer_sent,
     open_buyer_view,
     open_seller_view,
+    seller_recalled,
     seller_received,
     seller_sent,
 )
@@ -116,7 +119,7 @@ class AgentActor:
         # again): act once per buyer turn and once per buyer message.
         self.turns_taken: dict[UUID, int] = {}
         self.answered: set[UUID] = set()
-        self.heard: dict[UUID, set[UUID]] = {}  # per open room, the seller messages folded
+        self.heard: dict[UUID, set[UUID]] = {}  # per open room, the line ids folded
         # Per open room, the last turn published and what it answered (the buyer's round,
         # or the buyer message a seller replied to). The broker re-sends a turn it is still
         # owed (it restarted, or the turn was lost on the bus): the same bytes go again,
@@ -173,14 +176,20 @@ class AgentActor:
                 self.buyer_views.setdefault(nid, open_buyer_view(message))
             case SellerRoomOpened() if self.role == "seller":
                 self.seller_views.setdefault(nid, open_seller_view(message, str(self.agent)))
-            case SellerMessage(message_id=mid) if mid in self.heard.get(nid, ()):
+            case Recap(message=line) if not self._first(nid, line.message_id):
+                return None  # a line already folded (this agent did not restart)
+            case Recap() if nid in self.buyer_views:
+                self.buyer_views[nid] = buyer_recalled(self.buyer_views[nid], message)
+                if message.mine:  # that round's turn was taken
+                    taken = self.turns_taken.get(nid, 0)
+                    self.turns_taken[nid] = max(taken, message.message.round)
+            case Recap() if nid in self.seller_views:
+                self.seller_views[nid] = seller_recalled(self.seller_views[nid], message)
+                if message.mine and message.replying_to is not None:
+                    self.answered.add(message.replying_to)
+            case SellerMessage(message_id=mid) if not self._first(nid, mid):
                 return None  # a repeat delivery (re-sent on rejoin): folded once
             case TurnStarted() | SellerMessage() | RoomClosed() if nid in self.buyer_views:
-                if isinstance(message, SellerMessage):
-                    heard = self.heard.get(nid)
-                    if heard is None:
-                        heard = self.heard[nid] = set()
-                    heard.add(message.message_id)
                 view = self.buyer_views[nid] = buyer_received(self.buyer_views[nid], message)
                 if isinstance(message, TurnStarted):
                     if self.turns_taken.get(nid, 0) < message.round:
@@ -189,6 +198,8 @@ class AgentActor:
                     return self._again(nid, message.round)
             case BuyerMessage(message_id=mid) if mid in self.answered:
                 return self._again(nid, mid)  # a repeat delivery: folded and answered
+            case BuyerMessage(message_id=mid) if not self._first(nid, mid):
+                return None  # recalled, and no longer owed an answer
             case BuyerMessage() | RoomClosed() if nid in self.seller_views:
                 sview = self.seller_views[nid] = seller_received(self.seller_views[nid], message)
                 if isinstance(message, BuyerMessage) and message.message_id not in self.answered:
@@ -208,6 +219,22 @@ class AgentActor:
             self.buyer_views.pop(nid, None)
             self.seller_views.pop(nid, None)
         return None
+
+    def _said(self, nid: UUID, message_id: UUID) -> None:
+        """Note an own line of an open room (a recap of it after a reconnect is a repeat)."""
+        if nid in self.buyer_views or nid in self.seller_views:
+            self._first(nid, message_id)
+
+    def _first(self, nid: UUID, message_id: UUID) -> bool:
+        """Whether a line of room `nid` is new to this agent's view (then it is noted):
+        deliveries and recaps repeat after a rejoin, and are folded once."""
+        heard = self.heard.get(nid)
+        if heard is None:
+            heard = self.heard[nid] = set()
+        elif message_id in heard:
+            return False
+        heard.add(message_id)
+        return True
 
     def _again(self, nid: UUID, answering: int | UUID) -> Job | None:
         """Publish again the turn already sent for `answering`, if it was (a turn still
@@ -308,6 +335,7 @@ class AgentActor:
             guardrails=notes,
             llm_calls=calls,
         )
+        self._said(view.negotiation_id, turn.message_id)
         await self._publish(view.negotiation_id, view.round, encode(turn))
 
     # -- seller --------------------------------------------------------------------------
@@ -351,6 +379,7 @@ class AgentActor:
             guardrails=notes,
             llm_calls=calls,
         )
+        self._said(view.negotiation_id, turn.message_id)
         await self._publish(view.negotiation_id, replying_to, encode(turn))
 
 

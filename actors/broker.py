@@ -104,6 +104,8 @@ log = structlog.get_logger("mams.broker")
 
 _T = TypeVar("_T")
 
+_RECALL_READS = 8  # streams read at once for an agent's recap (`_recall`)
+
 
 class SessionStore(Protocol):
     """Where the broker finds (and stores) session configurations."""
@@ -175,6 +177,9 @@ class _Batch:
     deliveries: list[tuple[str, bytes]]
     observed: list[tuple[str, bytes]]
     nid: UUID | None = None  # the room, or None for deliveries only (a barrier)
+    # Deliveries only: computed when the barrier is reached instead, from the log as it
+    # then stands (everything decided before it committed, nothing after).
+    late: Callable[[], Awaitable[list[tuple[str, bytes]]]] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -474,12 +479,14 @@ class Broker:
             for nid, room in self.rooms.items()
             if room.state.phase != "ended" and agent in room.state.agents
         ]
-        messages: list[tuple[str, InboxMessage]] = [
+        welcome: list[tuple[str, InboxMessage]] = [
             (agent, Welcome(agent_id=agent, rooms=tuple(rooms)))
         ]
         rejoin = hello.catch_up or not again  # a keepalive is enough only if we know it
-        for nid in rooms:
-            messages += catch_up(self.rooms[nid].state, agent, rejoin=rejoin)
+        states = {nid: self.rooms[nid].state for nid in rooms}
+        messages = list(welcome)
+        for state in states.values():
+            messages += catch_up(state, agent, rejoin=rejoin)
         (log.debug if again else log.info)(
             "broker.agent_joined",
             agent=agent,
@@ -487,7 +494,42 @@ class Broker:
             brain=hello.brain,
             open_rooms=len(rooms),
         )
-        return [self._deliver_only(messages)]
+        batch = self._deliver_only(messages)
+        if rejoin and states:
+            # The agent may have restarted and lost its conversation: each room's lines
+            # it said or was told go first (visibility.recap), read from the log once every
+            # lane has committed what was decided before this hello.
+            batch.late = partial(self._recall, agent, welcome, states, batch.deliveries)
+        return [batch]
+
+    async def _recall(
+        self,
+        agent: str,
+        welcome: list[tuple[str, InboxMessage]],
+        states: dict[UUID, NegotiationState],
+        without: list[tuple[str, bytes]],
+    ) -> list[tuple[str, bytes]]:
+        """Welcome, then per room its catch-up with the recap of its log; `without`
+        (welcome and catch-ups alone) if the log cannot be read."""
+        logged: dict[UUID, list[Event]] = {}
+        limiter = anyio.CapacityLimiter(_RECALL_READS)
+
+        async def read(nid: UUID) -> None:
+            async with limiter:
+                stored = await self.store.read(nid)
+            logged[nid] = [decode_event(e.data) for e in stored]
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for nid in states:
+                    tg.start_soon(read, nid)
+        except Exception as exc:  # the recap is a courtesy: never hold the room for it
+            log.warning("broker.recap_failed", agent=agent, rooms=len(states), error=repr(exc))
+            return without
+        messages = list(welcome)
+        for nid, state in states.items():
+            messages += catch_up(state, agent, rejoin=True, log=logged.get(nid, ()))
+        return [(self._inbox(a), encode(m)) for a, m in messages]
 
     async def _open_rooms(self, agent: str, request: OpenRooms) -> list[_Batch]:
         if self.sessions is None:
@@ -691,6 +733,8 @@ class Broker:
                 if isinstance(staged, _Barrier):
                     staged.waiting -= 1
                     if staged.waiting == 0:  # the last lane to arrive delivers it
+                        if staged.batch.late is not None:
+                            staged.batch.deliveries = await staged.batch.late()
                         await self._deliver([staged.batch])
                         staged.passed.set()
                     else:

@@ -65,7 +65,9 @@ class Outcome(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         return self.unit_price * self.quantity
 
 
-class NegotiationStarted(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.started"):
+class NegotiationStarted(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.started"
+):
     """A room opened for one item: who is in it and every private fact the log keeps."""
 
     negotiation_id: UUID
@@ -132,7 +134,9 @@ class BuyerWalkedAway(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="
     text: str
 
 
-class NegotiationEnded(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.ended"):
+class NegotiationEnded(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="negotiation.ended"
+):
     """Terminal: the outcome, and whether the run completed or was aborted."""
 
     status: Status
@@ -140,7 +144,9 @@ class NegotiationEnded(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag=
     reason: str = ""
 
 
-class GuardrailTripped(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="guardrail.tripped"):
+class GuardrailTripped(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="guardrail.tripped"
+):
     """A brain proposed an action that breaks a constraint; what happened instead.
 
     `resolution`: "repaired" (the brain fixed it when asked once), "fallback" (a safe
@@ -156,7 +162,9 @@ class GuardrailTripped(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag=
     brain: str = ""
 
 
-class ReasoningRecorded(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="reasoning.recorded"):
+class ReasoningRecorded(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="reasoning.recorded"
+):
     """An agent's private reasoning for its action; never shown to the other side."""
 
     agent: str

@@ -55,7 +55,9 @@ class BuyerRoomOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="
     seed: int | None = None
 
 
-class SellerRoomOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.opened.seller"):
+class SellerRoomOpened(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.opened.seller"
+):
     """To one seller: the buyer wants an item; the seller's own terms for it."""
 
     negotiation_id: UUID
@@ -109,6 +111,24 @@ class RoomClosed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="room.
     outcome: Outcome | None = None
 
 
+class Recap(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="recap"):
+    """To an agent that (re)joins an open room: one line of that room it said or was told
+    before, as committed, oldest first, ahead of the room's catch-up (a process that
+    restarted has lost its conversation). Fold it into the view; it calls for no turn.
+
+    `message` is the line as it was delivered, or would have been (a seller's reply is a
+    SellerMessage under its handle; a buyer's words, a BuyerMessage). `mine` marks the
+    agent's own lines: for the buyer, `to` is whom it wrote to (agent ids); for a seller,
+    `replying_to` is the buyer message it answered.
+    """
+
+    negotiation_id: UUID
+    message: BuyerMessage | SellerMessage
+    mine: bool
+    to: tuple[str, ...] = ()
+    replying_to: UUID | None = None
+
+
 class Welcome(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="welcome"):
     """To an agent that said hello: who the broker takes it to be, and the open rooms it is
     in (their views follow, so an agent that (re)joins late can catch up)."""
@@ -134,28 +154,25 @@ class Rejected(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="rejecte
     reason: str
 
 
-InboxMessage = (
+# The messages about one room (they carry its negotiation_id); the others are control.
+RoomMessage = (
     BuyerRoomOpened
     | SellerRoomOpened
     | TurnStarted
     | BuyerMessage
     | SellerMessage
     | RoomClosed
-    | Welcome
-    | RoomsOpened
-    | Rejected
+    | Recap
 )
-RoomMessage = (
-    BuyerRoomOpened | SellerRoomOpened | TurnStarted | BuyerMessage | SellerMessage | RoomClosed
-)
-# The messages about one room (they carry its negotiation_id); the others are control.
-ROOM_MESSAGES = (
+InboxMessage = RoomMessage | Welcome | RoomsOpened | Rejected
+ROOM_MESSAGES = (  # for isinstance (spelled out: mypy narrows on it)
     BuyerRoomOpened,
     SellerRoomOpened,
     TurnStarted,
     BuyerMessage,
     SellerMessage,
     RoomClosed,
+    Recap,
 )
 
 

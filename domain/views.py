@@ -20,6 +20,7 @@ from mams.domain.messages import (
     BuyerRoomOpened,
     OwnSellerTerms,
     Peer,
+    Recap,
     RoomClosed,
     SellerMessage,
     SellerRoomOpened,
@@ -132,10 +133,20 @@ def buyer_received(view: BuyerView, msg: TurnStarted | SellerMessage | RoomClose
             return r(view, closed=msg)
 
 
+def addressed(view: BuyerView, to: tuple[str, ...]) -> tuple[str, ...]:
+    """Whom a buyer message reaches, as its line records it: the room's sellers among
+    agent ids `to`, in room order, or empty for every seller (as `to` empty means; the
+    broker resolves recipients the same way, so a recalled line reads the same)."""
+    sellers = tuple(p.agent_id for p in view.sellers)
+    reached = tuple(s for s in sellers if s in to)
+    return () if reached == sellers else reached
+
+
 def buyer_sent(
     view: BuyerView, text: str, to: tuple[str, ...], counter: Decimal | None
 ) -> BuyerView:
     """Remember what the buyer itself said (to agent ids `to`; empty means everyone)."""
+    to = addressed(view, to) if to else ()
     counters = view.my_counters
     if counter is not None:
         targets = to or tuple(p.agent_id for p in view.sellers)
@@ -164,3 +175,42 @@ def seller_sent(view: SellerView, text: str, offer: Offer | None) -> SellerView:
     return msgspec.structs.replace(
         view, my_offer=offer or view.my_offer, history=(*view.history, line)
     )
+
+
+def _in_order(before: tuple[Line, ...], after: tuple[Line, ...]) -> tuple[Line, ...]:
+    # `after` is `before` plus lines at its end; move those to follow the last line of a
+    # round not later than theirs (a recalled line may land after a newer live one).
+    new = after[len(before) :]
+    if not new or not before or before[-1].round <= new[0].round:
+        return after
+    at = len(before)
+    while at > 0 and before[at - 1].round > new[0].round:
+        at -= 1
+    return (*before[:at], *new, *before[at:])
+
+
+def buyer_recalled(view: BuyerView, recap: Recap) -> BuyerView:
+    """Fold one recalled line (PROTOCOL.md: recap) into the buyer's view, in round order."""
+    r = msgspec.structs.replace
+    msg = recap.message
+    if isinstance(msg, BuyerMessage):  # its own words
+        said = buyer_sent(r(view, round=msg.round), msg.text, recap.to, msg.counter_price)
+        folded = r(said, round=max(view.round, msg.round))
+    else:
+        folded = buyer_received(view, msg)
+    return r(folded, history=_in_order(view.history, folded.history))
+
+
+def seller_recalled(view: SellerView, recap: Recap) -> SellerView:
+    """Fold one recalled line (PROTOCOL.md: recap) into a seller's view, in round order."""
+    r = msgspec.structs.replace
+    msg = recap.message
+    if isinstance(msg, SellerMessage):  # its own reply
+        said = seller_sent(r(view, round=msg.round), msg.text, msg.offer)
+        folded = r(said, round=max(view.round, msg.round))
+    else:
+        heard = seller_received(view, msg)
+        folded = r(heard, round=max(view.round, msg.round))
+        if msg.round < view.round:  # an older message: the latest counter stands
+            folded = r(folded, buyer_counter=view.buyer_counter)
+    return r(folded, history=_in_order(view.history, folded.history))

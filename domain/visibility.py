@@ -8,6 +8,9 @@ costs, floors, styles or weights. Private events (reasoning, guardrails) go to n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from uuid import UUID
+
 from mams.domain.events import (
     BuyerSaid,
     BuyerWalkedAway,
@@ -27,6 +30,7 @@ from mams.domain.messages import (
     BuyerRoomOpened,
     OwnSellerTerms,
     Peer,
+    Recap,
     RoomClosed,
     RoomMessage,
     SellerMessage,
@@ -179,7 +183,9 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
     return out
 
 
-def catch_up(state: NegotiationState, agent: str, *, rejoin: bool) -> list[Delivery]:
+def catch_up(
+    state: NegotiationState, agent: str, *, rejoin: bool, log: Iterable[Event] | None = None
+) -> list[Delivery]:
     """What an agent must be re-sent to take part in an open room; nothing for an ended
     room or one the agent is not in. Deliveries can repeat, so agents fold each message id
     once and act once per turn (PROTOCOL.md section 3).
@@ -189,11 +195,15 @@ def catch_up(state: NegotiationState, agent: str, *, rejoin: bool) -> list[Deliv
     committed but never published, by a broker that died in between), and the turn it owes
     now (the buyer's turn, or the buyer message a seller has not answered). Otherwise (a
     keepalive hello) only the owed turn, the buyer's with the answers it decides on.
+    With the room's committed `log` (rejoin only), the room's `recap` for the agent goes
+    right after its room-opened view.
     """
     started = state.started
     if started is None or state.phase == "ended":
         return []
     out = [(a, m) for a, m in _room_opened(started) if a == agent] if rejoin else []
+    if rejoin and log is not None and out:
+        out += recap(log, state, agent)
     if agent == started.buyer.agent_id:
         if rejoin or state.phase == "buyer_turn":
             for reply in state.replies:
@@ -220,4 +230,61 @@ def catch_up(state: NegotiationState, agent: str, *, rejoin: bool) -> list[Deliv
                 ),
             )
         )
+    return out
+
+
+def recap(events: Iterable[Event], state: NegotiationState, agent: str) -> list[Delivery]:
+    """The lines of an open room that `agent` said or was told, as `Recap` messages, oldest
+    first: what a restarted agent needs to rebuild its conversation before `catch_up`.
+
+    `events` is the room's committed stream in seq order (or a prefix of it) and `state`
+    the room now. Left out, so that nothing arrives twice: what `catch_up` re-sends (the
+    answers to the buyer's last message; the buyer message a seller still owes an answer).
+    The same policy as `route`: a seller recalls only the buyer messages addressed to it
+    and its own replies; the buyer, its own messages and the sellers' replies. Nothing for
+    an ended room or one the agent is not in.
+    """
+    started = state.started
+    if started is None or state.phase == "ended" or agent not in state.agents:
+        return []
+    nid = started.negotiation_id
+    buyer = started.buyer.agent_id
+    resent = {r.message_id for r in state.replies} if agent == buyer else set()
+    said = state.last_said
+    owed = (
+        said.message_id
+        if said is not None and state.phase == "sellers_turn" and agent in state.awaiting
+        else None
+    )
+    out: list[Delivery] = []
+    asked: UUID | None = None  # the last buyer message to this seller: what it answers
+    for event in events:
+        match event:
+            case BuyerSaid(round=n, message_id=mid, to=to, text=text, counter_price=counter):
+                if agent != buyer and agent not in to:
+                    continue
+                message = BuyerMessage(
+                    negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter
+                )
+                if agent == buyer:
+                    line = Recap(negotiation_id=nid, message=message, mine=True, to=to)
+                    out.append((agent, line))
+                else:
+                    asked = mid
+                    if mid != owed:
+                        out.append((agent, Recap(negotiation_id=nid, message=message, mine=False)))
+            case SellerReplied(seller=seller, message_id=mid):
+                mine = agent == seller
+                if mine or (agent == buyer and mid not in resent):
+                    for _, reply in _seller_message(state, event):
+                        assert isinstance(reply, SellerMessage)
+                        line = Recap(
+                            negotiation_id=nid,
+                            message=reply,
+                            mine=mine,
+                            replying_to=asked if mine else None,
+                        )
+                        out.append((agent, line))
+            case _:
+                pass
     return out

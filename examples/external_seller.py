@@ -117,6 +117,13 @@ class Seller:
             )
         elif kind == "buyer.message":
             await self.answer(message)
+        elif kind == "recap":
+            # A line of the room before this process (re)joined: after a restart, our own
+            # last offer is where the concessions go on from.
+            room = self.rooms.get(message["negotiation_id"])
+            offer = message["message"].get("offer") if message["mine"] else None
+            if room is not None and offer:
+                room["last"] = Decimal(offer["unit_price"])
         elif kind == "room.closed":
             room = self.rooms.pop(message["negotiation_id"], None)
             log(

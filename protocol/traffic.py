@@ -8,7 +8,8 @@ The cast is the real one (the `Broker`, `AgentActor`s with the baseline brains, 
 on one market; a tap subscribed to ``<market>.>`` records every message in the order it
 saw them: hellos and welcomes, one refused `open_rooms` (a seller asking to open the
 buyer's session: identity comes from the subject), the buyer's `open_rooms`, every turn
-and view, one seller re-saying hello mid-session (its catch-up), and the closing.
+and view, one seller re-saying hello mid-session (its catch-up and recap), and the
+closing.
 
 tests/protocol/test_schema_sync.py validates every captured message against
 protocol/schema.json; PROTOCOL.md's examples and walk-through come from this capture.
@@ -218,16 +219,18 @@ async def capture(
                             )
                         elif message["type"] == "rooms.opened":
                             opened |= {UUID(n) for n in message["negotiation_ids"]}
-                        elif (
-                            message["type"] == "buyer.message"
-                            and agent == seller_ids[-1]
-                            and not rejoined
-                        ):
-                            # This seller says hello again (as after a restart): the broker
-                            # welcomes it with its open rooms and re-sends its views.
-                            rejoined = True
-                            hello = Hello(role="seller", brain=BaselineSeller.label)
-                            await tap.publish(subjects.outbox(AgentId(agent)), encode(hello))
+                    elif (
+                        kind == "outbox"
+                        and agent == seller_ids[-1]
+                        and not rejoined
+                        and json.loads(msg.data)["type"] == "seller.turn"
+                    ):
+                        # Once it has answered, this seller says hello again (as after a
+                        # restart): the broker welcomes it with its open rooms and re-sends
+                        # its views, with the recap of what it was told and said.
+                        rejoined = True
+                        hello = Hello(role="seller", brain=BaselineSeller.label)
+                        await tap.publish(subjects.outbox(AgentId(agent)), encode(hello))
                     elif kind == "events":
                         committed = decode_committed(msg.data)
                         if committed.event.__struct_config__.tag == "negotiation.ended":

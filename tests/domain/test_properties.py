@@ -39,6 +39,7 @@ from mams.domain.messages import (
     BuyerRoomOpened,
     CommittedEvent,
     GuardrailNote,
+    Recap,
     RoomClosed,
     RoomMessage,
     Say,
@@ -313,6 +314,9 @@ def check_delivery(run: Run, recipient: str, message: RoomMessage) -> None:
     raw = encode(message)
     for marker in run.private_markers:
         assert marker.encode() not in raw, (marker, recipient)
+    if isinstance(message, Recap):
+        check_recap(run, recipient, message)
+        return
     if recipient == BUYER:
         assert isinstance(message, BuyerRoomOpened | TurnStarted | SellerMessage | RoomClosed)
         for key in PRIVATE_SELLER_KEYS:
@@ -353,6 +357,28 @@ def check_delivery(run: Run, recipient: str, message: RoomMessage) -> None:
         assert message.outcome.seller == recipient
 
 
+def check_recap(run: Run, recipient: str, recap: Recap) -> None:
+    """A recalled line: one the recipient was told (checked as that delivery), or its own."""
+    line = recap.message
+    if not recap.mine:
+        check_delivery(run, recipient, line)
+        return
+    raw = encode(recap)
+    if recipient == BUYER:
+        assert isinstance(line, BuyerMessage)
+        assert set(recap.to) <= set(run.seller_ids)
+        for key in PRIVATE_SELLER_KEYS:
+            assert key not in raw, (key, recap)
+        return
+    assert isinstance(line, SellerMessage)
+    assert line.seller.agent_id == recipient  # its own words, under its own handle
+    assert not numbers_in(raw, {BUYER_MIN, BUYER_MAX}), recap
+    for other in run.seller_ids:
+        if other != recipient:
+            assert f'"{other}"'.encode() not in raw, (other, recap)
+            assert not numbers_in(raw, run.seller_numbers[other]), (other, recap)
+
+
 @SETTINGS
 @given(st.data())
 def test_opacity_no_party_receives_what_it_may_not_see(data: st.DataObject) -> None:
@@ -362,10 +388,13 @@ def test_opacity_no_party_receives_what_it_may_not_see(data: st.DataObject) -> N
         check_delivery(run, recipient, message)
     # What a rejoin or a keepalive re-sends (catch_up) crosses the same boundary, at any
     # point of the run.
-    for state in [*run.states_before[1:], run.state]:
+    # With the log, a rejoin also recalls the room's lines (recap).
+    for k, state in enumerate([*run.states_before[1:], run.state]):
         for agent in participants:
             for rejoin in (True, False):
-                for recipient, message in catch_up(state, agent, rejoin=rejoin):
+                for recipient, message in catch_up(
+                    state, agent, rejoin=rejoin, log=run.events[: k + 1]
+                ):
                     assert recipient == agent
                     check_delivery(run, recipient, message)
     # Private events produce no deliveries at all.

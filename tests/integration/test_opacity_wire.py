@@ -34,6 +34,7 @@ from mams.domain.messages import (
     ROOM_MESSAGES,
     BuyerMessage,
     BuyerRoomOpened,
+    Recap,
     RoomClosed,
     RoomMessage,
     SellerMessage,
@@ -87,6 +88,10 @@ def committed_in(message: RoomMessage, agent: str, events: list[Event]) -> bool:
             return any(isinstance(e, SellerReplied) and e.message_id == mid for e in events)
         case RoomClosed(status=status):
             return any(isinstance(e, NegotiationEnded) and e.status == status for e in events)
+        case Recap(message=line):  # a line it said or was told: committed like it
+            return committed_in(line, agent, events) or any(
+                isinstance(e, BuyerSaid) and e.message_id == line.message_id for e in events
+            )
 
 
 def prices(data: bytes) -> set[Decimal]:
