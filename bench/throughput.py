@@ -450,6 +450,8 @@ async def broker_child(params: dict[str, object]) -> None:
     result["events_per_commit"] = sum(c[1] for c in store.commits) / max(1, len(seconds))
     result["commit_p50_ms"] = _percentile(seconds, 50) * 1000
     result["commit_p99_ms"] = _percentile(seconds, 99) * 1000
+    result["commit_max_ms"] = max(seconds, default=float("nan")) * 1000
+    result["commits_over_50ms"] = sum(1 for c in seconds if c > 0.05)
     result["commit_busy"] = sum(seconds) / wall  # share of the run the writer was committing
     print(json.dumps(result), flush=True)
 
@@ -574,7 +576,14 @@ async def run_split(
         figures["machine_us_per_routed"] = busy * 1e6 / result["routed"]
         figures["broker_gc_s"], figures["broker_gc_max_s"] = result["gc_s"], result["gc_max_s"]
         figures["agents_gc_s"], figures["agents_gc_max_s"] = agents_gc
-        for key in ("commits", "events_per_commit", "commit_p50_ms", "commit_p99_ms"):
+        for key in (
+            "commits",
+            "events_per_commit",
+            "commit_p50_ms",
+            "commit_p99_ms",
+            "commit_max_ms",
+            "commits_over_50ms",
+        ):
             figures[key] = result[key]
         figures["commit_busy"] = result["commit_busy"]
         if anatomy:
@@ -583,6 +592,30 @@ async def run_split(
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+async def commit_probe(dsn: str, seconds: float) -> str:
+    """The latency floor a hop inherits from its commit: one-row transactions back to back
+    on this database (fsync'd, as the broker's are) for `seconds`."""
+    conn = await asyncpg.connect(dsn)
+    table = f"bench_probe_{uuid.uuid4().hex[:8]}"
+    try:
+        await conn.execute(f"CREATE TABLE {table} (id bigserial, v bytea)")
+        lats: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            await conn.execute(f"INSERT INTO {table} (v) VALUES ($1)", b"x" * 300)
+            lats.append(time.perf_counter() - t)
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+    over = sum(1 for x in lats if x > 0.05)
+    return (
+        f"commit probe: {len(lats):,} one-row commits in {seconds:g} s, p50/p99/max "
+        f"{_percentile(lats, 50) * 1000:.2f}/{_percentile(lats, 99) * 1000:.2f}/"
+        f"{max(lats) * 1000:.0f} ms, {over} over 50 ms (the floor under a hop's commit)"
+    )
 
 
 def _burstiness(probe: Probe) -> tuple[float, float]:
@@ -664,6 +697,14 @@ async def main() -> None:
         help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
     )
     p.add_argument(
+        "--commit-probe",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first time one-row commits back to back for SECONDS: the database's latency "
+        "floor (and stalls) under every hop",
+    )
+    p.add_argument(
         "--lag",
         action="store_true",
         help="split/open/paced: also sample each process's event-loop lag (costs CPU)",
@@ -693,6 +734,8 @@ async def main() -> None:
     else:
         ceilings = await raw_ceilings(args.nats, args.dsn)
         print(ceilings.describe())
+    if args.commit_probe > 0:
+        print(await commit_probe(args.dsn, args.commit_probe))
     print(
         f"{'mode':>9} {'K':>5} {'S':>3} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
         f" {'events':>7} {'hop p50 ms':>10} {'hop p99 ms':>10} {'RSS MB':>7}"
@@ -724,7 +767,8 @@ async def main() -> None:
                 f" {r['agents_gc_s']:.2f} s, {r['agents_gc_max_s'] * 1000:.0f} ms; at most"
                 f" {r['turns_peak']:.0f} turns in flight per agent);"
                 f" {r['commits']:,.0f} commits of {r['events_per_commit']:.0f} events,"
-                f" p50/p99 {r['commit_p50_ms']:.1f}/{r['commit_p99_ms']:.1f} ms,"
+                f" p50/p99/max {r['commit_p50_ms']:.1f}/{r['commit_p99_ms']:.1f}/"
+                f"{r['commit_max_ms']:.0f} ms ({r['commits_over_50ms']:.0f} over 50 ms),"
                 f" committing {r['commit_busy']:.0%} of the run"
             )
             print(
