@@ -158,8 +158,9 @@ class AgentActor:
 
     async def _rejoin(self) -> None:
         """After a NATS outage: a full catch-up hello, since what was delivered to us
-        meanwhile is lost (the broker re-sends on its own reconnect too)."""
-        hello = Hello(role=self.role, brain=self.brain.label)
+        meanwhile is lost (the broker re-sends on its own reconnect too); no recap, since
+        the conversation so far is still here."""
+        hello = Hello(role=self.role, brain=self.brain.label, recap=False)
         await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
 
     def _receive(self, message: InboxMessage) -> Job | None:

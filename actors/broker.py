@@ -104,7 +104,8 @@ log = structlog.get_logger("mams.broker")
 
 _T = TypeVar("_T")
 
-_RECALL_READS = 8  # streams read at once for an agent's recap (`_recall`)
+# The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
+_RECAP_TYPES = ("buyer.said", "seller.replied")
 
 
 class SessionStore(Protocol):
@@ -495,7 +496,7 @@ class Broker:
             open_rooms=len(rooms),
         )
         batch = self._deliver_only(messages)
-        if rejoin and states:
+        if hello.catch_up and hello.recap and states:
             # The agent may have restarted and lost its conversation: each room's lines
             # it said or was told go first (visibility.recap), read from the log once every
             # lane has committed what was decided before this hello.
@@ -511,18 +512,9 @@ class Broker:
     ) -> list[tuple[str, bytes]]:
         """Welcome, then per room its catch-up with the recap of its log; `without`
         (welcome and catch-ups alone) if the log cannot be read."""
-        logged: dict[UUID, list[Event]] = {}
-        limiter = anyio.CapacityLimiter(_RECALL_READS)
-
-        async def read(nid: UUID) -> None:
-            async with limiter:
-                stored = await self.store.read(nid)
-            logged[nid] = [decode_event(e.data) for e in stored]
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for nid in states:
-                    tg.start_soon(read, nid)
+        try:  # only the lines a recap can hold, every room in one read
+            stored = await self.store.read_streams(list(states), types=_RECAP_TYPES)
+            logged = {nid: [decode_event(e.data) for e in es] for nid, es in stored.items()}
         except Exception as exc:  # the recap is a courtesy: never hold the room for it
             log.warning("broker.recap_failed", agent=agent, rooms=len(states), error=repr(exc))
             return without

@@ -185,6 +185,11 @@ class TimedStore:
     async def stream_ids(self) -> list[uuid.UUID]:
         return await self.inner.stream_ids()
 
+    async def read_streams(
+        self, stream_ids: Sequence[uuid.UUID], *, types: Sequence[str] | None = None
+    ) -> dict[uuid.UUID, list[StoredEvent]]:
+        return await self.inner.read_streams(stream_ids, types=types)
+
     async def last_seq(self, stream_id: uuid.UUID) -> int:
         return await self.inner.last_seq(stream_id)
 

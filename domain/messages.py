@@ -243,12 +243,15 @@ class Hello(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="hello"):
 
     `catch_up=False` marks a keepalive from an agent that has kept its state: a broker
     that already knows the agent then re-sends only the turns it owes, not whole rooms.
+    `recap=False` (with `catch_up`) asks for whole rooms without their recaps: the agent
+    kept its conversation (its connection came back after an outage).
     """
 
     role: Literal["buyer", "seller"]
     brain: str = ""
     protocol: int = 1
     catch_up: bool = True
+    recap: bool = True
 
 
 class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_rooms"):

@@ -201,7 +201,7 @@ async def main() -> int:
 
     async def reconnected() -> None:  # what was delivered during the outage is lost
         log("reconnected")
-        await seller.send(hello)  # a full catch-up
+        await seller.send({**hello, "recap": False})  # a full catch-up; we kept our rooms
 
     nc = await nats.connect(args.nats, name=f"{args.market}-{agent_id}", reconnected_cb=reconnected)
     seller = Seller(nc, args.market, agent_id)

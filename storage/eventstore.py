@@ -35,6 +35,13 @@ class EventStore(Protocol):
         """Every stream holding at least one event, in order of first append."""
         ...
 
+    async def read_streams(
+        self, stream_ids: Sequence[UUID], *, types: Sequence[str] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        """The events of several streams at once (only those of `types`, if given), each
+        stream's in seq order; streams without such events are absent."""
+        ...
+
     async def last_seq(self, stream_id: UUID) -> int:
         """The highest seq in `stream_id`, or 0 if the stream is empty."""
         ...
@@ -195,6 +202,19 @@ class InMemoryEventStore:
         """Every stream holding at least one event, in order of first append."""
         return list(self._streams)
 
+    async def read_streams(
+        self, stream_ids: Sequence[UUID], *, types: Sequence[str] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        """The events of several streams at once (only those of `types`, if given), each
+        stream's in seq order; streams without such events are absent."""
+        out: dict[UUID, list[StoredEvent]] = {}
+        for sid in stream_ids:
+            stream = self._streams.get(sid, {})
+            got = [stream[q] for q in sorted(stream) if types is None or stream[q].type in types]
+            if got:
+                out[sid] = got
+        return out
+
     async def last_seq(self, stream_id: UUID) -> int:
         """The highest seq in `stream_id`, or 0 if the stream is empty."""
         return max(self._streams.get(stream_id, {}), default=0)
@@ -226,6 +246,24 @@ _READ = """
 SELECT stream_id, seq, event_id, type, data, recorded_at, prev_hash, hash
 FROM events WHERE stream_id = $1 AND seq > $2 ORDER BY seq
 """
+_READ_MANY = """
+SELECT stream_id, seq, event_id, type, data, recorded_at, prev_hash, hash
+FROM events WHERE stream_id = ANY ($1::uuid[]) AND ($2::text[] IS NULL OR type = ANY ($2))
+ORDER BY stream_id, seq
+"""
+
+
+def _stored(r: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        r["stream_id"],
+        r["seq"],
+        r["event_id"],
+        r["type"],
+        r["data"],
+        r["recorded_at"],
+        r["prev_hash"] or b"",
+        r["hash"] or b"",
+    )
 
 
 # How many streams' last hashes a store remembers (about 100 bytes each).
@@ -397,19 +435,19 @@ class PostgresEventStore:
         """Events of `stream_id` with seq > `after_seq`, ordered by seq."""
         with translating(self._dsn):
             rows = await self._pool.fetch(_READ, stream_id, after_seq)
-        return [
-            StoredEvent(
-                r["stream_id"],
-                r["seq"],
-                r["event_id"],
-                r["type"],
-                r["data"],
-                r["recorded_at"],
-                r["prev_hash"] or b"",
-                r["hash"] or b"",
-            )
-            for r in rows
-        ]
+        return [_stored(r) for r in rows]
+
+    async def read_streams(
+        self, stream_ids: Sequence[UUID], *, types: Sequence[str] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        """The events of several streams at once (only those of `types`, if given), each
+        stream's in seq order; streams without such events are absent. One round trip."""
+        with translating(self._dsn):
+            rows = await self._pool.fetch(_READ_MANY, list(stream_ids), types)
+        out: dict[UUID, list[StoredEvent]] = {}
+        for r in rows:
+            out.setdefault(r["stream_id"], []).append(_stored(r))
+        return out
 
     async def stream_ids(self) -> list[UUID]:
         """Every stream holding at least one event, in order of first append."""

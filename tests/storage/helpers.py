@@ -50,5 +50,10 @@ class WrappedStore:
     async def stream_ids(self) -> list[UUID]:
         return await self.inner.stream_ids()
 
+    async def read_streams(
+        self, stream_ids: Sequence[UUID], *, types: Sequence[str] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        return await self.inner.read_streams(stream_ids, types=types)
+
     async def last_seq(self, stream_id: UUID) -> int:
         return await self.inner.last_seq(stream_id)

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
 from mams.storage.audit import check_chain
@@ -52,6 +53,22 @@ class EventStoreContract:
         assert same(await store.read(a), ea)
         assert same(await store.read(b), eb)
         assert await store.stream_ids() == [a, b]
+
+    async def test_read_streams_reads_several_at_once_filtered_by_type(
+        self, store: EventStore
+    ) -> None:
+        a, b, c = uuid4(), uuid4(), uuid4()
+        ea, eb = stream(a, 1, 3), stream(b, 1, 2)
+        typed = [msgspec.structs.replace(e, type="buyer.said") for e in ea[1:]]
+        await store.append([ea[0], eb[0], *typed, eb[1]])
+        everything = await store.read_streams([b, a, c])
+        assert set(everything) == {a, b}  # c has no events: absent
+        assert same(everything[a], [ea[0], *typed])
+        assert same(everything[b], eb)
+        said = await store.read_streams([a, b], types=["buyer.said", "nope"])
+        assert set(said) == {a}
+        assert same(said[a], typed)
+        assert await store.read_streams([]) == {}
 
     async def test_data_round_trips_as_equal_json(self, store: EventStore) -> None:
         sid = uuid4()

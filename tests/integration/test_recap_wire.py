@@ -1,0 +1,99 @@
+"""Which hellos the broker answers with a room's recap, over real NATS and PostgreSQL.
+
+A full hello (a process that starts: it may have lost its conversation) gets each open
+room's view, then the recap of the lines it said or was told, read from the log, then the
+rest of its catch-up. A full hello with `recap: false` (a reconnect: the agent kept its
+conversation) and a keepalive get no recap. The agent publishes raw, as any agent may.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from mams.bus.base import Subscription
+from mams.bus.subjects import AgentId, Subjects
+from mams.domain.events import RoundOpened
+from mams.domain.messages import (
+    BuyerMessage,
+    BuyerRoomOpened,
+    Hello,
+    InboxMessage,
+    Recap,
+    SellerMessage,
+    TurnStarted,
+    Welcome,
+    decode_inbox,
+)
+from tests.integration.helpers import broker_rig, started_for
+from tests.integration.scenarios import phone
+from tests.integration.test_broker_robustness import BUYER, CALM, ITEM, Store, reply, say
+
+pytestmark = pytest.mark.integration
+
+
+async def test_only_a_full_hello_gets_the_recap(
+    nats_url: str, pg_store: Store, subjects: Subjects
+) -> None:
+    _, store = pg_store
+    started = started_for(phone(), ITEM, CALM)
+    nid = started.negotiation_id
+    sellers = [s.agent_id for s in started.sellers]
+    with anyio.fail_after(30):
+        async with broker_rig(nats_url, store, subjects) as rig:
+            inbox = await rig.raw.subscribe(subjects.inbox(AgentId(BUYER)))
+            await rig.open(started)
+            await rig.wait_for(RoundOpened, lambda e: e.round == 1)
+            first = say(nid, 1, text="What is your best price for two?")
+            await rig.send(BUYER, first)
+            answers = [reply(nid, 1, f"1{i}.00", text=f"from {s}") for i, s in enumerate(sellers)]
+            for seller, answer in zip(sellers, answers, strict=True):
+                await rig.send(seller, answer)
+            await rig.wait_for(RoundOpened, lambda e: e.round == 2)
+
+            async def hello_answer(hello: Hello) -> list[InboxMessage]:
+                """What the broker sends the buyer for `hello`, up to the turn it owes."""
+                await _drain(inbox)
+                await rig.send(BUYER, hello)
+                got: list[InboxMessage] = []
+                async for msg in inbox:
+                    got.append(decode_inbox(msg.data))
+                    if isinstance(got[-1], TurnStarted) and any(
+                        isinstance(m, Welcome) for m in got
+                    ):
+                        return got
+                raise AssertionError("the inbox ended")
+
+            full = await hello_answer(Hello(role="buyer"))
+            kinds = [type(m).__name__ for m in full]
+            assert kinds == [
+                "Welcome",
+                "BuyerRoomOpened",
+                "Recap",
+                *["SellerMessage"] * len(sellers),
+                "TurnStarted",
+            ]
+            recap = full[2]
+            assert isinstance(recap, Recap)
+            assert recap.mine
+            assert isinstance(recap.message, BuyerMessage)
+            assert recap.message.message_id == first.message_id
+            assert recap.to == tuple(sellers)  # whom it reached
+            heard = [m for m in full if isinstance(m, SellerMessage)]
+            assert {m.message_id for m in heard} == {a.message_id for a in answers}
+
+            reconnect = await hello_answer(Hello(role="buyer", recap=False))
+            assert not any(isinstance(m, Recap) for m in reconnect)
+            assert any(isinstance(m, BuyerRoomOpened) for m in reconnect)
+            keepalive = await hello_answer(Hello(role="buyer", catch_up=False))
+            assert [type(m).__name__ for m in keepalive[-1:]] == ["TurnStarted"]
+            assert not any(isinstance(m, Recap | BuyerRoomOpened) for m in keepalive)
+
+
+async def _drain(sub: Subscription) -> None:
+    """Discard what is already buffered in `sub` (nothing more arrives within 0.2 s)."""
+    while True:
+        with anyio.move_on_after(0.2) as scope:
+            await sub.__anext__()
+        if scope.cancelled_caught:
+            return
