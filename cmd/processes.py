@@ -248,9 +248,11 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
 
 # -- buyer -----------------------------------------------------------------------------------
 async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
-    """Open the session's rooms, negotiate them, print the outcomes, exit."""
+    """Open the session's rooms (or, with --resume, take back the open rooms a crashed
+    buyer process left), negotiate them, print the outcomes, exit."""
     if bool(args.scenario) == bool(args.session):
         raise ConfigError("give --scenario FILE or --session SESSION_ID (one of them)")
+    resuming = bool(args.resume)
     scenario = load_scenario(Path(args.scenario)) if args.scenario else None
     model = args.model or (scenario.buyer.model if scenario else "auto")
     agent_id = scenario.buyer.agent_id if scenario else args.agent
@@ -270,6 +272,19 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
 
     def on_message(message: InboxMessage) -> None:
         match message:
+            case Welcome(rooms=rooms) if resuming and not opened:
+                # Our rooms are the open ones the broker lists (a buyer is only ever in its
+                # own); each comes with its recap, so the brain goes on from where it was.
+                opened.append(
+                    RoomsOpened(
+                        request_id=request.request_id,
+                        session_id=request.session_id or uuid.UUID(int=0),
+                        negotiation_ids=rooms,
+                        items=(),
+                    )
+                )
+                out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
+                welcomed.set()
             case Welcome(rooms=rooms) if requested.is_set() and not opened and rooms:
                 # The broker restarted after opening our rooms but before telling us: the
                 # rooms it resumed are ours (a buyer is only ever in its own rooms).
@@ -325,7 +340,10 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
             requested.set()
-            await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+            if not resuming:
+                await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+            elif not waiting_for():
+                done.set()  # nothing left open to resume
             await done.wait()
             tg.cancel_scope.cancel()
     finally:
@@ -343,10 +361,14 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     for nid in sorted(ended_unseen - closed.keys()):
         out.print(f"{nid}: ended while the broker was restarting; `mams replay {nid}` shows it")
         results.append({"negotiation_id": str(nid), "outcome": None, "status": "unknown"})
+    if resuming and not waiting_for():
+        out.print(f"no open rooms of {agent_id} on market {args.market!r}: nothing to resume")
     if args.json:
+        session = opened[0].session_id if opened else None
+        known = session is not None and session.int != 0  # --resume --scenario: not known
         sys.stdout.write(
             msgspec.json.encode(
-                {"session_id": str(opened[0].session_id), "negotiations": results}
+                {"session_id": str(session) if known else None, "negotiations": results}
             ).decode()
             + "\n"
         )
@@ -406,6 +428,12 @@ def add_parsers(sub: Any) -> None:
     u.add_argument("--round-timeout", type=float, default=30.0)
     u.add_argument("--seed", type=int, default=None)
     u.add_argument("--json", action="store_true")
+    u.add_argument(
+        "--resume",
+        action="store_true",
+        help="after this buyer's process died: take back its open rooms (each with its "
+        "conversation so far) instead of opening new ones",
+    )
 
 
 # -- supervisor: `mams run --processes` --------------------------------------------------------
