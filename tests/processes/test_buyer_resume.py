@@ -72,3 +72,15 @@ async def test_a_killed_buyer_resumes_its_room_from_the_same_conversation(
     assert len(asked) == 2  # the killed process's call, and the resumed one's
     assert asked[1].view == asked[0].view  # the same conversation, word for word
     assert "[round 1] You:" in asked[1].view  # its own round-1 words are in it
+
+
+async def test_resume_with_no_open_room_says_so_and_exits_0(
+    procs: Cast,
+    market: str,
+    scenario_file: Path,  # noqa: F811
+) -> None:
+    broker = procs.mams("broker", "broker", "--market", market)
+    await broker.wait_for("broker ready")
+    buyer = procs.buyer(scenario_file, market, *BASELINE, "--resume")
+    assert await buyer.wait() == 0, buyer.describe()
+    assert "nothing to resume" in buyer.out()
