@@ -401,7 +401,8 @@ async def broker_child(params: dict[str, object]) -> None:
     k, sellers = int(str(params["k"])), int(str(params["sellers"]))
     rate = float(str(params["rate"])) if params["rate"] is not None else None
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    pool, pg_store = await open_store(dsn, schema, projector=ReadModelProjector())
+    durable = not params.get("relaxed")
+    pool, pg_store = await open_store(dsn, schema, projector=ReadModelProjector(), durable=durable)
     store = TimedStore(pg_store)
     sc = scenario(k, sellers)
     subjects = Subjects(prefix=str(params["prefix"]))
@@ -472,6 +473,7 @@ async def run_split(
     lanes: int | None = None,
     think: tuple[float, float] | None = None,
     lag: bool = False,
+    relaxed: bool = False,
 ) -> dict[str, float]:
     """Modes `split`, `open` and `paced`: the broker in a child process, the agents
     here; rooms all opened at once (rate None) or at `rate` rooms/s; with `think`, every
@@ -499,6 +501,7 @@ async def run_split(
             "anatomy": anatomy,
             "lanes": lanes,
             "lag": lag,
+            "relaxed": relaxed,
         }
         probe = Probe()
         buses: list[Bus] = []
@@ -599,10 +602,12 @@ async def run_split(
         await admin.close()
 
 
-async def commit_probe(dsn: str, seconds: float) -> str:
+async def commit_probe(dsn: str, seconds: float, durable: bool = True) -> str:
     """The latency floor a hop inherits from its commit: one-row transactions back to back
-    on this database (fsync'd, as the broker's are) for `seconds`."""
-    conn = await asyncpg.connect(dsn)
+    on this database (flushed to disk, as the broker's are, unless not `durable`) for
+    `seconds`."""
+    settings = None if durable else {"synchronous_commit": "off"}
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     table = f"bench_probe_{uuid.uuid4().hex[:8]}"
     try:
         await conn.execute(f"CREATE TABLE {table} (id bigserial, v bytea)")
@@ -702,6 +707,13 @@ async def main() -> None:
         help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
     )
     p.add_argument(
+        "--durability",
+        choices=["durable", "relaxed"],
+        default="durable",
+        help="split/open/paced: the broker's (as `mams broker --durability`); relaxed commits "
+        "do not wait for the disk",
+    )
+    p.add_argument(
         "--commit-probe",
         type=float,
         default=0.0,
@@ -740,7 +752,7 @@ async def main() -> None:
         ceilings = await raw_ceilings(args.nats, args.dsn)
         print(ceilings.describe())
     if args.commit_probe > 0:
-        print(await commit_probe(args.dsn, args.commit_probe))
+        print(await commit_probe(args.dsn, args.commit_probe, args.durability == "durable"))
     print(
         f"{'mode':>9} {'K':>5} {'S':>3} {'secs':>7} {'neg/s':>8} {'routed/s':>9} {'events/s':>9}"
         f" {'events':>7} {'hop p50 ms':>10} {'hop p99 ms':>10} {'RSS MB':>7}"
@@ -812,6 +824,7 @@ async def main() -> None:
                 anatomy=args.anatomy,
                 lanes=args.lanes,
                 lag=args.lag,
+                relaxed=args.durability == "relaxed",
             )
 
             for _ in range(args.repeat):

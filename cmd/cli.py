@@ -60,8 +60,8 @@ from mams.domain.events import Event, QualityFlagged, decode_event
 from mams.domain.negotiation import NegotiationState, replay
 from mams.domain.transcript import Renderer, render
 from mams.infra import servers
+from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
 from mams.processes import add_parsers as add_process_parsers
-from mams.processes import cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
 from mams.storage.readmodels import (
@@ -163,7 +163,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             prepare_brains(scenario_file, _pick_items(scenario_file, args.item), options)[1]
         )
     out.print("[dim]starting servers...[/dim]")
-    async with servers(need_bus=True) as srv:
+    async with servers(need_bus=True, durable=args.durability == DURABLE) as srv:
         out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
         async with srv.pool.acquire() as conn:
             if scenario_file is not None:
@@ -503,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not grade the negotiations (quality flags; `mams analyze` can later)",
     )
+    add_durability(run)
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")

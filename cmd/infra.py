@@ -36,8 +36,9 @@ class Servers:
 
 
 @asynccontextmanager
-async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
-    """Connect to (or start) the servers a command needs; stop embedded ones on exit."""
+async def servers(*, need_bus: bool, durable: bool = True) -> AsyncIterator[Servers]:
+    """Connect to (or start) the servers a command needs; stop embedded ones on exit.
+    `durable=False`: the store's commits do not wait for the disk (`open_store`)."""
     database_url = os.environ.get("DATABASE_URL")
     embedded_pg: EmbeddedPostgres | None = None
     if database_url:
@@ -47,7 +48,7 @@ async def servers(*, need_bus: bool) -> AsyncIterator[Servers]:
         dsn = await anyio.to_thread.run_sync(embedded_pg.start)
         db_note = f"embedded PostgreSQL (data in {embedded_pg.data_dir})"
     try:
-        pool, store = await open_store(dsn, projector=ReadModelProjector())
+        pool, store = await open_store(dsn, projector=ReadModelProjector(), durable=durable)
         try:
             nats_url = os.environ.get("NATS_URL")
             if not need_bus:

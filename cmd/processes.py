@@ -110,7 +110,8 @@ async def _serve(
     line), run it until SIGTERM/SIGINT, then close the connection."""
     if args.nats:
         os.environ["NATS_URL"] = args.nats
-    async with servers(need_bus=True) as srv:
+    durable = getattr(args, "durability", DURABLE) == DURABLE
+    async with servers(need_bus=True, durable=durable) as srv:
         assert srv.nats_url is not None
         bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-{role}")
         try:
@@ -244,6 +245,22 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
         with anyio.CancelScope(shield=True):
             await bus.close()
     return 0
+
+
+# -- durability ------------------------------------------------------------------------------
+DURABLE = "durable"
+
+
+def add_durability(p: argparse.ArgumentParser) -> None:
+    """`--durability durable|relaxed` (see storage.pg.open_store)."""
+    p.add_argument(
+        "--durability",
+        choices=[DURABLE, "relaxed"],
+        default=DURABLE,
+        help="durable (default): a message is delivered once its events are on disk; "
+        "relaxed: once committed, before the disk flush (no disk stalls in the way; a crash "
+        "of PostgreSQL's machine can lose the last ~0.6 s of the log)",
+    )
 
 
 # -- buyer -----------------------------------------------------------------------------------
@@ -402,6 +419,7 @@ def add_parsers(sub: Any) -> None:
         "room still in order; default 2). More lanes, more throughput while the database "
         "has cores to spare; 1 costs the least CPU per message at light load",
     )
+    add_durability(b)
     b.add_argument(
         "--abort-on-exit",
         action="store_true",
@@ -502,7 +520,14 @@ async def supervise(
         scenario_file.write_bytes(msgspec.json.encode(scenario_to_raw(scenario)))
         try:
             broker = await spawn(
-                "broker", "broker", "--market", market, "--abort-on-exit", "--no-resume"
+                "broker",
+                "broker",
+                "--market",
+                market,
+                "--abort-on-exit",
+                "--no-resume",
+                "--durability",
+                args.durability,
             )
             with anyio.fail_after(READY_TIMEOUT):
                 await broker.wait_for_line("broker ready")

@@ -357,6 +357,20 @@ def test_run_inline_scenario_has_deals_and_a_non_deal(cli: Cli, scenario_file: P
     assert all(n["status"] == "completed" for n in doc["negotiations"])
 
 
+def test_run_with_relaxed_durability_gives_the_same_outcomes(cli: Cli, scenario_file: Path) -> None:
+    args = ("run", str(scenario_file), "--seed", "5", "--max-rounds", "6")
+    durable = cli.json(*args)
+    relaxed = cli.json(*args, "--durability", "relaxed")
+
+    def outcomes(doc: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return sorted((n["item"], n["outcome"]) for n in doc["negotiations"])
+
+    assert outcomes(relaxed) == outcomes(durable)
+    bad = cli("run", str(scenario_file), "--durability", "sometimes")
+    assert bad.returncode == 2
+    assert "--durability" in bad.stderr
+
+
 def test_run_without_json_prints_human_output_on_stdout(cli: Cli, scenario_file: Path) -> None:
     proc = ok(cli("run", str(scenario_file), "--seed", "5", "--max-rounds", "6"))
     assert "Outcomes" in proc.stdout

@@ -42,3 +42,16 @@ async def test_a_released_connection_has_no_open_transaction(
             assert await conn.fetchval("SELECT to_regclass('left_open')") is None
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
+async def test_relaxed_durability_commits_without_waiting_for_the_disk(
+    database_url: str, pg_schema: str, durable: bool, expected: str
+) -> None:
+    pool, _ = await open_store(database_url, pg_schema, durable=durable)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == expected
+            assert await conn.fetchval("SHOW search_path") == f'"{pg_schema}"'
+    finally:
+        await pool.close()
