@@ -2,7 +2,8 @@
 
 Usage: python bench/throughput.py [--big] [--k 1 10 100] [--sellers 1 3 10]
        [--modes one split open paced] [--rate R] [--think MIN MAX] [--anatomy] [--lag]
-       [--lanes N] [--repeat N] [--nats URL] [--dsn DSN]
+       [--lanes N] [--repeat N] [--commit-probe S] [--durability durable|relaxed]
+       [--agent-procs N] [--nats URL] [--dsn DSN]
 
 Real broker, buyer and sellers (each actor on its own NATS connection) over a real NATS
 and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), each run in a throwaway
@@ -33,7 +34,9 @@ bare nats-py pub->sub. Split modes add a line each on the broker's collector (an
 agents' process's: longest pauses), its commits, the machine's CPU per routed message, and
 how bursty the buyer's turns were. `--big` adds K=1000. `--anatomy` splits each hop into
 its legs (agent -> broker, in the broker, broker -> seller); `--lag` samples each
-process's event-loop lag. Asserts nothing.
+process's event-loop lag; `--commit-probe S` times bare one-row commits first;
+`--durability relaxed` runs the broker so; `--agent-procs N` spreads the agents over N
+processes. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -115,17 +118,40 @@ class Probe:
     its message (the same monotonic clock across processes on one Linux machine)."""
 
     published: dict[UUID, float] = field(default_factory=dict)
-    hops: list[float] = field(default_factory=list)
+    received: list[tuple[UUID, float]] = field(default_factory=list)  # by sellers
     routed: int = 0
     anatomy: bool = False
-    first_seen: dict[UUID, float] = field(default_factory=dict)
     broker_in: dict[UUID, float] = field(default_factory=dict)
     broker_out: dict[UUID, float] = field(default_factory=dict)
 
+    def hops(self) -> list[float]:
+        """Each seller's receipt of a buyer message, since the buyer's turn's publish."""
+        sent = self.published
+        return [t - sent[m] for m, t in self.received if m in sent]
+
+    def first_seen(self) -> dict[UUID, float]:
+        """Each buyer message's first receipt by any seller."""
+        first: dict[UUID, float] = {}
+        for m, t in self.received:
+            if t < first.get(m, float("inf")):
+                first[m] = t
+        return first
+
+    def dump(self) -> dict[str, object]:
+        """What an agents' process saw, for the parent (`absorb`)."""
+        return {
+            "published": {str(m): t for m, t in self.published.items()},
+            "received": [[str(m), t] for m, t in self.received],
+        }
+
+    def absorb(self, dumped: dict[str, Any]) -> None:
+        self.published.update({UUID(m): t for m, t in dumped["published"].items()})
+        self.received += [(UUID(m), t) for m, t in dumped["received"]]
+
 
 class _TimedSubscription:
-    """A seller's inbox (on receipt of a buyer message: the hop since its turn's publish),
-    or, with anatomy, the broker's (when each buyer turn arrived)."""
+    """A seller's inbox (when each buyer message arrived), or, with anatomy, the broker's
+    (when each buyer turn arrived)."""
 
     def __init__(self, inner: Subscription, probe: Probe, side: str) -> None:
         self._inner = inner
@@ -149,10 +175,7 @@ class _TimedSubscription:
         if isinstance(m, BuyerTurn):
             self._probe.broker_in.setdefault(m.message_id, now)
         elif isinstance(m, BuyerMessage):
-            sent = self._probe.published.get(m.message_id)
-            if sent is not None:
-                self._probe.hops.append(now - sent)
-                self._probe.first_seen.setdefault(m.message_id, now)
+            self._probe.received.append((m.message_id, now))
         return msg
 
     async def unsubscribe(self) -> None:
@@ -302,7 +325,7 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
         events = int(await pool.fetchval("SELECT count(*) FROM events"))
         await pool.close()
-        return _figures(k, elapsed, probe.routed, events, probe.hops, peak_rss_mb(), cpu)
+        return _figures(k, elapsed, probe.routed, events, probe.hops(), peak_rss_mb(), cpu)
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
@@ -392,6 +415,83 @@ def _figures(
     }
 
 
+async def start_agents(
+    tg: anyio.abc.TaskGroup,
+    nats_url: str,
+    subjects: Subjects,
+    cast: Sequence[tuple[str, str]],
+    think: tuple[float, float] | None,
+    probe: Probe,
+    buses: list[Bus],
+    on_buyer_message: Callable[[InboxMessage], None],
+) -> list[AgentActor]:
+    """Run the (agent id, role) `cast` in `tg`, each on its own probed NATS connection
+    (kept in `buses`), with baseline brains (thinking `think` seconds, if given)."""
+    actors: list[AgentActor] = []
+    for agent_id, role in cast:
+        bus = ProbeBus(await NatsBus.connect(nats_url, name=agent_id), role, probe)
+        buses.append(bus)
+        brain: Any = BaselineBuyer() if role == "buyer" else BaselineSeller()
+        if think is not None:
+            brain = Thinking(brain, think, seed=agent_id)
+        actor = AgentActor(
+            bus,
+            subjects,
+            agent_id,
+            brain,
+            role,  # type: ignore[arg-type]
+            on_message=on_buyer_message if role == "buyer" else None,
+        )
+        await tg.start(actor.run)
+        actors.append(actor)
+    return actors
+
+
+async def agents_child(params: dict[str, Any]) -> None:
+    """An agents' process of a run with --agent-procs (this script with --agents-child):
+    run its share of the cast; print "started", and "closed" once the buyer (if here) has
+    been told all K rooms closed; on stdin's EOF print what it saw and spent, and exit."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    think = (float(params["think"][0]), float(params["think"][1])) if params["think"] else None
+    k, probe, buses = int(params["k"]), Probe(), list[Bus]()
+    closed: set[UUID] = set()
+
+    def on_buyer_message(message: InboxMessage) -> None:
+        if isinstance(message, RoomClosed):
+            closed.add(message.negotiation_id)
+            if len(closed) == k:
+                print("closed", flush=True)
+
+    lag = LoopLag()
+    async with anyio.create_task_group() as tg:
+        if params["lag"]:
+            tg.start_soon(lag.run)
+        actors = await start_agents(
+            tg,
+            str(params["nats"]),
+            Subjects(prefix=str(params["prefix"])),
+            [(a, r) for a, r in params["cast"]],
+            think,
+            probe,
+            buses,
+            on_buyer_message,
+        )
+        gc_timer, cpu0 = GcTimer(), time.process_time()  # past the actors' start
+        print("started", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)
+        cpu = time.process_time() - cpu0
+        tg.cancel_scope.cancel()
+    for bus in buses:
+        await bus.close()
+    spent = {
+        "cpu": cpu,
+        "gc": gc_timer.stop(),
+        "turns_peak": max(a.turns.peak for a in actors if a.turns is not None),
+        "lag": lag.figures(),
+    }
+    print(json.dumps({**probe.dump(), **spent}), flush=True)
+
+
 # -- split: the broker in its own process ---------------------------------------------------
 async def broker_child(params: dict[str, object]) -> None:
     """The broker process of a split run (this script with --broker-child): serve the
@@ -474,6 +574,7 @@ async def run_split(
     think: tuple[float, float] | None = None,
     lag: bool = False,
     relaxed: bool = False,
+    agent_procs: int = 1,
 ) -> dict[str, float]:
     """Modes `split`, `open` and `paced`: the broker in a child process, the agents
     here; rooms all opened at once (rate None) or at `rate` rooms/s; with `think`, every
@@ -528,39 +629,42 @@ async def run_split(
                         all_closed.set()
 
             actors: list[AgentActor] = []
+            cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
+            cast += [(s.agent_id, "seller") for s in sc.sellers]
             agents_lag = LoopLag()
-            async with anyio.create_task_group() as tg:
-                if lag:
-                    tg.start_soon(agents_lag.run)
-                cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
-                cast += [(s.agent_id, "seller") for s in sc.sellers]
-                for agent_id, role in cast:
-                    bus = ProbeBus(await NatsBus.connect(nats_url, name=agent_id), role, probe)
-                    buses.append(bus)
-                    brain: Any = BaselineBuyer() if role == "buyer" else BaselineSeller()
-                    if think is not None:
-                        brain = Thinking(brain, think, seed=agent_id)
-                    actor = AgentActor(
-                        bus,
-                        subjects,
-                        agent_id,
-                        brain,
-                        role,  # type: ignore[arg-type]
-                        on_message=on_buyer_message if role == "buyer" else None,
+            if agent_procs > 1:
+                away = await _agents_elsewhere(
+                    agent_procs,
+                    cast,
+                    lines,
+                    probe,
+                    nats=nats_url,
+                    prefix=prefix,
+                    k=k,
+                    think=think,
+                    lag=lag,
+                )
+                elapsed, agents_cpu, agents_gc, turns_peak, agents_lag_figures = away[:5]
+                machine0, machine1 = away[5], away[6]
+            else:
+                async with anyio.create_task_group() as tg:
+                    if lag:
+                        tg.start_soon(agents_lag.run)
+                    actors += await start_agents(
+                        tg, nats_url, subjects, cast, think, probe, buses, on_buyer_message
                     )
-                    await tg.start(actor.run)
-                    actors.append(actor)
-                opening = await anext(lines)
-                t0, cpu0 = float(opening.split()[1]), time.process_time()
-                agents_gc_timer = GcTimer()
-                machine0 = _machine_cpu()
-                await all_closed.wait()
-                machine1 = _machine_cpu()
-                elapsed = time.perf_counter() - t0
-                agents_cpu = time.process_time() - cpu0
-                agents_gc = agents_gc_timer.stop()
-                turns_peak = max(a.turns.peak for a in actors if a.turns is not None)
-                tg.cancel_scope.cancel()
+                    opening = await anext(lines)
+                    t0, cpu0 = float(opening.split()[1]), time.process_time()
+                    agents_gc_timer = GcTimer()
+                    machine0 = _machine_cpu()
+                    await all_closed.wait()
+                    machine1 = _machine_cpu()
+                    elapsed = time.perf_counter() - t0
+                    agents_cpu = time.process_time() - cpu0
+                    agents_gc = agents_gc_timer.stop()
+                    turns_peak = max(a.turns.peak for a in actors if a.turns is not None)
+                    tg.cancel_scope.cancel()
+                agents_lag_figures = agents_lag.figures()
             await child.stdin.aclose()
             result = json.loads(await anext(lines))
             async for _ in lines:  # until the child (and py-spy, if profiling) exits
@@ -570,13 +674,13 @@ async def run_split(
         events = int(await pool.fetchval("SELECT count(*) FROM events"))
         await pool.close()
         figures = _figures(
-            k, elapsed, result["routed"], events, probe.hops, result["rss_mb"], result["cpu"]
+            k, elapsed, result["routed"], events, probe.hops(), result["rss_mb"], result["cpu"]
         )
         figures["agents_cpu_s"] = agents_cpu
         figures["turns_peak"] = turns_peak
         figures["turns_per_s_mean"], figures["turns_per_s_busiest"] = _burstiness(probe)
         if lag:
-            for side, values in (("broker", result["lag"]), ("agents", agents_lag.figures())):
+            for side, values in (("broker", result["lag"]), ("agents", agents_lag_figures)):
                 for name, v in zip(("p50", "p99", "max"), values, strict=True):
                     figures[f"{side}_lag_{name}_ms"] = v
         busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
@@ -600,6 +704,74 @@ async def run_split(
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
+
+
+async def _agents_elsewhere(
+    procs: int,
+    cast: Sequence[tuple[str, str]],
+    broker_lines: AsyncIterator[str],
+    probe: Probe,
+    *,
+    nats: str,
+    prefix: str,
+    k: int,
+    think: tuple[float, float] | None,
+    lag: bool,
+) -> tuple[
+    float, float, tuple[float, float], int, list[float], tuple[float, float], tuple[float, float]
+]:
+    """The cast split over `procs` agents' processes (`agents_child`; the buyer in the
+    first): run until the buyer has been told every room closed. Their sightings go into
+    `probe`. Returns the run's seconds (from the broker's first opening), the processes'
+    CPU-seconds together, the longest collector pause and its total, the most turns in
+    flight per agent, the worst process's loop lag, and the machine's CPU before and
+    after."""
+    groups = [list(cast[i::procs]) for i in range(min(procs, len(cast)))]
+    children: list[tuple[anyio.abc.Process, AsyncIterator[str]]] = []
+    try:
+        for group in groups:
+            params = {
+                "nats": nats,
+                "prefix": prefix,
+                "k": k,
+                "think": think,
+                "lag": lag,
+                "cast": group,
+            }
+            process = await anyio.open_process(
+                [sys.executable, __file__, "--agents-child", json.dumps(params)], stderr=None
+            )
+            assert process.stdout is not None
+            children.append((process, _lines(process.stdout)))
+        for _, lines in children:
+            while (await anext(lines)) != "started":
+                pass
+        opening = await anext(broker_lines)
+        t0 = float(opening.split()[1])
+        machine0 = _machine_cpu()
+        while (await anext(children[0][1])) != "closed":  # the buyer's process
+            pass
+        machine1 = _machine_cpu()
+        elapsed = time.perf_counter() - t0
+        cpu, gc_total, gc_longest, peak, lags = 0.0, 0.0, 0.0, 0, list[list[float]]()
+        for process, lines in children:
+            assert process.stdin is not None
+            await process.stdin.aclose()
+            seen = json.loads(await anext(lines))
+            probe.absorb(seen)
+            cpu += seen["cpu"]
+            gc_total += seen["gc"][0]
+            gc_longest = max(gc_longest, seen["gc"][1])
+            peak = max(peak, seen["turns_peak"])
+            if seen["lag"]:
+                lags.append(seen["lag"])
+            await process.wait()
+    finally:
+        for process, _ in children:
+            if process.returncode is None:
+                process.kill()
+    worst = max(lags, key=lambda figures: figures[1]) if lags else []
+    return elapsed, cpu, (gc_total, gc_longest), peak, worst, machine0, machine1
 
 
 async def commit_probe(dsn: str, seconds: float, durable: bool = True) -> str:
@@ -645,11 +817,12 @@ def _legs(
     probe: Probe, broker_in: dict[str, float], broker_out: dict[str, float]
 ) -> dict[str, float]:
     legs: dict[str, list[float]] = {"to_broker": [], "in_broker": [], "to_seller": []}
+    first_seen = probe.first_seen()
     for mid, sent in probe.published.items():
         got, out, seen = (
             broker_in.get(str(mid)),
             broker_out.get(str(mid)),
-            probe.first_seen.get(mid),
+            first_seen.get(mid),
         )
         if got is None or out is None or seen is None:
             continue
@@ -707,6 +880,15 @@ async def main() -> None:
         help="split/open: also time each hop's legs (decodes in the broker: costs it CPU)",
     )
     p.add_argument(
+        "--agent-procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split/open/paced: the buyer and sellers in N processes of their own instead "
+        "of one (the buyer in the first; N >= 1 + sellers: every agent its own, as "
+        "`mams run --processes` runs them)",
+    )
+    p.add_argument(
         "--durability",
         choices=["durable", "relaxed"],
         default="durable",
@@ -740,9 +922,13 @@ async def main() -> None:
     )
     p.add_argument("--no-ceilings", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--broker-child", help=argparse.SUPPRESS)
+    p.add_argument("--agents-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.broker_child:
         await broker_child(json.loads(args.broker_child))
+        return
+    if args.agents_child:
+        await agents_child(json.loads(args.agents_child))
         return
     ks = sorted({*args.k, *([1000] if args.big else [])})
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -825,6 +1011,7 @@ async def main() -> None:
                 lanes=args.lanes,
                 lag=args.lag,
                 relaxed=args.durability == "relaxed",
+                agent_procs=args.agent_procs,
             )
 
             for _ in range(args.repeat):
