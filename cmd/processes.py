@@ -118,9 +118,12 @@ async def _serve(
             run, note = await build(bus, srv)
             async with anyio.create_task_group() as tg:
                 await tg.start(run)
+                relaxed = (
+                    "" if durable else " (durability relaxed: commits do not wait for the disk)"
+                )
                 out.print(
                     f"{label or role} ready: market {args.market!r} on {redact_url(srv.nats_url)}"
-                    f"; {srv.db_note}{note}"
+                    f"; {srv.db_note}{relaxed}{note}"
                 )
                 sys.stdout.flush()
                 await _until_signalled()

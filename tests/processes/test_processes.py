@@ -39,7 +39,7 @@ from mams.domain.messages import InboxMessage, Welcome, decode_committed, decode
 from mams.domain.negotiation import replay
 from mams.storage.pg import open_store
 from mams.storage.readmodels import save_session
-from tests.processes.helpers import Cast, one_json_object
+from tests.processes.helpers import Cast, last_json_line, one_json_object
 
 pytestmark = pytest.mark.e2e
 
@@ -339,3 +339,20 @@ async def test_killed_seller_deadline_then_rejoin(
     assert any(isinstance(e, SellerReplied) and e.seller == "quicktech" for e in log), (
         "the restarted seller never answered in its room"
     )
+
+
+async def test_a_relaxed_broker_says_so_and_serves(
+    procs: Cast,
+    market: str,
+    scenario_file: Path,
+) -> None:
+    broker = procs.mams("broker", "broker", "--market", market, "--durability", "relaxed")
+    await broker.wait_for("broker ready")
+    assert "durability relaxed" in broker.out()
+    for handle in ("@TechMart", "@QuickTech"):
+        seller = procs.seller(scenario_file, handle, market)
+        await seller.wait_for("ready")
+    buyer = procs.buyer(scenario_file, market, *BASELINE, "--json")
+    assert await buyer.wait() == 0, buyer.describe()
+    doc = last_json_line(buyer.out())
+    assert [n["status"] for n in doc["negotiations"]] == ["completed"]

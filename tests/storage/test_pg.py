@@ -55,3 +55,16 @@ async def test_relaxed_durability_commits_without_waiting_for_the_disk(
             assert await conn.fetchval("SHOW search_path") == f'"{pg_schema}"'
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
+async def test_the_commands_servers_open_the_store_as_asked(
+    database_url: str, pg_schema: str, durable: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `mams broker|run --durability relaxed` reach the store through cmd.infra.servers.
+    from mams.infra import servers
+    from tests.processes.helpers import schema_dsn
+
+    monkeypatch.setenv("DATABASE_URL", schema_dsn(database_url, pg_schema))
+    async with servers(need_bus=False, durable=durable) as srv, srv.pool.acquire() as conn:
+        assert await conn.fetchval("SHOW synchronous_commit") == expected
