@@ -415,6 +415,31 @@ def _figures(
     }
 
 
+def when_all_closed(k: int, then: Callable[[], object]) -> Callable[[InboxMessage], None]:
+    """The buyer's on_message: call `then` once it has been told all `k` rooms closed."""
+    closed: set[UUID] = set()
+
+    def on_buyer_message(message: InboxMessage) -> None:
+        if isinstance(message, RoomClosed):
+            closed.add(message.negotiation_id)
+            if len(closed) == k:
+                then()
+
+    return on_buyer_message
+
+
+@dataclass
+class AgentsRun:
+    """What the agents' side of a split run measured."""
+
+    elapsed: float  # from the broker's first opening to the buyer told every room closed
+    cpu: float  # the agents' processes' CPU-seconds
+    gc: tuple[float, float]  # seconds in the collector, and its longest pause
+    turns_peak: int  # most turns in flight per agent
+    lag: list[float]  # loop lag p50/p99/max ms (the worst process's), or empty
+    machine: tuple[tuple[float, float], tuple[float, float]]  # _machine_cpu before, after
+
+
 async def start_agents(
     tg: anyio.abc.TaskGroup,
     nats_url: str,
@@ -454,14 +479,7 @@ async def agents_child(params: dict[str, Any]) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     think = (float(params["think"][0]), float(params["think"][1])) if params["think"] else None
     k, probe, buses = int(params["k"]), Probe(), list[Bus]()
-    closed: set[UUID] = set()
-
-    def on_buyer_message(message: InboxMessage) -> None:
-        if isinstance(message, RoomClosed):
-            closed.add(message.negotiation_id)
-            if len(closed) == k:
-                print("closed", flush=True)
-
+    on_buyer_message = when_all_closed(k, lambda: print("closed", flush=True))
     lag = LoopLag()
     async with anyio.create_task_group() as tg:
         if params["lag"]:
@@ -619,21 +637,10 @@ async def run_split(
                 pass
             # The run ends when the buyer has been told every room closed (no observer on
             # the events subjects: a `mams monitor` would be a process of its own).
-            closed: set[UUID] = set()
-            all_closed = anyio.Event()
-
-            def on_buyer_message(message: InboxMessage) -> None:
-                if isinstance(message, RoomClosed):
-                    closed.add(message.negotiation_id)
-                    if len(closed) == k:
-                        all_closed.set()
-
-            actors: list[AgentActor] = []
             cast: list[tuple[str, str]] = [(sc.buyer.agent_id, "buyer")]
             cast += [(s.agent_id, "seller") for s in sc.sellers]
-            agents_lag = LoopLag()
             if agent_procs > 1:
-                away = await _agents_elsewhere(
+                agents = await _agents_elsewhere(
                     agent_procs,
                     cast,
                     lines,
@@ -644,27 +651,18 @@ async def run_split(
                     think=think,
                     lag=lag,
                 )
-                elapsed, agents_cpu, agents_gc, turns_peak, agents_lag_figures = away[:5]
-                machine0, machine1 = away[5], away[6]
             else:
-                async with anyio.create_task_group() as tg:
-                    if lag:
-                        tg.start_soon(agents_lag.run)
-                    actors += await start_agents(
-                        tg, nats_url, subjects, cast, think, probe, buses, on_buyer_message
-                    )
-                    opening = await anext(lines)
-                    t0, cpu0 = float(opening.split()[1]), time.process_time()
-                    agents_gc_timer = GcTimer()
-                    machine0 = _machine_cpu()
-                    await all_closed.wait()
-                    machine1 = _machine_cpu()
-                    elapsed = time.perf_counter() - t0
-                    agents_cpu = time.process_time() - cpu0
-                    agents_gc = agents_gc_timer.stop()
-                    turns_peak = max(a.turns.peak for a in actors if a.turns is not None)
-                    tg.cancel_scope.cancel()
-                agents_lag_figures = agents_lag.figures()
+                agents = await _agents_here(
+                    cast,
+                    lines,
+                    probe,
+                    buses,
+                    nats=nats_url,
+                    subjects=subjects,
+                    k=k,
+                    think=think,
+                    lag=lag,
+                )
             await child.stdin.aclose()
             result = json.loads(await anext(lines))
             async for _ in lines:  # until the child (and py-spy, if profiling) exits
@@ -674,20 +672,27 @@ async def run_split(
         events = int(await pool.fetchval("SELECT count(*) FROM events"))
         await pool.close()
         figures = _figures(
-            k, elapsed, result["routed"], events, probe.hops(), result["rss_mb"], result["cpu"]
+            k,
+            agents.elapsed,
+            result["routed"],
+            events,
+            probe.hops(),
+            result["rss_mb"],
+            result["cpu"],
         )
-        figures["agents_cpu_s"] = agents_cpu
-        figures["turns_peak"] = turns_peak
+        figures["agents_cpu_s"] = agents.cpu
+        figures["turns_peak"] = agents.turns_peak
         figures["turns_per_s_mean"], figures["turns_per_s_busiest"] = _burstiness(probe)
         if lag:
-            for side, values in (("broker", result["lag"]), ("agents", agents_lag_figures)):
+            for side, values in (("broker", result["lag"]), ("agents", agents.lag)):
                 for name, v in zip(("p50", "p99", "max"), values, strict=True):
                     figures[f"{side}_lag_{name}_ms"] = v
-        busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
+        (busy0, total0), (busy1, total1) = agents.machine
+        busy, total = busy1 - busy0, total1 - total0
         figures["machine_busy"] = busy / total if total else float("nan")
         figures["machine_us_per_routed"] = busy * 1e6 / result["routed"]
         figures["broker_gc_s"], figures["broker_gc_max_s"] = result["gc_s"], result["gc_max_s"]
-        figures["agents_gc_s"], figures["agents_gc_max_s"] = agents_gc
+        figures["agents_gc_s"], figures["agents_gc_max_s"] = agents.gc
         for key in (
             "commits",
             "events_per_commit",
@@ -717,15 +722,10 @@ async def _agents_elsewhere(
     k: int,
     think: tuple[float, float] | None,
     lag: bool,
-) -> tuple[
-    float, float, tuple[float, float], int, list[float], tuple[float, float], tuple[float, float]
-]:
+) -> AgentsRun:
     """The cast split over `procs` agents' processes (`agents_child`; the buyer in the
-    first): run until the buyer has been told every room closed. Their sightings go into
-    `probe`. Returns the run's seconds (from the broker's first opening), the processes'
-    CPU-seconds together, the longest collector pause and its total, the most turns in
-    flight per agent, the worst process's loop lag, and the machine's CPU before and
-    after."""
+    first), until the buyer has been told every room closed; their sightings go into
+    `probe`, their CPU and collector time are summed, the worst loop lag kept."""
     groups = [list(cast[i::procs]) for i in range(min(procs, len(cast)))]
     children: list[tuple[anyio.abc.Process, AsyncIterator[str]]] = []
     try:
@@ -771,7 +771,42 @@ async def _agents_elsewhere(
             if process.returncode is None:
                 process.kill()
     worst = max(lags, key=lambda figures: figures[1]) if lags else []
-    return elapsed, cpu, (gc_total, gc_longest), peak, worst, machine0, machine1
+    return AgentsRun(elapsed, cpu, (gc_total, gc_longest), peak, worst, (machine0, machine1))
+
+
+async def _agents_here(
+    cast: Sequence[tuple[str, str]],
+    broker_lines: AsyncIterator[str],
+    probe: Probe,
+    buses: list[Bus],
+    *,
+    nats: str,
+    subjects: Subjects,
+    k: int,
+    think: tuple[float, float] | None,
+    lag: bool,
+) -> AgentsRun:
+    """The cast in this process, until the buyer has been told every room closed."""
+    all_closed = anyio.Event()
+    loop_lag = LoopLag()
+    async with anyio.create_task_group() as tg:
+        if lag:
+            tg.start_soon(loop_lag.run)
+        actors = await start_agents(
+            tg, nats, subjects, cast, think, probe, buses, when_all_closed(k, all_closed.set)
+        )
+        opening = await anext(broker_lines)
+        t0, cpu0 = float(opening.split()[1]), time.process_time()
+        gc_timer = GcTimer()
+        machine0 = _machine_cpu()
+        await all_closed.wait()
+        machine1 = _machine_cpu()
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        gc_spent = gc_timer.stop()
+        peak = max(a.turns.peak for a in actors if a.turns is not None)
+        tg.cancel_scope.cancel()
+    return AgentsRun(elapsed, cpu, gc_spent, peak, loop_lag.figures(), (machine0, machine1))
 
 
 async def commit_probe(dsn: str, seconds: float, durable: bool = True) -> str:
