@@ -290,33 +290,27 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     def waiting_for() -> set[UUID]:
         return set(opened[0].negotiation_ids) if opened else set()
 
+    def take_rooms(rooms: tuple[UUID, ...]) -> None:
+        # A buyer is only ever in its own rooms: the open ones a welcome lists are ours.
+        opened.append(
+            RoomsOpened(
+                request_id=request.request_id,
+                session_id=request.session_id or uuid.UUID(int=0),
+                negotiation_ids=rooms,
+                items=(),
+            )
+        )
+        welcomed.set()
+
     def on_message(message: InboxMessage) -> None:
         match message:
             case Welcome(rooms=rooms) if resuming and not opened:
-                # Our rooms are the open ones the broker lists (a buyer is only ever in its
-                # own); each comes with its recap, so the brain goes on from where it was.
-                opened.append(
-                    RoomsOpened(
-                        request_id=request.request_id,
-                        session_id=request.session_id or uuid.UUID(int=0),
-                        negotiation_ids=rooms,
-                        items=(),
-                    )
-                )
+                # Each comes with its recap, so the brain goes on from where it was.
+                take_rooms(rooms)
                 out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
-                welcomed.set()
             case Welcome(rooms=rooms) if requested.is_set() and not opened and rooms:
-                # The broker restarted after opening our rooms but before telling us: the
-                # rooms it resumed are ours (a buyer is only ever in its own rooms).
-                opened.append(
-                    RoomsOpened(
-                        request_id=request.request_id,
-                        session_id=request.session_id or uuid.UUID(int=0),
-                        negotiation_ids=rooms,
-                        items=(),
-                    )
-                )
-                welcomed.set()
+                # The broker restarted after opening our rooms but before telling us.
+                take_rooms(rooms)
             case Welcome(rooms=rooms):
                 # A welcome lists every open room we are in; one of ours missing from it
                 # has ended while its room.closed was lost (a broker crash between commit
