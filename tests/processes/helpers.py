@@ -137,8 +137,8 @@ class Cast:
     def mams(self, name: str, *args: str) -> Child:
         return self.spawn(name, [*mams_command(), *args])
 
-    def seller(self, scenario: Path, handle: str, market: str, *, name: str = "") -> Child:
-        """`mams seller` for one handle of a scenario file, in `market`."""
+    def seller(self, scenario: Path, handle: str, market: str, *args: str, name: str = "") -> Child:
+        """`mams seller` for one handle of a scenario file, in `market`, `args` after."""
         return self.mams(
             name or handle,
             "seller",
@@ -148,6 +148,7 @@ class Cast:
             handle,
             "--market",
             market,
+            *args,
         )
 
     def buyer(self, scenario: Path, market: str, *args: str, name: str = "buyer") -> Child:

@@ -21,7 +21,11 @@ from tests.faults.test_broker_crash import poll
 from tests.llm.fakes import FakeAnthropic
 from tests.llm.negotiator import Negotiator, Turn
 from tests.processes.helpers import Cast, last_json_line
-from tests.processes.test_processes import BASELINE, scenario_file  # noqa: F401 (fixture)
+from tests.processes.test_processes import (  # noqa: F401 (scenario_file: a fixture)
+    BASELINE,
+    scenario_file,
+    start_market,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,21 +47,7 @@ async def test_a_killed_buyer_resumes_its_room_from_the_same_conversation(
     with FakeAnthropic() as fake:
         fake.handler = negotiator
         procs.env.update(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=fake.url)
-        broker = procs.mams("broker", "broker", "--market", market)
-        await broker.wait_for("broker ready")
-        for handle in ("@TechMart", "@QuickTech"):
-            seller = procs.mams(
-                handle,
-                "seller",
-                "--scenario",
-                str(scenario_file),
-                "--handle",
-                handle,
-                "--market",
-                market,
-                *BASELINE,
-            )
-            await seller.wait_for("ready")
+        await start_market(procs, market, scenario_file, seller_args=BASELINE)
         first = procs.buyer(scenario_file, market, *MODEL)
         await poll(lambda: any(_round_two(t) for t in negotiator.of("buyer")), within=60)
         first.signal(signal.SIGKILL)

@@ -39,7 +39,7 @@ from mams.domain.messages import InboxMessage, Welcome, decode_committed, decode
 from mams.domain.negotiation import replay
 from mams.storage.pg import open_store
 from mams.storage.readmodels import save_session
-from tests.processes.helpers import Cast, last_json_line, one_json_object
+from tests.processes.helpers import Cast, Child, last_json_line, one_json_object
 
 pytestmark = pytest.mark.e2e
 
@@ -104,14 +104,21 @@ async def read_log(database_url: str, schema: str, nid: UUID) -> list[Event]:
 
 
 async def start_market(
-    procs: Cast, market: str, scenario: Path, handles: tuple[str, ...] = ("@TechMart", "@QuickTech")
-) -> None:
-    """`mams broker` and one `mams seller` per handle, all ready."""
-    broker = procs.mams("broker", "broker", "--market", market)
+    procs: Cast,
+    market: str,
+    scenario: Path,
+    handles: tuple[str, ...] = ("@TechMart", "@QuickTech"),
+    *,
+    broker_args: tuple[str, ...] = (),
+    seller_args: tuple[str, ...] = (),
+) -> Child:
+    """`mams broker` and one `mams seller` per handle, all ready; returns the broker."""
+    broker = procs.mams("broker", "broker", "--market", market, *broker_args)
     await broker.wait_for("broker ready")
     for handle in handles:
-        seller = procs.seller(scenario, handle, market)
+        seller = procs.seller(scenario, handle, market, *seller_args)
         await seller.wait_for("ready")
+    return broker
 
 
 # -- (a) -------------------------------------------------------------------------------------
@@ -346,12 +353,10 @@ async def test_a_relaxed_broker_says_so_and_serves(
     market: str,
     scenario_file: Path,
 ) -> None:
-    broker = procs.mams("broker", "broker", "--market", market, "--durability", "relaxed")
-    await broker.wait_for("broker ready")
+    broker = await start_market(
+        procs, market, scenario_file, broker_args=("--durability", "relaxed")
+    )
     assert "durability relaxed" in broker.out()
-    for handle in ("@TechMart", "@QuickTech"):
-        seller = procs.seller(scenario_file, handle, market)
-        await seller.wait_for("ready")
     buyer = procs.buyer(scenario_file, market, *BASELINE, "--json")
     assert await buyer.wait() == 0, buyer.describe()
     doc = last_json_line(buyer.out())
