@@ -87,10 +87,17 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
 def _seller_message(state: NegotiationState, event: SellerReplied) -> list[Delivery]:
     """A seller's reply, to the buyer: its words and offer under its handle."""
     assert state.started is not None
+    message = _as_seller_message(state, event)
+    return [] if message is None else [(state.started.buyer.agent_id, message)]
+
+
+def _as_seller_message(state: NegotiationState, event: SellerReplied) -> SellerMessage | None:
+    """A seller's reply as the buyer reads it; None if the seller is not in the room."""
+    assert state.started is not None
     terms = state.seller(event.seller)
     if terms is None:
-        return []
-    message = SellerMessage(
+        return None
+    return SellerMessage(
         negotiation_id=state.started.negotiation_id,
         round=event.round,
         message_id=event.message_id,
@@ -98,7 +105,6 @@ def _seller_message(state: NegotiationState, event: SellerReplied) -> list[Deliv
         text=event.text,
         offer=event.offer,
     )
-    return [(state.started.buyer.agent_id, message)]
 
 
 def _room_opened(event: NegotiationStarted) -> list[Delivery]:
@@ -275,16 +281,15 @@ def recap(events: Iterable[Event], state: NegotiationState, agent: str) -> list[
                         out.append((agent, Recap(negotiation_id=nid, message=message, mine=False)))
             case SellerReplied(seller=seller, message_id=mid):
                 mine = agent == seller
-                if mine or (agent == buyer and mid not in resent):
-                    for _, reply in _seller_message(state, event):
-                        assert isinstance(reply, SellerMessage)
-                        line = Recap(
-                            negotiation_id=nid,
-                            message=reply,
-                            mine=mine,
-                            replying_to=asked if mine else None,
-                        )
-                        out.append((agent, line))
+                reply = _as_seller_message(state, event)
+                if reply is not None and (mine or (agent == buyer and mid not in resent)):
+                    line = Recap(
+                        negotiation_id=nid,
+                        message=reply,
+                        mine=mine,
+                        replying_to=asked if mine else None,
+                    )
+                    out.append((agent, line))
             case _:
                 pass
     return out
