@@ -485,9 +485,6 @@ class Broker:
         ]
         rejoin = hello.catch_up or not again  # a keepalive is enough only if we know it
         states = {nid: self.rooms[nid].state for nid in rooms}
-        messages = list(welcome)
-        for state in states.values():
-            messages += catch_up(state, agent, rejoin=rejoin)
         (log.debug if again else log.info)(
             "broker.agent_joined",
             agent=agent,
@@ -495,32 +492,36 @@ class Broker:
             brain=hello.brain,
             open_rooms=len(rooms),
         )
-        batch = self._deliver_only(messages)
         if hello.catch_up and hello.recap and states:
             # The agent may have restarted and lost its conversation: each room's lines
             # it said or was told go first (visibility.recap), read from the log once every
             # lane has committed what was decided before this hello.
-            batch.late = partial(self._recall, agent, welcome, states, batch.deliveries)
-        return [batch]
+            batch = self._deliver_only([])
+            batch.late = partial(self._recall, agent, welcome, states)
+            return [batch]
+        messages = list(welcome)
+        for state in states.values():
+            messages += catch_up(state, agent, rejoin=rejoin)
+        return [self._deliver_only(messages)]
 
     async def _recall(
         self,
         agent: str,
         welcome: list[tuple[str, InboxMessage]],
         states: dict[UUID, NegotiationState],
-        without: list[tuple[str, bytes]],
     ) -> list[tuple[str, bytes]]:
-        """Welcome, then per room its catch-up with the recap of its log; `without`
-        (welcome and catch-ups alone) if the log cannot be read."""
+        """Welcome, then per room its catch-up with the recap of its log (without, if the
+        log cannot be read)."""
+        logged: dict[UUID, list[Event]] | None = None
         try:  # only the lines a recap can hold, every room in one read
             stored = await self.store.read_streams(list(states), types=_RECAP_TYPES)
             logged = {nid: [decode_event(e.data) for e in es] for nid, es in stored.items()}
         except Exception as exc:  # the recap is a courtesy: never hold the room for it
             log.warning("broker.recap_failed", agent=agent, rooms=len(states), error=repr(exc))
-            return without
         messages = list(welcome)
         for nid, state in states.items():
-            messages += catch_up(state, agent, rejoin=True, log=logged.get(nid, ()))
+            room_log = None if logged is None else logged.get(nid, [])
+            messages += catch_up(state, agent, rejoin=True, log=room_log)
         return [(self._inbox(a), encode(m)) for a, m in messages]
 
     async def _open_rooms(self, agent: str, request: OpenRooms) -> list[_Batch]:
