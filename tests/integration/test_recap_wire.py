@@ -8,6 +8,9 @@ conversation) and a keepalive get no recap. The agent publishes raw, as any agen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from uuid import UUID
+
 import anyio
 import pytest
 
@@ -25,9 +28,12 @@ from mams.domain.messages import (
     Welcome,
     decode_inbox,
 )
-from tests.integration.helpers import broker_rig, started_for
+from mams.storage.errors import DatabaseUnavailable
+from mams.storage.model import StoredEvent
+from tests.integration.helpers import BrokerRig, broker_rig, started_for
 from tests.integration.scenarios import phone
 from tests.integration.test_broker_robustness import BUYER, CALM, ITEM, Store, reply, say
+from tests.storage.helpers import WrappedStore
 
 pytestmark = pytest.mark.integration
 
@@ -51,20 +57,7 @@ async def test_only_a_full_hello_gets_the_recap(
                 await rig.send(seller, answer)
             await rig.wait_for(RoundOpened, lambda e: e.round == 2)
 
-            async def hello_answer(hello: Hello) -> list[InboxMessage]:
-                """What the broker sends the buyer for `hello`, up to the turn it owes."""
-                await _drain(inbox)
-                await rig.send(BUYER, hello)
-                got: list[InboxMessage] = []
-                async for msg in inbox:
-                    got.append(decode_inbox(msg.data))
-                    if isinstance(got[-1], TurnStarted) and any(
-                        isinstance(m, Welcome) for m in got
-                    ):
-                        return got
-                raise AssertionError("the inbox ended")
-
-            full = await hello_answer(Hello(role="buyer"))
+            full = await _hello_answer(rig, inbox, Hello(role="buyer"))
             kinds = [type(m).__name__ for m in full]
             assert kinds == [
                 "Welcome",
@@ -82,12 +75,55 @@ async def test_only_a_full_hello_gets_the_recap(
             heard = [m for m in full if isinstance(m, SellerMessage)]
             assert {m.message_id for m in heard} == {a.message_id for a in answers}
 
-            reconnect = await hello_answer(Hello(role="buyer", recap=False))
+            reconnect = await _hello_answer(rig, inbox, Hello(role="buyer", recap=False))
             assert not any(isinstance(m, Recap) for m in reconnect)
             assert any(isinstance(m, BuyerRoomOpened) for m in reconnect)
-            keepalive = await hello_answer(Hello(role="buyer", catch_up=False))
+            keepalive = await _hello_answer(rig, inbox, Hello(role="buyer", catch_up=False))
             assert [type(m).__name__ for m in keepalive[-1:]] == ["TurnStarted"]
             assert not any(isinstance(m, Recap | BuyerRoomOpened) for m in keepalive)
+
+
+async def _hello_answer(rig: BrokerRig, inbox: Subscription, hello: Hello) -> list[InboxMessage]:
+    """What the broker sends the buyer for `hello`, up to the turn it owes."""
+    await _drain(inbox)
+    await rig.send(BUYER, hello)
+    got: list[InboxMessage] = []
+    async for msg in inbox:
+        got.append(decode_inbox(msg.data))
+        if isinstance(got[-1], TurnStarted) and any(isinstance(m, Welcome) for m in got):
+            return got
+    raise AssertionError("the inbox ended")
+
+
+class UnreadableStore(WrappedStore):
+    """Appends work; the bulk read a recap needs fails (the database went away)."""
+
+    async def read_streams(
+        self, stream_ids: Sequence[UUID], *, types: Sequence[str] | None = None
+    ) -> dict[UUID, list[StoredEvent]]:
+        raise DatabaseUnavailable(None, "gone for the test")
+
+
+async def test_a_recap_the_log_cannot_give_is_left_out_and_the_rest_still_sent(
+    nats_url: str, subjects: Subjects
+) -> None:
+    store = UnreadableStore()
+    started = started_for(phone(), ITEM, CALM)
+    nid = started.negotiation_id
+    with anyio.fail_after(30):
+        async with broker_rig(nats_url, store, subjects) as rig:
+            inbox = await rig.raw.subscribe(subjects.inbox(AgentId(BUYER)))
+            await rig.open(started)
+            await rig.wait_for(RoundOpened, lambda e: e.round == 1)
+            await rig.send(BUYER, say(nid, 1))
+            for seller in [s.agent_id for s in started.sellers]:
+                await rig.send(seller, reply(nid, 1))
+            await rig.wait_for(RoundOpened, lambda e: e.round == 2)
+            full = await _hello_answer(rig, inbox, Hello(role="buyer"))
+    kinds = [type(m).__name__ for m in full]
+    assert kinds[:2] == ["Welcome", "BuyerRoomOpened"]
+    assert "Recap" not in kinds
+    assert kinds[-1] == "TurnStarted"
 
 
 async def _drain(sub: Subscription) -> None:
