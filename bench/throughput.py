@@ -115,24 +115,33 @@ class Thinking:
 class Probe:
     """What the wrapping buses saw: turn publish times, hop latencies, broker deliveries;
     with `anatomy`, also when the broker received each buyer turn and first published
-    its message (the same monotonic clock across processes on one Linux machine)."""
+    its message (the same monotonic clock across processes on one Linux machine).
 
-    published: dict[UUID, float] = field(default_factory=dict)
-    received: list[tuple[UUID, float]] = field(default_factory=list)  # by sellers
+    Message ids are kept as ints and receipts as two flat lists: a UUID object or a tuple
+    holding one is tracked by the cyclic collector, and 100,000 of them made the
+    measured process's full collections (and so the hops it measured) longer."""
+
+    published: dict[int, float] = field(default_factory=dict)
+    received_ids: list[int] = field(default_factory=list)  # by sellers, in order
+    received_at: list[float] = field(default_factory=list)
     routed: int = 0
     anatomy: bool = False
-    broker_in: dict[UUID, float] = field(default_factory=dict)
-    broker_out: dict[UUID, float] = field(default_factory=dict)
+    broker_in: dict[int, float] = field(default_factory=dict)
+    broker_out: dict[int, float] = field(default_factory=dict)
 
     def hops(self) -> list[float]:
         """Each seller's receipt of a buyer message, since the buyer's turn's publish."""
         sent = self.published
-        return [t - sent[m] for m, t in self.received if m in sent]
+        return [
+            t - sent[m]
+            for m, t in zip(self.received_ids, self.received_at, strict=True)
+            if m in sent
+        ]
 
-    def first_seen(self) -> dict[UUID, float]:
+    def first_seen(self) -> dict[int, float]:
         """Each buyer message's first receipt by any seller."""
-        first: dict[UUID, float] = {}
-        for m, t in self.received:
+        first: dict[int, float] = {}
+        for m, t in zip(self.received_ids, self.received_at, strict=True):
             if t < first.get(m, float("inf")):
                 first[m] = t
         return first
@@ -140,13 +149,14 @@ class Probe:
     def dump(self) -> dict[str, object]:
         """What an agents' process saw, for the parent (`absorb`)."""
         return {
-            "published": {str(m): t for m, t in self.published.items()},
-            "received": [[str(m), t] for m, t in self.received],
+            "published": [list(self.published), list(self.published.values())],
+            "received": [self.received_ids, self.received_at],
         }
 
     def absorb(self, dumped: dict[str, Any]) -> None:
-        self.published.update({UUID(m): t for m, t in dumped["published"].items()})
-        self.received += [(UUID(m), t) for m, t in dumped["received"]]
+        self.published.update(zip(*dumped["published"], strict=True))
+        self.received_ids += dumped["received"][0]
+        self.received_at += dumped["received"][1]
 
 
 class _TimedSubscription:
@@ -173,9 +183,10 @@ class _TimedSubscription:
         except msgspec.MsgspecError:
             return msg
         if isinstance(m, BuyerTurn):
-            self._probe.broker_in.setdefault(m.message_id, now)
+            self._probe.broker_in.setdefault(m.message_id.int, now)
         elif isinstance(m, BuyerMessage):
-            self._probe.received.append((m.message_id, now))
+            self._probe.received_ids.append(m.message_id.int)
+            self._probe.received_at.append(now)
         return msg
 
     async def unsubscribe(self) -> None:
@@ -234,13 +245,13 @@ class ProbeBus:
             except msgspec.MsgspecError:
                 turn = None
             if isinstance(turn, BuyerTurn):
-                self._probe.published[turn.message_id] = time.perf_counter()
+                self._probe.published[turn.message_id.int] = time.perf_counter()
         elif self._role == "broker" and subject.endswith(".inbox"):
             self._probe.routed += 1
             if self._probe.anatomy:
                 m = decode_inbox(data)
                 if isinstance(m, BuyerMessage):
-                    self._probe.broker_out.setdefault(m.message_id, time.perf_counter())
+                    self._probe.broker_out.setdefault(m.message_id.int, time.perf_counter())
         await self._inner.publish(subject, data)
 
     async def subscribe(
@@ -563,8 +574,8 @@ async def broker_child(params: dict[str, object]) -> None:
     await bus.close()
     await pool.close()
     times = {
-        "broker_in": {str(k): v for k, v in probe.broker_in.items()},
-        "broker_out": {str(k): v for k, v in probe.broker_out.items()},
+        "broker_in": [list(probe.broker_in), list(probe.broker_in.values())],
+        "broker_out": [list(probe.broker_out), list(probe.broker_out.values())],
     }
     result = {"routed": probe.routed, "rss_mb": peak_rss_mb(), "cpu": cpu, **times}
     result["gc_s"], result["gc_max_s"] = gc_time.stop()
@@ -849,16 +860,15 @@ def _burstiness(probe: Probe) -> tuple[float, float]:
 
 
 def _legs(
-    probe: Probe, broker_in: dict[str, float], broker_out: dict[str, float]
+    probe: Probe, broker_in: list[list[Any]], broker_out: list[list[Any]]
 ) -> dict[str, float]:
+    # The broker's times come as [ids, times] (JSON from its process).
+    got_at: dict[int, float] = dict(zip(*broker_in, strict=True))
+    out_at: dict[int, float] = dict(zip(*broker_out, strict=True))
     legs: dict[str, list[float]] = {"to_broker": [], "in_broker": [], "to_seller": []}
     first_seen = probe.first_seen()
     for mid, sent in probe.published.items():
-        got, out, seen = (
-            broker_in.get(str(mid)),
-            broker_out.get(str(mid)),
-            first_seen.get(mid),
-        )
+        got, out, seen = got_at.get(mid), out_at.get(mid), first_seen.get(mid)
         if got is None or out is None or seen is None:
             continue
         legs["to_broker"].append(got - sent)
