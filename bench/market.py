@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bus_baseline import bench_raw
 from bench.raw_broker import bench_raw_broker
 from bench.store_baseline import bench_copy
-from mams.actors.market import RunOptions, run_market
+from mams.actors.market import RoomResult, RunOptions, run_market
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.domain.config import Scenario, parse_scenario
+from mams.storage.eventstore import PostgresEventStore
 from mams.storage.pg import create_pool, open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 
@@ -71,6 +73,28 @@ def scenario(k: int, sellers: int) -> Scenario:
     return parse_scenario(raw)
 
 
+async def run_session(
+    pool: asyncpg.Pool,
+    store: PostgresEventStore,
+    sc: Scenario,
+    connect: Callable[[str], Awaitable[Bus]],
+    *,
+    seed: int,
+) -> list[RoomResult]:
+    """Store `sc` as a new session and run every item's room to its end."""
+    session_id = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await save_session(conn, session_id, sc)
+    return await run_market(
+        sc,
+        session_id,
+        sc.buyer.items,
+        connect=connect,
+        store=store,
+        options=RunOptions(seed=seed, round_timeout=60),
+    )
+
+
 async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, float]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
@@ -82,18 +106,8 @@ async def run_one(nats_url: str, dsn: str, k: int, sellers: int) -> dict[str, fl
         async def connect(name: str) -> Bus:
             return await NatsBus.connect(nats_url, name=name)
 
-        session_id = uuid.uuid4()
-        async with pool.acquire() as conn:
-            await save_session(conn, session_id, sc)
         start = time.perf_counter()
-        rooms = await run_market(
-            sc,
-            session_id,
-            sc.buyer.items,
-            connect=connect,
-            store=store,
-            options=RunOptions(seed=1, round_timeout=60),
-        )
+        rooms = await run_session(pool, store, sc, connect, seed=1)
         elapsed = time.perf_counter() - start
         events = await pool.fetchval("SELECT count(*) FROM events")
         messages = await pool.fetchval("SELECT count(*) FROM messages")

@@ -16,7 +16,13 @@ stored events (see `mams.storage.audit`), and reports the first broken link. Exi
 
 `check` is one of: seq (gap or duplicate), unhashed (row from before the chain), hash
 (row content changed), link (prev_hash is not the previous row's hash), decode, type,
-order (stream shape), guardrail, visibility, replay. `first_broken` is null when clean.
+order (stream shape), guardrail, visibility, replay, missing (the read models record the
+run, the log holds none of its events; `events` is 0). `first_broken` is null when clean.
+
+`--all` audits every stream of the log and every run the read models record, a chunk of
+streams per query, in `--jobs` worker processes (default: one per core, at most 8;
+`mams.storage.auditlog`), with a progress bar on a terminal. It prints the broken streams
+and a summary line (`--each`: a line for every stream); `--json` lists every stream.
 `kind` is "negotiation", or "observations" for a negotiation's companion stream of quality
 flags and analyst reviews (its id is then the stream's; chain, seq and decoding are
 checked). `mams audit ID` audits both the negotiation and, once graded, its companion.
@@ -38,6 +44,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -45,12 +54,21 @@ import anyio
 import msgspec
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from mams.domain.config import Scenario, ScenarioError
 from mams.domain.errors import ConfigError
 from mams.domain.events import NegotiationStarted, decode_event, observation_stream_id
 from mams.infra import servers
-from mams.storage.audit import StreamReport, audit_stream
+from mams.storage.audit import StreamReport
+from mams.storage.auditlog import audit_chunk, audit_log, default_jobs
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.export import export_lines, import_events, parse_lines
 from mams.storage.model import StoredEvent
@@ -71,6 +89,17 @@ def add_parsers(sub: Any) -> None:
     aud.add_argument("negotiation_id", nargs="?", help="negotiation id (or its first characters)")
     aud.add_argument("--all", action="store_true", help="audit every stream in the log")
     aud.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    aud.add_argument(
+        "--each",
+        action="store_true",
+        help="with --all, print a line for every stream (by default only the broken ones)",
+    )
+    aud.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="with --all, audit in N processes (default: one per core, at most 8)",
+    )
 
     exp = sub.add_parser("export", help="write a negotiation's full event stream for archiving")
     exp.add_argument("negotiation_id", help="negotiation id (or its first characters)")
@@ -119,60 +148,99 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
     """Audit one stream or all; 0 when clean, 1 when anything is broken."""
     if bool(args.all) == bool(args.negotiation_id):
         raise AuditUsageError("give a negotiation id or --all (not both)")
+    if args.jobs is not None and args.jobs < 1:
+        raise AuditUsageError(f"--jobs must be at least 1 (got {args.jobs})")
+    started = time.perf_counter()
     reports: list[StreamReport] = []
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
             if args.all:
+                runs = await conn.fetch(
+                    "SELECT negotiation_id, status <> 'running' AS finished FROM negotiation_runs"
+                )
                 ids = await srv.store.stream_ids()
+                logged = set(ids)
+                # A run the read models know but the log does not: its rows were deleted.
+                ids += [r["negotiation_id"] for r in runs if r["negotiation_id"] not in logged]
             else:
-                ids = [await _resolve(conn, args.negotiation_id)]
+                nid = await _resolve(conn, args.negotiation_id)
+                runs = await conn.fetch(
+                    "SELECT negotiation_id, status <> 'running' AS finished "
+                    "FROM negotiation_runs WHERE negotiation_id = $1",
+                    nid,
+                )
                 # Its companion stream of quality flags and reviews, when it has one.
-                ids.append(observation_stream_id(ids[0]))
-            finished = {
-                r["negotiation_id"]
-                for r in await conn.fetch(
-                    "SELECT negotiation_id FROM negotiation_runs "
-                    "WHERE status <> 'running' AND negotiation_id = ANY($1::uuid[])",
-                    ids,
-                )
-            }
-        for sid in ids:
-            events = await srv.store.read(sid)
-            if not events and len(reports) == 1:
-                continue  # a negotiation nobody graded yet
-            if not events and not args.all:
+                ids = [nid, observation_stream_id(nid)]
+        finished = {r["negotiation_id"] for r in runs if r["finished"]}
+        recorded = {r["negotiation_id"] for r in runs}
+        if not args.all:
+            reports = await audit_chunk(srv.store, ids, finished=finished, recorded=recorded)
+            if not reports[1].events:
+                del reports[1]  # a negotiation nobody graded yet
+            if not reports[0].events and reports[0].problems[0].check != "missing":
                 raise AuditUsageError(
-                    f"no events for negotiation {sid}; `mams negotiations` lists them"
+                    f"no events for negotiation {ids[0]}; `mams negotiations` lists them"
                 )
-            reports.append(audit_stream(sid, events, expect_ended=sid in finished))
+        else:
+            jobs = args.jobs or default_jobs()
+            with _progress(len(ids)) as (progress, task):
+                async for chunk in audit_log(
+                    srv.store, ids, dsn=srv.dsn, jobs=jobs, finished=finished, recorded=recorded
+                ):
+                    reports += chunk
+                    progress.update(task, advance=len(chunk), events=sum(r.events for r in reports))
+    seconds = time.perf_counter() - started
     broken = [r for r in reports if not r.ok]
-    for r in reports:
-        if r.ok:
-            what = " (quality observations)" if r.kind == "observations" else ""
-            out.print(
-                f"[green]ok[/green]     {r.stream_id}  {r.events} events{what}, chain verified, "
-                f"head {r.head[:16]}"
-            )
-            continue
-        first = r.first
-        assert first is not None
-        out.print(
-            f"[bold red]BROKEN[/bold red] {r.stream_id}  first broken link at seq {first.seq} "
-            f"({first.check}): {escape(first.why)}"
-        )
-        for p in r.problems[1:6]:
-            out.print(f"         then seq {p.seq} ({p.check}): {escape(p.why)}")
-        if len(r.problems) > 6:
-            out.print(f"         ... and {len(r.problems) - 6} more")
+    listed = reports if (args.each or not args.all) else broken
+    for r in listed:
+        _print_report(out, r)
     if not reports:
         out.print("no negotiations in the log")
+    events = sum(r.events for r in reports)
     out.print(
-        f"{len(reports)} stream(s) audited, "
+        f"{len(reports):,} stream(s) audited, {events:,} events in {seconds:.1f} s: "
         + (f"[bold red]{len(broken)} broken[/bold red]" if broken else "[green]all clean[/green]")
     )
     if args.json:
         _dump({"ok": not broken, "streams": [_report_json(r) for r in reports]})
     return 1 if broken else 0
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[tuple[Progress, TaskID]]:
+    """A progress bar on stderr while streams are audited (only on a terminal)."""
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("auditing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("streams, {task.fields[events]:,} events"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
+        yield progress, progress.add_task("audit", total=total, events=0)
+
+
+def _print_report(out: Console, r: StreamReport) -> None:
+    if r.ok:
+        what = " (quality observations)" if r.kind == "observations" else ""
+        out.print(
+            f"[green]ok[/green]     {r.stream_id}  {r.events} events{what}, chain verified, "
+            f"head {r.head[:16]}"
+        )
+        return
+    first = r.first
+    assert first is not None
+    out.print(
+        f"[bold red]BROKEN[/bold red] {r.stream_id}  first broken link at seq {first.seq} "
+        f"({first.check}): {escape(first.why)}"
+    )
+    for p in r.problems[1:6]:
+        out.print(f"         then seq {p.seq} ({p.check}): {escape(p.why)}")
+    if len(r.problems) > 6:
+        out.print(f"         ... and {len(r.problems) - 6} more")
 
 
 async def cmd_export(args: argparse.Namespace, out: Console) -> int:

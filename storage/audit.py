@@ -163,6 +163,7 @@ def check_domain(events: Sequence[StoredEvent]) -> list[Problem]:
     problems: list[Problem] = []
     state: NegotiationState = INITIAL
     ended_at: int | None = None
+    sellers: frozenset[str] = frozenset()  # the room's, once it started (never changes)
 
     def bad(seq: int, check: str, why: str) -> None:
         problems.append(Problem(seq=seq, check=check, why=why))
@@ -184,13 +185,16 @@ def check_domain(events: Sequence[StoredEvent]) -> list[Problem]:
         if ended_at is not None:
             bad(seq, "order", f"{tag} follows negotiation.ended (seq {ended_at})")
         problems.extend(_guardrails(state, seq, event))
-        problems.extend(_addressing(state, seq, event))
+        problems.extend(_addressing(state, sellers, seq, event))
         try:
-            state = evolve(state, event)
+            after = evolve(state, event)
         except Exception as exc:  # replay must be total; anything else is a broken log
             bad(seq, "replay", f"replay failed: {type(exc).__name__}: {exc}")
             continue
-        problems.extend(_deliveries(state, seq, event))
+        if after.started is not state.started:
+            sellers = after.seller_ids
+        state = after
+        problems.extend(_deliveries(state, sellers, seq, event))
         if isinstance(event, NegotiationEnded) and ended_at is None:
             ended_at = seq
     return problems
@@ -261,11 +265,13 @@ def _guardrails(state: NegotiationState, seq: int, event: Event) -> list[Problem
     return out
 
 
-def _addressing(state: NegotiationState, seq: int, event: Event) -> list[Problem]:
-    """Visibility checks needing the state before the event."""
+def _addressing(
+    state: NegotiationState, sellers: frozenset[str], seq: int, event: Event
+) -> list[Problem]:
+    """Visibility checks needing the state before the event (`sellers`: the room's)."""
     match event:
         case BuyerSaid(to=to):
-            strangers = sorted(set(to) - state.seller_ids)
+            strangers = sorted(set(to) - sellers)
             if strangers:
                 return [
                     Problem(
@@ -276,7 +282,7 @@ def _addressing(state: NegotiationState, seq: int, event: Event) -> list[Problem
                     )
                 ]
         case SellerReplied(seller=seller):
-            if seller not in state.seller_ids:
+            if seller not in sellers:
                 return [
                     Problem(seq=seq, check="visibility", why=f"{seller} is not in this negotiation")
                 ]
@@ -293,12 +299,13 @@ def _addressing(state: NegotiationState, seq: int, event: Event) -> list[Problem
     return []
 
 
-def _deliveries(state: NegotiationState, seq: int, event: Event) -> list[Problem]:
+def _deliveries(
+    state: NegotiationState, sellers: frozenset[str], seq: int, event: Event
+) -> list[Problem]:
     """What the visibility policy delivers for this event goes only where it may."""
     if state.started is None:
         return []
     buyer = state.started.buyer.agent_id
-    sellers = state.seller_ids
     out: list[Problem] = []
     for recipient, message in route(state, event):
         if recipient != buyer and recipient not in sellers:
@@ -317,17 +324,31 @@ def _deliveries(state: NegotiationState, seq: int, event: Event) -> list[Problem
 
 
 def audit_stream(
-    stream_id: UUID, events: Sequence[StoredEvent], *, expect_ended: bool = False
+    stream_id: UUID,
+    events: Sequence[StoredEvent],
+    *,
+    expect_ended: bool = False,
+    recorded: bool = False,
 ) -> StreamReport:
     """Audit one stream. With `expect_ended` (the run is recorded as finished), a stream
-    without negotiation.ended is reported as truncated."""
+    without negotiation.ended is reported as truncated; with `recorded` (the read models
+    know the run), a stream without events is reported as deleted."""
     chain = check_chain(events)
     observations = is_observation_stream(events)
     domain = check_observations(events) if observations else check_domain(events)
     ended = observations or any(e.type == "negotiation.ended" for e in events)
     last_seq = events[-1].seq if events else 0
     tail: list[Problem] = []
-    if not events:
+    if not events and recorded:
+        tail.append(
+            Problem(
+                seq=0,
+                check="missing",
+                why="the run is recorded (negotiation_runs) but the log holds none of its "
+                "events: its rows were deleted",
+            )
+        )
+    elif not events:
         tail.append(Problem(seq=0, check="order", why="no events in this stream"))
     elif expect_ended and not ended:
         tail.append(

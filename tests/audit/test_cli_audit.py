@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -131,3 +131,40 @@ async def test_audit_export_import_over_the_cli(
     # Bad input exits 2.
     assert mams("audit").returncode == 2
     assert mams("audit", "ffffffff").returncode == 2
+
+
+async def test_audit_all_lists_what_is_broken_and_finds_a_deleted_run(
+    market: Market, database_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    def mams(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, database_url=database_url, schema=pg_schema, tmp_path=tmp_path)
+
+    kept, deleted = (r.negotiation_id for r in market.rooms[:2])
+    # Clean: one summary line; each stream's line only with --each.
+    proc = mams("audit", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 stream(s) audited" in proc.stdout
+    assert "all clean" in proc.stdout
+    assert str(kept) not in proc.stdout
+    proc = mams("audit", "--all", "--each")
+    assert proc.returncode == 0, proc.stderr
+    assert f"ok     {kept}" in proc.stdout
+
+    # Every row of a run deleted: the read models still know it, so the log is broken.
+    await market.pool.execute("DELETE FROM events WHERE stream_id = $1", deleted)
+    proc = mams("audit", "--all", "--jobs", "1")
+    assert proc.returncode == 1, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert f"BROKEN {deleted} first broken link at seq 0 (missing)" in out
+    assert "rows were deleted" in out
+    assert str(kept) not in out
+    assert "1 broken" in out
+    proc = mams("audit", str(deleted), "--json")
+    assert proc.returncode == 1, proc.stderr
+    (stream,) = one_json_object(proc.stdout)["streams"]
+    assert stream["first_broken"]["check"] == "missing"
+    # A run nobody knows is still bad input; so is --jobs 0.
+    assert mams("audit", str(uuid4())).returncode == 2
+    proc = mams("audit", "--all", "--jobs", "0")
+    assert proc.returncode == 2
+    assert "--jobs must be at least 1" in proc.stderr
