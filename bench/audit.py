@@ -1,4 +1,5 @@
-"""Audit throughput: `mams audit --all` over a log of N negotiations with S sellers each.
+"""Audit and archive throughput: `mams audit --all`, `mams export --all` and `mams import`
+over a log of N negotiations with S sellers each.
 
 Usage: python bench/audit.py [--negotiations 2000] [--sellers 10] [--jobs 1 2]
        [--nats URL] [--dsn DSN]
@@ -11,9 +12,13 @@ sellers), then, in the same run:
    (`mams.storage.auditlog.CHUNK`), with nothing checked: the ceiling an audit is held to;
 2. the audit (`mams.storage.auditlog.audit_log`, what `mams audit --all` runs) with each
    `--jobs` value: hash chains recomputed, seq order, every stream replayed and its
-   guardrail and visibility invariants checked.
+   guardrail and visibility invariants checked;
+3. the export of every stream (`mams export --all`, into memory), against the raw read;
+4. into a second, empty schema: the raw COPY of the exported rows into a bare events-shaped
+   table, then the import of the export (`mams import`: parse, chain checks, appends
+   through the event store with its read models, sessions rebuilt), against the COPY.
 
-Prints events/s and streams/s for each, and the audit's ratio to the raw read. Asserts
+Prints events/s and streams/s for each, and each ratio to its raw baseline. Asserts
 nothing (it does check that every stream came back clean, and says so if not).
 """
 
@@ -35,10 +40,13 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.market import run_session, scenario
+from mams.audit import import_archive
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.storage.auditlog import CHUNK, audit_log, default_jobs
 from mams.storage.eventstore import PostgresEventStore
+from mams.storage.export import IMPORT_BATCH, export_streams, parse_lines
+from mams.storage.model import StoredEvent
 from mams.storage.pg import create_pool, init_connection, open_store
 from mams.storage.readmodels import ReadModelProjector
 
@@ -104,6 +112,62 @@ async def audited(dsn: str, ids: list[uuid.UUID], jobs: int) -> tuple[float, int
         await pool.close()
 
 
+async def exported(dsn: str, ids: list[uuid.UUID]) -> tuple[float, int, bytes]:
+    """Seconds to export `ids` (as `mams export --all` does, into memory), events, lines."""
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = PostgresEventStore(pool, dsn=dsn)
+        start, events, parts = time.perf_counter(), 0, list[bytes]()
+        async for _, chunk, lines in export_streams(store, ids):
+            events += len(chunk)
+            parts.append(lines)
+        return time.perf_counter() - start, events, b"".join(parts)
+    finally:
+        await pool.close()
+
+
+async def raw_copy(dsn: str, events: list[StoredEvent]) -> float:
+    """Seconds to COPY the rows into a bare events-shaped table, IMPORT_BATCH at a time."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        await conn.execute(
+            "CREATE TABLE raw_events (stream_id uuid, seq integer, event_id uuid NOT NULL"
+            " UNIQUE, type text NOT NULL, data jsonb NOT NULL, prev_hash bytea, hash bytea,"
+            " PRIMARY KEY (stream_id, seq))"
+        )
+        rows = [
+            (e.stream_id, e.seq, e.event_id, e.type, e.data, e.prev_hash, e.hash) for e in events
+        ]
+        columns = ["stream_id", "seq", "event_id", "type", "data", "prev_hash", "hash"]
+        start = time.perf_counter()
+        for i in range(0, len(rows), IMPORT_BATCH):
+            await conn.copy_records_to_table(
+                "raw_events", records=rows[i : i + IMPORT_BATCH], columns=columns
+            )
+        return time.perf_counter() - start
+    finally:
+        await conn.close()
+
+
+async def imported(dsn: str, lines: bytes) -> tuple[float, int]:
+    """Seconds to parse and import `lines` as `mams import` does (read models included)."""
+    pool, store = await open_store(dsn, projector=ReadModelProjector())
+    try:
+        start = time.perf_counter()
+        events = parse_lines(lines.splitlines(), source="bench")
+        result, _ = await import_archive(pool, store, events, source="bench")
+        return time.perf_counter() - start, sum(result.appended.values())
+    finally:
+        await pool.close()
+
+
+def row(label: str, seconds: float, events: int, streams: int, baseline: float | None) -> None:
+    rate = events / seconds
+    ratio = f"{rate / baseline:10.3f}" if baseline else ""
+    print(f"{label:>16} {seconds:7.2f} {rate:10,.0f} {streams / seconds:10,.0f} {ratio}")
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--negotiations", type=int, default=2000)
@@ -132,19 +196,31 @@ async def main() -> None:
         ]
         seconds, rows = await raw_read(dsn, ids)
         raw_rate = rows / seconds
-        print(f"\n{'run':>16} {'secs':>7} {'events/s':>10} {'streams/s':>10} {'/raw read':>10}")
-        print(f"{'raw read':>16} {seconds:7.2f} {raw_rate:10,.0f} {len(ids) / seconds:10,.0f}")
+        print(f"\n{'run':>16} {'secs':>7} {'events/s':>10} {'streams/s':>10} {'/raw':>10}")
+        row("raw read", seconds, rows, len(ids), None)
         for jobs in args.jobs:
             seconds, events, broken = await audited(dsn, ids, jobs)
-            rate = events / seconds
-            label = f"audit, {jobs} job{'s' if jobs > 1 else ''}"
-            print(
-                f"{label:>16} {seconds:7.2f} {rate:10,.0f} {len(ids) / seconds:10,.0f} "
-                f"{rate / raw_rate:10.3f}"
-            )
+            row(f"audit, {jobs} job{'s' if jobs > 1 else ''}", seconds, events, len(ids), raw_rate)
             if broken or events != rows:
                 print(f"  !! {broken} broken streams, {events:,} events audited of {rows:,}")
-        print(f"\n{len(ids):,} streams, {rows:,} events; {os.cpu_count()} cores")
+        seconds, events, lines = await exported(dsn, ids)
+        row("export", seconds, events, len(ids), raw_rate)
+        # Import into a second, empty schema: against a bare COPY of the same rows.
+        target = f"{schema}_import"
+        await admin.execute(f'CREATE SCHEMA "{target}"')
+        try:
+            parsed = parse_lines(lines.splitlines(), source="bench")
+            copy_seconds = await raw_copy(schema_dsn(args.dsn, target), parsed)
+            row("raw COPY", copy_seconds, len(parsed), len(ids), None)
+            seconds, events = await imported(schema_dsn(args.dsn, target), lines)
+            row("import", seconds, events, len(ids), len(parsed) / copy_seconds)
+        finally:
+            await admin.execute(f'DROP SCHEMA "{target}" CASCADE')
+        print(
+            f"\n{len(ids):,} streams, {rows:,} events ({len(lines) / 1e6:,.0f} MB exported); "
+            f"{os.cpu_count()} cores. Audit and export are against the raw read, import "
+            "against the raw COPY."
+        )
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()

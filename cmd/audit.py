@@ -27,11 +27,16 @@ and a summary line (`--each`: a line for every stream); `--json` lists every str
 flags and analyst reviews (its id is then the stream's; chain, seq and decoding are
 checked). `mams audit ID` audits both the negotiation and, once graded, its companion.
 
-`mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the stream, one JSON object
-per line (`mams.storage.export`), to FILE or stdout. `mams import FILE` (or `-` for
-stdin) re-appends exported streams into a log that does not hold them yet and checks the
-recomputed chain equals the file's; `--json` prints
+`mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the stream and its companion
+(when it has one), one JSON object per line (`mams.storage.export`), to FILE (written as
+FILE.partial, renamed once complete) or stdout; `--session SESSION_ID` writes every
+negotiation of a session with their companions, `--all` every stream of the log.
+`mams import FILE` (or `-` for stdin) re-appends exported streams, a batch of whole
+streams per transaction, and checks the recomputed chains equal the file's. A stream the
+log already holds with the same chain is skipped (listed under "identical"); one it holds
+with other events is refused before anything is written (exit 1). `--json` prints
 `{"imported": [{"negotiation_id": "...", "events": N, "head": "<hex>"}],
+  "identical": [{"negotiation_id": "...", "head": "<hex>"}],
   "sessions_rebuilt": [{"session_id": "...", "items": N, "sellers": N}]}`.
 Imported negotiations get their read models, so `mams negotiations`, `mams report` and
 `mams sessions` list them like any other. A run needs its session, which an export does
@@ -43,14 +48,16 @@ read models stamp the import time, the file keeps the original `recorded_at`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from uuid import UUID
 
 import anyio
+import asyncpg
 import msgspec
 from rich.console import Console
 from rich.markup import escape
@@ -69,12 +76,13 @@ from mams.domain.events import NegotiationStarted, decode_event, observation_str
 from mams.infra import servers
 from mams.storage.audit import StreamReport
 from mams.storage.auditlog import audit_chunk, audit_log, default_jobs
-from mams.storage.eventstore import PostgresEventStore
-from mams.storage.export import export_lines, import_events, parse_lines
+from mams.storage.eventstore import EventStore, PostgresEventStore
+from mams.storage.export import Imported, export_streams, import_events, parse_lines
 from mams.storage.model import StoredEvent
 from mams.storage.readmodels import ReadModelProjector, find_negotiation, restore_sessions
 
 _json = msgspec.json.Encoder()
+_LIST_UP_TO = 20  # streams an import lists one by one; beyond, a summary line
 
 
 class AuditUsageError(ConfigError):
@@ -101,8 +109,12 @@ def add_parsers(sub: Any) -> None:
         help="with --all, audit in N processes (default: one per core, at most 8)",
     )
 
-    exp = sub.add_parser("export", help="write a negotiation's full event stream for archiving")
-    exp.add_argument("negotiation_id", help="negotiation id (or its first characters)")
+    exp = sub.add_parser(
+        "export", help="write negotiations' full event streams (one, a session's, or all)"
+    )
+    exp.add_argument("negotiation_id", nargs="?", help="negotiation id (or its first characters)")
+    exp.add_argument("--session", metavar="SESSION_ID", help="every negotiation of a session")
+    exp.add_argument("--all", action="store_true", help="every stream of the log")
     exp.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (the default)")
     exp.add_argument("-o", "--output", help="write to this file instead of stdout")
 
@@ -183,7 +195,7 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                 )
         else:
             jobs = args.jobs or default_jobs()
-            with _progress(len(ids)) as (progress, task):
+            with _progress("auditing", len(ids)) as (progress, task):
                 async for chunk in audit_log(
                     srv.store, ids, dsn=srv.dsn, jobs=jobs, finished=finished, recorded=recorded
                 ):
@@ -207,11 +219,11 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
 
 
 @contextmanager
-def _progress(total: int) -> Iterator[tuple[Progress, TaskID]]:
-    """A progress bar on stderr while streams are audited (only on a terminal)."""
+def _progress(label: str, total: int) -> Iterator[tuple[Progress, TaskID]]:
+    """A progress bar on stderr over `total` streams (only on a terminal)."""
     err = Console(stderr=True)
     with Progress(
-        TextColumn("auditing"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("streams, {task.fields[events]:,} events"),
@@ -244,25 +256,126 @@ def _print_report(out: Console, r: StreamReport) -> None:
 
 
 async def cmd_export(args: argparse.Namespace, out: Console) -> int:
-    """Write one stream as JSON Lines to a file or stdout."""
+    """Write streams as JSON Lines to a file or stdout: one negotiation, a session's or all."""
+    chosen = sum(bool(x) for x in (args.negotiation_id, args.session, args.all))
+    if chosen != 1:
+        raise AuditUsageError("give a negotiation id, --session SESSION_ID or --all (one of them)")
+    session = _session_id(args.session) if args.session else None
     note = Console(stderr=True, highlight=False)
+    streams = events = 0
+    head = ""
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
-            nid = await _resolve(conn, args.negotiation_id)
-        events = await srv.store.read(nid)
-    if not events:
-        raise AuditUsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
-    lines = b"".join(export_lines(events))
-    if args.output:
-        await anyio.Path(args.output).write_bytes(lines)
-    else:
-        sys.stdout.buffer.write(lines)
-        sys.stdout.buffer.flush()
-    note.print(
-        f"[dim]exported {len(events)} events of negotiation {nid} "
-        f"(head {events[-1].hash.hex()[:16]})[/dim]"
-    )
+            if args.all:
+                ids = await srv.store.stream_ids()
+                what = "the log"
+            elif session is not None:
+                runs = await conn.fetch(
+                    "SELECT negotiation_id FROM negotiation_runs WHERE session_id = $1 "
+                    "ORDER BY started_at, negotiation_id",
+                    session,
+                )
+                if not runs:
+                    raise AuditUsageError(
+                        f"no negotiations of session {session}; `mams sessions` lists them"
+                    )
+                ids = [sid for r in runs for sid in _with_companion(r["negotiation_id"])]
+                what = f"session {session}"
+            else:
+                nid = await _resolve(conn, args.negotiation_id)
+                ids = _with_companion(nid)
+                what = f"negotiation {nid}"
+        async with _archive(args.output) as write:
+            with _progress("exporting", len(ids)) as (progress, task):
+                async for covered, chunk, lines in export_streams(srv.store, ids):
+                    await write(lines)
+                    if chunk:
+                        streams += len({e.stream_id for e in chunk})
+                        events += len(chunk)
+                        head = chunk[-1].hash.hex()
+                    progress.update(task, advance=covered, events=events)
+            if not events:
+                raise AuditUsageError(f"no events for {what}; `mams negotiations` lists them")
+    tail = f" (head {head[:16]})" if streams == 1 else ""
+    note.print(f"[dim]exported {events:,} events of {streams:,} stream(s) of {what}{tail}[/dim]")
     return 0
+
+
+@asynccontextmanager
+async def _archive(output: str | None) -> AsyncIterator[Callable[[bytes], Awaitable[object]]]:
+    """Where an export goes: stdout, or `output`, written under a temporary name and
+    renamed once complete, so a failed or interrupted export never leaves a file that
+    looks like a whole archive."""
+    if output is None:
+
+        async def to_stdout(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+
+        yield to_stdout
+        sys.stdout.buffer.flush()
+        return
+    path = anyio.Path(output)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        sink = await anyio.open_file(partial, "wb")
+    except OSError as exc:
+        raise AuditUsageError(f"cannot write {output}: {exc.strerror}") from exc
+    try:
+        async with sink:
+            yield sink.write
+        await partial.rename(path)
+    finally:
+        with contextlib.suppress(OSError):
+            await partial.unlink()  # only left when the export failed
+
+
+def _with_companion(nid: UUID) -> list[UUID]:
+    """A negotiation's stream and its companion stream of quality observations (exported
+    when it holds any)."""
+    return [nid, observation_stream_id(nid)]
+
+
+def _session_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise AuditUsageError(
+            f"--session: {text!r} is not a session id; `mams sessions` lists them"
+        ) from None
+
+
+async def import_archive(
+    pool: asyncpg.Pool,
+    store: EventStore,
+    events: Sequence[StoredEvent],
+    *,
+    source: str,
+    on_progress: Callable[[int, int], object] | None = None,
+) -> tuple[Imported, list[tuple[UUID, Scenario]]]:
+    """`import_events` with the read models: a run's rows need its session, which an
+    export does not carry, so a session this log lacks is first rebuilt from its rooms'
+    opening events (named "imported from SOURCE"). Returns what was imported and the
+    sessions rebuilt."""
+    restored: list[tuple[UUID, Scenario]] = []
+
+    async def sessions_first(streams: dict[UUID, list[StoredEvent]]) -> None:
+        rooms = [
+            e
+            for evs in streams.values()
+            if isinstance(e := decode_event(evs[0].data), NegotiationStarted)
+        ]
+        async with pool.acquire() as conn:
+            try:
+                restored.extend(await restore_sessions(conn, rooms, name=f"imported from {source}"))
+            except ScenarioError as exc:
+                raise AuditUsageError(
+                    f"{source}: its negotiations do not make a session to list them under: {exc}"
+                ) from exc
+
+    result = await import_events(
+        store, events, before_append=sessions_first, on_progress=on_progress
+    )
+    return result, restored
 
 
 async def cmd_import(args: argparse.Namespace, out: Console) -> int:
@@ -278,46 +391,47 @@ async def cmd_import(args: argparse.Namespace, out: Console) -> int:
             raise AuditUsageError(f"cannot read {args.file}: {exc.strerror}") from exc
         source = str(path)
     events = parse_lines(raw.splitlines(), source=source)
-    restored: list[tuple[UUID, Scenario]] = []
     async with servers(need_bus=False) as srv:
-
-        async def sessions_first(streams: dict[UUID, list[StoredEvent]]) -> None:
-            # A run's read models need its session row, which an export does not carry:
-            # a session this log lacks is rebuilt from its rooms' opening events.
-            rooms = [
-                e
-                for evs in streams.values()
-                if isinstance(e := decode_event(evs[0].data), NegotiationStarted)
-            ]
-            async with srv.pool.acquire() as conn:
-                try:
-                    restored.extend(
-                        await restore_sessions(conn, rooms, name=f"imported from {source}")
-                    )
-                except ScenarioError as exc:
-                    raise AuditUsageError(
-                        f"{source}: its negotiations do not make a session to list them "
-                        f"under: {exc}"
-                    ) from exc
-
-        store = PostgresEventStore(srv.pool, ReadModelProjector(), dsn=srv.dsn)
-        counts = await import_events(store, events, before_append=sessions_first)
-        heads = {sid: (await store.read(sid))[-1].hash.hex() for sid in counts}
+        with _progress("importing", len({e.stream_id for e in events})) as (progress, task):
+            result, restored = await import_archive(
+                srv.pool,
+                PostgresEventStore(srv.pool, ReadModelProjector(), dsn=srv.dsn),
+                events,
+                source=source,
+                on_progress=lambda done, n: progress.update(task, completed=done, events=n),
+            )
     for session_id, scenario in restored:
         out.print(
             f"session {session_id} rebuilt from the file's rooms: "
             f"{len(scenario.buyer.items)} item(s), {len(scenario.sellers)} seller(s)"
         )
-    for sid, n in counts.items():
+    appended = result.appended
+    if len(appended) <= _LIST_UP_TO:
+        for sid, n in appended.items():
+            out.print(
+                f"imported {n} events of negotiation {sid}; chain verified "
+                f"(head {result.heads[sid].hex()[:16]})"
+            )
+    else:
         out.print(
-            f"imported {n} events of negotiation {sid}; chain verified (head {heads[sid][:16]})"
+            f"imported {sum(appended.values()):,} events of {len(appended):,} streams; "
+            "every chain verified"
+        )
+    if result.identical:
+        out.print(
+            f"{len(result.identical):,} stream(s) already in this log with the same chain: "
+            "left as they are"
         )
     if args.json:
         _dump(
             {
                 "imported": [
-                    {"negotiation_id": str(sid), "events": n, "head": heads[sid]}
-                    for sid, n in counts.items()
+                    {"negotiation_id": str(sid), "events": n, "head": result.heads[sid].hex()}
+                    for sid, n in appended.items()
+                ],
+                "identical": [
+                    {"negotiation_id": str(sid), "head": result.heads[sid].hex()}
+                    for sid in result.identical
                 ],
                 "sessions_rebuilt": [
                     {

@@ -261,8 +261,15 @@ async def test_export_import_gives_the_same_state_and_hashes(
     parsed = parse_lines(lines)
     pool, target = await open_store(database_url, other_schema)
     try:
-        counts = await import_events(target, parsed)
-        assert set(counts) == {r.negotiation_id for r in market.rooms}
+        progress: list[tuple[int, int]] = []
+        result = await import_events(
+            target, parsed, batch=1, on_progress=lambda s, e: progress.append((s, e))
+        )
+        assert set(result.appended) == {r.negotiation_id for r in market.rooms}
+        assert result.identical == []
+        # batch=1: each stream its own transaction, progress after each.
+        sizes = [result.appended[r.negotiation_id] for r in market.rooms]
+        assert progress == [(1, sizes[0]), (2, sizes[0] + sizes[1])]
         for room in market.rooms:
             original = await market.store.read(room.negotiation_id)
             copy = await target.read(room.negotiation_id)
@@ -274,11 +281,32 @@ async def test_export_import_gives_the_same_state_and_hashes(
             assert state == replay(decode_event(e.data) for e in original)
             assert state.outcome == room.state.outcome
             assert audit_stream(room.negotiation_id, copy, expect_ended=True).ok
-        # Importing again is refused: the streams are there already.
-        with pytest.raises(Exception, match="already has events"):
-            await import_events(target, parsed)
+            assert result.heads[room.negotiation_id] == original[-1].hash
+        # Importing again appends nothing: the log holds these very chains.
+        again = await import_events(target, parsed)
+        assert again.appended == {}
+        assert again.identical == [r.negotiation_id for r in market.rooms]
+        assert again.heads == result.heads
+        assert await target.last_seq(market.rooms[0].negotiation_id) == sizes[0]
     finally:
         await pool.close()
+
+
+async def test_import_refuses_a_stream_the_log_holds_otherwise(market: Market) -> None:
+    nid = market.rooms[1].negotiation_id
+    lines = [
+        line
+        for r in market.rooms
+        for line in export_lines(await market.store.read(r.negotiation_id))
+    ]
+    parsed = parse_lines(lines)
+    target = InMemoryEventStore()
+    first = next(e for e in parsed if e.stream_id == nid)
+    await target.append([NewEvent(nid, 1, first.event_id, first.type, first.data)])
+    with pytest.raises(Exception, match=f"stream {nid} already has other events"):
+        await import_events(target, parsed)
+    # Refused before writing anything: the other room was not appended either.
+    assert await target.stream_ids() == [nid]
 
 
 async def test_import_refuses_a_tampered_file(market: Market) -> None:

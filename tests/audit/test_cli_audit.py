@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 from uuid import UUID, uuid4
 
+import anyio
 import asyncpg
 import pytest
 
@@ -104,10 +105,13 @@ async def test_audit_export_import_over_the_cli(
     proc = mams("negotiations", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
     assert str(nid)[:8] in proc.stdout
-    # The same file again is refused (exit 1, nothing written).
-    proc = mams("import", str(archive), schema=other_schema)
-    assert proc.returncode == 1
-    assert "already has events" in proc.stderr
+    # The same file again writes nothing: the log holds that very chain.
+    proc = mams("import", str(archive), "--json", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    again = one_json_object(proc.stdout)
+    assert again["imported"] == []
+    assert again["identical"] == [{"negotiation_id": str(nid), "head": original[-1].hash.hex()}]
+    assert "already in this log with the same chain" in proc.stderr
 
     # Tamper: change a price by SQL; audit exits 1 and names the first broken link.
     seq = next(e.seq for e in original if e.type == "seller.replied" and b"offer" in e.data)
@@ -168,3 +172,50 @@ async def test_audit_all_lists_what_is_broken_and_finds_a_deleted_run(
     proc = mams("audit", "--all", "--jobs", "0")
     assert proc.returncode == 2
     assert "--jobs must be at least 1" in proc.stderr
+
+
+async def test_export_a_session_or_the_whole_log_and_import_it_elsewhere(
+    market: Market, database_url: str, pg_schema: str, other_schema: str, tmp_path: Path
+) -> None:
+    def mams(*args: str, schema: str = pg_schema) -> subprocess.CompletedProcess[str]:
+        return run(*args, database_url=database_url, schema=schema, tmp_path=tmp_path)
+
+    started = market.rooms[0].state.started
+    assert started is not None
+    rooms = {str(r.negotiation_id) for r in market.rooms}
+    total = sum([await market.store.last_seq(r.negotiation_id) for r in market.rooms])
+
+    # A session's negotiations, to stdout.
+    proc = mams("export", "--session", str(started.session_id))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == total
+    assert f"exported {total} events of 2 stream(s) of session" in proc.stderr
+
+    # The whole log, to a file (no .partial left behind), then into an empty schema.
+    archive = tmp_path / "log.jsonl"
+    proc = mams("export", "--all", "-o", str(archive))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name async for p in anyio.Path(tmp_path).glob("log.jsonl*")] == ["log.jsonl"]
+    assert len(archive.read_bytes().splitlines()) == total
+    proc = mams("import", str(archive), "--json", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    imported = one_json_object(proc.stdout)["imported"]
+    assert {s["negotiation_id"] for s in imported} == rooms
+    proc = mams("audit", "--all", "--json", schema=other_schema)
+    assert proc.returncode == 0, proc.stderr
+    heads = {s["negotiation_id"]: s["head"] for s in one_json_object(proc.stdout)["streams"]}
+    assert heads == {s["negotiation_id"]: s["head"] for s in imported}
+
+    # Bad input exits 2 and writes nothing.
+    assert mams("export").returncode == 2
+    assert mams("export", "--all", "--session", str(started.session_id)).returncode == 2
+    proc = mams("export", "--session", "nope")
+    assert proc.returncode == 2
+    assert "not a session id" in proc.stderr
+    proc = mams("export", "--session", str(uuid4()))
+    assert proc.returncode == 2
+    assert "no negotiations of session" in proc.stderr
+    proc = mams("export", "--all", "-o", str(tmp_path / "missing" / "x.jsonl"))
+    assert proc.returncode == 2
+    assert "cannot write" in proc.stderr
+    assert not (tmp_path / "missing").exists()
