@@ -354,3 +354,23 @@ async def test_an_edited_quality_flag_is_detected_in_its_companion_stream(market
     report = audit_stream(sid, await market.store.read(sid))
     assert report.first is not None, "tampering went unnoticed"
     assert (report.first.seq, report.first.check) == (1, "hash")
+
+
+async def test_an_interrupted_import_runs_again_to_the_end(market: Market) -> None:
+    first, second = (r.negotiation_id for r in market.rooms[:2])
+    parsed = parse_lines(
+        [
+            line
+            for r in market.rooms
+            for line in export_lines(await market.store.read(r.negotiation_id))
+        ]
+    )
+    target = InMemoryEventStore()
+    # Stopped after its first batch: the first room is in, the second is not.
+    await import_events(target, [e for e in parsed if e.stream_id == first])
+    result = await import_events(target, parsed)
+    assert result.identical == [first]
+    assert list(result.appended) == [second]
+    for nid in (first, second):
+        stored = await target.read(nid)
+        assert [e.hash for e in stored] == [e.hash for e in parsed if e.stream_id == nid]
