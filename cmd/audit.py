@@ -17,7 +17,15 @@ stored events (see `mams.storage.audit`), and reports the first broken link. Exi
 `check` is one of: seq (gap or duplicate), unhashed (row from before the chain), hash
 (row content changed), link (prev_hash is not the previous row's hash), decode, type,
 order (stream shape), guardrail, visibility, replay, missing (the read models record the
-run, the log holds none of its events; `events` is 0). `first_broken` is null when clean.
+run, the log holds none of its events; `events` is 0), pin (with `--against`: the stream no
+longer holds the event the saved audit ended at, or holds it with another hash).
+`first_broken` is null when clean. With `--all`, `"digest"` is one sha256 over every
+stream's id, last seq and head: two audits with the same digest saw the same log.
+
+`--against FILE` takes a saved `mams audit --all --json` (the pin) and checks that every
+stream it lists still holds, with the same hash, the event it ended at: per-stream chains
+cannot show a stream deleted whole (read models included) or cut back to an earlier end,
+a pin can. Streams may have grown since; new streams are audited as usual.
 
 `--all` audits every stream of the log and every run the read models record, a chunk of
 streams per query, in `--jobs` worker processes (default: one per core, at most 8;
@@ -74,7 +82,7 @@ from mams.domain.config import Scenario, ScenarioError
 from mams.domain.errors import ConfigError
 from mams.domain.events import NegotiationStarted, decode_event, observation_stream_id
 from mams.infra import servers
-from mams.storage.audit import StreamReport
+from mams.storage.audit import Pin, StreamReport, log_digest
 from mams.storage.auditlog import audit_chunk, audit_log, default_jobs
 from mams.storage.eventstore import EventStore, PostgresEventStore
 from mams.storage.export import Imported, export_streams, import_events, parse_lines
@@ -101,6 +109,12 @@ def add_parsers(sub: Any) -> None:
         "--each",
         action="store_true",
         help="with --all, print a line for every stream (by default only the broken ones)",
+    )
+    aud.add_argument(
+        "--against",
+        metavar="FILE",
+        help="a saved `mams audit --all --json`: every stream it lists must still hold the "
+        "event it ended at (finds streams deleted whole or cut back)",
     )
     aud.add_argument(
         "--jobs",
@@ -162,6 +176,7 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
         raise AuditUsageError("give a negotiation id or --all (not both)")
     if args.jobs is not None and args.jobs < 1:
         raise AuditUsageError(f"--jobs must be at least 1 (got {args.jobs})")
+    pins = await _load_pins(args.against) if args.against else {}
     started = time.perf_counter()
     reports: list[StreamReport] = []
     async with servers(need_bus=False) as srv:
@@ -172,8 +187,12 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                 )
                 ids = await srv.store.stream_ids()
                 logged = set(ids)
-                # A run the read models know but the log does not: its rows were deleted.
-                ids += [r["negotiation_id"] for r in runs if r["negotiation_id"] not in logged]
+                # A run the read models know, or a stream an earlier audit saw, but the log
+                # does not: its rows were deleted.
+                for sid in [*(r["negotiation_id"] for r in runs), *pins]:
+                    if sid not in logged:
+                        logged.add(sid)
+                        ids.append(sid)
             else:
                 nid = await _resolve(conn, args.negotiation_id)
                 runs = await conn.fetch(
@@ -186,10 +205,12 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
         finished = {r["negotiation_id"] for r in runs if r["finished"]}
         recorded = {r["negotiation_id"] for r in runs}
         if not args.all:
-            reports = await audit_chunk(srv.store, ids, finished=finished, recorded=recorded)
-            if not reports[1].events:
+            reports = await audit_chunk(
+                srv.store, ids, finished=finished, recorded=recorded, pins=pins
+            )
+            if _never_written(reports[1]):
                 del reports[1]  # a negotiation nobody graded yet
-            if not reports[0].events and reports[0].problems[0].check != "missing":
+            if _never_written(reports[0]):
                 raise AuditUsageError(
                     f"no events for negotiation {ids[0]}; `mams negotiations` lists them"
                 )
@@ -197,7 +218,13 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
             jobs = args.jobs or default_jobs()
             with _progress("auditing", len(ids)) as (progress, task):
                 async for chunk in audit_log(
-                    srv.store, ids, dsn=srv.dsn, jobs=jobs, finished=finished, recorded=recorded
+                    srv.store,
+                    ids,
+                    dsn=srv.dsn,
+                    jobs=jobs,
+                    finished=finished,
+                    recorded=recorded,
+                    pins=pins,
                 ):
                     reports += chunk
                     progress.update(task, advance=len(chunk), events=sum(r.events for r in reports))
@@ -209,13 +236,63 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
     if not reports:
         out.print("no negotiations in the log")
     events = sum(r.events for r in reports)
+    digest = log_digest(reports)
+    against = f" against {len(pins):,} pinned stream(s)" if pins else ""
     out.print(
-        f"{len(reports):,} stream(s) audited, {events:,} events in {seconds:.1f} s: "
+        f"{len(reports):,} stream(s) audited{against}, {events:,} events in {seconds:.1f} s: "
         + (f"[bold red]{len(broken)} broken[/bold red]" if broken else "[green]all clean[/green]")
+        + (f"; log digest {digest[:16]}" if args.all else "")
     )
     if args.json:
-        _dump({"ok": not broken, "streams": [_report_json(r) for r in reports]})
+        body: dict[str, Any] = {"ok": not broken, "streams": [_report_json(r) for r in reports]}
+        if args.all:
+            body["digest"] = digest
+        _dump(body)
     return 1 if broken else 0
+
+
+def _never_written(r: StreamReport) -> bool:
+    """A stream with no events that nothing says should have any."""
+    return not r.events and [p.check for p in r.problems] == ["order"]
+
+
+async def _load_pins(path: str) -> dict[UUID, Pin]:
+    """The streams' last seq and head from a saved `mams audit --json` output."""
+    try:
+        raw = await anyio.Path(path).read_bytes()
+    except OSError as exc:
+        raise AuditUsageError(f"--against: cannot read {path}: {exc.strerror}") from exc
+    try:
+        saved = _saved_audit.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise AuditUsageError(
+            f"--against: {path} is not the output of `mams audit --all --json` ({exc}); "
+            "save one with `mams audit --all --json > FILE`"
+        ) from None
+    pins: dict[UUID, Pin] = {}
+    for s in saved.streams:
+        if s.last_seq > 0:
+            try:
+                pins[s.negotiation_id] = Pin(seq=s.last_seq, head=bytes.fromhex(s.head))
+            except ValueError:
+                raise AuditUsageError(
+                    f"--against: {path}: stream {s.negotiation_id} has a head that is not "
+                    f"hex: {s.head!r}"
+                ) from None
+    return pins
+
+
+class _SavedStream(msgspec.Struct):
+    negotiation_id: UUID
+    last_seq: int
+    head: str
+
+
+class _SavedAudit(msgspec.Struct):
+    streams: list[_SavedStream]
+
+
+_saved_audit = msgspec.json.Decoder(_SavedAudit)
 
 
 @contextmanager

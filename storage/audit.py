@@ -15,12 +15,16 @@ says what is wrong, first broken link first. Checks, in order of seq:
 - visibility (invariant 1): deliveries (the policy's `route`) go only to participants,
   a seller never receives another seller's message, a buyer message is only addressed to
   sellers in the room, and a seller replies only when it was addressed;
-- replay: the stream folds into a state without error.
+- replay: the stream folds into a state without error;
+- pin (given what an earlier audit saw): the stream still holds the event the earlier
+  audit ended at, with the same hash. Per-stream chains cannot show a stream deleted
+  whole, or cut back to an earlier end; checked against a pin, both show.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 import msgspec
@@ -129,6 +133,35 @@ def check_chain(events: Sequence[StoredEvent]) -> list[Problem]:
                 )
         prev_hash = e.hash
     return problems
+
+
+class Pin(msgspec.Struct, frozen=True, array_like=True):
+    """What an earlier audit saw of a stream: its last seq and that event's hash (`head`).
+    The chain makes it a commitment to every event up to it."""
+
+    seq: int
+    head: bytes
+
+
+def check_pin(events: Sequence[StoredEvent], pin: Pin) -> list[Problem]:
+    """The stream still holds the pinned event, with the pinned hash. As `check_chain`
+    verifies every link up to it, the events before it are the pinned ones too; events
+    after it are new, which is allowed."""
+    seen = f"an earlier audit saw seq {pin.seq} with hash {pin.head.hex()[:16]}..."
+    if not events:
+        why = f"{seen}, and the log now holds none of this stream's events: they were deleted"
+        return [Problem(seq=0, check="pin", why=why)]
+    at = next((e for e in events if e.seq == pin.seq), None)
+    if at is None:
+        last = events[-1].seq
+        if last > pin.seq:
+            return [Problem(seq=pin.seq, check="pin", why=f"{seen}, and it is gone")]
+        why = f"{seen}, and the stream now ends at seq {last}: events were removed from its end"
+        return [Problem(seq=last, check="pin", why=why)]
+    if at.hash != pin.head:
+        why = f"{seen}, and it now has hash {at.hash.hex()[:16]}...: the stream was rewritten"
+        return [Problem(seq=pin.seq, check="pin", why=why)]
+    return []
 
 
 def is_observation_stream(events: Sequence[StoredEvent]) -> bool:
@@ -329,10 +362,12 @@ def audit_stream(
     *,
     expect_ended: bool = False,
     recorded: bool = False,
+    pinned: Pin | None = None,
 ) -> StreamReport:
     """Audit one stream. With `expect_ended` (the run is recorded as finished), a stream
     without negotiation.ended is reported as truncated; with `recorded` (the read models
-    know the run), a stream without events is reported as deleted."""
+    know the run), a stream without events is reported as deleted; with `pinned` (what an
+    earlier audit saw), the stream must still hold that event (`check_pin`)."""
     chain = check_chain(events)
     observations = is_observation_stream(events)
     domain = check_observations(events) if observations else check_domain(events)
@@ -348,7 +383,7 @@ def audit_stream(
                 "events: its rows were deleted",
             )
         )
-    elif not events:
+    elif not events and pinned is None:
         tail.append(Problem(seq=0, check="order", why="no events in this stream"))
     elif expect_ended and not ended:
         tail.append(
@@ -359,6 +394,8 @@ def audit_stream(
                 "(events were removed from its end)",
             )
         )
+    if pinned is not None and not (not events and recorded):
+        tail += check_pin(events, pinned)
     ranked = sorted(
         [(p, 0) for p in chain] + [(p, 1) for p in domain] + [(p, 2) for p in tail],
         key=lambda pr: (pr[0].seq, pr[1], _RANK.get(pr[0].check, 9)),
@@ -372,3 +409,11 @@ def audit_stream(
         problems=[p for p, _ in ranked],
         kind="observations" if observations else "negotiation",
     )
+
+
+def log_digest(reports: Iterable[StreamReport]) -> str:
+    """One hash over every audited stream's last seq and head (streams holding events,
+    by id): two audits that print the same digest saw the same log, event for event,
+    since each head commits to its whole stream."""
+    lines = sorted(f"{r.stream_id} {r.last_seq} {r.head}\n" for r in reports if r.events)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()

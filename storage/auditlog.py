@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from uuid import UUID
 
 import msgspec
 
-from mams.storage.audit import StreamReport, audit_stream
+from mams.storage.audit import Pin, StreamReport, audit_stream
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, PostgresEventStore
 from mams.storage.pg import create_pool
@@ -47,15 +47,18 @@ async def audit_chunk(
     *,
     finished: Collection[UUID] = (),
     recorded: Collection[UUID] = (),
+    pins: Mapping[UUID, Pin] | None = None,
 ) -> list[StreamReport]:
     """Read `ids` in one query and audit each (`audit_stream`), in the order given."""
     streams = await store.read_streams(ids)
+    pins = pins or {}
     return [
         audit_stream(
             sid,
             streams.get(sid, []),
             expect_ended=sid in finished,
             recorded=sid in recorded,
+            pinned=pins.get(sid),
         )
         for sid in ids
     ]
@@ -69,6 +72,7 @@ async def audit_log(
     jobs: int = 1,
     finished: Collection[UUID] = (),
     recorded: Collection[UUID] = (),
+    pins: Mapping[UUID, Pin] | None = None,
     chunk: int = CHUNK,
     parallel_from: int = PARALLEL_FROM,
 ) -> AsyncIterator[list[StreamReport]]:
@@ -76,7 +80,8 @@ async def audit_log(
 
     `finished`: runs recorded as finished (a stream of theirs without negotiation.ended
     was cut short); `recorded`: runs the read models know (a stream of theirs with no
-    events had its rows deleted). With `jobs` > 1 and enough streams, chunks are read and
+    events had its rows deleted); `pins`: what an earlier audit saw of streams (each must
+    still hold its pinned event). With `jobs` > 1 and enough streams, chunks are read and
     audited in that many processes, each connecting to `dsn` (the store's own database:
     its search_path included) on its own, and `store` reads nothing; below
     `parallel_from` streams, this process reads and audits them all. The workers are
@@ -85,9 +90,10 @@ async def audit_log(
     chunks = [list(ids[i : i + chunk]) for i in range(0, len(ids), chunk)]
     done = set(finished)
     known = set(recorded)
+    pinned = pins or {}
     if jobs <= 1 or not dsn or len(ids) < parallel_from:
         for part in chunks:
-            yield await audit_chunk(store, part, finished=done, recorded=known)
+            yield await audit_chunk(store, part, finished=done, recorded=known, pins=pinned)
         return
     context = multiprocessing.get_context("spawn")  # never fork a process with a loop
     with ProcessPoolExecutor(
@@ -102,6 +108,7 @@ async def audit_log(
                         [sid.bytes for sid in part],
                         [sid.bytes for sid in part if sid in done],
                         [sid.bytes for sid in part if sid in known],
+                        [(sid.bytes, pinned[sid]) for sid in part if sid in pinned],
                     )
                 )
                 if len(ahead) >= 2 * jobs:  # keep every worker busy, hold little
@@ -136,7 +143,12 @@ def _start_worker(dsn: str) -> None:
     _store = PostgresEventStore(pool, dsn=dsn)
 
 
-def _audit_in_worker(ids: list[bytes], finished: list[bytes], recorded: list[bytes]) -> bytes:
+def _audit_in_worker(
+    ids: list[bytes],
+    finished: list[bytes],
+    recorded: list[bytes],
+    pins: list[tuple[bytes, Pin]],
+) -> bytes:
     assert _loop is not None, "the worker was not started"
     assert _store is not None, "the worker was not started"
     reports = _loop.run_until_complete(
@@ -145,6 +157,7 @@ def _audit_in_worker(ids: list[bytes], finished: list[bytes], recorded: list[byt
             [UUID(bytes=b) for b in ids],
             finished={UUID(bytes=b) for b in finished},
             recorded={UUID(bytes=b) for b in recorded},
+            pins={UUID(bytes=b): pin for b, pin in pins},
         )
     )
     return _encode.encode(reports)

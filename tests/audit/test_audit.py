@@ -23,7 +23,7 @@ from mams.domain.events import (
     event_type,
 )
 from mams.domain.negotiation import replay
-from mams.storage.audit import audit_stream
+from mams.storage.audit import Pin, audit_stream, log_digest
 from mams.storage.chain import GENESIS, link_hash
 from mams.storage.eventstore import InMemoryEventStore, PostgresEventStore
 from mams.storage.export import export_lines, import_events, parse_lines
@@ -374,3 +374,42 @@ async def test_an_interrupted_import_runs_again_to_the_end(market: Market) -> No
     for nid in (first, second):
         stored = await target.read(nid)
         assert [e.hash for e in stored] == [e.hash for e in parsed if e.stream_id == nid]
+
+
+# -- pins and the log digest ------------------------------------------------------------------
+async def test_a_pin_finds_a_stream_deleted_cut_back_or_rewritten(market: Market) -> None:
+    nid = market.rooms[0].negotiation_id
+    events = await market.store.read(nid)
+    mid = len(events) // 2
+    pin = Pin(seq=events[mid].seq, head=events[mid].hash)
+
+    def pin_problems(stream: list[StoredEvent]) -> list[str]:
+        report = audit_stream(nid, stream, pinned=pin)
+        return [p.check + ": " + p.why for p in report.problems if p.check == "pin"]
+
+    # The stream grew past the pin, or ends at it: fine.
+    assert pin_problems(events) == []
+    assert pin_problems(events[: mid + 1]) == []
+    # Cut back before the pin, deleted whole, or rewritten at it: each is named.
+    (cut,) = pin_problems(events[:mid])
+    assert f"now ends at seq {events[mid - 1].seq}" in cut
+    (gone,) = pin_problems([])
+    assert "none of this stream's events" in gone
+    rewritten = [*events[:mid], msgspec.structs.replace(events[mid], hash=bytes(32))]
+    (changed,) = pin_problems(rewritten)
+    assert "the stream was rewritten" in changed
+    # A middle row removed: the pinned seq is gone although later ones are there.
+    assert any("it is gone" in p for p in pin_problems([*events[:mid], *events[mid + 1 :]]))
+
+
+async def test_the_log_digest_changes_with_any_head(market: Market) -> None:
+    reports = [
+        audit_stream(r.negotiation_id, await market.store.read(r.negotiation_id))
+        for r in market.rooms
+    ]
+    digest = log_digest(reports)
+    assert digest == log_digest(list(reversed(reports)))  # order of audit does not matter
+    assert log_digest(reports[:1]) != digest  # a stream fewer
+    shorter = await market.store.read(market.rooms[0].negotiation_id)
+    cut = [audit_stream(market.rooms[0].negotiation_id, shorter[:-1]), *reports[1:]]
+    assert log_digest(cut) != digest  # a stream cut back by one event

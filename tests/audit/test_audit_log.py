@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from mams.storage.audit import StreamReport
+from mams.storage.audit import Pin, StreamReport
 from mams.storage.auditlog import audit_log
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import PostgresEventStore
@@ -54,10 +54,20 @@ async def collect(chunks: object) -> list[StreamReport]:
 async def test_workers_report_exactly_what_one_process_does(
     market: Market, database_url: str, pg_schema: str
 ) -> None:
+    # Pinned as an earlier audit saw them; then the first room's last event goes too.
+    pins = {}
+    for room in market.rooms:
+        events = await market.store.read(room.negotiation_id)
+        pins[room.negotiation_id] = Pin(seq=events[-1].seq, head=events[-1].hash)
     ids, recorded, edited, deleted = await tampered(market)
+    await market.pool.execute(
+        "DELETE FROM events WHERE stream_id = $1 AND seq = $2", edited, pins[edited].seq
+    )
     finished = recorded
     serial = await collect(
-        audit_log(market.store, ids, jobs=1, chunk=1, finished=finished, recorded=recorded)
+        audit_log(
+            market.store, ids, jobs=1, chunk=1, finished=finished, recorded=recorded, pins=pins
+        )
     )
     # Two real worker processes, one stream per chunk, each reading over its own
     # connection: this process's store would fail any read.
@@ -72,6 +82,7 @@ async def test_workers_report_exactly_what_one_process_does(
             parallel_from=0,
             finished=finished,
             recorded=recorded,
+            pins=pins,
         )
     )
     assert parallel == serial
@@ -81,6 +92,7 @@ async def test_workers_report_exactly_what_one_process_does(
     first = broken[edited].first
     assert first is not None
     assert (first.seq, first.check) == (3, "hash")
+    assert "pin" in {p.check for p in broken[edited].problems}
     lost = broken[deleted].first
     assert lost is not None
     assert lost.check == "missing"

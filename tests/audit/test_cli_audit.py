@@ -219,3 +219,42 @@ async def test_export_a_session_or_the_whole_log_and_import_it_elsewhere(
     assert proc.returncode == 2
     assert "cannot write" in proc.stderr
     assert not (tmp_path / "missing").exists()
+
+
+async def test_a_saved_audit_pins_the_log_against_whole_runs_deleted(
+    market: Market, database_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    def mams(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, database_url=database_url, schema=pg_schema, tmp_path=tmp_path)
+
+    proc = mams("audit", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    saved = one_json_object(proc.stdout)
+    pin = tmp_path / "pin.json"
+    pin.write_text(proc.stdout)
+    proc = mams("audit", "--all", "--against", str(pin), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert one_json_object(proc.stdout)["digest"] == saved["digest"]
+    assert "against 2 pinned stream(s)" in proc.stderr
+
+    # A whole run removed, read models and all: per-stream chains cannot tell...
+    gone = market.rooms[0].negotiation_id
+    for table in ("messages", "outcomes", "negotiation_runs"):
+        await market.pool.execute(f"DELETE FROM {table} WHERE negotiation_id = $1", gone)
+    await market.pool.execute("DELETE FROM events WHERE stream_id = $1", gone)
+    proc = mams("audit", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert one_json_object(proc.stdout)["digest"] != saved["digest"]
+    # ...the pin does.
+    proc = mams("audit", "--all", "--against", str(pin))
+    assert proc.returncode == 1, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert f"BROKEN {gone} first broken link at seq 0 (pin)" in out
+    assert "1 broken" in out
+
+    # A pin that is not a saved audit is bad input.
+    (tmp_path / "bad.json").write_text('{"streams": [{"negotiation_id": 1}]}')
+    proc = mams("audit", "--all", "--against", str(tmp_path / "bad.json"))
+    assert proc.returncode == 2
+    assert "is not the output of `mams audit --all --json`" in proc.stderr
+    assert mams("audit", "--all", "--against", str(tmp_path / "none.json")).returncode == 2
