@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -78,6 +79,7 @@ from mams.domain.events import (
 from mams.domain.money import fmt
 from mams.infra import servers
 from mams.storage.eventstore import EventStore
+from mams.storage.model import StoredEvent
 from mams.storage.observations import load_observations, record_observations
 
 _json = msgspec.json.Encoder(decimal_format="number")
@@ -114,7 +116,12 @@ def merge_flags(stored: list[QualityFlagged], fresh: list[QualityFlagged]) -> li
 
 async def load_negotiation(store: EventStore, nid: UUID) -> tuple[list[Event], list[Any]]:
     """A negotiation's decoded events and their commit times; bad ids say what to do."""
-    stored = await store.read(nid)
+    return negotiation_of(nid, await store.read(nid))
+
+
+def negotiation_of(nid: UUID, stored: Sequence[StoredEvent]) -> tuple[list[Event], list[Any]]:
+    """The decoded events of a negotiation's stored rows and their commit times; raises
+    AnalyzeUsageError, saying what to do, when they are not a negotiation's."""
     if not stored:
         raise AnalyzeUsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
     try:

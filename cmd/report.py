@@ -7,8 +7,9 @@ why seller rows count seats) and prints the tables. It writes PNG plots to `--pl
 (default `./mams-report/`; `--no-plots` skips them; see `mams.report_plots`) and prints
 their paths. Only ended (completed) negotiations are aggregated; aborted or still-open
 ones are counted as `skipped`. Negotiations are those the `negotiation_runs` read model
-lists (`mams import` writes it too, so imported negotiations are in). Exit status: 0;
-2 for bad input.
+lists (`mams import` writes it too, so imported negotiations are in). A chunk of
+negotiations is read per query, and a large log is analysed in one process per core
+(`--jobs N`; `mams.storage.parallel`). Exit status: 0; 2 for bad input.
 
 `--json` prints one object on stdout (fractions 0..1, percentages in percent, prices as
 JSON numbers; null where there is nothing to average):
@@ -46,14 +47,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from mams.analyze import AnalyzeUsageError, dump, load_negotiation, merge_flags
+from mams.analyze import AnalyzeUsageError, dump, merge_flags, negotiation_of
 from mams.domain.analysis import NegotiationAnalysis, analyze
-from mams.domain.events import AnalystReviewed, QualityFlagged
+from mams.domain.events import (
+    AnalystReviewed,
+    QualityFlagged,
+    decode_observation,
+    observation_stream_id,
+)
 from mams.domain.money import fmt
 from mams.domain.report import GroupRow, Report, build_report
 from mams.infra import servers
 from mams.storage.eventstore import EventStore
-from mams.storage.observations import load_observations
+from mams.storage.parallel import default_jobs, map_streams
 from mams.storage.readmodels import has_session
 
 
@@ -73,17 +79,33 @@ def add_parsers(sub: Any) -> None:
         default=36,
         help="price trajectories for at most this many rooms (default 36, 9 per page)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="analyse in N processes (default: one per core, at most 8, for large logs)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-async def _analysis(store: EventStore, nid: UUID) -> NegotiationAnalysis:
+async def analyses_of(
+    store: EventStore, ids: list[UUID], _: object = None
+) -> list[NegotiationAnalysis]:
+    """The analysis of each negotiation of `ids`, in order, from one read of their streams
+    and their companions: the quality checks run on the log, merged with the flags and
+    reviews recorded (`mams.storage.parallel` runs this over chunks of a whole log)."""
     from mams.domain.quality import check
 
-    events, times = await load_negotiation(store, nid)
-    observed = await load_observations(store, nid)
-    flags = merge_flags([o for o in observed if isinstance(o, QualityFlagged)], check(events))
-    reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
-    return analyze(events, flags, reviews, times)
+    companions = [observation_stream_id(nid) for nid in ids]
+    streams = await store.read_streams([*ids, *companions])
+    out: list[NegotiationAnalysis] = []
+    for nid, companion in zip(ids, companions, strict=True):
+        events, times = negotiation_of(nid, streams.get(nid, []))
+        observed = [decode_observation(row.data) for row in streams.get(companion, [])]
+        flags = merge_flags([o for o in observed if isinstance(o, QualityFlagged)], check(events))
+        reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
+        out.append(analyze(events, flags, reviews, times))
+    return out
 
 
 async def _ids(conn: Any, session: UUID | None) -> list[UUID]:
@@ -116,7 +138,9 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
     plots_dir = None if args.no_plots else Path(args.plots)
     if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
         raise AnalyzeUsageError(f"--plots: {plots_dir} is a file; give a directory")
-    analyses: list[NegotiationAnalysis] = []
+    if args.jobs is not None and args.jobs < 1:
+        raise AnalyzeUsageError(f"--jobs must be at least 1 (got {args.jobs})")
+    analysed: list[NegotiationAnalysis] = []
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
             ids = await _ids(conn, session)
@@ -128,10 +152,17 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
             transient=True,
         ) as progress:
             task = progress.add_task("read", total=len(ids))
-            for nid in ids:
-                analyses.append(await _analysis(srv.store, nid))
-                progress.advance(task)
-    report = build_report(analyses)
+            async for chunk in map_streams(
+                analyses_of,
+                srv.store,
+                ids,
+                NegotiationAnalysis,
+                dsn=srv.dsn,
+                jobs=args.jobs or default_jobs(),
+            ):
+                analysed += chunk
+                progress.advance(task, len(chunk))
+    report = build_report(analysed)
     scope = f"session {session}" if session else "all sessions"
     render(out, report, scope)
     paths: list[Path] = []
@@ -140,7 +171,7 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
 
         out.print(f"[dim]drawing plots into {plots_dir}/ ...[/dim]")
         paths = await anyio.to_thread.run_sync(
-            lambda: write_plots(analyses, report, plots_dir, max_rooms=args.max_rooms)
+            lambda: write_plots(analysed, report, plots_dir, max_rooms=args.max_rooms)
         )
         for path in paths:
             out.print(f"plot: {path}")

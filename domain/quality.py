@@ -61,6 +61,7 @@ coherence
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -90,6 +91,7 @@ _MONEY = re.compile(
     rf"(?:\$|\bUS\$|\bUSD\s?)\s?{_NUM}(\s?[kK]\b)?|\b{_NUM}\s?(?:dollars?|bucks|usd)\b",
     re.IGNORECASE,
 )
+_DIGIT = re.compile(r"\d")
 # Sentence ends: . ! ? (not a decimal point), ; and newlines.
 _SENTENCE = re.compile(r"[!?]+|\.+(?!\d)|(?<!\d)\.+|[;\n]+")
 
@@ -131,8 +133,19 @@ def money_in(
     "worth $200". With `bare`, numbers without a currency mark count where only a price
     can stand ("I'd take 110", "can you do 11.50?"), except the traded quantity.
     """
+    return list(_money_in(text, bare, quantity))
+
+
+@functools.lru_cache(maxsize=4096)
+def _money_in(text: str, bare: bool, quantity: int | None) -> tuple[tuple[Decimal, bool], ...]:
+    # Cached: the checks read the same message's amounts several times (all of them, the
+    # proposals among them, per rule), and `mams report` reads every message of a log.
+    if _DIGIT.search(text) is None:
+        return ()
     found: list[tuple[int, Decimal, bool]] = []
+    taken: list[tuple[int, int]] = []
     for m in _MONEY.finditer(text):
+        taken.append(m.span())
         whole, cents, kilo = m.group(1), m.group(2), m.group(3)
         if whole is None:
             whole, cents, kilo = m.group(4), m.group(5), None
@@ -147,7 +160,6 @@ def money_in(
         )
         found.append((m.start(), value, not fact))
     if bare:
-        taken = [m.span() for m in _MONEY.finditer(text)]
         for m in _BARE.finditer(text):
             start = m.start(1)
             if any(a <= start < b for a, b in taken):
@@ -157,7 +169,7 @@ def money_in(
                 continue
             fact = bool(_FACT_AFTER.match(text, m.end()))
             found.append((start, value, not fact))
-    return [(v, p) for _, v, p in sorted(found, key=lambda t: t[0])]
+    return tuple((v, p) for _, v, p in sorted(found, key=lambda t: t[0]))
 
 
 def prices_in(text: str, *, bare: bool = False, quantity: int | None = None) -> list[Decimal]:
@@ -184,12 +196,15 @@ def _quote(text: str, limit: int = 160) -> str:
     return f'"{text}"' if len(text) <= limit else f'"{text[: limit - 1]}…"'
 
 
+_HALF_CENT = Decimal("0.005")
+
+
 def _same(a: Decimal, b: Decimal) -> bool:
-    return abs(a - b) < Decimal("0.005")
+    return abs(a - b) < _HALF_CENT
 
 
 def _among(value: Decimal, known: Iterable[Decimal]) -> bool:
-    return any(_same(value, k) for k in known)
+    return any(abs(value - k) < _HALF_CENT for k in known)
 
 
 # -- phrases -------------------------------------------------------------------------------

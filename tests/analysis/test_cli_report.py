@@ -118,6 +118,9 @@ async def test_report_over_the_known_log(
     proc = mams("report", "--plots", "afile")
     assert proc.returncode == 2
     assert "is a file" in proc.stderr
+    proc = mams("report", "--jobs", "0")
+    assert proc.returncode == 2
+    assert "--jobs must be at least 1" in proc.stderr
 
 
 async def test_report_and_analyze_over_a_real_run_agree_with_the_read_models(

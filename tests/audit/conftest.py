@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,9 +13,21 @@ from mams.actors.market import RoomResult, RunOptions, run_market
 from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
 from mams.storage.eventstore import PostgresEventStore
+from mams.storage.model import StoredEvent
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 from tests.integration.scenarios import phone
+
+
+class UnreadableStore(PostgresEventStore):
+    """A store that cannot read streams: where work over a log is meant to run in worker
+    processes (`mams.storage.parallel`), each reading on its own connection, this
+    process's store must read nothing."""
+
+    async def read_streams(
+        self, stream_ids: Sequence[uuid.UUID], *, types: Sequence[str] | None = None
+    ) -> dict[uuid.UUID, list[StoredEvent]]:
+        raise AssertionError("the workers read the streams, not this process")
 
 
 @dataclass(frozen=True)

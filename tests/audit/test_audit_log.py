@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 import pytest
 
 from mams.storage.audit import Pin, StreamReport
 from mams.storage.auditlog import audit_log
 from mams.storage.errors import StorageError
-from mams.storage.eventstore import PostgresEventStore
-from mams.storage.model import StoredEvent
-from tests.audit.conftest import Market
+from tests.audit.conftest import Market, UnreadableStore
 from tests.e2e.test_cli import schema_dsn
 
 pytestmark = pytest.mark.integration
-
-
-class UnreadableStore(PostgresEventStore):
-    """The fixture's store, except that this process cannot read streams through it."""
-
-    async def read_streams(
-        self, stream_ids: Sequence[uuid.UUID], *, types: Sequence[str] | None = None
-    ) -> dict[uuid.UUID, list[StoredEvent]]:
-        raise AssertionError("the workers read the streams, not this process")
 
 
 async def tampered(market: Market) -> tuple[list[uuid.UUID], set[uuid.UUID], uuid.UUID, uuid.UUID]:
