@@ -39,8 +39,11 @@ checked). `mams audit ID` audits both the negotiation and, once graded, its comp
 (when it has one), one JSON object per line (`mams.storage.export`), to FILE (written as
 FILE.partial, renamed once complete) or stdout; `--session SESSION_ID` writes every
 negotiation of a session with their companions, `--all` every stream of the log.
-`mams import FILE` (or `-` for stdin) re-appends exported streams, a batch of whole
-streams per transaction, and checks the recomputed chains equal the file's. A stream the
+`mams import FILE` (or `-` for stdin, spooled to a temporary file) reads the file twice,
+a line at a time (`mams.storage.export.Archive`: first every stream's chain is checked,
+then the streams are appended), a batch of whole streams per transaction, and checks the
+recomputed chains equal the file's. Each stream's lines must be in seq order, as
+`mams export` writes them; streams may interleave. A stream the
 log already holds with the same chain is skipped (listed under "identical"); one it holds
 with other events is refused before anything is written (exit 1). `--json` prints
 `{"imported": [{"negotiation_id": "...", "events": N, "head": "<hex>"}],
@@ -57,11 +60,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from functools import partial
+from typing import IO, Any
 from uuid import UUID
 
 import anyio
@@ -85,7 +91,7 @@ from mams.infra import servers
 from mams.storage.audit import Pin, StreamReport, log_digest
 from mams.storage.auditlog import audit_chunk, audit_log, default_jobs
 from mams.storage.eventstore import EventStore, PostgresEventStore
-from mams.storage.export import Imported, export_streams, import_events, parse_lines
+from mams.storage.export import Archive, Imported, export_streams, import_scanned, iter_events
 from mams.storage.model import StoredEvent
 from mams.storage.readmodels import ReadModelProjector, find_negotiation, restore_sessions
 
@@ -424,23 +430,20 @@ def _session_id(text: str) -> UUID:
 async def import_archive(
     pool: asyncpg.Pool,
     store: EventStore,
-    events: Sequence[StoredEvent],
+    archive: Archive,
     *,
     source: str,
     on_progress: Callable[[int, int], object] | None = None,
 ) -> tuple[Imported, list[tuple[UUID, Scenario]]]:
-    """`import_events` with the read models: a run's rows need its session, which an
+    """`import_scanned` with the read models: a run's rows need its session, which an
     export does not carry, so a session this log lacks is first rebuilt from its rooms'
     opening events (named "imported from SOURCE"). Returns what was imported and the
     sessions rebuilt."""
     restored: list[tuple[UUID, Scenario]] = []
 
-    async def sessions_first(streams: dict[UUID, list[StoredEvent]]) -> None:
-        rooms = [
-            e
-            for evs in streams.values()
-            if isinstance(e := decode_event(evs[0].data), NegotiationStarted)
-        ]
+    async def sessions_first(firsts: dict[UUID, StoredEvent]) -> None:
+        opened = (decode_event(first.data) for first in firsts.values())
+        rooms = [e for e in opened if isinstance(e, NegotiationStarted)]
         async with pool.acquire() as conn:
             try:
                 restored.extend(await restore_sessions(conn, rooms, name=f"imported from {source}"))
@@ -449,34 +452,56 @@ async def import_archive(
                     f"{source}: its negotiations do not make a session to list them under: {exc}"
                 ) from exc
 
-    result = await import_events(
-        store, events, before_append=sessions_first, on_progress=on_progress
+    result = await import_scanned(
+        store, archive, before_append=sessions_first, on_progress=on_progress
     )
     return result, restored
 
 
+def _file_lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from f
+
+
+def _spooled(stream: IO[bytes]) -> IO[bytes]:
+    """`stream` copied into a temporary file, which an import reads twice."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    shutil.copyfileobj(stream, spool)
+    return spool
+
+
+def _rewound(spool: IO[bytes]) -> IO[bytes]:
+    spool.seek(0)
+    return spool
+
+
 async def cmd_import(args: argparse.Namespace, out: Console) -> int:
-    """Append an export file's streams into the log and check the chain comes out equal."""
-    if args.file == "-":
-        raw = sys.stdin.buffer.read()
-        source = "stdin"
-    else:
-        path = anyio.Path(args.file)
-        try:
-            raw = await path.read_bytes()
-        except OSError as exc:
-            raise AuditUsageError(f"cannot read {args.file}: {exc.strerror}") from exc
-        source = str(path)
-    events = parse_lines(raw.splitlines(), source=source)
-    async with servers(need_bus=False) as srv:
-        with _progress("importing", len({e.stream_id for e in events})) as (progress, task):
-            result, restored = await import_archive(
-                srv.pool,
-                PostgresEventStore(srv.pool, ReadModelProjector(), dsn=srv.dsn),
-                events,
-                source=source,
-                on_progress=lambda done, n: progress.update(task, completed=done, events=n),
-            )
+    """Append an export file's streams into the log and check the chain comes out equal.
+    The file is read twice, a line at a time (never held whole): once to check every
+    stream's chain, once to append."""
+    with contextlib.ExitStack() as stack:
+        lines: Callable[[], Iterable[bytes]]
+        if args.file == "-":
+            spool = stack.enter_context(_spooled(sys.stdin.buffer))
+            lines, source = partial(_rewound, spool), "stdin"
+        else:
+            try:
+                stack.enter_context(open(args.file, "rb"))  # noqa: ASYNC230 - a check only
+            except OSError as exc:
+                raise AuditUsageError(f"cannot read {args.file}: {exc.strerror}") from exc
+            lines, source = partial(_file_lines, args.file), args.file
+        archive = Archive(lambda: iter_events(lines(), source=source))
+        with Console(stderr=True).status(f"checking the chains of {source}"):
+            archive.scan()
+        async with servers(need_bus=False) as srv:
+            with _progress("importing", len(archive.streams)) as (progress, task):
+                result, restored = await import_archive(
+                    srv.pool,
+                    PostgresEventStore(srv.pool, ReadModelProjector(), dsn=srv.dsn),
+                    archive,
+                    source=source,
+                    on_progress=lambda done, n: progress.update(task, completed=done, events=n),
+                )
     for session_id, scenario in restored:
         out.print(
             f"session {session_id} rebuilt from the file's rooms: "

@@ -100,38 +100,42 @@ def check_chain(events: Sequence[StoredEvent]) -> list[Problem]:
                 why = f"{missing} missing: seq {e.seq} follows seq {expected_seq - 1}"
             problems.append(Problem(seq=e.seq, check="seq", why=why))
         expected_seq = max(expected_seq, e.seq + 1)
-        if not e.hash or not e.prev_hash:
-            problems.append(
-                Problem(
-                    seq=e.seq, check="unhashed", why="row has no hash (written before the chain)"
-                )
+        problems += check_link(e, prev_hash)
+        prev_hash = e.hash or GENESIS
+    return problems
+
+
+def check_link(e: StoredEvent, prev_hash: bytes) -> list[Problem]:
+    """Hash problems of one event, given the hash of the event before it in its stream:
+    its `prev_hash` must be that, and its `hash` must be recomputed from its content."""
+    if not e.hash or not e.prev_hash:
+        return [
+            Problem(seq=e.seq, check="unhashed", why="row has no hash (written before the chain)")
+        ]
+    problems: list[Problem] = []
+    if e.prev_hash != prev_hash:
+        problems.append(
+            Problem(
+                seq=e.seq,
+                check="link",
+                why=f"prev_hash {e.prev_hash.hex()[:16]}... is not the hash of the event "
+                f"before it ({prev_hash.hex()[:16]}...)",
             )
-            prev_hash = e.hash or GENESIS
-            continue
-        if e.prev_hash != prev_hash:
+        )
+    try:
+        own = link_hash(e.prev_hash, e.stream_id, e.seq, e.event_id, e.type, e.data)
+    except msgspec.DecodeError as exc:
+        problems.append(Problem(seq=e.seq, check="hash", why=f"data is not JSON: {exc}"))
+    else:
+        if own != e.hash:
             problems.append(
                 Problem(
                     seq=e.seq,
-                    check="link",
-                    why=f"prev_hash {e.prev_hash.hex()[:16]}... is not the hash of the event "
-                    f"before it ({prev_hash.hex()[:16]}...)",
+                    check="hash",
+                    why=f"stored hash {e.hash.hex()[:16]}... does not match the event's "
+                    f"content ({own.hex()[:16]}...): the row was changed after it was written",
                 )
             )
-        try:
-            own = link_hash(e.prev_hash, e.stream_id, e.seq, e.event_id, e.type, e.data)
-        except msgspec.DecodeError as exc:
-            problems.append(Problem(seq=e.seq, check="hash", why=f"data is not JSON: {exc}"))
-        else:
-            if own != e.hash:
-                problems.append(
-                    Problem(
-                        seq=e.seq,
-                        check="hash",
-                        why=f"stored hash {e.hash.hex()[:16]}... does not match the event's "
-                        f"content ({own.hex()[:16]}...): the row was changed after it was written",
-                    )
-                )
-        prev_hash = e.hash
     return problems
 
 

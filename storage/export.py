@@ -6,25 +6,36 @@ One JSON object per line, one line per event, in seq order:
      "recorded_at": "2026-01-01T12:00:00.123456+00:00", "prev_hash": "<hex>",
      "hash": "<hex>", "data": {...the event...}}
 
-Import re-appends the events through an EventStore (which recomputes the chain), a batch
-of whole streams per transaction, refusing a file whose own chain does not verify and a
-stream the target log holds with other events (one it holds with the same chain is
-skipped, so an interrupted import can be run again); after appending it checks the
-recomputed hashes equal the file's. `recorded_at` is kept in the
-file for the record; the target log stamps its own commit time (so do the read models:
-an imported run shows when it was imported).
+Import (`Archive`) reads a file twice, a line at a time, so it never holds it whole: the
+first pass checks every stream's chain, the second re-appends the events through an
+EventStore (which recomputes the chain), a batch of whole streams per transaction. It
+refuses a file whose own chain does not verify and a stream the target log holds with
+other events, before writing anything (one it holds with the same head is skipped, so an
+interrupted import can be run again); after appending it checks the recomputed hashes
+equal the file's. `recorded_at` is kept in the file for the record; the target log
+stamps its own commit time (so do the read models: an imported run shows when it was
+imported).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
 import msgspec
 
-from mams.storage.audit import check_chain
+from mams.storage.audit import check_link
+from mams.storage.chain import GENESIS
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore
 from mams.storage.model import NewEvent, StoredEvent
@@ -69,35 +80,28 @@ def export_lines(events: Iterable[StoredEvent]) -> Iterator[bytes]:
 
 def parse_lines(lines: Iterable[bytes | str], *, source: str = "input") -> list[StoredEvent]:
     """The events of an export file; blank lines are skipped."""
-    out: list[StoredEvent] = []
+    return list(iter_events(lines, source=source))
+
+
+def iter_events(lines: Iterable[bytes | str], *, source: str = "input") -> Iterator[StoredEvent]:
+    """The events of an export file, one line at a time; blank lines are skipped."""
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
             rec = _decoder.decode(raw)
-            out.append(
-                StoredEvent(
-                    rec.stream_id,
-                    rec.seq,
-                    rec.event_id,
-                    rec.type,
-                    bytes(rec.data),
-                    rec.recorded_at,
-                    bytes.fromhex(rec.prev_hash),
-                    bytes.fromhex(rec.hash),
-                )
+            yield StoredEvent(
+                rec.stream_id,
+                rec.seq,
+                rec.event_id,
+                rec.type,
+                bytes(rec.data),
+                rec.recorded_at,
+                bytes.fromhex(rec.prev_hash),
+                bytes.fromhex(rec.hash),
             )
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             raise ArchiveImportError(f"{source} line {n}: not an exported event: {exc}") from exc
-    return out
-
-
-def by_stream(events: Sequence[StoredEvent]) -> dict[UUID, list[StoredEvent]]:
-    """Events grouped by stream (first-seen order), each sorted by seq."""
-    groups: dict[UUID, list[StoredEvent]] = {}
-    for e in events:
-        groups.setdefault(e.stream_id, []).append(e)
-    return {sid: sorted(evs, key=lambda e: e.seq) for sid, evs in groups.items()}
 
 
 # Streams per read when exporting, and events per transaction when importing.
@@ -128,35 +132,98 @@ class Imported:
     heads: dict[UUID, bytes] = field(default_factory=dict)
 
 
+@dataclass
+class _Stream:
+    """What the first pass keeps of one stream: its first event, how many, its head."""
+
+    first: StoredEvent
+    events: int
+    head: bytes
+
+
+class Archive:
+    """An export file read twice, a line at a time, never held whole: `scan` checks every
+    stream's chain and keeps a few facts per stream; `import_scanned` appends.
+
+    `open_events` gives the file's events afresh on each call (`iter_events` over the
+    file's lines). Each stream's lines must be in seq order, as `mams export` writes them;
+    streams may interleave."""
+
+    def __init__(self, open_events: Callable[[], Iterable[StoredEvent]]) -> None:
+        self._open = open_events
+        self.streams: dict[UUID, _Stream] = {}
+
+    def scan(self) -> None:
+        """Check the chain of every stream of the file (raises ArchiveImportError at the
+        first broken link) and count its events."""
+        streams: dict[UUID, _Stream] = {}
+        for e in self._open():
+            known = streams.get(e.stream_id)
+            expected = 1 if known is None else known.first.seq + known.events
+            prev = GENESIS if known is None else known.head
+            if e.seq != expected:
+                raise ArchiveImportError(
+                    f"stream {e.stream_id}: the file's chain is broken at seq {e.seq} (seq): "
+                    f"seq {expected} should come next; a stream's lines must be complete "
+                    "and in seq order, as `mams export` writes them"
+                )
+            problems = check_link(e, prev)
+            if problems:
+                p = problems[0]
+                raise ArchiveImportError(
+                    f"stream {e.stream_id}: the file's chain is broken at seq {p.seq} "
+                    f"({p.check}): {p.why}"
+                )
+            if known is None:
+                streams[e.stream_id] = _Stream(first=e, events=1, head=e.hash)
+            else:
+                known.events += 1
+                known.head = e.hash
+        if not streams:
+            raise ArchiveImportError("nothing to import: the file holds no events")
+        self.streams = streams
+
+    def events(self, wanted: Collection[UUID]) -> Iterator[StoredEvent]:
+        """The file's events of the streams `wanted`, read again."""
+        return (e for e in self._open() if e.stream_id in wanted)
+
+
 async def import_events(
     store: EventStore,
     events: Sequence[StoredEvent],
     *,
-    before_append: Callable[[dict[UUID, list[StoredEvent]]], Awaitable[None]] | None = None,
+    before_append: Callable[[dict[UUID, StoredEvent]], Awaitable[None]] | None = None,
     on_progress: Callable[[int, int], object] | None = None,
     batch: int = IMPORT_BATCH,
 ) -> Imported:
-    """Append exported events into `store`.
+    """`import_scanned` of events already in memory (each stream's in seq order)."""
+    archive = Archive(lambda: events)
+    archive.scan()
+    return await import_scanned(
+        store, archive, before_append=before_append, on_progress=on_progress, batch=batch
+    )
 
-    Refuses, before writing anything, a file whose chain does not verify, or a stream the
-    store holds with other events. A stream it holds with exactly the file's chain is
-    skipped (so an import stopped halfway can be run again). The rest is appended a batch
-    of whole streams (up to `batch` events) per transaction, then read back: the
-    recomputed chain must equal the file's. `before_append` gets the streams to append
-    once every check passed, before the first append (to store what the read models need
-    first, such as the streams' sessions); `on_progress(streams, events)` is called after
-    each batch with the streams and events done so far.
+
+async def import_scanned(
+    store: EventStore,
+    archive: Archive,
+    *,
+    before_append: Callable[[dict[UUID, StoredEvent]], Awaitable[None]] | None = None,
+    on_progress: Callable[[int, int], object] | None = None,
+    batch: int = IMPORT_BATCH,
+) -> Imported:
+    """Append a scanned archive's streams into `store`.
+
+    Refuses, before writing anything, a stream the store holds with other events. A
+    stream it holds with exactly the file's chain is skipped (so an import stopped
+    halfway can be run again). The rest is appended a batch of whole streams (up to
+    `batch` events) per transaction, then read back: the recomputed chain must equal the
+    file's. `before_append` gets the first event of each stream to append once every
+    check passed, before the first append (to store what the read models need first,
+    such as the streams' sessions); `on_progress(streams, events)` is called after each
+    batch with the streams and events done so far.
     """
-    streams = by_stream(events)
-    if not streams:
-        raise ArchiveImportError("nothing to import: the file holds no events")
-    for sid, evs in streams.items():
-        problems = check_chain(evs)
-        if problems:
-            p = problems[0]
-            raise ArchiveImportError(
-                f"stream {sid}: the file's chain is broken at seq {p.seq} ({p.check}): {p.why}"
-            )
+    streams = archive.streams
     result = Imported()
     ids = list(streams)
     for i in range(0, len(ids), EXPORT_CHUNK):
@@ -166,52 +233,59 @@ async def import_events(
             stored = held.get(sid)
             if stored is None:
                 continue
-            if [e.hash for e in stored] != [e.hash for e in streams[sid]]:
+            if len(stored) != streams[sid].events or stored[-1].hash != streams[sid].head:
                 raise ArchiveImportError(
                     f"stream {sid} already has other events in this log (its chain differs "
                     "from the file's); import only into a log that does not hold it"
                 )
             result.identical.append(sid)
             result.heads[sid] = stored[-1].hash
-    todo = {sid: evs for sid, evs in streams.items() if sid not in result.heads}
+    todo = {sid: info for sid, info in streams.items() if sid not in result.heads}
     if todo and before_append is not None:
-        await before_append(todo)
+        await before_append({sid: info.first for sid, info in todo.items()})
     done_streams, done_events = len(result.identical), 0
-    for group in _batches(list(todo), todo, batch):
-        await store.append(
-            [
-                NewEvent(e.stream_id, e.seq, e.event_id, e.type, e.data)
-                for sid in group
-                for e in todo[sid]
-            ]
-        )
-        stored_now = await store.read_streams(group)
-        for sid in group:
-            if [e.hash for e in stored_now.get(sid, [])] != [e.hash for e in todo[sid]]:
-                raise ArchiveImportError(
-                    f"stream {sid}: the imported chain differs from the file's (hashes differ)"
-                )
-            result.appended[sid] = len(todo[sid])
-            result.heads[sid] = todo[sid][-1].hash
-        done_streams += len(group)
-        done_events += sum(len(todo[sid]) for sid in group)
+    if not todo:
+        return result  # no need to read the file again
+    pending: dict[UUID, list[StoredEvent]] = {}  # streams still being read
+    ready: list[list[StoredEvent]] = []  # whole streams, for the next batch
+    ready_events = 0
+
+    async def flush() -> None:
+        nonlocal ready, ready_events, done_streams, done_events
+        await _append_verified(store, ready, result)
+        done_streams += len(ready)
+        done_events += ready_events
+        ready, ready_events = [], 0
         if on_progress is not None:
             on_progress(done_streams, done_events)
+
+    for e in archive.events(todo):
+        evs = pending.setdefault(e.stream_id, [])
+        evs.append(e)
+        if len(evs) == todo[e.stream_id].events:  # the stream is whole
+            del pending[e.stream_id]
+            if ready and ready_events + len(evs) > batch:
+                await flush()
+            ready.append(evs)
+            ready_events += len(evs)
+    if ready:
+        await flush()
     return result
 
 
-def _batches(
-    ids: list[UUID], streams: dict[UUID, list[StoredEvent]], size: int
-) -> Iterator[list[UUID]]:
-    """Whole streams grouped up to `size` events (a longer stream goes alone)."""
-    group: list[UUID] = []
-    events = 0
-    for sid in ids:
-        n = len(streams[sid])
-        if group and events + n > size:
-            yield group
-            group, events = [], 0
-        group.append(sid)
-        events += n
-    if group:
-        yield group
+async def _append_verified(
+    store: EventStore, streams: list[list[StoredEvent]], result: Imported
+) -> None:
+    """Append whole streams in one transaction; their stored chains must be the file's."""
+    await store.append(
+        [NewEvent(e.stream_id, e.seq, e.event_id, e.type, e.data) for evs in streams for e in evs]
+    )
+    stored = await store.read_streams([evs[0].stream_id for evs in streams])
+    for evs in streams:
+        sid = evs[0].stream_id
+        if [e.hash for e in stored.get(sid, [])] != [e.hash for e in evs]:
+            raise ArchiveImportError(
+                f"stream {sid}: the imported chain differs from the file's (hashes differ)"
+            )
+        result.appended[sid] = len(evs)
+        result.heads[sid] = evs[-1].hash

@@ -413,3 +413,25 @@ async def test_the_log_digest_changes_with_any_head(market: Market) -> None:
     shorter = await market.store.read(market.rooms[0].negotiation_id)
     cut = [audit_stream(market.rooms[0].negotiation_id, shorter[:-1]), *reports[1:]]
     assert log_digest(cut) != digest  # a stream cut back by one event
+
+
+async def test_an_import_takes_interleaved_streams_but_not_a_stream_out_of_order(
+    market: Market,
+) -> None:
+    a = await market.store.read(market.rooms[0].negotiation_id)
+    b = await market.store.read(market.rooms[1].negotiation_id)
+    # The two rooms' lines alternate (a file merged by hand): each room is still whole.
+    mixed = [e for pair in zip(a, b, strict=False) for e in pair]
+    mixed += a[len(b) :] + b[len(a) :]
+    target = InMemoryEventStore()
+    result = await import_events(target, mixed, batch=1)
+    assert result.appended == {a[0].stream_id: len(a), b[0].stream_id: len(b)}
+    for stream in (a, b):
+        stored = await target.read(stream[0].stream_id)
+        assert [e.hash for e in stored] == [e.hash for e in stream]
+    # Two lines of one room swapped: named, and nothing written.
+    swapped = [a[0], a[2], a[1], *a[3:]]
+    empty = InMemoryEventStore()
+    with pytest.raises(Exception, match=r"broken at seq 3 \(seq\).*in seq order"):
+        await import_events(empty, swapped)
+    assert await empty.stream_ids() == []

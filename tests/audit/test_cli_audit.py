@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def run(
-    *args: str, database_url: str, schema: str, tmp_path: Path
+    *args: str, database_url: str, schema: str, tmp_path: Path, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = base_env(tmp_path / "data")
     env["DATABASE_URL"] = schema_dsn(database_url, schema)
@@ -25,6 +25,7 @@ def run(
         [*mams_command(), *args],
         env=env,
         cwd=tmp_path,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -203,8 +204,25 @@ async def test_export_a_session_or_the_whole_log_and_import_it_elsewhere(
     assert {s["negotiation_id"] for s in imported} == rooms
     proc = mams("audit", "--all", "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
-    heads = {s["negotiation_id"]: s["head"] for s in one_json_object(proc.stdout)["streams"]}
+    audited = one_json_object(proc.stdout)
+    heads = {s["negotiation_id"]: s["head"] for s in audited["streams"]}
     assert heads == {s["negotiation_id"]: s["head"] for s in imported}
+    proc = mams("audit", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert audited["digest"] == one_json_object(proc.stdout)["digest"]  # the same log
+    # The same archive again, from stdin: every stream is there already.
+    proc = run(
+        "import",
+        "-",
+        "--json",
+        database_url=database_url,
+        schema=other_schema,
+        tmp_path=tmp_path,
+        stdin=archive.read_text(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    again = one_json_object(proc.stdout)
+    assert (again["imported"], len(again["identical"])) == ([], len(rooms))
 
     # Bad input exits 2 and writes nothing.
     assert mams("export").returncode == 2
