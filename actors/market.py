@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 import anyio
@@ -142,6 +142,15 @@ def build_started(
     return opening(scenario, session_id, item, room, labels, negotiation_id, stockists)
 
 
+def run_seeds(options: RunOptions, runs: int) -> list[RunOptions]:
+    """The options of each of `runs` runs: the same, but run r's seed is seed + r (from 0
+    without a seed). One run keeps `options` as given."""
+    if runs == 1:
+        return [options]
+    base = options.seed or 0
+    return [replace(options, seed=base + r) for r in range(runs)]
+
+
 def prepare_brains(
     scenario: Scenario, items: Sequence[BuyerItem], options: RunOptions
 ) -> tuple[dict[str, str], dict[str, BuyerBrain | SellerBrain]]:
@@ -192,11 +201,18 @@ async def run_market(
     on_opened: Callable[[list[RoomResult]], None] | None = None,
     subjects: Subjects | None = None,
     on_flag: OnFlag | None = None,
+    runs: int = 1,
 ) -> list[RoomResult]:
     """Run every item's negotiation concurrently; return when all have ended.
 
+    With `runs` > 1, each item is negotiated that many times, all at once, in rooms of
+    their own; run r (from 0) has seed `options.seed + r` (0 + r without a seed), so the
+    runs differ and each can be rerun alone. Rooms come back run by run, items in order.
+
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
     models, brains = prepare_brains(scenario, items, options)
     index = stock_index(scenario)
     try:
@@ -205,11 +221,12 @@ async def run_market(
                 scenario,
                 session_id,
                 item,
-                options,
+                run_options,
                 None,
                 models,
                 index.get(item_key(item.item_name), ()),
             )
+            for run_options in run_seeds(options, runs)
             for item in items
         ]
         return await run_rooms(

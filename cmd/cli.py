@@ -8,6 +8,7 @@ With --json, stdout carries exactly one JSON object and everything else goes to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -43,8 +44,12 @@ from mams.audit import cmd_audit, cmd_export, cmd_import
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.cli_render import (
+    TABLE_ROOMS,
+    TRANSCRIPT_ROOMS,
     LLMUsage,
+    RunProgress,
     flag_counts,
+    items_table,
     outcome_json,
     outcomes_table,
     print_entry,
@@ -141,6 +146,13 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
     if args.round_timeout is not None and args.round_timeout <= 0:
         raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.runs > 1 and args.processes:
+        raise UsageError(
+            "--runs with --processes is not supported yet: run `mams run --processes` once "
+            "per run, with --seed"
+        )
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
     for flag, value in (("--buyer-model", args.buyer_model), ("--seller-model", args.seller_model)):
@@ -196,8 +208,17 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
         tags: dict[UUID, Any] = {}
         renderers: dict[UUID, Renderer] = {}
+        total = len(items) * args.runs
+        transcript = args.transcript or total <= TRANSCRIPT_ROOMS
+        if args.runs > 1:
+            base = options.seed or 0
+            out.print(f"[dim]runs:[/dim] {args.runs} (seeds {base}..{base + args.runs - 1})")
+        progress = RunProgress(out, total) if not transcript else None
 
         def on_opened(rooms: list[RoomResult]) -> None:
+            if progress is not None:
+                progress.opened(rooms)
+                return
             for i, room in enumerate(rooms):
                 tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None
                 renderers[room.negotiation_id] = Renderer()
@@ -207,26 +228,38 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
         def on_event(nid: UUID, seq: int, event: Event, state: NegotiationState) -> None:
             usage.add(event)
+            if progress is not None:
+                progress.event(event)
+                return
             for entry in renderers[nid].entries(event):
                 print_entry(out, entry, tags.get(nid))
 
         if args.processes:
             rooms = await _run_as_processes(srv, scenario, session_id, items, args, out)
         else:
-            rooms = await run_market(
-                scenario,
-                session_id,
-                items,
-                connect=connect,
-                store=srv.store,
-                options=options,
-                on_event=on_event,
-                on_opened=on_opened,
-                on_flag=lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
-            )
+            with progress if progress is not None else contextlib.nullcontext():
+                rooms = await run_market(
+                    scenario,
+                    session_id,
+                    items,
+                    connect=connect,
+                    store=srv.store,
+                    options=options,
+                    on_event=on_event,
+                    on_opened=on_opened,
+                    on_flag=None
+                    if progress is not None
+                    else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
+                    runs=args.runs,
+                )
         flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()
-    out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
+    if args.runs == 1 and len(rooms) <= TABLE_ROOMS:
+        out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
+    else:
+        out.print(items_table([(r.item_name, r.state) for r in rooms]))
+        out.print(f"[dim]every room:[/dim] mams negotiations --session {session_id}")
+        out.print(f"[dim]figures:[/dim]    mams report --session {session_id}")
     if usage.calls:
         out.print(f"[dim]LLM:[/dim] {usage.summary()}")
     if options.monitor:
@@ -241,6 +274,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                     {
                         "negotiation_id": str(r.negotiation_id),
                         "item": r.item_name,
+                        "seed": r.state.started.seed if r.state.started else None,
                         "status": status_of(r.state),
                         "outcome": outcome_json(r.state),
                         "flags": flag_counts(flags.get(r.negotiation_id, [])),
@@ -502,6 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-monitor",
         action="store_true",
         help="do not grade the negotiations (quality flags; `mams analyze` can later)",
+    )
+    run.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="negotiate every item N times at once, run r with seed + r (default 1)",
+    )
+    run.add_argument(
+        "--transcript",
+        action="store_true",
+        help=f"print every message even with more than {TRANSCRIPT_ROOMS} rooms (by default "
+        "a progress bar then)",
     )
     add_durability(run)
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from mams.domain.events import Event, LLMCalled, QualityFlagged
+from mams.domain.events import Event, LLMCalled, NegotiationEnded, QualityFlagged
 from mams.domain.money import fmt
 from mams.domain.negotiation import NegotiationState
 from mams.domain.transcript import Entry
@@ -136,6 +137,87 @@ def outcomes_table(rows: list[tuple[str, NegotiationState]]) -> Table:
             f"{fmt(saved[0])} ({saved[1]}%)" if saved else "-",
         )
     return table
+
+
+# A run of more rooms than this shows a progress bar instead of every message
+# (`mams run --transcript` prints them anyway); several runs, or more than TABLE_ROOMS
+# rooms, are summed up by item instead of listed one by one.
+TRANSCRIPT_ROOMS = 6
+TABLE_ROOMS = 20
+
+
+def items_table(rows: list[tuple[str, NegotiationState]]) -> Table:
+    """Outcomes summed up by item, for a run of many rooms (`--runs`, or many items)."""
+    by_item: dict[str, list[NegotiationState]] = {}
+    for item, state in rows:
+        by_item.setdefault(item, []).append(state)
+    table = Table(
+        title="Outcomes by item (prices and savings over deals)",
+        title_style="bold",
+        header_style="bold",
+    )
+    for col in ("item", "rooms", "deals", "no deal", "max rounds", "aborted", "unit price"):
+        table.add_column(col, justify="left" if col == "item" else "right")
+    for col in ("range", "rounds", "saved vs ask"):
+        table.add_column(col, justify="right")
+    for item, states in by_item.items():
+        outcomes = [outcome_json(s) for s in states]
+        kinds = [o["type"] for o in outcomes]
+        prices = [o["unit_price"] for o in outcomes if o["type"] == "deal"]
+        saved = [got[1] for s in states if (got := savings(s)) is not None]
+        table.add_row(
+            item,
+            str(len(states)),
+            Text(str(kinds.count("deal")), style="green"),
+            str(kinds.count("no_deal")),
+            str(kinds.count("max_rounds")),
+            str(sum(status_of(s) == "aborted" for s in states)),
+            fmt(_mean(prices)) if prices else "-",
+            f"{fmt(min(prices))}-{fmt(max(prices))}" if prices else "-",
+            f"{sum(o['rounds'] for o in outcomes) / len(outcomes):.1f}",
+            f"{_mean(saved).quantize(Decimal('0.1'))}%" if saved else "-",
+        )
+    return table
+
+
+def _mean(values: Sequence[Decimal]) -> Decimal:
+    return (sum(values, Decimal(0)) / len(values)).quantize(Decimal("0.01"))
+
+
+class RunProgress:
+    """A progress bar for a run of too many rooms to print every message: rooms ended of
+    all, deals so far, rooms still running. Use as a context manager."""
+
+    def __init__(self, out: Console, total: int) -> None:
+        self._progress = Progress(
+            TextColumn("negotiating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rooms ended, {task.fields[deals]} deals"),
+            TimeElapsedColumn(),
+            console=out,
+            transient=True,
+        )
+        self._task = self._progress.add_task("run", total=total, deals=0)
+        self.ended = 0
+        self.deals = 0
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def opened(self, rooms: Sequence[object]) -> None:
+        """The rooms are open (nothing to show beyond the bar)."""
+
+    def event(self, event: Event) -> None:
+        """Count a committed event: an ended room moves the bar."""
+        if isinstance(event, NegotiationEnded):
+            self.ended += 1
+            self.deals += event.outcome.type == "deal"
+            self._progress.update(self._task, completed=self.ended, deals=self.deals)
 
 
 class LLMUsage:

@@ -257,8 +257,9 @@ def check_run_json(doc: dict[str, Any], scenario: dict[str, Any]) -> None:
     assert sorted(n["item"] for n in negs) == sorted(buyer_items), "one negotiation per item"
     assert len({n["negotiation_id"] for n in negs}) == len(negs)
     for n in negs:
-        assert set(n) == {"negotiation_id", "item", "status", "outcome", "flags"}
+        assert set(n) == {"negotiation_id", "item", "seed", "status", "outcome", "flags"}
         assert isinstance(n["negotiation_id"], str)
+        assert n["seed"] is None or isinstance(n["seed"], int)
         kinds = {"price_hallucination", "leakage", "constraint", "coherence"}
         assert set(n["flags"]) <= kinds
         assert all(isinstance(v, int) and v > 0 for v in n["flags"].values())
@@ -377,6 +378,37 @@ def test_run_without_json_prints_human_output_on_stdout(cli: Cli, scenario_file:
     assert "mams replay" in proc.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(proc.stdout)
+
+
+def test_runs_negotiate_each_item_n_times_with_seeds_in_a_row(
+    cli: Cli, scenario_file: Path
+) -> None:
+    doc = cli.json("run", str(scenario_file), "--runs", "3", "--seed", "5", "--max-rounds", "6")
+    negs = doc["negotiations"]
+    items = sorted({n["item"] for n in negs})
+    assert len(items) == 3
+    assert len(negs) == 9
+    for item in items:
+        assert sorted(n["seed"] for n in negs if n["item"] == item) == [5, 6, 7]
+    # Run 5 + 1 is the run a lone `--seed 6` gives: same outcomes, item for item.
+    alone = cli.json("run", str(scenario_file), "--seed", "6", "--max-rounds", "6")
+    assert {n["item"]: n["outcome"] for n in alone["negotiations"]} == {
+        n["item"]: n["outcome"] for n in negs if n["seed"] == 6
+    }
+    # Nine rooms: a progress bar and a table by item instead of every message...
+    proc = ok(cli("run", str(scenario_file), "--runs", "3", "--max-rounds", "6"))
+    assert "runs: 3 (seeds 0..2)" in proc.stdout
+    assert "Outcomes by item" in proc.stdout
+    assert "negotiation " not in proc.stdout
+    assert "[iPhone 15 case]" not in proc.stdout
+    # ...unless asked for.
+    proc = ok(cli("run", str(scenario_file), "--runs", "3", "--max-rounds", "6", "--transcript"))
+    assert proc.stdout.count("negotiation ") >= 9
+    # Bad counts exit 2.
+    for bad in (("--runs", "0"), ("--runs", "2", "--processes")):
+        proc = cli("run", str(scenario_file), *bad)
+        assert proc.returncode == 2
+        assert "--runs" in proc.stderr
 
 
 # -- 2. replay -------------------------------------------------------------------------------
