@@ -202,12 +202,14 @@ async def run_market(
     subjects: Subjects | None = None,
     on_flag: OnFlag | None = None,
     runs: int = 1,
+    max_open: int | None = None,
 ) -> list[RoomResult]:
     """Run every item's negotiation concurrently; return when all have ended.
 
     With `runs` > 1, each item is negotiated that many times, all at once, in rooms of
     their own; run r (from 0) has seed `options.seed + r` (0 + r without a seed), so the
     runs differ and each can be rerun alone. Rooms come back run by run, items in order.
+    With `max_open`, at most that many rooms are open at once (`run_rooms`).
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
@@ -239,6 +241,7 @@ async def run_market(
             subjects=subjects,
             monitor=options.monitor,
             on_flag=on_flag,
+            max_open=max_open,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -256,12 +259,18 @@ async def run_rooms(
     subjects: Subjects | None = None,
     monitor: bool = False,
     on_flag: OnFlag | None = None,
+    max_open: int | None = None,
 ) -> list[RoomResult]:
     """Run these rooms with these brains (by agent id) until every room has ended.
 
     With `monitor`, a QualityMonitor grades them live (`on_flag` sees each finding as it
-    fires); this returns once it has recorded its findings for every room.
+    fires); this returns once it has recorded its findings for every room. With
+    `max_open`, at most that many rooms are open at once: the next opens as one ends
+    (models serve a few calls at a time, and a round's deadline runs while its turns
+    wait for them).
     """
+    if max_open is not None and max_open < 1:
+        raise ValueError(f"max_open must be at least 1, got {max_open}")
     subjects = subjects or Subjects(prefix=market_prefix())
     rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
     by_id = {r.negotiation_id: r for r in rooms}
@@ -303,8 +312,9 @@ async def run_rooms(
             # Open rooms only once every agent has said hello (and so is subscribed).
             with anyio.fail_after(JOIN_TIMEOUT):
                 await broker.joined({*buyers, *sellers})
-            for started in starts:
-                await broker.open(started)
+            waiting = list(reversed(starts))  # the next to open last
+            for _ in range(len(starts) if max_open is None else min(max_open, len(starts))):
+                await broker.open(waiting.pop())
             if on_opened is not None:
                 on_opened(rooms)
             open_rooms = set(by_id)
@@ -316,8 +326,10 @@ async def run_rooms(
                 result.state = evolve(result.state, committed.event)
                 if on_event is not None:
                     on_event(result.negotiation_id, committed.seq, committed.event, result.state)
-                if result.state.phase == "ended":
+                if result.state.phase == "ended" and result.negotiation_id in open_rooms:
                     open_rooms.discard(result.negotiation_id)
+                    if waiting:
+                        await broker.open(waiting.pop())
                     if not open_rooms:
                         break
             if grader is not None:

@@ -80,6 +80,10 @@ from mams.telemetry import init_sentry, report
 
 _json = msgspec.json.Encoder(decimal_format="number")
 LLM_ROUND_TIMEOUT = 120.0
+# Rooms a run with LLM agents opens at once by default: each round of a room asks the
+# model 1 + S times, and MAMS_LLM_CONCURRENCY (default 8) calls run at a time; 20 rooms of
+# 3 sellers keep a round's wait for the model well inside LLM_ROUND_TIMEOUT.
+LLM_ROOMS_AT_ONCE = 20
 
 
 class UsageError(MamsError):
@@ -148,6 +152,8 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
     if args.runs < 1:
         raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.rooms_at_once is not None and args.rooms_at_once < 1:
+        raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
     if args.runs > 1 and args.processes:
         raise UsageError(
             "--runs with --processes is not supported yet: run `mams run --processes` once "
@@ -213,6 +219,11 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         if args.runs > 1:
             base = options.seed or 0
             out.print(f"[dim]runs:[/dim] {args.runs} (seeds {base}..{base + args.runs - 1})")
+        at_once = args.rooms_at_once
+        if at_once is None and labels != {BASELINE_LABEL}:
+            at_once = LLM_ROOMS_AT_ONCE
+        if at_once is not None and at_once < total:
+            out.print(f"[dim]rooms at once:[/dim] {at_once} of {total}, the next as one ends")
         progress = RunProgress(out, total) if not transcript else None
 
         def on_opened(rooms: list[RoomResult]) -> None:
@@ -251,6 +262,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                     if progress is not None
                     else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
                     runs=args.runs,
+                    max_open=at_once,
                 )
         flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()
@@ -543,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="negotiate every item N times at once, run r with seed + r (default 1)",
+    )
+    run.add_argument(
+        "--rooms-at-once",
+        type=int,
+        metavar="N",
+        help=f"open at most N rooms at a time, the next as one ends (default: all; "
+        f"{LLM_ROOMS_AT_ONCE} when any agent is an LLM, so rounds do not time out waiting "
+        "for the model)",
     )
     run.add_argument(
         "--transcript",

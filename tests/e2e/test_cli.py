@@ -401,14 +401,20 @@ def test_runs_negotiate_each_item_n_times_with_seeds_in_a_row(
     assert "Outcomes by item" in proc.stdout
     assert "negotiation " not in proc.stdout
     assert "[iPhone 15 case]" not in proc.stdout
-    # ...unless asked for.
-    proc = ok(cli("run", str(scenario_file), "--runs", "3", "--max-rounds", "6", "--transcript"))
+    # ...unless asked for; and at most 4 rooms at a time, if asked.
+    proc = ok(
+        cli(
+            "run", str(scenario_file), "--runs", "3", "--max-rounds", "6", "--transcript",
+            "--rooms-at-once", "4",
+        )
+    )  # fmt: skip
     assert proc.stdout.count("negotiation ") >= 9
+    assert "rooms at once: 4 of 9" in proc.stdout
     # Bad counts exit 2.
-    for bad in (("--runs", "0"), ("--runs", "2", "--processes")):
+    for bad in (("--runs", "0"), ("--runs", "2", "--processes"), ("--rooms-at-once", "0")):
         proc = cli("run", str(scenario_file), *bad)
         assert proc.returncode == 2
-        assert "--runs" in proc.stderr
+        assert bad[0] in proc.stderr
 
 
 # -- 2. replay -------------------------------------------------------------------------------

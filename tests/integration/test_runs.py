@@ -1,0 +1,57 @@
+"""Several runs of a scenario in one market, and a cap on the rooms open at once."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from mams.actors.market import RunOptions, run_market, run_seeds
+from mams.bus.base import Bus
+from mams.bus.memory import InMemoryBus
+from mams.domain.events import Event, NegotiationEnded, NegotiationStarted
+from mams.domain.negotiation import NegotiationState
+from mams.storage.eventstore import InMemoryEventStore
+from tests.integration.scenarios import phone
+
+
+def test_run_r_has_seed_plus_r() -> None:
+    assert run_seeds(RunOptions(seed=7), 1) == [RunOptions(seed=7)]
+    assert [o.seed for o in run_seeds(RunOptions(seed=7), 3)] == [7, 8, 9]
+    assert [o.seed for o in run_seeds(RunOptions(), 2)] == [0, 1]
+
+
+@pytest.mark.parametrize(("max_open", "peak"), [(2, 2), (None, 6)])
+async def test_runs_open_at_most_max_open_rooms_at_once(max_open: int | None, peak: int) -> None:
+    scenario = phone()
+    bus = InMemoryBus()
+    open_now: set[uuid.UUID] = set()
+    seen_peak = 0
+
+    async def connect(name: str) -> Bus:
+        return bus
+
+    def on_event(nid: uuid.UUID, seq: int, event: Event, state: NegotiationState) -> None:
+        nonlocal seen_peak
+        if isinstance(event, NegotiationStarted):
+            open_now.add(nid)
+            seen_peak = max(seen_peak, len(open_now))
+        elif isinstance(event, NegotiationEnded):
+            open_now.discard(nid)
+
+    rooms = await run_market(
+        scenario,
+        uuid.uuid4(),
+        scenario.buyer.items,
+        connect=connect,
+        store=InMemoryEventStore(),
+        options=RunOptions(seed=1, max_rounds=6, round_timeout=10),
+        on_event=on_event,
+        runs=3,
+        max_open=max_open,
+    )
+    assert seen_peak == peak
+    assert len(rooms) == 3 * len(scenario.buyer.items) == 6
+    assert all(r.state.phase == "ended" and r.state.ended is not None for r in rooms)
+    assert [r.state.started.seed for r in rooms if r.state.started] == [1, 1, 2, 2, 3, 3]
+    assert [r.item_name for r in rooms[:2]] == [i.item_name for i in scenario.buyer.items]
