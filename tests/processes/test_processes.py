@@ -131,7 +131,8 @@ async def test_run_processes_json(procs: Cast, scenario_file: Path) -> None:
     assert isinstance(doc["brain"], str)
     assert doc["brain"]
     [n] = doc["negotiations"]
-    assert set(n) == {"negotiation_id", "item", "status", "outcome", "flags"}
+    assert set(n) == {"negotiation_id", "item", "seed", "status", "outcome", "flags"}
+    assert n["seed"] == 7
     assert n["flags"] == {}, "baseline brains neither hallucinate nor leak"
     UUID(n["negotiation_id"])
     assert n["item"] == "USB-C cable"
