@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from uuid import UUID
 
@@ -203,13 +203,15 @@ async def run_market(
     on_flag: OnFlag | None = None,
     runs: int = 1,
     max_open: int | None = None,
+    skip: Collection[tuple[str, int | None]] = (),
 ) -> list[RoomResult]:
     """Run every item's negotiation concurrently; return when all have ended.
 
     With `runs` > 1, each item is negotiated that many times, all at once, in rooms of
     their own; run r (from 0) has seed `options.seed + r` (0 + r without a seed), so the
     runs differ and each can be rerun alone. Rooms come back run by run, items in order.
-    With `max_open`, at most that many rooms are open at once (`run_rooms`).
+    With `max_open`, at most that many rooms are open at once (`run_rooms`). Rooms whose
+    (item name, seed) is in `skip` are left out (those a study already completed).
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
@@ -230,6 +232,7 @@ async def run_market(
             )
             for run_options in run_seeds(options, runs)
             for item in items
+            if (item.item_name, run_options.seed) not in skip
         ]
         return await run_rooms(
             starts,
@@ -271,6 +274,8 @@ async def run_rooms(
     """
     if max_open is not None and max_open < 1:
         raise ValueError(f"max_open must be at least 1, got {max_open}")
+    if not starts:
+        return []
     subjects = subjects or Subjects(prefix=market_prefix())
     rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
     by_id = {r.negotiation_id: r for r in rooms}

@@ -35,6 +35,7 @@ from mams.actors.market import (
     prepare_brains,
     resolve_models,
     run_market,
+    run_seeds,
 )
 from mams.actors.monitor import grade_stored, stored_flags
 from mams.analyze import add_parsers as add_analyze_parsers
@@ -152,11 +153,17 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
     if args.runs < 1:
         raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.resume and not args.session:
+        raise UsageError(
+            "--resume needs --session SESSION_ID: the study to complete (`mams sessions` "
+            "lists them)"
+        )
     if args.rooms_at_once is not None and args.rooms_at_once < 1:
         raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
-    if args.runs > 1 and args.processes:
+    if args.processes and (args.runs > 1 or args.resume):
+        flag = "--runs" if args.runs > 1 else "--resume"
         raise UsageError(
-            "--runs with --processes is not supported yet: run `mams run --processes` once "
+            f"{flag} with --processes is not supported yet: run `mams run --processes` once "
             "per run, with --seed"
         )
     # Validate the file before touching any server: a bad scenario writes nothing.
@@ -194,6 +201,14 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             models = resolve_models(scenario, options)
             if new:
                 await save_session(conn, session_id, scenario)
+            done: set[tuple[str, int | None]] = set()
+            if args.resume:
+                rows = await conn.fetch(
+                    "SELECT item_name, seed FROM negotiation_runs "
+                    "WHERE session_id = $1 AND status = 'completed'",
+                    session_id,
+                )
+                done = {(r["item_name"], r["seed"]) for r in rows}
         labels = {brain_label(m) for m in models.values()}
         if args.round_timeout is None and labels != {BASELINE_LABEL}:
             # Models take seconds per call, and a repair round doubles that.
@@ -214,7 +229,20 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
         tags: dict[UUID, Any] = {}
         renderers: dict[UUID, Renderer] = {}
-        total = len(items) * args.runs
+        planned = [
+            (item.item_name, run.seed) for run in run_seeds(options, args.runs) for item in items
+        ]
+        total = sum(room not in done for room in planned)
+        if args.resume:
+            out.print(
+                f"[dim]resuming:[/dim] {len(planned) - total} of {len(planned)} rooms already "
+                f"completed in this session; {total} to run"
+            )
+            if total == 0:
+                out.print("nothing to run: every room of these runs is done")
+                if args.json:
+                    _dump({"session_id": str(session_id), "brain": brain, "negotiations": []})
+                return 0
         transcript = args.transcript or total <= TRANSCRIPT_ROOMS
         if args.runs > 1:
             base = options.seed or 0
@@ -263,6 +291,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                     else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
                     runs=args.runs,
                     max_open=at_once,
+                    skip=done,
                 )
         flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()
@@ -555,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="negotiate every item N times at once, run r with seed + r (default 1)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --session: leave out the rooms (item and seed) this session already "
+        "completed, so an interrupted study runs only what is missing",
     )
     run.add_argument(
         "--rooms-at-once",

@@ -743,3 +743,28 @@ def test_help(tmp_path: Path) -> None:
     version = ok(mams("--version", env=env, cwd=tmp_path))
     assert version.stdout.startswith("mams ")
     assert mams(env=env, cwd=tmp_path).returncode == 2
+
+
+def test_resume_runs_only_the_rooms_a_session_has_not_completed(
+    cli: Cli, scenario_file: Path
+) -> None:
+    first = cli.json("run", str(scenario_file), "--runs", "2", "--seed", "5", "--max-rounds", "6")
+    session = first["session_id"]
+    # The study was meant to be 4 runs: the 2 done are left out, seeds 7 and 8 run.
+    args = ("run", "--session", session, "--runs", "4", "--seed", "5", "--max-rounds", "6")
+    proc = ok(cli(*args, "--resume", "--json"))
+    doc = one_json_object(proc.stdout)
+    assert doc["session_id"] == session
+    assert sorted({n["seed"] for n in doc["negotiations"]}) == [7, 8]
+    assert len(doc["negotiations"]) == 2 * len({n["item"] for n in first["negotiations"]})
+    assert "resuming: 6 of 12 rooms already completed in this session; 6 to run" in proc.stderr
+    # Nothing left: says so, runs nothing, exits 0.
+    proc = ok(cli(*args, "--resume", "--json"))
+    assert one_json_object(proc.stdout)["negotiations"] == []
+    assert "nothing to run" in proc.stderr
+    # --resume completes a stored session only; not with --processes.
+    resume_processes = ("run", "--session", session, "--resume", "--processes")
+    for bad in (("run", str(scenario_file), "--resume"), resume_processes):
+        proc = cli(*bad)
+        assert proc.returncode == 2
+        assert "--resume" in proc.stderr

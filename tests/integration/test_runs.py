@@ -55,3 +55,40 @@ async def test_runs_open_at_most_max_open_rooms_at_once(max_open: int | None, pe
     assert all(r.state.phase == "ended" and r.state.ended is not None for r in rooms)
     assert [r.state.started.seed for r in rooms if r.state.started] == [1, 1, 2, 2, 3, 3]
     assert [r.item_name for r in rooms[:2]] == [i.item_name for i in scenario.buyer.items]
+
+
+async def test_rooms_a_study_completed_are_skipped() -> None:
+    scenario = phone()
+    bus = InMemoryBus()
+
+    async def connect(name: str) -> Bus:
+        return bus
+
+    first, second = (i.item_name for i in scenario.buyer.items)
+    rooms = await run_market(
+        scenario,
+        uuid.uuid4(),
+        scenario.buyer.items,
+        connect=connect,
+        store=InMemoryEventStore(),
+        options=RunOptions(seed=1, max_rounds=6, round_timeout=10),
+        runs=2,
+        skip={(first, 1), (second, 2), ("not an item", 1)},
+    )
+    assert [(r.item_name, r.state.started.seed if r.state.started else None) for r in rooms] == [
+        (second, 1),
+        (first, 2),
+    ]
+    # Everything skipped: nothing runs, nothing hangs.
+    assert (
+        await run_market(
+            scenario,
+            uuid.uuid4(),
+            scenario.buyer.items[:1],
+            connect=connect,
+            store=InMemoryEventStore(),
+            options=RunOptions(seed=1),
+            skip={(first, None), (first, 1)},
+        )
+        == []
+    )
