@@ -66,7 +66,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from mams.audit import _resolve
+from mams.audit import resolve_negotiation
 from mams.domain.analysis import NegotiationAnalysis, analyze
 from mams.domain.errors import ConfigError
 from mams.domain.events import (
@@ -172,7 +172,7 @@ async def cmd_analyze(args: argparse.Namespace, out: Console) -> int:
 
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
-            nid = await _resolve(conn, args.negotiation_id)
+            nid = await resolve_negotiation(conn, args.negotiation_id)
         events, times = await load_negotiation(srv.store, nid)
         observed = await load_observations(srv.store, nid)
         fresh = check(events)

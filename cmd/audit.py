@@ -148,7 +148,9 @@ def _dump(obj: object) -> None:
     sys.stdout.flush()
 
 
-async def _resolve(conn: Any, text: str) -> UUID:
+async def resolve_negotiation(conn: Any, text: str) -> UUID:
+    """A negotiation id from an id or a unique prefix of one (at least 4 characters);
+    anything else is bad input, saying where to look."""
     try:
         return UUID(text)
     except ValueError:
@@ -200,7 +202,7 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                         logged.add(sid)
                         ids.append(sid)
             else:
-                nid = await _resolve(conn, args.negotiation_id)
+                nid = await resolve_negotiation(conn, args.negotiation_id)
                 runs = await conn.fetch(
                     "SELECT negotiation_id, status <> 'running' AS finished "
                     "FROM negotiation_runs WHERE negotiation_id = $1",
@@ -365,7 +367,7 @@ async def cmd_export(args: argparse.Namespace, out: Console) -> int:
                 ids = [sid for r in runs for sid in _with_companion(r["negotiation_id"])]
                 what = f"session {session}"
             else:
-                nid = await _resolve(conn, args.negotiation_id)
+                nid = await resolve_negotiation(conn, args.negotiation_id)
                 ids = _with_companion(nid)
                 what = f"negotiation {nid}"
         async with _archive(args.output) as write:

@@ -41,7 +41,7 @@ from mams.actors.monitor import grade_stored, stored_flags
 from mams.analyze import add_parsers as add_analyze_parsers
 from mams.analyze import cmd_analyze
 from mams.audit import add_parsers as add_audit_parsers
-from mams.audit import cmd_audit, cmd_export, cmd_import
+from mams.audit import cmd_audit, cmd_export, cmd_import, resolve_negotiation
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.cli_render import (
@@ -71,7 +71,6 @@ from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
 from mams.storage.readmodels import (
-    find_negotiation,
     list_runs,
     list_sessions,
     load_session,
@@ -389,23 +388,10 @@ def _parse_uuid(text: str, what: str) -> UUID:
         ) from None
 
 
-async def _resolve_negotiation(conn: Any, text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        pass
-    matches = await find_negotiation(conn, text) if len(text) >= 4 else []
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise UsageError(f"{text!r} matches several negotiations; give more characters")
-    raise UsageError(f"no negotiation {text!r}; `mams negotiations` lists them")
-
-
 async def cmd_replay(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
-            nid = await _resolve_negotiation(conn, args.negotiation_id)
+            nid = await resolve_negotiation(conn, args.negotiation_id)
         stored = await srv.store.read(nid)
     if not stored:
         raise UsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
@@ -440,7 +426,7 @@ async def cmd_rerun(args: argparse.Namespace, out: Console) -> int:
 
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
-            nid = await _resolve_negotiation(conn, args.negotiation_id)
+            nid = await resolve_negotiation(conn, args.negotiation_id)
         stored = await srv.store.read(nid)
     if not stored:
         raise UsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
