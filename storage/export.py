@@ -8,7 +8,8 @@ One JSON object per line, one line per event, in seq order:
 
 Import (`Archive`) reads a file twice, a line at a time, so it never holds it whole: the
 first pass checks every stream's chain, the second re-appends the events through an
-EventStore (which recomputes the chain), a batch of whole streams per transaction. It
+EventStore (which recomputes the chain), a batch of whole streams per transaction, reading
+the next batch in a worker thread while up to two commit. It
 refuses a file whose own chain does not verify and a stream the target log holds with
 other events, before writing anything (one it holds with the same head is skipped, so an
 interrupted import can be run again); after appending it checks the recomputed hashes
@@ -26,12 +27,15 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+import anyio
+import anyio.to_thread
 import msgspec
 
 from mams.storage.audit import check_link
@@ -243,34 +247,55 @@ async def import_scanned(
     todo = {sid: info for sid, info in streams.items() if sid not in result.heads}
     if todo and before_append is not None:
         await before_append({sid: info.first for sid, info in todo.items()})
-    done_streams, done_events = len(result.identical), 0
     if not todo:
         return result  # no need to read the file again
-    pending: dict[UUID, list[StoredEvent]] = {}  # streams still being read
-    ready: list[list[StoredEvent]] = []  # whole streams, for the next batch
-    ready_events = 0
+    done = [len(result.identical), 0]  # streams, events
 
-    async def flush() -> None:
-        nonlocal ready, ready_events, done_streams, done_events
-        await _append_verified(store, ready, result)
-        done_streams += len(ready)
-        done_events += ready_events
-        ready, ready_events = [], 0
+    async def commit(group: list[list[StoredEvent]], slots: anyio.Semaphore) -> None:
+        try:
+            await _append_verified(store, group, result)
+        finally:
+            slots.release()
+        done[0] += len(group)
+        done[1] += sum(len(evs) for evs in group)
         if on_progress is not None:
-            on_progress(done_streams, done_events)
+            on_progress(done[0], done[1])
 
-    for e in archive.events(todo):
+    # The file is read in a worker thread while up to two batches commit, so reading,
+    # the store's hashing and the database's work overlap.
+    groups = _whole_streams(archive.events(todo), todo, batch)
+    try:
+        async with anyio.create_task_group() as tg:
+            slots = anyio.Semaphore(2)
+            while (group := await anyio.to_thread.run_sync(next, groups, None)) is not None:
+                await slots.acquire()
+                tg.start_soon(commit, group, slots)
+    except BaseExceptionGroup as group_error:  # a batch failed: its own error, as itself
+        raise group_error.exceptions[0] from None
+    result.appended = {sid: result.appended[sid] for sid in todo if sid in result.appended}
+    return result
+
+
+def _whole_streams(
+    events: Iterable[StoredEvent], todo: Mapping[UUID, _Stream], size: int
+) -> Iterator[list[list[StoredEvent]]]:
+    """`events` gathered into whole streams, and those into groups of up to `size` events
+    (a longer stream goes alone)."""
+    pending: dict[UUID, list[StoredEvent]] = {}  # streams still being read
+    ready: list[list[StoredEvent]] = []
+    ready_events = 0
+    for e in events:
         evs = pending.setdefault(e.stream_id, [])
         evs.append(e)
         if len(evs) == todo[e.stream_id].events:  # the stream is whole
             del pending[e.stream_id]
-            if ready and ready_events + len(evs) > batch:
-                await flush()
+            if ready and ready_events + len(evs) > size:
+                yield ready
+                ready, ready_events = [], 0
             ready.append(evs)
             ready_events += len(evs)
     if ready:
-        await flush()
-    return result
+        yield ready
 
 
 async def _append_verified(
