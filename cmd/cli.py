@@ -682,7 +682,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         code = 2
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted: open negotiations were recorded as aborted[/yellow]")
+        # Only an in-process run holds rooms it must close; other commands just stop.
+        aborted = ": open negotiations were recorded as aborted" if args.command == "run" else ""
+        err.print(f"[yellow]interrupted{aborted}[/yellow]")
         code = 130
     except MamsError as exc:
         report(exc)

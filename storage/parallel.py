@@ -17,8 +17,11 @@ calling `map_streams` with `jobs` > 1 keeps its top-level work under
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +29,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
+import structlog
 
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, PostgresEventStore
@@ -38,8 +42,10 @@ CHUNK = 200  # streams per read: ~20,000 events of 100-event negotiations
 MAX_JOBS = 8
 # Below this many streams, starting processes (each imports MAMS: ~0.6 s) costs about
 # what it saves (measured with bench/audit.py: 1000 streams took 1.9 s either way, 2000
-# took 3.9 s in one process and 2.7 s in two).
-PARALLEL_FROM = 8 * CHUNK
+# took 3.9 s in one process and 2.7 s in two). MAMS_PARALLEL_FROM, a whole number,
+# overrides it (the CLI tests set 0 to run small logs through real workers).
+_parallel_from = os.environ.get("MAMS_PARALLEL_FROM", "")
+PARALLEL_FROM = int(_parallel_from) if _parallel_from.isdigit() else 8 * CHUNK
 
 _encode = msgspec.msgpack.Encoder()
 
@@ -112,6 +118,14 @@ _store: PostgresEventStore | None = None
 
 def _start_worker(dsn: str) -> None:
     global _loop, _store
+    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker just
+    # stops (no traceback of its own). Whatever a worker logs goes to stderr, warnings
+    # and up only: stdout may be carrying a command's JSON.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
     _loop = asyncio.new_event_loop()
     pool = _loop.run_until_complete(create_pool(dsn, min_size=1, max_size=1))
     _store = PostgresEventStore(pool, dsn=dsn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import anyio
@@ -276,3 +277,32 @@ async def test_a_saved_audit_pins_the_log_against_whole_runs_deleted(
     assert proc.returncode == 2
     assert "is not the output of `mams audit --all --json`" in proc.stderr
     assert mams("audit", "--all", "--against", str(tmp_path / "none.json")).returncode == 2
+
+
+async def test_audit_and_report_in_worker_processes_keep_stdout_json(
+    market: Market, database_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """The CLI's own worker path (spawned from the `mams` script) on a small log: the
+    same results as in one process, and stdout still exactly one JSON object."""
+
+    def mams(*args: str, parallel_from: str) -> dict[str, Any]:
+        env = base_env(tmp_path / "data")
+        env["DATABASE_URL"] = schema_dsn(database_url, pg_schema)
+        env["MAMS_PARALLEL_FROM"] = parallel_from
+        proc = subprocess.run(
+            [*mams_command(), *args, "--json"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return one_json_object(proc.stdout)
+
+    for command in (("audit", "--all"), ("report", "--no-plots")):
+        in_workers = mams(*command, "--jobs", "2", parallel_from="0")
+        here = mams(*command, "--jobs", "1", parallel_from="0")
+        assert in_workers == here
+    assert len(in_workers["rooms"]) == len(market.rooms)
