@@ -18,10 +18,16 @@ pytestmark = pytest.mark.e2e
 
 
 def run(
-    *args: str, database_url: str, schema: str, tmp_path: Path, stdin: str | None = None
+    *args: str,
+    database_url: str,
+    schema: str,
+    tmp_path: Path,
+    stdin: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = base_env(tmp_path / "data")
     env["DATABASE_URL"] = schema_dsn(database_url, schema)
+    env.update(extra_env or {})
     return subprocess.run(
         [*mams_command(), *args],
         env=env,
@@ -286,17 +292,13 @@ async def test_audit_and_report_in_worker_processes_keep_stdout_json(
     same results as in one process, and stdout still exactly one JSON object."""
 
     def mams(*args: str, parallel_from: str) -> dict[str, Any]:
-        env = base_env(tmp_path / "data")
-        env["DATABASE_URL"] = schema_dsn(database_url, pg_schema)
-        env["MAMS_PARALLEL_FROM"] = parallel_from
-        proc = subprocess.run(
-            [*mams_command(), *args, "--json"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        proc = run(
+            *args,
+            "--json",
+            database_url=database_url,
+            schema=pg_schema,
+            tmp_path=tmp_path,
+            extra_env={"MAMS_PARALLEL_FROM": parallel_from},
         )
         assert proc.returncode == 0, proc.stderr
         return one_json_object(proc.stdout)
