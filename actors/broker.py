@@ -160,6 +160,7 @@ class _RefusedError(Exception):
         super().__init__(reason)
 
 
+MAX_RUNS = 10_000  # runs one open_rooms may ask for
 _MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS permits them)
 
 
@@ -531,6 +532,8 @@ class Broker:
             )
         if request.max_rounds < 2 or request.round_timeout <= 0:
             raise _RefusedError("max_rounds must be at least 2 and round_timeout positive")
+        if not 1 <= request.runs <= MAX_RUNS:
+            raise _RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
         session_id = request.session_id
         if request.scenario is not None:
             try:
@@ -558,35 +561,39 @@ class Broker:
         if request.scenario is not None:
             await self.sessions.save(session_id, scenario)
         assert session_id is not None
-        options = RoomOptions(
-            max_rounds=request.max_rounds, seed=request.seed, round_timeout=request.round_timeout
-        )
         labels = {
             a: self.brains.get(a, "unannounced")
             for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
         }
         batches: list[_Batch] = []
         ids: list[UUID] = []
+        names: list[str] = []
         index = stock_index(scenario)
-        for item in items:
-            started = opening(
-                scenario,
-                session_id,
-                item,
-                options,
-                labels,
-                None,
-                index.get(item_key(item.item_name), ()),
+        for run in range(request.runs):
+            seed = request.seed if request.runs == 1 else (request.seed or 0) + run
+            options = RoomOptions(
+                max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
             )
-            ids.append(started.negotiation_id)
-            batch = self._apply(started.negotiation_id, Open(started=started))
-            if batch is not None:
-                batches.append(batch)
+            for item in items:
+                started = opening(
+                    scenario,
+                    session_id,
+                    item,
+                    options,
+                    labels,
+                    None,
+                    index.get(item_key(item.item_name), ()),
+                )
+                ids.append(started.negotiation_id)
+                names.append(item.item_name)
+                batch = self._apply(started.negotiation_id, Open(started=started))
+                if batch is not None:
+                    batches.append(batch)
         reply = RoomsOpened(
             request_id=request.request_id,
             session_id=session_id,
             negotiation_ids=tuple(ids),
-            items=tuple(i.item_name for i in items),
+            items=tuple(names),
         )
         log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(ids))
         return [*batches, self._deliver_only([(agent, reply)])]

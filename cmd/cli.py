@@ -159,11 +159,11 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         )
     if args.rooms_at_once is not None and args.rooms_at_once < 1:
         raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
-    if args.processes and (args.runs > 1 or args.resume):
-        flag = "--runs" if args.runs > 1 else "--resume"
+    if args.processes and (args.resume or args.rooms_at_once is not None):
+        flag = "--resume" if args.resume else "--rooms-at-once"
         raise UsageError(
-            f"{flag} with --processes is not supported yet: run `mams run --processes` once "
-            "per run, with --seed"
+            f"{flag} with --processes is not supported yet (the buyer process opens every "
+            "room at once); run it without --processes"
         )
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None

@@ -272,6 +272,8 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     buyer process left), negotiate them, print the outcomes, exit."""
     if bool(args.scenario) == bool(args.session):
         raise ConfigError("give --scenario FILE or --session SESSION_ID (one of them)")
+    if args.runs < 1:
+        raise ConfigError(f"--runs must be at least 1, got {args.runs}")
     resuming = bool(args.resume)
     scenario = load_scenario(Path(args.scenario)) if args.scenario else None
     model = args.model or (scenario.buyer.model if scenario else "auto")
@@ -344,6 +346,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         max_rounds=args.max_rounds,
         round_timeout=args.round_timeout,
         seed=args.seed,
+        runs=args.runs,
     )
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
@@ -442,6 +445,13 @@ def add_parsers(sub: Any) -> None:
     u.add_argument("--max-rounds", type=int, default=8)
     u.add_argument("--round-timeout", type=float, default=30.0)
     u.add_argument("--seed", type=int, default=None)
+    u.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="negotiate every item N times at once, run r with seed + r (default 1)",
+    )
     u.add_argument("--json", action="store_true")
     u.add_argument(
         "--resume",
@@ -566,6 +576,8 @@ async def supervise(
                 argv += ["--item", item]
             if args.seed is not None:
                 argv += ["--seed", str(args.seed)]
+            if args.runs > 1:
+                argv += ["--runs", str(args.runs)]
             if args.buyer_model:
                 argv += ["--model", args.buyer_model]
             buyer = await spawn("buyer", *argv)

@@ -139,7 +139,8 @@ class Welcome(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="welcome"
 
 
 class RoomsOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="rooms.opened"):
-    """To the buyer: the rooms its `open_rooms` request opened, one per item."""
+    """To the buyer: the rooms its `open_rooms` request opened, one per item and run;
+    `items[i]` is the item of `negotiation_ids[i]`."""
 
     request_id: UUID
     session_id: UUID
@@ -259,6 +260,8 @@ class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_r
 
     Either `session_id` names a stored session, or `scenario` carries the whole scenario
     (as its TOML/JSON mapping) to be stored as a new session. `items` empty means all.
+    With `runs` > 1, every item gets that many rooms, run r (from 0) seeded `seed` + r
+    (0 + r without a seed), as `mams run --runs` does.
     """
 
     request_id: UUID
@@ -268,6 +271,7 @@ class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_r
     max_rounds: int = 8
     round_timeout: float = 30.0
     seed: int | None = None
+    runs: int = 1
 
 
 OutboxMessage = BuyerTurn | SellerTurn | Hello | OpenRooms

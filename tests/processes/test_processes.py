@@ -149,6 +149,22 @@ async def test_run_processes_json(procs: Cast, scenario_file: Path) -> None:
     assert "process broker" in run.err()
 
 
+async def test_run_processes_runs_each_item_n_times(procs: Cast, scenario_file: Path) -> None:
+    """--runs through the buyer process: one open_rooms asking for 3 runs."""
+    run = procs.mams(
+        "run", "run", str(scenario_file), "--processes", "--json", "--seed", "7", "--runs", "3"
+    )
+    assert await run.wait() == 0, run.describe()
+    negs = one_json_object(run.out())["negotiations"]
+    assert sorted(n["seed"] for n in negs) == [7, 8, 9]
+    assert {n["item"] for n in negs} == {"USB-C cable"}
+    assert all(n["status"] == "completed" for n in negs)
+    assert len({n["negotiation_id"] for n in negs}) == 3
+    bad = procs.mams("bad-runs", "buyer", "--scenario", str(scenario_file), "--runs", "0")
+    assert await bad.wait() == 2
+    assert "--runs must be at least 1" in bad.err()
+
+
 # -- (b) -------------------------------------------------------------------------------------
 def normalised(events: list[Event]) -> list[Event]:
     """The log with the run's own ids (negotiation, session) zeroed; `compare` already
