@@ -6,16 +6,22 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import pytest
 
+from mams.actors.broker import MAX_RUNS
 from mams.actors.market import RoomResult, RunOptions, run_market, run_seeds
 from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
-from mams.domain.config import BuyerItem, Scenario
+from mams.bus.subjects import AgentId, Subjects
+from mams.domain.config import BuyerItem, Scenario, scenario_to_raw
 from mams.domain.events import Event, NegotiationEnded, NegotiationStarted
+from mams.domain.messages import OpenRooms, Rejected, RoomsOpened, decode_inbox
 from mams.domain.negotiation import NegotiationState
 from mams.storage.eventstore import InMemoryEventStore
+from tests.integration.helpers import broker_rig
 from tests.integration.scenarios import phone
+from tests.integration.test_broker_robustness import BUYER, Store
 
 
 async def in_memory(
@@ -79,3 +85,57 @@ async def test_rooms_a_study_completed_are_skipped() -> None:
     ]
     # Everything skipped: nothing runs, nothing hangs.
     assert await in_memory(scenario, scenario.buyer.items[:1], skip={(first, 1)}) == []
+
+
+class MemorySessions:
+    """A SessionStore in memory: what open_rooms stores and loads."""
+
+    def __init__(self) -> None:
+        self.saved: dict[uuid.UUID, Scenario] = {}
+
+    async def load(self, session_id: uuid.UUID) -> Scenario | None:
+        return self.saved.get(session_id)
+
+    async def save(self, session_id: uuid.UUID, scenario: Scenario) -> None:
+        self.saved[session_id] = scenario
+
+
+@pytest.mark.integration
+async def test_open_rooms_opens_every_run_of_every_item(
+    nats_url: str, pg_store: Store, subjects: Subjects
+) -> None:
+    _, store = pg_store
+    scenario = phone()
+    names = tuple(i.item_name for i in scenario.buyer.items)
+    with anyio.fail_after(30):
+        async with broker_rig(nats_url, store, subjects) as rig:
+            rig.broker.sessions = MemorySessions()
+            inbox = await rig.raw.subscribe(subjects.inbox(AgentId(BUYER)))
+
+            async def answer(request: OpenRooms) -> RoomsOpened | Rejected:
+                await rig.send(BUYER, request)
+                async for msg in inbox:
+                    m = decode_inbox(msg.data)
+                    if isinstance(m, RoomsOpened | Rejected) and m.request_id == request.request_id:
+                        return m
+                raise AssertionError("the inbox closed")
+
+            raw = scenario_to_raw(scenario)
+            opened = await answer(
+                OpenRooms(request_id=uuid.uuid4(), scenario=raw, seed=4, runs=3, max_rounds=4)
+            )
+            assert isinstance(opened, RoomsOpened)
+            assert opened.items == names * 3
+            assert len(set(opened.negotiation_ids)) == 3 * len(names)
+            seeds: dict[uuid.UUID, tuple[str, int | None]] = {}
+            while len(seeds) < len(opened.negotiation_ids):
+                started = await rig.wait_for(NegotiationStarted)
+                seeds[started.negotiation_id] = (started.item_name, started.seed)
+            assert [seeds[n] for n in opened.negotiation_ids] == [
+                (name, seed) for seed in (4, 5, 6) for name in names
+            ]
+            refused = await answer(
+                OpenRooms(request_id=uuid.uuid4(), scenario=raw, runs=MAX_RUNS + 1)
+            )
+            assert isinstance(refused, Rejected)
+            assert f"runs must be from 1 to {MAX_RUNS}" in refused.reason
