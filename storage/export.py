@@ -294,6 +294,11 @@ def _whole_streams(
                 ready, ready_events = [], 0
             ready.append(evs)
             ready_events += len(evs)
+    if pending:  # the first pass counted other lines than this one read
+        raise ArchiveImportError(
+            f"the file changed while it was being imported (stream {next(iter(pending))} "
+            "is not what the first reading saw); import it again"
+        )
     if ready:
         yield ready
 

@@ -26,7 +26,14 @@ from mams.domain.negotiation import replay
 from mams.storage.audit import Pin, audit_stream, log_digest
 from mams.storage.chain import GENESIS, link_hash
 from mams.storage.eventstore import InMemoryEventStore, PostgresEventStore
-from mams.storage.export import export_lines, import_events, parse_lines
+from mams.storage.export import (
+    Archive,
+    ArchiveImportError,
+    export_lines,
+    import_events,
+    import_scanned,
+    parse_lines,
+)
 from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.pg import open_store
 from tests.audit.conftest import Market
@@ -439,3 +446,12 @@ async def test_an_import_takes_interleaved_streams_but_not_a_stream_out_of_order
     with pytest.raises(Exception, match=r"broken at seq 3 \(seq\).*in seq order"):
         await import_events(empty, swapped)
     assert await empty.stream_ids() == []
+
+
+async def test_a_file_that_changes_between_the_two_readings_is_refused(market: Market) -> None:
+    events = await market.store.read(market.rooms[0].negotiation_id)
+    readings = [events, events[:-1]]  # the second reading lost the last line
+    archive = Archive(lambda: readings.pop(0))
+    archive.scan()
+    with pytest.raises(ArchiveImportError, match="the file changed while it was being imported"):
+        await import_scanned(InMemoryEventStore(), archive)
