@@ -223,7 +223,7 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                     f"no events for negotiation {ids[0]}; `mams negotiations` lists them"
                 )
         else:
-            jobs = args.jobs or default_jobs()
+            jobs, seen = args.jobs or default_jobs(), 0
             with _progress("auditing", len(ids)) as (progress, task):
                 async for chunk in audit_log(
                     srv.store,
@@ -235,7 +235,8 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                     pins=pins,
                 ):
                     reports += chunk
-                    progress.update(task, advance=len(chunk), events=sum(r.events for r in reports))
+                    seen += sum(r.events for r in chunk)
+                    progress.update(task, advance=len(chunk), events=seen)
     seconds = time.perf_counter() - started
     broken = [r for r in reports if not r.ok]
     listed = reports if (args.each or not args.all) else broken

@@ -247,15 +247,15 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             base = options.seed or 0
             out.print(f"[dim]runs:[/dim] {args.runs} (seeds {base}..{base + args.runs - 1})")
         at_once = args.rooms_at_once
-        if at_once is None and labels != {BASELINE_LABEL}:
+        if at_once is None and labels != {BASELINE_LABEL} and not args.processes:
             at_once = LLM_ROOMS_AT_ONCE
         if at_once is not None and at_once < total:
             out.print(f"[dim]rooms at once:[/dim] {at_once} of {total}, the next as one ends")
-        progress = RunProgress(out, total) if not transcript else None
+        # With --processes the buyer process prints what it hears; here nothing runs.
+        progress = None if transcript or args.processes else RunProgress(out, total)
 
         def on_opened(rooms: list[RoomResult]) -> None:
             if progress is not None:
-                progress.opened(rooms)
                 return
             for i, room in enumerate(rooms):
                 tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None

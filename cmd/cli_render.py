@@ -209,9 +209,6 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def opened(self, rooms: Sequence[object]) -> None:
-        """The rooms are open (nothing to show beyond the bar)."""
-
     def event(self, event: Event) -> None:
         """Count a committed event: an ended room moves the bar."""
         if isinstance(event, NegotiationEnded):
