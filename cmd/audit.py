@@ -209,7 +209,7 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
                     nid,
                 )
                 # Its companion stream of quality flags and reviews, when it has one.
-                ids = [nid, observation_stream_id(nid)]
+                ids = _with_companion(nid)
         finished = {r["negotiation_id"] for r in runs if r["finished"]}
         recorded = {r["negotiation_id"] for r in runs}
         if not args.all:

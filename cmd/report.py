@@ -49,16 +49,12 @@ from rich.table import Table
 
 from mams.analyze import AnalyzeUsageError, dump, merge_flags, negotiation_of
 from mams.domain.analysis import NegotiationAnalysis, analyze
-from mams.domain.events import (
-    AnalystReviewed,
-    QualityFlagged,
-    decode_observation,
-    observation_stream_id,
-)
+from mams.domain.events import AnalystReviewed, QualityFlagged, observation_stream_id
 from mams.domain.money import fmt
 from mams.domain.report import GroupRow, Report, build_report
 from mams.infra import servers
 from mams.storage.eventstore import EventStore
+from mams.storage.observations import observations_of
 from mams.storage.parallel import default_jobs, map_streams
 from mams.storage.readmodels import has_session
 
@@ -101,7 +97,7 @@ async def analyses_of(
     out: list[NegotiationAnalysis] = []
     for nid, companion in zip(ids, companions, strict=True):
         events, times = negotiation_of(nid, streams.get(nid, []))
-        observed = [decode_observation(row.data) for row in streams.get(companion, [])]
+        observed = observations_of(streams.get(companion, []))
         flags = merge_flags([o for o in observed if isinstance(o, QualityFlagged)], check(events))
         reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
         out.append(analyze(events, flags, reviews, times))

@@ -23,7 +23,7 @@ from mams.domain.events import (
 )
 from mams.storage.errors import ConcurrencyError
 from mams.storage.eventstore import EventStore
-from mams.storage.model import NewEvent
+from mams.storage.model import NewEvent, StoredEvent
 
 _RETRIES = 5
 
@@ -35,7 +35,11 @@ def observation_event_id(stream_id: UUID, data: bytes) -> UUID:
 
 async def load_observations(store: EventStore, negotiation_id: UUID) -> list[Observation]:
     """Every observation recorded for `negotiation_id`, in the order they were recorded."""
-    rows = await store.read(observation_stream_id(negotiation_id))
+    return observations_of(await store.read(observation_stream_id(negotiation_id)))
+
+
+def observations_of(rows: Sequence[StoredEvent]) -> list[Observation]:
+    """The observations of a companion stream's stored rows, in order."""
     return [decode_observation(row.data) for row in rows]
 
 
