@@ -177,6 +177,16 @@ class AgentActor:
                 self.buyer_views.setdefault(nid, open_buyer_view(message))
             case SellerRoomOpened() if self.role == "seller":
                 self.seller_views.setdefault(nid, open_seller_view(message, str(self.agent)))
+            case _ if nid not in self.buyer_views and nid not in self.seller_views:
+                # A line of a room whose opening has not reached us: it overtook our
+                # catch-up (we just joined, or restarted). Noted nowhere, so the copy the
+                # catch-up re-sends is taken as new and, if owed, answered.
+                self.log.info(
+                    "agent.message_before_room",
+                    negotiation_id=str(nid),
+                    kind=type(message).__name__,
+                )
+                return None
             case Recap(message=line) if not self._first(nid, line.message_id):
                 return None  # a line already folded (this agent did not restart)
             case Recap() if nid in self.buyer_views:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mams.actors.agent import AgentActor
-from mams.actors.brains.baseline import BaselineBuyer
+from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.bus.memory import InMemoryBus
 from mams.bus.subjects import Subjects
 from mams.domain.events import BuyerSaid, Event
@@ -90,3 +90,52 @@ def test_a_keepalive_re_sends_only_owed_turns_and_the_answers_the_buyer_decides_
             assert full == []
         elif agent == BUYER and state.phase != "buyer_turn":
             assert light == []
+
+
+def _seller(agent_id: str) -> AgentActor:
+    return AgentActor(InMemoryBus(), Subjects("catchup"), agent_id, BaselineSeller(), "seller")
+
+
+@given(st.data())
+def test_a_line_that_overtook_the_room_s_opening_is_answered_when_the_catch_up_re_sends_it(
+    data: st.DataObject,
+) -> None:
+    # A seller that has just joined (or restarted) can be handed the buyer's message
+    # before the catch-up that opens the room for it: the broker routed the buyer's turn
+    # before it took the seller's hello. The catch-up re-sends that message; the seller
+    # must answer it then, exactly as a seller that only got the catch-up would.
+    run = drive(data)
+    timeline = _timeline(run.events)
+    said = [k for k, e in enumerate(run.events) if isinstance(e, BuyerSaid)]
+    if not said:
+        return
+    k = data.draw(st.sampled_from(said), label="buyer message")
+    event = run.events[k]
+    assert isinstance(event, BuyerSaid)
+    state = timeline[k][0]
+    for agent_id in event.to:
+        overtaken = [m for a, m in route(state, event) if a == agent_id]
+        caught_up = [m for a, m in catch_up(state, agent_id, rejoin=True) if a == agent_id]
+        plain, overtook = _seller(agent_id), _seller(agent_id)
+        jobs_plain = [j for m in caught_up if (j := plain._receive(m)) is not None]
+        for message in overtaken:
+            assert overtook._receive(message) is None  # no room yet: nothing to act on
+        jobs = [j for m in caught_up if (j := overtook._receive(m)) is not None]
+        assert len(jobs_plain) == 1  # the message is owed an answer
+        assert len(jobs) == len(jobs_plain)
+        assert overtook.seller_views == plain.seller_views
+
+    # The buyer likewise: sellers' answers that overtook its room are taken from the
+    # catch-up as if they had never come.
+    i = data.draw(st.integers(0, len(run.events) - 1), label="buyer joins after")
+    state = timeline[i][0]
+    if state.phase == "ended":
+        return
+    plain, overtook = _buyer(), _buyer()
+    for message in timeline[i][1]:
+        overtook._receive(message)
+    for _, message in catch_up(state, BUYER, rejoin=True):
+        plain._receive(message)
+        overtook._receive(message)
+    assert overtook.buyer_views == plain.buyer_views
+    assert overtook.turns_taken == plain.turns_taken
