@@ -15,7 +15,11 @@ reaches before they go out.
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
 negotiation.ended, rebuilds each room's state with `replay`, continues its seq, and gives
-its current phase a fresh deadline (the full round_timeout from now). Agents that say
+its current phase a fresh deadline (the full round_timeout from now). With `leases`
+(`storage.leases`; `mams broker` and `mams run` pass them), a broker claims every room it
+opens before the room's first commit, and `resume()` takes only rooms whose broker is gone
+(its database connection ended), never those a live broker on the same database serves.
+Agents that say
 hello again are welcomed with their open rooms and caught up (`catch_up`: the room views,
 the sellers' answers to the buyer's last message, which a crash between commit and publish
 may have kept from the buyer, and the owed turns); the agent processes re-say hello every
@@ -98,6 +102,7 @@ from mams.domain.opening import RoomOptions, opening
 from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
+from mams.storage.leases import Leases
 from mams.storage.model import NewEvent
 
 log = structlog.get_logger("mams.broker")
@@ -148,7 +153,14 @@ class _Resync:
     (their last deliveries may never have gone out), or all after the bus reconnected."""
 
 
-_Item = tuple[UUID, Command] | _Control | _Resync
+@dataclass(frozen=True, slots=True)
+class _Forget:
+    """Stop serving these rooms: another broker took them over (`Leases.keep`)."""
+
+    rooms: list[UUID]
+
+
+_Item = tuple[UUID, Command] | _Control | _Resync | _Forget
 _CONTROL = (Hello, OpenRooms)
 
 
@@ -250,8 +262,12 @@ class Broker:
         sessions: SessionStore | None = None,
         abort_on_shutdown: bool = True,
         keep_ended: int = 1000,
+        leases: Leases | None = None,
     ) -> None:
         self.sessions = sessions
+        # With leases, every room opened here is claimed before its first commit, and
+        # resume() takes only rooms no live broker serves (storage.leases).
+        self.leases = leases
         self.abort_on_shutdown = abort_on_shutdown
         self.brains: dict[str, str] = {}  # agent id -> brain label, from hellos
         self._joined = anyio.Event()
@@ -315,10 +331,14 @@ class Broker:
         anything else: the crashed broker may have committed what it never published, and
         an agent must not take its next turn without it (repeats are folded once)."""
         streams = await self.store.stream_ids() if candidates is None else candidates
+        fresh = [nid for nid in streams if nid not in self.rooms]
+        if self.leases is not None:
+            ours = await self.leases.take_over(fresh)
+            if len(ours) < len(fresh):
+                log.info("broker.resume_left_to_live_brokers", rooms=len(fresh) - len(ours))
+            fresh = ours
         resumed: list[UUID] = []
-        for nid in streams:
-            if nid in self.rooms:
-                continue
+        for nid in fresh:
             stored = await self.store.read(nid)
             if not stored:
                 continue
@@ -351,6 +371,8 @@ class Broker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_bus, sub)
                 tg.start_soon(self._timers)
+                if self.leases is not None:
+                    tg.start_soon(self.leases.keep, self.running, self._forget)
                 for lane in self._lanes:
                     tg.start_soon(self._write_loop, lane)
                 task_status.started()
@@ -424,6 +446,10 @@ class Broker:
             if isinstance(item, _Resync):
                 await self._enqueue(self._redeliver())
                 continue
+            if isinstance(item, _Forget):
+                for nid in item.rooms:
+                    self.rooms.pop(nid, None)  # its deadlines find no room and pass
+                continue
             nid, command = item
             batch = self._apply(nid, command)
             if batch is not None:
@@ -437,6 +463,10 @@ class Broker:
             barrier = _Barrier(batch, waiting=len(lanes))
             for lane in lanes:
                 await put(lane.send, barrier)
+
+    async def _forget(self, rooms: list[UUID]) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._commands[0].send(_Forget(rooms))
 
     async def _control(self, item: _Control) -> list[_Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
@@ -743,6 +773,8 @@ class Broker:
                 batches, prepared = staged
                 lane.inflight, lane.preparing = batches, []
                 lane.free = anyio.Event()
+                if self.leases is not None:
+                    await self._claim(batches)
                 if pipelined is None:
                     await self._retrying(partial(self.store.append, self._events(batches)))
                 elif prepared is not None:
@@ -775,6 +807,14 @@ class Broker:
                 lane.held = item
                 return
             batches.append(item)
+
+    async def _claim(self, batches: Sequence[_Batch]) -> None:
+        # Rooms opened in these batches become this broker's before their first commit,
+        # so no other broker's resume() ever takes a room this one is serving.
+        assert self.leases is not None
+        opened = [b.nid for b in batches if b.nid is not None and b.events and b.events[0].seq == 1]
+        if opened:
+            await self._retrying(partial(self.leases.claim, opened))
 
     @staticmethod
     def _events(batches: Sequence[_Batch]) -> list[NewEvent]:

@@ -37,6 +37,7 @@ from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
 from mams.domain.opening import RoomOptions, opening
 from mams.storage.eventstore import EventStore
+from mams.storage.leases import Leases
 
 log = structlog.get_logger("mams.market")
 
@@ -204,6 +205,8 @@ async def run_market(
     runs: int = 1,
     max_open: int | None = None,
     skip: Collection[tuple[str, int | None]] = (),
+    leases: Leases | None = None,
+    resume: Sequence[UUID] = (),
 ) -> list[RoomResult]:
     """Run every item's negotiation concurrently; return when all have ended.
 
@@ -212,6 +215,7 @@ async def run_market(
     runs differ and each can be rerun alone. Rooms come back run by run, items in order.
     With `max_open`, at most that many rooms are open at once (`run_rooms`). Rooms whose
     (item name, seed) is in `skip` are left out (those a study already completed).
+    `resume` and `leases`: see `run_rooms`.
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
@@ -245,6 +249,8 @@ async def run_market(
             monitor=options.monitor,
             on_flag=on_flag,
             max_open=max_open,
+            leases=leases,
+            resume=resume,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -263,6 +269,8 @@ async def run_rooms(
     monitor: bool = False,
     on_flag: OnFlag | None = None,
     max_open: int | None = None,
+    leases: Leases | None = None,
+    resume: Sequence[UUID] = (),
 ) -> list[RoomResult]:
     """Run these rooms with these brains (by agent id) until every room has ended.
 
@@ -271,16 +279,18 @@ async def run_rooms(
     `max_open`, at most that many rooms are open at once: the next opens as one ends
     (models serve a few calls at a time, and a round's deadline runs while its turns
     wait for them).
+
+    `resume` names rooms of the log to go on with (those of an interrupted run): the broker
+    takes over those that have not ended and whose broker is gone (`Broker.resume`; with
+    `leases`, never a room a live broker serves), and they come first among the rooms
+    returned, counted among the open ones. Their agents need brains here too. With
+    `leases`, the broker claims every room it opens (`storage.leases`).
     """
     if max_open is not None and max_open < 1:
         raise ValueError(f"max_open must be at least 1, got {max_open}")
-    if not starts:
+    if not starts and not resume:
         return []
     subjects = subjects or Subjects(prefix=market_prefix())
-    rooms = [RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts]
-    by_id = {r.negotiation_id: r for r in rooms}
-    buyers = {st.buyer.agent_id for st in starts}
-    sellers = list(dict.fromkeys(s.agent_id for st in starts for s in st.sellers))
     buses: list[Bus] = []
 
     async def bus_for(name: str) -> Bus:
@@ -289,6 +299,21 @@ async def run_rooms(
         return bus
 
     try:
+        broker = Broker(await bus_for("broker"), store, subjects, leases=leases)
+        resumed: list[RoomResult] = []
+        for nid in await broker.resume(resume) if resume else []:
+            state = broker.rooms[nid].state
+            assert state.started is not None  # resume() takes only rooms that started
+            resumed.append(RoomResult(nid, state.started.item_name, state))
+        if not starts and not resumed:
+            return []
+        cast = [r.state.started for r in resumed if r.state.started is not None] + list(starts)
+        rooms = resumed + [
+            RoomResult(negotiation_id=st.negotiation_id, item_name=st.item_name) for st in starts
+        ]
+        by_id = {r.negotiation_id: r for r in rooms}
+        buyers = {st.buyer.agent_id for st in cast}
+        sellers = list(dict.fromkeys(s.agent_id for st in cast for s in st.sellers))
         async with anyio.create_task_group() as tg:
             observer = await bus_for("observer")
             events_sub = await observer.subscribe(subjects.all_events(), max_pending=1_000_000)
@@ -302,7 +327,6 @@ async def run_rooms(
                     on_flag=on_flag,
                 )
                 await tg.start(grader.run)
-            broker = Broker(await bus_for("broker"), store, subjects)
             await tg.start(broker.run)
             for agent_id in sorted(buyers):
                 actor = AgentActor(
@@ -318,7 +342,8 @@ async def run_rooms(
             with anyio.fail_after(JOIN_TIMEOUT):
                 await broker.joined({*buyers, *sellers})
             waiting = list(reversed(starts))  # the next to open last
-            for _ in range(len(starts) if max_open is None else min(max_open, len(starts))):
+            room_for = len(starts) if max_open is None else max(0, max_open - len(resumed))
+            for _ in range(min(room_for, len(starts))):
                 await broker.open(waiting.pop())
             if on_opened is not None:
                 on_opened(rooms)

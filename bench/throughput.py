@@ -84,6 +84,7 @@ from mams.domain.messages import (
     decode_outbox,
 )
 from mams.storage.eventstore import PostgresEventStore, PreparedAppend
+from mams.storage.leases import PgLeases
 from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
@@ -538,10 +539,10 @@ async def broker_child(params: dict[str, object]) -> None:
     probe = Probe(anatomy=bool(params.get("anatomy")))
     bus = ProbeBus(await NatsBus.connect(nats_url, name="broker"), "broker", probe)
     lanes = params.get("lanes")
-    broker = (
-        Broker(bus, store, subjects)
-        if lanes is None
-        else Broker(bus, store, subjects, commit_lanes=int(str(lanes)))
+    # Leased as `mams broker` is: each commit that opens rooms claims them first.
+    leases = await PgLeases(pool, dsn).__aenter__()
+    broker = Broker(
+        bus, store, subjects, commit_lanes=2 if lanes is None else int(str(lanes)), leases=leases
     )
     options = RunOptions(seed=1, round_timeout=60)
     models = {a: BASELINE_MODEL for a in [sc.buyer.agent_id, *(s.agent_id for s in sc.sellers)]}
@@ -571,6 +572,7 @@ async def broker_child(params: dict[str, object]) -> None:
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - t0
         tg.cancel_scope.cancel()
+    await leases.close()
     await bus.close()
     await pool.close()
     times = {

@@ -15,6 +15,7 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -70,6 +71,7 @@ from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_m
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
+from mams.storage.leases import PgLeases, live_rooms
 from mams.storage.readmodels import (
     list_runs,
     list_sessions,
@@ -200,14 +202,14 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             models = resolve_models(scenario, options)
             if new:
                 await save_session(conn, session_id, scenario)
-            done: set[tuple[str, int | None]] = set()
-            if args.resume:
-                rows = await conn.fetch(
-                    "SELECT item_name, seed FROM negotiation_runs "
-                    "WHERE session_id = $1 AND status = 'completed'",
-                    session_id,
+            planned = [(i.item_name, r.seed) for r in run_seeds(options, args.runs) for i in items]
+            study = _Study() if not args.resume else await _study_of(conn, session_id, planned)
+            if study.elsewhere:
+                raise UsageError(
+                    f"{study.elsewhere} room(s) of session {session_id} are still being run "
+                    "by another live process (a mams run or mams broker on this database); "
+                    "let it finish or stop it, then run --resume again"
                 )
-                done = {(r["item_name"], r["seed"]) for r in rows}
         labels = {brain_label(m) for m in models.values()}
         if args.round_timeout is None and labels != {BASELINE_LABEL}:
             # Models take seconds per call, and a repair round doubles that.
@@ -228,15 +230,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
         tags: dict[UUID, Any] = {}
         renderers: dict[UUID, Renderer] = {}
-        planned = [
-            (item.item_name, run.seed) for run in run_seeds(options, args.runs) for item in items
-        ]
-        total = sum(room not in done for room in planned)
+        new_rooms = sum(room not in study.skip for room in planned)
+        total = new_rooms + len(study.interrupted)
         if args.resume:
-            out.print(
-                f"[dim]resuming:[/dim] {len(planned) - total} of {len(planned)} rooms already "
-                f"completed in this session; {total} to run"
-            )
+            out.print(f"[dim]resuming:[/dim] {study.describe(len(planned), new_rooms)}")
             if total == 0:
                 out.print("nothing to run: every room of these runs is done")
                 if args.json:
@@ -275,23 +272,26 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         if args.processes:
             rooms = await _run_as_processes(srv, scenario, session_id, items, args, out)
         else:
-            with progress if progress is not None else contextlib.nullcontext():
-                rooms = await run_market(
-                    scenario,
-                    session_id,
-                    items,
-                    connect=connect,
-                    store=srv.store,
-                    options=options,
-                    on_event=on_event,
-                    on_opened=on_opened,
-                    on_flag=None
-                    if progress is not None
-                    else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
-                    runs=args.runs,
-                    max_open=at_once,
-                    skip=done,
-                )
+            async with PgLeases(srv.pool, srv.dsn) as leases:
+                with progress if progress is not None else contextlib.nullcontext():
+                    rooms = await run_market(
+                        scenario,
+                        session_id,
+                        items,
+                        connect=connect,
+                        store=srv.store,
+                        options=options,
+                        on_event=on_event,
+                        on_opened=on_opened,
+                        on_flag=None
+                        if progress is not None
+                        else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
+                        runs=args.runs,
+                        max_open=at_once,
+                        skip=study.skip,
+                        leases=leases,
+                        resume=study.interrupted,
+                    )
         flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
     out.print()
     if args.runs == 1 and len(rooms) <= TABLE_ROOMS:
@@ -324,6 +324,45 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             }
         )
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Study:
+    """What `mams run --resume` finds of the rooms a session's study already has."""
+
+    completed: int = 0
+    interrupted: list[UUID] = field(default_factory=list)  # no live broker: go on with them
+    elsewhere: int = 0  # still run by a live broker (another mams run, a mams broker)
+    skip: set[tuple[str, int | None]] = field(default_factory=set)  # (item, seed) not to open
+
+    def describe(self, planned: int, new: int) -> str:
+        text = (
+            f"{self.completed} of {planned} rooms already completed in this session; "
+            f"{len(self.interrupted)} interrupted to go on with; {new} to open"
+        )
+        return text
+
+
+async def _study_of(conn: Any, session_id: UUID, planned: list[tuple[str, int | None]]) -> _Study:
+    """The rooms of these (item, seed) the session already has: completed ones are not run
+    again; running ones whose broker is gone (the run was killed) are gone on with from
+    their log; running ones a live broker serves are counted (`elsewhere`). Aborted ones
+    (Ctrl-C) are opened afresh."""
+    wanted = set(planned)
+    rows = await conn.fetch(
+        "SELECT negotiation_id, item_name, seed, status FROM negotiation_runs "
+        "WHERE session_id = $1 AND status IN ('completed', 'running') ORDER BY started_at",
+        session_id,
+    )
+    rows = [r for r in rows if (r["item_name"], r["seed"]) in wanted]
+    running = [r["negotiation_id"] for r in rows if r["status"] == "running"]
+    live = await live_rooms(conn, running)
+    return _Study(
+        completed=sum(r["status"] == "completed" for r in rows),
+        interrupted=[nid for nid in running if nid not in live],
+        elsewhere=len(live),
+        skip={(r["item_name"], r["seed"]) for r in rows},
+    )
 
 
 async def _quality(
@@ -512,7 +551,7 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
         table.add_row(
             str(r.negotiation_id),
             r.item_name,
-            r.status,
+            "interrupted" if r.interrupted else r.status,
             r.outcome or "-",
             r.seller or "-",
             f"{r.unit_price}" if r.unit_price is not None else "-",
@@ -520,6 +559,12 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
             r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table if rows else "no negotiations yet")
+    stopped = {r.session_id for r in rows if r.interrupted}
+    for sid in sorted(stopped, key=str):
+        out.print(
+            f"[dim]interrupted (their run was killed); go on with them:[/dim] "
+            f"mams run --session {sid} --resume [dim](with that run's --runs and --seed)[/dim]"
+        )
     return 0
 
 

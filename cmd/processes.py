@@ -15,6 +15,7 @@ they are welcomed again and caught up on their open rooms (repeats are deduped).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -53,6 +54,7 @@ from mams.domain.messages import (
 from mams.domain.money import fmt
 from mams.domain.transcript import describe_outcome
 from mams.infra import servers
+from mams.storage.leases import PgLeases
 from mams.storage.readmodels import load_session, save_session
 
 log = structlog.get_logger("mams.processes")
@@ -103,11 +105,12 @@ async def _serve(
     args: argparse.Namespace,
     out: Console,
     role: str,
-    build: Callable[[NatsBus, Any], Awaitable[tuple[Runner, str]]],
+    build: Callable[[NatsBus, Any, contextlib.AsyncExitStack], Awaitable[tuple[Runner, str]]],
     label: str = "",
 ) -> None:
     """Connect as `<market>-<role>`, build the actor (its run and a note for the ready
-    line), run it until SIGTERM/SIGINT, then close the connection."""
+    line; what it enters on the stack is left after the actor stops), run it until
+    SIGTERM/SIGINT, then close the connection."""
     if args.nats:
         os.environ["NATS_URL"] = args.nats
     durable = getattr(args, "durability", DURABLE) == DURABLE
@@ -115,19 +118,20 @@ async def _serve(
         assert srv.nats_url is not None
         bus = await NatsBus.connect(srv.nats_url, name=f"{args.market}-{role}")
         try:
-            run, note = await build(bus, srv)
-            async with anyio.create_task_group() as tg:
-                await tg.start(run)
-                relaxed = (
-                    "" if durable else " (durability relaxed: commits do not wait for the disk)"
-                )
-                out.print(
-                    f"{label or role} ready: market {args.market!r} on {redact_url(srv.nats_url)}"
-                    f"; {srv.db_note}{relaxed}{note}"
-                )
-                sys.stdout.flush()
-                await _until_signalled()
-                tg.cancel_scope.cancel()
+            async with contextlib.AsyncExitStack() as stack:
+                run, note = await build(bus, srv, stack)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(run)
+                    relaxed = (
+                        "" if durable else " (durability relaxed: commits do not wait for the disk)"
+                    )
+                    out.print(
+                        f"{label or role} ready: market {args.market!r} on "
+                        f"{redact_url(srv.nats_url)}; {srv.db_note}{relaxed}{note}"
+                    )
+                    sys.stdout.flush()
+                    await _until_signalled()
+                    tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.close()
@@ -146,7 +150,8 @@ def _lanes(text: str) -> int:
 async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
     """Serve a market until SIGTERM/SIGINT."""
 
-    async def build(bus: NatsBus, srv: Any) -> tuple[Runner, str]:
+    async def build(bus: NatsBus, srv: Any, stack: contextlib.AsyncExitStack) -> tuple[Runner, str]:
+        leases = await stack.enter_async_context(PgLeases(srv.pool, srv.dsn))
         broker = Broker(
             bus,
             srv.store,
@@ -154,6 +159,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             sessions=PgSessions(srv.pool),
             abort_on_shutdown=args.abort_on_exit,
             commit_lanes=args.commit_lanes,
+            leases=leases,
         )
         resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
         return broker.run, f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
@@ -166,7 +172,7 @@ async def cmd_monitor(args: argparse.Namespace, out: Console) -> int:
     """Grade every negotiation of a market live until SIGTERM/SIGINT (an observer)."""
     monitors: list[QualityMonitor] = []
 
-    async def build(bus: NatsBus, srv: Any) -> tuple[Runner, str]:
+    async def build(bus: NatsBus, srv: Any, stack: contextlib.AsyncExitStack) -> tuple[Runner, str]:
         subjects = Subjects(prefix=args.market)
         hook = galileo_hook(srv.store)
         monitors.append(QualityMonitor(bus, srv.store, subjects, on_ended=hook))

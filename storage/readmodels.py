@@ -205,6 +205,9 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     unit_price: Decimal | None
     quantity: int | None
     total: Decimal | None
+    # Running in the log with no live broker serving it (its run was killed): goes on
+    # with `mams run --session ID --resume` (or `mams broker`). False unless running.
+    interrupted: bool = False
 
 
 async def list_sessions(conn: Conn, *, limit: int = 50) -> list[SessionRow]:
@@ -232,7 +235,11 @@ async def list_runs(conn: Conn, *, session_id: UUID | None = None, limit: int = 
         """
         SELECT r.negotiation_id, r.session_id, r.item_name, r.status, r.brain, r.rounds,
                r.started_at, r.ended_at, o.type AS outcome, o.seller, o.unit_price,
-               o.quantity, o.total
+               o.quantity, o.total,
+               r.status = 'running' AND NOT EXISTS (
+                   SELECT 1 FROM room_owners w
+                   WHERE w.negotiation_id = r.negotiation_id AND mams_broker_alive(w.owner)
+               ) AS interrupted
         FROM negotiation_runs r LEFT JOIN outcomes o USING (negotiation_id)
         WHERE $1::uuid IS NULL OR r.session_id = $1
         ORDER BY r.started_at DESC, r.negotiation_id LIMIT $2

@@ -581,7 +581,9 @@ def test_sessions_and_negotiations_list_what_runs_stored(cli: Cli, scenario_file
             "unit_price",
             "quantity",
             "total",
+            "interrupted",
         }
+        assert row["interrupted"] is False  # ended, not left open by a killed run
         o = n["outcome"]
         assert row["session_id"] == session_id
         assert row["item_name"] == n["item"]
@@ -757,7 +759,10 @@ def test_resume_runs_only_the_rooms_a_session_has_not_completed(
     assert doc["session_id"] == session
     assert sorted({n["seed"] for n in doc["negotiations"]}) == [7, 8]
     assert len(doc["negotiations"]) == 2 * len({n["item"] for n in first["negotiations"]})
-    assert "resuming: 6 of 12 rooms already completed in this session; 6 to run" in proc.stderr
+    assert (
+        "resuming: 6 of 12 rooms already completed in this session; 0 interrupted to go on "
+        "with; 6 to open"
+    ) in flat(proc.stderr)
     # Nothing left: says so, runs nothing, exits 0.
     proc = ok(cli(*args, "--resume", "--json"))
     assert one_json_object(proc.stdout)["negotiations"] == []
