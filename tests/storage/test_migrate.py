@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "negotiation_runs",
     "messages",
     "outcomes",
+    "room_owners",
 }
 
 

@@ -126,7 +126,7 @@ async def test_migration_0006_sends_the_rows_0005_wrote_for_seller_replies_to_th
             ("alpha", ["alpha", "beta", "gamma"]),  # what 0005 wrote
         ]
         async with pool.acquire() as conn:
-            assert await migrate(conn) == ["0006_reply_recipients"]
+            assert (await migrate(conn))[0] == "0006_reply_recipients"
         await store.append(events[4:])
         fixed = await pool.fetch("SELECT sender, recipients FROM messages ORDER BY seq")
         assert [tuple(r.values()) for r in fixed] == [
