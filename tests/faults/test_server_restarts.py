@@ -148,6 +148,10 @@ async def test_postgres_restarted_mid_negotiation(
         await broker.wait_for("broker.database_unavailable", within=30, err=True)
         assert "negotiation.ended" not in buyer.out()
         await anyio.to_thread.run_sync(own_pg.start)
+        # The restart ended the broker's lease connection: it takes its lock back, and
+        # no other broker took its room meanwhile.
+        await broker.wait_for("leases.lock_taken_again", within=30, err=True)
+        assert "rooms_lost=0" in broker.err(), broker.describe()
         quicktech.signal(signal.SIGCONT)
         assert await buyer.wait(within=60) == 0, buyer.describe() + broker.describe()
         assert broker.popen.poll() is None, broker.describe()  # it waited, never died
