@@ -103,7 +103,7 @@ from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
 from mams.storage.leases import Leases
-from mams.storage.model import NewEvent
+from mams.storage.model import NewEvent, StoredEvent
 
 log = structlog.get_logger("mams.broker")
 
@@ -111,6 +111,7 @@ _T = TypeVar("_T")
 
 # The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
 _RECAP_TYPES = ("buyer.said", "seller.replied")
+_RESUME_CHUNK = 200  # streams read per query when resuming
 
 
 class SessionStore(Protocol):
@@ -338,8 +339,18 @@ class Broker:
                 log.info("broker.resume_left_to_live_brokers", rooms=len(fresh) - len(ours))
             fresh = ours
         resumed: list[UUID] = []
-        for nid in fresh:
-            stored = await self.store.read(nid)
+        for start in range(0, len(fresh), _RESUME_CHUNK):
+            chunk = fresh[start : start + _RESUME_CHUNK]
+            read = await self.store.read_streams(chunk)  # one round trip a chunk
+            resumed += self._resume_streams([(nid, read.get(nid, [])) for nid in chunk])
+        if resumed:  # first in the queue: before anything `run` decides
+            await self._commands[0].send(_Resync())
+        log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
+        return resumed
+
+    def _resume_streams(self, streams: list[tuple[UUID, list[StoredEvent]]]) -> list[UUID]:
+        resumed: list[UUID] = []
+        for nid, stored in streams:
             if not stored:
                 continue
             events = [decode_event(e.data) for e in stored]
@@ -355,9 +366,6 @@ class Broker:
             if state.phase in ("buyer_turn", "sellers_turn"):
                 self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
             resumed.append(nid)
-        if resumed:  # first in the queue: before anything `run` decides
-            await self._commands[0].send(_Resync())
-        log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
         return resumed
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
