@@ -100,7 +100,7 @@ from mams.domain.negotiation import (
 )
 from mams.domain.opening import RoomOptions, opening
 from mams.domain.visibility import catch_up, route
-from mams.storage.errors import DatabaseUnavailable
+from mams.storage.errors import DatabaseUnavailable, StorageError
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
 from mams.storage.leases import Leases
 from mams.storage.model import NewEvent, StoredEvent
@@ -779,7 +779,12 @@ class Broker:
                         await staged.passed.wait()
                     continue
                 batches, prepared = staged
-                lane.inflight, lane.preparing = batches, []
+                lane.inflight = batches
+                if lane.preparing is batches:
+                    # Not blindly []: the write loop may already have taken its next
+                    # batch (a send to a waiting receiver returns at once), and a
+                    # shutdown must find that one too, or it is lost uncommitted.
+                    lane.preparing = []
                 lane.free = anyio.Event()
                 if self.leases is not None:
                     await self._claim(batches)
@@ -852,6 +857,27 @@ class Broker:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
+    async def _append_apart(self, events: list[NewEvent]) -> None:
+        """Append; if the store rejects the whole (not unavailable: a bad stream), append
+        stream by stream, so one stream's fault costs only that stream's record."""
+        try:
+            await self._retrying(partial(self.store.append, events))
+            return
+        except StorageError as exc:
+            if isinstance(exc, DatabaseUnavailable):
+                raise
+            log.error("broker.shutdown_append_rejected", error=str(exc), then="stream by stream")
+        streams: dict[UUID, list[NewEvent]] = {}
+        for event in events:
+            streams.setdefault(event.stream_id, []).append(event)
+        for nid, own in streams.items():
+            try:
+                await self._retrying(partial(self.store.append, own))
+            except StorageError as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    raise
+                log.error("broker.stream_not_recorded", negotiation_id=str(nid), error=str(exc))
+
     async def _shutdown(self) -> None:
         # What was decided (in flight or queued) is committed, then (if abort_on_shutdown)
         # open rooms are recorded as aborted. Re-appending an in-flight batch is safe:
@@ -882,7 +908,7 @@ class Broker:
             return
         try:
             with anyio.fail_after(10):
-                await self._retrying(partial(self.store.append, self._events(pending)))
+                await self._append_apart(self._events(pending))
                 for b in pending:
                     for subject, data in b.observed:
                         await self.bus.publish(subject, data)
