@@ -15,7 +15,6 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -71,12 +70,22 @@ from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_m
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
-from mams.storage.leases import PgLeases, live_rooms
+from mams.storage.leases import PgLeases
 from mams.storage.readmodels import (
     list_runs,
     list_sessions,
     load_session,
     save_session,
+)
+from mams.study import (
+    DEFAULT_MAX_ROUNDS,
+    Progress,
+    fill_defaults,
+    last_plan,
+    plan_of,
+    progress_of,
+    save_plan,
+    take_plan,
 )
 from mams.telemetry import init_sentry, report
 
@@ -140,6 +149,29 @@ def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[Any]:
     return items
 
 
+def _check_plan(args: argparse.Namespace) -> None:
+    """The plan's flags that are given (not None) are in range."""
+    if args.max_rounds is not None and args.max_rounds < 2:
+        raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
+    if args.round_timeout is not None and args.round_timeout <= 0:
+        raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
+    if args.runs is not None and args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.rooms_at_once is not None and args.rooms_at_once < 1:
+        raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        max_rounds=args.max_rounds,
+        seed=args.seed,
+        round_timeout=args.round_timeout or 30.0,
+        buyer_model=args.buyer_model,
+        seller_model=args.seller_model,
+        monitor=not args.no_monitor,
+    )
+
+
 async def cmd_run(args: argparse.Namespace, out: Console) -> int:
     if not args.scenario and not args.session:
         raise UsageError(
@@ -148,19 +180,12 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         )
     if args.scenario and args.session:
         raise UsageError("give a scenario file or --session, not both")
-    if args.max_rounds < 2:
-        raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
-    if args.round_timeout is not None and args.round_timeout <= 0:
-        raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
-    if args.runs < 1:
-        raise UsageError(f"--runs must be at least 1, got {args.runs}")
     if args.resume and not args.session:
         raise UsageError(
             "--resume needs --session SESSION_ID: the study to complete (`mams sessions` "
             "lists them)"
         )
-    if args.rooms_at_once is not None and args.rooms_at_once < 1:
-        raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
+    _check_plan(args)
     if args.processes and (args.resume or args.rooms_at_once is not None):
         flag = "--resume" if args.resume else "--rooms-at-once"
         raise UsageError(
@@ -175,14 +200,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 check_model(value)
             except ValueError as exc:
                 raise UsageError(f"{flag}: {exc}") from None
-    options = RunOptions(
-        max_rounds=args.max_rounds,
-        seed=args.seed,
-        round_timeout=args.round_timeout or 30.0,
-        buyer_model=args.buyer_model,
-        seller_model=args.seller_model,
-        monitor=not args.no_monitor,
-    )
+    given = plan_of(args)  # before defaults: what this command line asks for
+    if not args.resume:  # else once the study's plan is read
+        fill_defaults(args)
+        options = _options(args)
     if scenario_file is not None:
         # Fail fast (nothing written) if a model's provider is not configured.
         await close_brains(
@@ -196,6 +217,18 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 scenario, session_id, new = scenario_file, uuid.uuid4(), True
             else:
                 scenario, session_id, new = await _scenario_for(args, conn)
+            args.session_running = session_id  # for the interrupted message
+            if args.resume:  # the flags not given are the study's, as last planned
+                stored = await last_plan(conn, session_id)
+                taken = take_plan(args, stored[0]) if stored is not None else []
+                fill_defaults(args)
+                _check_plan(args)
+                options = _options(args)
+                if stored is None:
+                    out.print("[dim]no plan stored for this session: the flags given[/dim]")
+                elif taken:
+                    when = stored[1].strftime("%Y-%m-%d %H:%M")
+                    out.print(f"[dim]the study as planned on {when}:[/dim] {' '.join(taken)}")
             items = _pick_items(scenario, args.item)
             if scenario_file is None:  # a stored session: check its providers now
                 await close_brains(prepare_brains(scenario, items, options)[1])
@@ -203,13 +236,17 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             if new:
                 await save_session(conn, session_id, scenario)
             planned = [(i.item_name, r.seed) for r in run_seeds(options, args.runs) for i in items]
-            study = _Study() if not args.resume else await _study_of(conn, session_id, planned)
+            study = Progress()
+            if args.resume:
+                study = await progress_of(conn, session_id, planned)
             if study.elsewhere:
                 raise UsageError(
                     f"{study.elsewhere} room(s) of session {session_id} are still being run "
                     "by another live process (a mams run or mams broker on this database); "
                     "let it finish or stop it, then run --resume again"
                 )
+            # What the next --resume completes: given flags, and the study's for the rest.
+            await save_plan(conn, session_id, given if not args.resume else plan_of(args))
         labels = {brain_label(m) for m in models.values()}
         if args.round_timeout is None and labels != {BASELINE_LABEL}:
             # Models take seconds per call, and a repair round doubles that.
@@ -324,45 +361,6 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             }
         )
     return 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Study:
-    """What `mams run --resume` finds of the rooms a session's study already has."""
-
-    completed: int = 0
-    interrupted: list[UUID] = field(default_factory=list)  # no live broker: go on with them
-    elsewhere: int = 0  # still run by a live broker (another mams run, a mams broker)
-    skip: set[tuple[str, int | None]] = field(default_factory=set)  # (item, seed) not to open
-
-    def describe(self, planned: int, new: int) -> str:
-        text = (
-            f"{self.completed} of {planned} rooms already completed in this session; "
-            f"{len(self.interrupted)} interrupted to go on with; {new} to open"
-        )
-        return text
-
-
-async def _study_of(conn: Any, session_id: UUID, planned: list[tuple[str, int | None]]) -> _Study:
-    """The rooms of these (item, seed) the session already has: completed ones are not run
-    again; running ones whose broker is gone (the run was killed) are gone on with from
-    their log; running ones a live broker serves are counted (`elsewhere`). Aborted ones
-    (Ctrl-C) are opened afresh."""
-    wanted = set(planned)
-    rows = await conn.fetch(
-        "SELECT negotiation_id, item_name, seed, status FROM negotiation_runs "
-        "WHERE session_id = $1 AND status IN ('completed', 'running') ORDER BY started_at",
-        session_id,
-    )
-    rows = [r for r in rows if (r["item_name"], r["seed"]) in wanted]
-    running = [r["negotiation_id"] for r in rows if r["status"] == "running"]
-    live = await live_rooms(conn, running)
-    return _Study(
-        completed=sum(r["status"] == "completed" for r in rows),
-        interrupted=[nid for nid in running if nid not in live],
-        elsewhere=len(live),
-        skip={(r["item_name"], r["seed"]) for r in rows},
-    )
 
 
 async def _quality(
@@ -578,8 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every item of a scenario (or a stored session)")
     run.add_argument("scenario", nargs="?", help="scenario file (.toml or .json)")
     run.add_argument("--session", help="rerun a stored session's configuration")
-    run.add_argument("--item", action="append", default=[], help="only this item (repeatable)")
-    run.add_argument("--max-rounds", type=int, default=8, help="round limit (default 8)")
+    run.add_argument("--item", action="append", help="only this item (repeatable)")
+    run.add_argument("--max-rounds", type=int, help=f"round limit (default {DEFAULT_MAX_ROUNDS})")
     run.add_argument(
         "--seed", type=int, default=None, help="seed: same seed + baseline brains = same transcript"
     )
@@ -607,20 +605,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-monitor",
         action="store_true",
+        default=None,
         help="do not grade the negotiations (quality flags; `mams analyze` can later)",
     )
     run.add_argument(
         "--runs",
         type=int,
-        default=1,
         metavar="N",
         help="negotiate every item N times at once, run r with seed + r (default 1)",
     )
     run.add_argument(
         "--resume",
         action="store_true",
-        help="with --session: leave out the rooms (item and seed) this session already "
-        "completed, so an interrupted study runs only what is missing",
+        help="with --session: complete the session's study as last planned (its --runs, "
+        "--seed, --max-rounds... unless given): rooms it completed are left out, rooms a "
+        "killed run left open go on from the log, and only the rest run",
     )
     run.add_argument(
         "--rooms-at-once",
@@ -730,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # Only an in-process run holds rooms it must close; other commands just stop.
         aborted = ": open negotiations were recorded as aborted" if args.command == "run" else ""
         err.print(f"[yellow]interrupted{aborted}[/yellow]")
+        session = getattr(args, "session_running", None)
+        if session is not None:
+            err.print(f"[dim]complete the study with:[/dim] mams run --session {session} --resume")
         code = 130
     except MamsError as exc:
         report(exc)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 import pytest
 
@@ -198,6 +199,16 @@ class Cli:
     def json(self, *args: str) -> dict[str, Any]:
         proc = ok(self(*args, "--json"))
         return one_json_object(proc.stdout)
+
+    async def execute(self, sql: str) -> None:
+        """Run SQL in the test's schema."""
+        conn = await asyncpg.connect(
+            self.database_url, server_settings={"search_path": self.schema}
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
 
     async def row_counts(self) -> dict[str, int]:
         """Rows in every table of the schema."""
@@ -754,7 +765,11 @@ def test_resume_runs_only_the_rooms_a_session_has_not_completed(
     session = first["session_id"]
     # The study was meant to be 4 runs: the 2 done are left out, seeds 7 and 8 run.
     args = ("run", "--session", session, "--runs", "4", "--seed", "5", "--max-rounds", "6")
+    # A session with no plan stored (run before plans were, or by `mams buyer`) resumes
+    # with the flags given.
+    anyio.run(cli.execute, "DELETE FROM studies")
     proc = ok(cli(*args, "--resume", "--json"))
+    assert "no plan stored for this session" in flat(proc.stderr)
     doc = one_json_object(proc.stdout)
     assert doc["session_id"] == session
     assert sorted({n["seed"] for n in doc["negotiations"]}) == [7, 8]

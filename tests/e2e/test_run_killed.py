@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
             await anyio.sleep(0.02)
         run.send_signal(signal.SIGSTOP)
         session = str(running[0]["session_id"])
-        resume = ("run", "--session", session, *ARGS, "--resume")
+        # No --runs, --seed, --max-rounds: --resume takes the study's plan from the log.
+        resume = ("run", "--session", session, "--resume")
         # Alive (if frozen): its rooms are its own, and --resume says so, writing nothing.
         refused = cli(*resume)
         assert refused.returncode == 2, refused.stderr
@@ -87,6 +89,8 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
 
     proc = ok(cli(*resume, "--json"))
     assert f"{len(interrupted)} interrupted to go on with" in flat(proc.stderr)
+    assert f"as planned on {date.today():%Y-%m-%d}" in flat(proc.stderr)
+    assert " ".join(ARGS) in flat(proc.stderr)
     doc = one_json_object(proc.stdout)
     got = {n["negotiation_id"]: n for n in doc["negotiations"]}
     assert interrupted <= got.keys()  # the same rooms, not new ones in their place
@@ -96,8 +100,62 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
     planned = RUNS * len({r["item_name"] for r in rows})
     assert Counter(r["status"] for r in rows) == {"completed": planned}
     assert len({(r["item_name"], r["seed"]) for r in rows}) == planned  # none run twice
+    seeds = {n["seed"] for n in doc["negotiations"]}
+    assert seeds <= set(range(3, 3 + RUNS))  # the plan's seeds, no others
+    rounds = await _rows(
+        cli,
+        "SELECT DISTINCT data->>'max_rounds' AS m FROM events WHERE type = 'negotiation.started'",
+    )
+    assert [r["m"] for r in rounds] == ["6"]  # new rooms too took the plan's --max-rounds
     audit = cli("audit", "--all")
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "all clean" in flat(audit.stdout)
     again = ok(cli(*resume, "--json"))
     assert one_json_object(again.stdout)["negotiations"] == []
+
+
+async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh(
+    cli: Cli, scenario_file: Path
+) -> None:
+    log = cli.cwd / "interrupted-run.err"
+    with log.open("wb") as stderr:
+        run = await anyio.open_process(
+            [*mams_command(), "run", str(scenario_file), *ARGS],
+            env=cli.env,
+            cwd=cli.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    running = "SELECT 1 FROM negotiation_runs WHERE status = 'running'"
+    try:
+        with anyio.fail_after(WAIT):
+            while len(await _rows(cli, running)) < 20:
+                assert run.returncode is None, "the run ended before it could be interrupted"
+                await anyio.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        with anyio.fail_after(WAIT):
+            code = await run.wait()
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    err = log.read_text(encoding="utf-8")
+    err = flat(err)
+    assert code == 130, err
+    rows = await _rows(cli, "SELECT session_id, status FROM negotiation_runs")
+    statuses = Counter(r["status"] for r in rows)
+    assert statuses["aborted"] > 0, (statuses, err)
+    assert "running" not in statuses  # nothing left open
+    session = str(rows[0]["session_id"])
+    assert "interrupted: open negotiations were recorded as aborted" in err
+    assert f"mams run --session {session} --resume" in err
+
+    before = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
+    aborted = {(r["item_name"], r["seed"]) for r in before if r["status"] == "aborted"}
+    doc = cli.json("run", "--session", session, "--resume")
+    again = {(n["item"], n["seed"]) for n in doc["negotiations"]}
+    assert aborted <= again  # each aborted room opened afresh (with those never opened)
+    assert len(again) == len(doc["negotiations"]) == RUNS * 3 - statuses["completed"]
+    rows = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
+    done = {(r["item_name"], r["seed"]) for r in rows if r["status"] == "completed"}
+    assert len(done) == RUNS * 3  # the scenario's 3 items

@@ -22,6 +22,7 @@ EXPECTED_TABLES = {
     "messages",
     "outcomes",
     "room_owners",
+    "studies",
 }
 
 
