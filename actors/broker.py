@@ -269,6 +269,7 @@ class Broker:
         # With leases, every room opened here is claimed before its first commit, and
         # resume() takes only rooms no live broker serves (storage.leases).
         self.leases = leases
+        self.left_to_live = 0  # open rooms resume() left to the live brokers serving them
         self.abort_on_shutdown = abort_on_shutdown
         self.brains: dict[str, str] = {}  # agent id -> brain label, from hellos
         self._joined = anyio.Event()
@@ -335,8 +336,9 @@ class Broker:
         fresh = [nid for nid in streams if nid not in self.rooms]
         if self.leases is not None:
             ours = await self.leases.take_over(fresh)
-            if len(ours) < len(fresh):
-                log.info("broker.resume_left_to_live_brokers", rooms=len(fresh) - len(ours))
+            self.left_to_live = len(fresh) - len(ours)
+            if self.left_to_live:
+                log.info("broker.resume_left_to_live_brokers", rooms=self.left_to_live)
             fresh = ours
         resumed: list[UUID] = []
         for start in range(0, len(fresh), _RESUME_CHUNK):

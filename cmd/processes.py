@@ -162,7 +162,10 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             leases=leases,
         )
         resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
-        return broker.run, f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
+        note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
+        if broker.left_to_live:
+            note += f"; {broker.left_to_live} open negotiation(s) left to live brokers"
+        return broker.run, note
 
     await _serve(args, out, "broker", build)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -36,6 +37,32 @@ async def _rows(cli: Cli, sql: str) -> list[asyncpg.Record]:
         return []
     finally:
         await conn.close()
+
+
+async def broker_ready_line(cli: Cli) -> str:
+    """Start `mams broker` on the test's database, return its ready line, stop it."""
+    out = cli.cwd / "broker.out"
+    with out.open("wb") as stdout:
+        broker = await anyio.open_process(
+            [*mams_command(), "broker", "--market", f"m{uuid.uuid4().hex[:8]}"],
+            env=cli.env,
+            cwd=cli.cwd,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        with anyio.fail_after(WAIT):
+            while "broker ready" not in out.read_text(encoding="utf-8"):
+                assert broker.returncode is None, out.read_text(encoding="utf-8")
+                await anyio.sleep(0.05)
+        broker.terminate()
+        with anyio.fail_after(WAIT):
+            await broker.wait()
+    finally:
+        if broker.returncode is None:
+            broker.kill()
+            await broker.wait()
+    return flat(out.read_text(encoding="utf-8"))
 
 
 def listed(cli: Cli, session: str) -> list[dict[str, Any]]:
@@ -70,6 +97,11 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
         assert refused.returncode == 2, refused.stderr
         assert "still being run by another live process" in flat(refused.stderr)
         assert not any(r["interrupted"] for r in listed(cli, session))  # it is alive
+        # A mams broker started on the same database leaves the live run's rooms alone.
+        frozen = len(await _rows(cli, "SELECT 1 FROM negotiation_runs WHERE status = 'running'"))
+        ready = await broker_ready_line(cli)
+        assert "resumed" not in ready, ready
+        assert f"{frozen} open negotiation(s) left to live brokers" in ready, ready
         run.kill()  # SIGKILL
         with anyio.fail_after(WAIT):
             await run.wait()

@@ -184,6 +184,14 @@ async def test_soak_with_broker_and_seller_kills(
         sent = await tap.collect()
         late = await check_turns_accounted(conn, sent)
         rounds = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'round.opened'")
+        # Every room was claimed by the broker that opened it (leases); of all the brokers
+        # the chaos started, only the one still running is alive.
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM room_owners o JOIN negotiation_runs r USING (negotiation_id)"
+        )
+        alive = await conn.fetchval(
+            "SELECT count(DISTINCT owner) FROM room_owners WHERE mams_broker_alive(owner)"
+        )
         by_status: dict[str, int] = {
             r["status"]: r["n"]
             for r in await conn.fetch(
@@ -214,6 +222,8 @@ async def test_soak_with_broker_and_seller_kills(
         f"turns sent, each logged once or ({late}) too late for its round"
     )
     assert log["streams"] == N
+    assert owned == N
+    assert alive <= 1, alive
     assert flags == 0, "a buyer decided without an offer the log holds (or lost its turn)"
     assert log["ended"] == N
     assert len([r for r in report["streams"] if r["kind"] == "negotiation"]) == N

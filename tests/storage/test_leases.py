@@ -128,6 +128,7 @@ async def test_a_broker_resumes_only_the_rooms_no_live_broker_serves(
                 )
                 assert await second.resume(await open_stream_ids(pool)) == []
                 assert second.rooms == {}
+                assert second.left_to_live == 1
                 await start_and_stop(second)
             tg.cancel_scope.cancel()
     # The first broker is gone (its lock released): its open room is free to resume.
