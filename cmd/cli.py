@@ -561,7 +561,7 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
     for sid in sorted(stopped, key=str):
         out.print(
             f"[dim]interrupted (their run was killed); go on with them:[/dim] "
-            f"mams run --session {sid} --resume [dim](with that run's --runs and --seed)[/dim]"
+            f"mams run --session {sid} --resume"
         )
     return 0
 
