@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 from uuid import UUID
 
 import anyio
@@ -33,6 +33,8 @@ import structlog
 from mams.storage.errors import DatabaseUnavailable, translating
 
 log = structlog.get_logger("mams.leases")
+
+_T = TypeVar("_T")
 
 # Inline rather than mams_broker_key(): the lock's connection need not have the schema of
 # the tables on its search_path (advisory locks are per database).
@@ -150,7 +152,7 @@ class PgLeases:
             with anyio.CancelScope(shield=True):
                 try:
                     await conn.close(timeout=5)
-                except (OSError, asyncpg.PostgresError, TimeoutError):
+                except Exception:  # closing a broken connection: drop it
                     conn.terminate()
 
     async def _lock(self) -> asyncpg.Connection:
@@ -185,7 +187,7 @@ class PgLeases:
         try:
             with anyio.fail_after(max(self.check_every, 1.0) * 5):
                 await conn.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception:  # any failure: presume the lock lost (keep takes it again)
             return False
         return True
 
@@ -215,21 +217,26 @@ class PgLeases:
                 await on_lost(lost)
 
     async def _relock(self) -> asyncpg.Connection:
-        delay = 0.05
-        while True:
-            try:
-                return await self._lock()
-            except DatabaseUnavailable:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return await _until_done(self._lock, "leases.relock_failed")
 
     async def _not_mine(self, ids: list[UUID]) -> list[UUID]:
-        delay = 0.05
-        while True:
-            try:
-                with translating(self.dsn):
-                    rows = await self.pool.fetch(_NOT_MINE, ids, self.owner)
-                return [r["negotiation_id"] for r in rows]
-            except DatabaseUnavailable:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        async def read() -> list[UUID]:
+            with translating(self.dsn):
+                rows = await self.pool.fetch(_NOT_MINE, ids, self.owner)
+            return [r["negotiation_id"] for r in rows]
+
+        return await _until_done(read, "leases.check_failed")
+
+
+async def _until_done(step: Callable[[], Awaitable[_T]], event: str) -> _T:
+    """Retry `step` until it succeeds (the database is coming back): the keeper must
+    never take its broker down with it. Logs each failure but the routine unavailable."""
+    delay = 0.05
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable):
+                log.warning(event, error=repr(exc), retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -137,3 +137,67 @@ async def test_a_broker_resumes_only_the_rooms_no_live_broker_serves(
         assert await third.resume(await open_stream_ids(pool)) == [nid]
         assert await live_rooms(pool, [nid], besides=uuid.UUID(int=1)) == {nid}
         await start_and_stop(third)
+
+
+async def test_a_broker_stops_serving_a_room_taken_over_while_its_lock_was_lost(
+    pg_store: Db, database_url: str
+) -> None:
+    pool, store = pg_store
+    subjects = Subjects(prefix=f"t{uuid.uuid4().hex[:8]}")
+    scenario = phone()
+    started = started_for(scenario, scenario.buyer.items[0].item_name, RunOptions(seed=1))
+    nid = started.negotiation_id
+    # The broker's own keeper checks once an hour here: the test runs one itself, once the
+    # other broker has taken the room, so the two never race.
+    async with PgLeases(pool, database_url, check_every=3600) as a_leases:
+        first = Broker(InMemoryBus(), store, subjects, leases=a_leases, abort_on_shutdown=False)
+        async with anyio.create_task_group() as tg:
+            await tg.start(first.run)
+            await first.open(started)
+            with anyio.fail_after(10):
+                while not await store.read(nid):  # noqa: ASYNC110 (polling the log)
+                    await anyio.sleep(0.02)
+            # Its lock's connection dies; before it takes the lock again, another broker
+            # resumes the room (a PostgreSQL restart seen by both, say).
+            assert a_leases._conn is not None
+            await pool.execute("SELECT pg_terminate_backend($1)", a_leases._conn.get_server_pid())
+            async with PgLeases(pool, database_url) as b_leases:
+                second = Broker(
+                    InMemoryBus(), store, subjects, leases=b_leases, abort_on_shutdown=False
+                )
+                with anyio.fail_after(10):
+                    while not await second.resume([nid]):  # noqa: ASYNC110 (until a's lock is gone)
+                        await anyio.sleep(0.02)
+                a_leases.check_every = 0.02
+                tg.start_soon(a_leases.keep, first.running, first._forget)
+                with anyio.fail_after(10):
+                    while nid in first.rooms:  # noqa: ASYNC110 (until a's keeper notices)
+                        await anyio.sleep(0.02)
+                assert first.running() == []
+                await start_and_stop(second)
+            tg.cancel_scope.cancel()
+
+
+async def test_the_keeper_outlives_its_connection_killed_again_and_again(
+    db: Db, database_url: str
+) -> None:
+    pool, _ = db
+    (room,) = ids(1)
+    lost: list[list[UUID]] = []
+
+    async def on_lost(rooms: list[UUID]) -> None:
+        lost.append(rooms)
+
+    async with PgLeases(pool, database_url, check_every=0.005) as a:
+        await a.claim([room])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.keep, lambda: [room], on_lost)  # a failure here fails the test
+            for _ in range(25):
+                assert a._conn is not None
+                killed = a._conn
+                await pool.execute("SELECT pg_terminate_backend($1)", killed.get_server_pid())
+                with anyio.fail_after(10):
+                    while a._conn is killed or not await live_rooms(pool, [room]):  # noqa: ASYNC110
+                        await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()
+    assert lost == []
