@@ -5,9 +5,10 @@ Every process finds the bus through NATS_URL (or --nats; credentials may ride in
 as `mams creds` prints them) and one market name (the subject prefix, default "mams").
 Only the broker touches the database (DATABASE_URL, or the embedded one).
 
-Restarts: `mams broker` resumes the open negotiations of the log on start (`--no-resume`
-skips them) and, stopped cleanly, leaves open rooms open for the next broker to resume
-(`--abort-on-exit` records them as aborted instead, as `mams run --processes` does).
+Restarts: `mams broker` resumes the open negotiations of the log on start, those no live
+broker serves (`storage.leases`; `--no-resume` skips them all) and, stopped cleanly,
+leaves open rooms open for the next broker to resume (`--abort-on-exit` records them as
+aborted instead, as `mams run --processes` does).
 Sellers and buyers say hello again every REHELLO_EVERY seconds, so after a broker restart
 they are welcomed again and caught up on their open rooms (repeats are deduped).
 """
@@ -417,7 +418,8 @@ def add_parsers(sub: Any) -> None:
     b.add_argument(
         "--no-resume",
         action="store_true",
-        help="do not resume the open negotiations found in the log on start",
+        help="do not resume the open negotiations found in the log on start (by default it "
+        "resumes those whose broker is gone, never a live broker's)",
     )
     b.add_argument(
         "--commit-lanes",
