@@ -403,15 +403,12 @@ async def _run_as_processes(
         started_after,
     )
     rooms = []
-    for row in rows:
-        events = [decode_event(e.data) for e in await srv.store.read(row["negotiation_id"])]
-        rooms.append(
-            RoomResult(
-                negotiation_id=row["negotiation_id"],
-                item_name=row["item_name"],
-                state=replay(events),
-            )
-        )
+    for start in range(0, len(rows), 200):  # 200 streams to a query
+        chunk = rows[start : start + 200]
+        stored = await srv.store.read_streams([r["negotiation_id"] for r in chunk])
+        for row in chunk:
+            events = [decode_event(e.data) for e in stored.get(row["negotiation_id"], [])]
+            rooms.append(RoomResult(row["negotiation_id"], row["item_name"], replay(events)))
     return rooms
 
 
