@@ -92,10 +92,42 @@ def _nats_url(args: argparse.Namespace) -> str:
     return url
 
 
-async def _until_signalled() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+# Set by `mams run --processes` (supervise) in its children's environment: the pid they
+# watch, so that a supervisor killed outright (SIGKILL: no chance to stop them) does not
+# leave its broker, sellers and buyer running forever.
+SUPERVISOR_ENV = "MAMS_SUPERVISOR_PID"
+ORPHAN_CHECK_EVERY = 0.5
+
+
+async def _until_signalled() -> bool:
+    """Until SIGTERM/SIGINT (False), or until the supervising `mams run --processes` is
+    gone (True; see SUPERVISOR_ENV)."""
+    orphaned = False
+    async with anyio.create_task_group() as tg:
+
+        async def orphan_watch() -> None:
+            nonlocal orphaned
+            await _until_orphaned()
+            orphaned = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(orphan_watch)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        tg.cancel_scope.cancel()
+    return orphaned
+
+
+async def _until_orphaned() -> None:
+    """Return once the supervising process (SUPERVISOR_ENV) is gone: this process has
+    been handed to another parent. Without a supervisor, never returns."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor or not supervisor.isdigit():
+        await anyio.sleep_forever()
+    while os.getppid() == int(str(supervisor)):  # noqa: ASYNC110 (no event for this)
+        await anyio.sleep(ORPHAN_CHECK_EVERY)
+    log.warning("processes.supervisor_gone", supervisor=supervisor, then="stopping")
 
 
 # -- broker ----------------------------------------------------------------------------------
@@ -108,6 +140,7 @@ async def _serve(
     role: str,
     build: Callable[[NatsBus, Any, contextlib.AsyncExitStack], Awaitable[tuple[Runner, str]]],
     label: str = "",
+    on_orphaned: Callable[[], None] | None = None,
 ) -> None:
     """Connect as `<market>-<role>`, build the actor (its run and a note for the ready
     line; what it enters on the stack is left after the actor stops), run it until
@@ -131,7 +164,8 @@ async def _serve(
                         f"{redact_url(srv.nats_url)}; {srv.db_note}{relaxed}{note}"
                     )
                     sys.stdout.flush()
-                    await _until_signalled()
+                    if await _until_signalled() and on_orphaned is not None:
+                        on_orphaned()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -149,7 +183,14 @@ def _lanes(text: str) -> int:
 
 
 async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
-    """Serve a market until SIGTERM/SIGINT."""
+    """Serve a market until SIGTERM/SIGINT (or its supervisor is gone)."""
+    brokers: list[Broker] = []
+
+    def orphaned() -> None:
+        # Its `mams run --processes` was killed: leave the open rooms open (interrupted,
+        # for `mams run --session ID --resume`) instead of aborting them.
+        for broker in brokers:
+            broker.abort_on_shutdown = False
 
     async def build(bus: NatsBus, srv: Any, stack: contextlib.AsyncExitStack) -> tuple[Runner, str]:
         leases = await stack.enter_async_context(PgLeases(srv.pool, srv.dsn))
@@ -162,13 +203,14 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             commit_lanes=args.commit_lanes,
             leases=leases,
         )
+        brokers.append(broker)
         resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
         note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
         if broker.left_to_live:
             note += f"; {broker.left_to_live} open negotiation(s) left to live brokers"
         return broker.run, note
 
-    await _serve(args, out, "broker", build)
+    await _serve(args, out, "broker", build, on_orphaned=orphaned)
     return 0
 
 
@@ -361,6 +403,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
     )
+    orphan = anyio.Event()  # set if the supervising mams run --processes is gone
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)
@@ -371,6 +414,13 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
             elif not waiting_for():
                 done.set()  # nothing left open to resume
+
+            async def watch() -> None:
+                await _until_orphaned()
+                orphan.set()
+                done.set()
+
+            tg.start_soon(watch)
             await done.wait()
             tg.cancel_scope.cancel()
     finally:
@@ -378,6 +428,8 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             await bus.close()
     if rejected:
         raise ConfigError(f"the broker refused to open the rooms: {rejected[0].reason}")
+    if orphan.is_set():
+        raise ConfigError("the supervising mams run is gone; stopped with rooms still open")
     results = [
         {"negotiation_id": str(nid), "outcome": msgspec.to_builtins(c.outcome), "status": c.status}
         for nid, c in closed.items()
@@ -523,6 +575,7 @@ async def supervise(
         "NATS_URL": nats_url,
         "DATABASE_URL": dsn,
         "MAMS_LOG_LEVEL": os.environ.get("MAMS_LOG_LEVEL", "warning"),
+        SUPERVISOR_ENV: str(os.getpid()),
     }
     exe = [sys.executable, "-m", "mams"]
     children: list[_Child] = []

@@ -191,3 +191,56 @@ async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh
     rows = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
     done = {(r["item_name"], r["seed"]) for r in rows if r["status"] == "completed"}
     assert len(done) == RUNS * 3  # the scenario's 3 items
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    # A zombie (state Z) has exited; only its parent's wait is missing.
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_killed_run_processes_takes_its_children_with_it_and_resume_ends_its_rooms(
+    cli: Cli, scenario_file: Path
+) -> None:
+    run = await anyio.open_process(
+        [*mams_command(), "run", str(scenario_file), "--processes", *ARGS],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    running = "SELECT session_id FROM negotiation_runs WHERE status = 'running'"
+    try:
+        with anyio.fail_after(WAIT):
+            while len(rows := await _rows(cli, running)) < 20:
+                assert run.returncode is None, "the run ended before it could be killed"
+                await anyio.sleep(0.02)
+        children = _children(run.pid)
+        assert len(children) >= 3, children  # broker, sellers, buyer
+        run.kill()  # SIGKILL: it cannot stop them itself
+        await run.wait()
+        with anyio.fail_after(WAIT):
+            while alive := [c for c in children if _alive(c)]:  # noqa: ASYNC110 (polling /proc)
+                await anyio.sleep(0.1)
+        assert not alive
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    session = str(rows[0]["session_id"])
+    # Its broker left the open rooms open (not aborted): a --resume goes on with them.
+    listed_rows = listed(cli, session)
+    assert {r["status"] for r in listed_rows} <= {"running", "completed"}
+    interrupted = {r["negotiation_id"] for r in listed_rows if r["interrupted"]}
+    assert interrupted
+    doc = cli.json("run", "--session", session, "--resume")
+    assert interrupted <= {n["negotiation_id"] for n in doc["negotiations"]}
+    rows = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
+    assert {r["status"] for r in rows} == {"completed"}
+    assert len({(r["item_name"], r["seed"]) for r in rows}) == RUNS * 3 == len(rows)
