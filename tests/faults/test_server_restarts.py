@@ -14,6 +14,7 @@ In both, @QuickTech is frozen (SIGSTOP) until the server is back, so round 1 is 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import tempfile
@@ -27,7 +28,7 @@ import pytest
 
 from tests.faults.servers import OwnNats, OwnPostgres, audit_all, check_log
 from tests.faults.test_broker_crash import all_events, poll
-from tests.processes.helpers import Cast, Child, cast, process_env, schema_dsn
+from tests.processes.helpers import Cast, Child, cast, mams_command, process_env, schema_dsn
 from tests.processes.test_processes import SCENARIO
 
 
@@ -179,3 +180,61 @@ async def test_nats_restarted_mid_negotiation(
         after, counts, committed = await _after(database_url, pg_schema)
         audit_all(env, tmp_path)
     _check(buyer, before, after, counts, committed)
+
+
+# -- (c) -------------------------------------------------------------------------------------
+@pytest.mark.e2e
+async def test_postgres_restarted_under_an_in_process_mams_run(
+    own_pg: OwnPostgres, nats_url: str, tmp_path: Path
+) -> None:
+    """The main job, one process: PostgreSQL goes away for a while with rooms open; the
+    run waits (its broker retries, its lease keeper takes the lock back) and completes."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO, encoding="utf-8")
+    env = process_env(nats_url, own_pg.dsn, tmp_path / "mams-data")
+    out = tmp_path / "run.out"
+    err = tmp_path / "run.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        run = await anyio.open_process(
+            [*mams_command(), "run", str(scenario), "--runs", "200", "--seed", "1", "--json"],
+            env=env,
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        conn = await asyncpg.connect(own_pg.dsn)
+        try:
+            with anyio.fail_after(60):
+                while True:  # some rooms open, none ended yet or a few
+                    try:
+                        n = await conn.fetchval(
+                            "SELECT count(*) FROM negotiation_runs WHERE status = 'running'"
+                        )
+                    except asyncpg.UndefinedTableError:
+                        n = 0
+                    if n >= 20:
+                        break
+                    assert run.returncode is None, err.read_text()
+                    await anyio.sleep(0.02)
+        finally:
+            await conn.close()
+        await anyio.to_thread.run_sync(own_pg.stop)
+        await anyio.sleep(2)  # well inside the 30 s round deadline
+        await anyio.to_thread.run_sync(own_pg.start)
+        with anyio.fail_after(120):
+            code = await run.wait()
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    log = err.read_text(encoding="utf-8")
+    assert code == 0, log[-4000:]
+    assert "broker.database_unavailable" in log  # it did wait and retry
+    assert "leases.lock_taken_again" in log  # and held its rooms again, losing none
+    assert "rooms_lost=0" in log
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    statuses = {n["status"] for n in doc["negotiations"]}
+    assert statuses == {"completed"}, statuses
+    assert len(doc["negotiations"]) == 200  # one item, 200 runs
+    audit_all(env, tmp_path)
