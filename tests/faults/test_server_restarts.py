@@ -18,7 +18,7 @@ import json
 import re
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from uuid import UUID
 
@@ -182,18 +182,15 @@ async def test_nats_restarted_mid_negotiation(
     _check(buyer, before, after, counts, committed)
 
 
-# -- (c) -------------------------------------------------------------------------------------
-@pytest.mark.e2e
-async def test_postgres_restarted_under_an_in_process_mams_run(
-    own_pg: OwnPostgres, nats_url: str, tmp_path: Path
-) -> None:
-    """The main job, one process: PostgreSQL goes away for a while with rooms open; the
-    run waits (its broker retries, its lease keeper takes the lock back) and completes."""
+# -- (c), (d): the main job, one process ---------------------------------------------------
+async def _in_process_run_through(
+    outage: Callable[[], Awaitable[None]], env: dict[str, str], dsn: str, tmp_path: Path
+) -> str:
+    """Run `mams run` of 200 rooms as one process; once 20 rooms are open, `outage`; the
+    run must complete every room, and the audit be clean. Returns the run's log."""
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    env = process_env(nats_url, own_pg.dsn, tmp_path / "mams-data")
-    out = tmp_path / "run.out"
-    err = tmp_path / "run.err"
+    out, err = tmp_path / "run.out", tmp_path / "run.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         run = await anyio.open_process(
             [*mams_command(), "run", str(scenario), "--runs", "200", "--seed", "1", "--json"],
@@ -203,15 +200,15 @@ async def test_postgres_restarted_under_an_in_process_mams_run(
             stderr=stderr,
         )
     try:
-        conn = await asyncpg.connect(own_pg.dsn)
+        conn = await asyncpg.connect(dsn)
         try:
             with anyio.fail_after(60):
-                while True:  # some rooms open, none ended yet or a few
+                while True:
                     try:
                         n = await conn.fetchval(
                             "SELECT count(*) FROM negotiation_runs WHERE status = 'running'"
                         )
-                    except asyncpg.UndefinedTableError:
+                    except asyncpg.UndefinedTableError:  # not migrated yet
                         n = 0
                     if n >= 20:
                         break
@@ -219,9 +216,7 @@ async def test_postgres_restarted_under_an_in_process_mams_run(
                     await anyio.sleep(0.02)
         finally:
             await conn.close()
-        await anyio.to_thread.run_sync(own_pg.stop)
-        await anyio.sleep(2)  # well inside the 30 s round deadline
-        await anyio.to_thread.run_sync(own_pg.start)
+        await outage()
         with anyio.fail_after(120):
             code = await run.wait()
     finally:
@@ -230,11 +225,45 @@ async def test_postgres_restarted_under_an_in_process_mams_run(
             await run.wait()
     log = err.read_text(encoding="utf-8")
     assert code == 0, log[-4000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert {n["status"] for n in doc["negotiations"]} == {"completed"}
+    assert len(doc["negotiations"]) == 200  # one item, 200 runs
+    audit_all(env, tmp_path)
+    return log
+
+
+@pytest.mark.e2e
+async def test_postgres_restarted_under_an_in_process_mams_run(
+    own_pg: OwnPostgres, nats_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL goes away for 2 s with rooms open (well inside the 30 s round deadline):
+    the run waits (its broker retries, its lease keeper takes the lock back) and completes."""
+
+    async def outage() -> None:
+        await anyio.to_thread.run_sync(own_pg.stop)
+        await anyio.sleep(2)
+        await anyio.to_thread.run_sync(own_pg.start)
+
+    env = process_env(nats_url, own_pg.dsn, tmp_path / "mams-data")
+    log = await _in_process_run_through(outage, env, own_pg.dsn, tmp_path)
     assert "broker.database_unavailable" in log  # it did wait and retry
     assert "leases.lock_taken_again" in log  # and held its rooms again, losing none
     assert "rooms_lost=0" in log
-    doc = json.loads(out.read_text(encoding="utf-8"))
-    statuses = {n["status"] for n in doc["negotiations"]}
-    assert statuses == {"completed"}, statuses
-    assert len(doc["negotiations"]) == 200  # one item, 200 runs
-    audit_all(env, tmp_path)
+
+
+@pytest.mark.e2e
+async def test_nats_restarted_under_an_in_process_mams_run(
+    own_nats: OwnNats, database_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """nats-server killed (SIGKILL) and started again on its port with rooms open: every
+    connection of the run comes back, what the outage swallowed is sent again, and it
+    completes."""
+
+    async def outage() -> None:
+        await anyio.to_thread.run_sync(own_nats.kill)
+        await anyio.to_thread.run_sync(own_nats.start)
+
+    dsn = schema_dsn(database_url, pg_schema)
+    env = process_env(own_nats.url, dsn, tmp_path / "mams-data")
+    log = await _in_process_run_through(outage, env, dsn, tmp_path)
+    assert "broker.redelivered" in log  # its broker re-sent every open room on reconnect
