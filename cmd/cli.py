@@ -225,7 +225,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 _check_plan(args)
                 options = _options(args)
                 if stored is None:
-                    out.print("[dim]no plan stored for this session: the flags given[/dim]")
+                    out.print("[dim]no plan stored for this session: using the flags given[/dim]")
                 elif taken:
                     when = stored[1].strftime("%Y-%m-%d %H:%M")
                     out.print(f"[dim]the study as planned on {when}:[/dim] {' '.join(taken)}")
