@@ -56,7 +56,7 @@ from mams.infra import servers
 from mams.storage.eventstore import EventStore
 from mams.storage.observations import observations_of
 from mams.storage.parallel import default_jobs, map_streams
-from mams.storage.readmodels import has_session
+from mams.storage.readmodels import has_session, interrupted_by_session
 
 
 def add_parsers(sub: Any) -> None:
@@ -140,6 +140,7 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
             ids = await _ids(conn, session)
+            interrupted = await interrupted_by_session(conn, session)
         with Progress(
             TextColumn("reading negotiations"),
             BarColumn(),
@@ -161,6 +162,11 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
     report = build_report(analysed)
     scope = f"session {session}" if session else "all sessions"
     render(out, report, scope)
+    for sid, count in interrupted.items():
+        out.print(
+            f"[dim]{count} of the unfinished are interrupted (their run was killed); "
+            f"finish them with:[/dim] mams run --session {sid} --resume"
+        )
     paths: list[Path] = []
     if plots_dir is not None and report.negotiations:
         from mams.report_plots import write_plots

@@ -250,6 +250,24 @@ async def list_runs(conn: Conn, *, session_id: UUID | None = None, limit: int = 
     return [RunRow(**dict(r)) for r in rows]
 
 
+async def interrupted_by_session(conn: Conn, session_id: UUID | None = None) -> dict[UUID, int]:
+    """Per session (or for one), how many of its rooms are interrupted: running in the log
+    with no live broker serving them (their run was killed; `mams run --resume` goes on)."""
+    rows = await conn.fetch(
+        """
+        SELECT r.session_id, count(*) AS n FROM negotiation_runs r
+        WHERE r.status = 'running' AND ($1::uuid IS NULL OR r.session_id = $1)
+          AND NOT EXISTS (
+              SELECT 1 FROM room_owners w
+              WHERE w.negotiation_id = r.negotiation_id AND mams_broker_alive(w.owner)
+          )
+        GROUP BY r.session_id ORDER BY r.session_id
+        """,
+        session_id,
+    )
+    return {r["session_id"]: int(r["n"]) for r in rows}
+
+
 async def find_negotiation(conn: Conn, prefix: str) -> list[UUID]:
     """Negotiation ids starting with a (hex) prefix, so people can type short ids."""
     clean = prefix.strip().lower()

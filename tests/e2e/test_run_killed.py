@@ -118,6 +118,9 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
     assert shown == interrupted
     table = flat(ok(cli("negotiations", "--session", session, "--limit", "5000")).stdout)
     assert f"mams run --session {session} --resume" in table
+    report = flat(ok(cli("report", "--session", session, "--no-plots")).stdout)
+    assert f"{len(interrupted)} of the unfinished are interrupted" in report
+    assert f"mams run --session {session} --resume" in report
 
     proc = ok(cli(*resume, "--json"))
     assert f"{len(interrupted)} interrupted to go on with" in flat(proc.stderr)
