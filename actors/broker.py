@@ -323,7 +323,9 @@ class Broker:
         """Negotiations open and not yet ended."""
         return [nid for nid, room in self.rooms.items() if room.state.phase != "ended"]
 
-    async def resume(self, candidates: Sequence[UUID] | None = None) -> list[UUID]:
+    async def resume(
+        self, candidates: Sequence[UUID] | None = None, *, resync: bool = True
+    ) -> list[UUID]:
         """Take over the open rooms of the log (call before `run`): every stream among
         `candidates` (default: every stream of the store) whose last event is not
         negotiation.ended is replayed into a room, its seq continued and its current phase
@@ -331,7 +333,9 @@ class Broker:
 
         `run` then re-sends every agent of these rooms its catch-up before it delivers
         anything else: the crashed broker may have committed what it never published, and
-        an agent must not take its next turn without it (repeats are folded once)."""
+        an agent must not take its next turn without it (repeats are folded once).
+        `resync=False` leaves that to the agents' hellos: for agents not yet running, which
+        will all say a full catch-up hello (a re-send now would reach nobody)."""
         streams = await self.store.stream_ids() if candidates is None else candidates
         fresh = [nid for nid in streams if nid not in self.rooms]
         if self.leases is not None:
@@ -345,7 +349,7 @@ class Broker:
             chunk = fresh[start : start + _RESUME_CHUNK]
             read = await self.store.read_streams(chunk)  # one round trip a chunk
             resumed += self._resume_streams([(nid, read.get(nid, [])) for nid in chunk])
-        if resumed:  # first in the queue: before anything `run` decides
+        if resumed and resync:  # first in the queue: before anything `run` decides
             await self._commands[0].send(_Resync())
         log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
         return resumed

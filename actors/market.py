@@ -301,7 +301,8 @@ async def run_rooms(
     try:
         broker = Broker(await bus_for("broker"), store, subjects, leases=leases)
         resumed: list[RoomResult] = []
-        for nid in await broker.resume(resume) if resume else []:
+        # Its agents start below, each with a full catch-up hello: no re-send before that.
+        for nid in await broker.resume(resume, resync=False) if resume else []:
             state = broker.rooms[nid].state
             assert state.started is not None  # resume() takes only rooms that started
             resumed.append(RoomResult(nid, state.started.item_name, state))
