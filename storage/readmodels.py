@@ -189,6 +189,14 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     deals: int
 
 
+# A run (alias r) is interrupted: running in the log, no live broker serving it (its run
+# was killed). Owners and liveness: storage.leases, migration 0007.
+_INTERRUPTED = """r.status = 'running' AND NOT EXISTS (
+    SELECT 1 FROM room_owners w
+    WHERE w.negotiation_id = r.negotiation_id AND mams_broker_alive(w.owner)
+)"""
+
+
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     """One negotiation run with its outcome (if ended)."""
 
@@ -232,14 +240,11 @@ async def list_sessions(conn: Conn, *, limit: int = 50) -> list[SessionRow]:
 async def list_runs(conn: Conn, *, session_id: UUID | None = None, limit: int = 50) -> list[RunRow]:
     """Negotiation runs with outcomes, newest first, optionally for one session."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT r.negotiation_id, r.session_id, r.item_name, r.status, r.brain, r.rounds,
                r.started_at, r.ended_at, o.type AS outcome, o.seller, o.unit_price,
                o.quantity, o.total,
-               r.status = 'running' AND NOT EXISTS (
-                   SELECT 1 FROM room_owners w
-                   WHERE w.negotiation_id = r.negotiation_id AND mams_broker_alive(w.owner)
-               ) AS interrupted
+               {_INTERRUPTED} AS interrupted
         FROM negotiation_runs r LEFT JOIN outcomes o USING (negotiation_id)
         WHERE $1::uuid IS NULL OR r.session_id = $1
         ORDER BY r.started_at DESC, r.negotiation_id LIMIT $2
@@ -254,13 +259,9 @@ async def interrupted_by_session(conn: Conn, session_id: UUID | None = None) -> 
     """Per session (or for one), how many of its rooms are interrupted: running in the log
     with no live broker serving them (their run was killed; `mams run --resume` goes on)."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT r.session_id, count(*) AS n FROM negotiation_runs r
-        WHERE r.status = 'running' AND ($1::uuid IS NULL OR r.session_id = $1)
-          AND NOT EXISTS (
-              SELECT 1 FROM room_owners w
-              WHERE w.negotiation_id = r.negotiation_id AND mams_broker_alive(w.owner)
-          )
+        WHERE {_INTERRUPTED} AND ($1::uuid IS NULL OR r.session_id = $1)
         GROUP BY r.session_id ORDER BY r.session_id
         """,
         session_id,
