@@ -2,7 +2,9 @@
 
 The server listens on 127.0.0.1 on a free port (never assumed to be 4222), has JetStream
 on with its store in a temp dir (or a given one), and is stopped (SIGTERM, then SIGKILL)
-when the context exits::
+when the context exits. On Linux it is also told to stop when the process that started it
+dies (`setpriv --pdeathsig`, where util-linux has it): a `kill -9` of `mams run` must not
+leave a server behind, since each run starts its own::
 
     async with EmbeddedNats() as server:
         bus = await NatsBus.connect(server.url, name="cli")
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +33,15 @@ import structlog
 from mams.bus.base import BusError
 
 __all__ = ["EmbeddedNats", "EmbeddedNatsError", "find_nats_server_binary"]
+
+
+def _dies_with_us(args: list[str]) -> list[str]:
+    """`args` run so that the kernel sends the child SIGTERM when this process dies
+    (Linux, util-linux's setpriv: it sets PR_SET_PDEATHSIG, then execs the command, same
+    pid); elsewhere `args` as they are."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
+
 
 _log = structlog.get_logger("mams.bus.embedded")
 
@@ -191,7 +203,10 @@ class EmbeddedNats:
         args += ["-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", str(store)]
         self._log_file = self.log_path.open("ab")
         self._process = await anyio.open_process(
-            args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file
+            _dies_with_us(args),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
         )
         with anyio.move_on_after(self._startup_timeout):
             delay = 0.005

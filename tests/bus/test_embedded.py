@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -97,3 +99,50 @@ async def test_a_taken_port_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
                 bus = await NatsBus.connect(second.url, name="test-embedded-retry")
                 await bus.flush()
                 await bus.close()
+
+
+_STARTS_AND_WAITS = """
+import sys, anyio
+from mams.bus.embedded import EmbeddedNats
+async def main():
+    async with EmbeddedNats() as server:
+        print(server._process.pid, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
+    reason="the server is told to die with its parent through Linux's setpriv",
+)
+async def test_the_server_dies_with_a_process_killed_outright() -> None:
+    starter = await anyio.open_process(
+        [sys.executable, "-c", _STARTS_AND_WAITS], stderr=subprocess.DEVNULL
+    )
+    try:
+        assert starter.stdout is not None
+        text = ""
+        with anyio.fail_after(30):  # its logs come first; then the server's pid, alone
+            while not (pids := [ln for ln in text.splitlines() if ln.strip().isdigit()]):
+                text += (await starter.stdout.receive()).decode()
+        pid = int(pids[0])
+        assert _running(pid)
+        starter.kill()  # SIGKILL: its own cleanup never runs
+        await starter.wait()
+        with anyio.fail_after(10):
+            while _running(pid):  # noqa: ASYNC110 (polling /proc)
+                await anyio.sleep(0.05)
+    finally:
+        if starter.returncode is None:
+            starter.kill()
+            await starter.wait()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie awaiting its reaping)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
