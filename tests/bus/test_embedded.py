@@ -13,6 +13,7 @@ import pytest
 
 from mams.bus.embedded import EmbeddedNats, EmbeddedNatsError, find_nats_server_binary
 from mams.bus.nats import NatsBus
+from tests.processes.helpers import process_running
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,22 +128,13 @@ async def test_the_server_dies_with_a_process_killed_outright() -> None:
             while not (pids := [ln for ln in text.splitlines() if ln.strip().isdigit()]):
                 text += (await starter.stdout.receive()).decode()
         pid = int(pids[0])
-        assert _running(pid)
+        assert process_running(pid)
         starter.kill()  # SIGKILL: its own cleanup never runs
         await starter.wait()
         with anyio.fail_after(10):
-            while _running(pid):  # noqa: ASYNC110 (polling /proc)
+            while process_running(pid):  # noqa: ASYNC110 (polling /proc)
                 await anyio.sleep(0.05)
     finally:
         if starter.returncode is None:
             starter.kill()
             await starter.wait()
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (not gone, not a zombie awaiting its reaping)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import uuid
 from collections import Counter
 from datetime import date
@@ -18,13 +17,15 @@ from typing import Any
 
 import anyio
 import asyncpg
+from anyio.abc import Process
 
 from tests.e2e.test_cli import Cli, cli, flat, ok, one_json_object, scenario_file
-from tests.processes.helpers import mams_command
+from tests.processes.helpers import mams_command, process_running
 
 __all__ = ["cli", "scenario_file"]  # fixtures, used by name
 
 RUNS = 100
+_RUNNING = "SELECT * FROM negotiation_runs WHERE status = 'running'"
 ARGS = ("--runs", str(RUNS), "--seed", "3", "--max-rounds", "6")
 WAIT = 60.0
 
@@ -39,17 +40,31 @@ async def _rows(cli: Cli, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def _start(cli: Cli, *argv: str, stdout: Any = None, stderr: Any = None) -> Process:
+    """`mams *argv` against the test's servers; output discarded unless a file is given."""
+    return await anyio.open_process(
+        [*mams_command(), *argv],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=stdout or subprocess.DEVNULL,
+        stderr=stderr or subprocess.DEVNULL,
+    )
+
+
+async def _rooms_open(cli: Cli, run: Process, what: str) -> list[asyncpg.Record]:
+    """Wait until `run` has 20 rooms open (while it runs); their rows."""
+    with anyio.fail_after(WAIT):
+        while len(rows := await _rows(cli, _RUNNING)) < 20:
+            assert run.returncode is None, f"the run ended before it could be {what}"
+            await anyio.sleep(0.02)
+    return rows
+
+
 async def broker_ready_line(cli: Cli) -> str:
     """Start `mams broker` on the test's database, return its ready line, stop it."""
     out = cli.cwd / "broker.out"
     with out.open("wb") as stdout:
-        broker = await anyio.open_process(
-            [*mams_command(), "broker", "--market", f"m{uuid.uuid4().hex[:8]}"],
-            env=cli.env,
-            cwd=cli.cwd,
-            stdout=stdout,
-            stderr=subprocess.DEVNULL,
-        )
+        broker = await _start(cli, "broker", "--market", f"m{uuid.uuid4().hex[:8]}", stdout=stdout)
     try:
         with anyio.fail_after(WAIT):
             while "broker ready" not in out.read_text(encoding="utf-8"):
@@ -73,21 +88,9 @@ def listed(cli: Cli, session: str) -> list[dict[str, Any]]:
 
 
 async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: Path) -> None:
-    run = await anyio.open_process(
-        [*mams_command(), "run", str(scenario_file), *ARGS],
-        env=cli.env,
-        cwd=cli.cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = await _start(cli, "run", str(scenario_file), *ARGS)
     try:
-        deadline = time.monotonic() + WAIT
-        running: list[asyncpg.Record] = []
-        while len(running) < 20:  # rooms open: freeze it there
-            assert run.returncode is None, "the run ended before it could be stopped"
-            assert time.monotonic() < deadline, "no room opened in time"
-            running = await _rows(cli, "SELECT * FROM negotiation_runs WHERE status = 'running'")
-            await anyio.sleep(0.02)
+        running = await _rooms_open(cli, run, "stopped")  # rooms open: freeze it there
         run.send_signal(signal.SIGSTOP)
         session = str(running[0]["session_id"])
         # No --runs, --seed, --max-rounds: --resume takes the study's plan from the log.
@@ -109,10 +112,7 @@ async def test_a_killed_run_is_gone_on_with_by_resume(cli: Cli, scenario_file: P
         if run.returncode is None:
             run.kill()
             await run.wait()
-    interrupted = {
-        str(r["negotiation_id"])
-        for r in await _rows(cli, "SELECT * FROM negotiation_runs WHERE status = 'running'")
-    }
+    interrupted = {str(r["negotiation_id"]) for r in await _rows(cli, _RUNNING)}
     assert interrupted, "every room ended before the kill: nothing was interrupted"
     shown = {r["negotiation_id"] for r in listed(cli, session) if r["interrupted"]}
     assert shown == interrupted
@@ -154,19 +154,9 @@ async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh
 ) -> None:
     log = cli.cwd / "interrupted-run.err"
     with log.open("wb") as stderr:
-        run = await anyio.open_process(
-            [*mams_command(), "run", str(scenario_file), *ARGS],
-            env=cli.env,
-            cwd=cli.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    running = "SELECT 1 FROM negotiation_runs WHERE status = 'running'"
+        run = await _start(cli, "run", str(scenario_file), *ARGS, stderr=stderr)
     try:
-        with anyio.fail_after(WAIT):
-            while len(await _rows(cli, running)) < 20:
-                assert run.returncode is None, "the run ended before it could be interrupted"
-                await anyio.sleep(0.02)
+        await _rooms_open(cli, run, "interrupted")
         run.send_signal(signal.SIGINT)
         with anyio.fail_after(WAIT):
             code = await run.wait()
@@ -174,8 +164,7 @@ async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh
         if run.returncode is None:
             run.kill()
             await run.wait()
-    err = log.read_text(encoding="utf-8")
-    err = flat(err)
+    err = flat(log.read_text(encoding="utf-8"))
     assert code == 130, err
     rows = await _rows(cli, "SELECT session_id, status FROM negotiation_runs")
     statuses = Counter(r["status"] for r in rows)
@@ -202,34 +191,18 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    # A zombie (state Z) has exited; only its parent's wait is missing.
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def test_a_killed_run_processes_takes_its_children_with_it_and_resume_ends_its_rooms(
     cli: Cli, scenario_file: Path
 ) -> None:
-    run = await anyio.open_process(
-        [*mams_command(), "run", str(scenario_file), "--processes", *ARGS],
-        env=cli.env,
-        cwd=cli.cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    running = "SELECT session_id FROM negotiation_runs WHERE status = 'running'"
+    run = await _start(cli, "run", str(scenario_file), "--processes", *ARGS)
     try:
-        with anyio.fail_after(WAIT):
-            while len(rows := await _rows(cli, running)) < 20:
-                assert run.returncode is None, "the run ended before it could be killed"
-                await anyio.sleep(0.02)
+        rows = await _rooms_open(cli, run, "killed")
         children = _children(run.pid)
         assert len(children) >= 3, children  # broker, sellers, buyer
         run.kill()  # SIGKILL: it cannot stop them itself
         await run.wait()
         with anyio.fail_after(WAIT):
-            while alive := [c for c in children if _alive(c)]:  # noqa: ASYNC110 (polling /proc)
+            while alive := [c for c in children if process_running(c)]:  # noqa: ASYNC110 (polling /proc)
                 await anyio.sleep(0.1)
         assert not alive
     finally:

@@ -34,6 +34,16 @@ def mams_command() -> list[str]:
     return [sys.executable, "-c", "from mams.cli import main; main()"]
 
 
+def process_running(pid: int) -> bool:
+    """Whether `pid` is a live process (Linux /proc): not gone, and not a zombie, which has
+    exited and only awaits its parent's wait."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def schema_dsn(database_url: str, schema: str) -> str:
     """The DSN with `options=-csearch_path=<schema>`: every process logs into the schema."""
     parts = urlsplit(database_url)
