@@ -101,7 +101,7 @@ from mams.domain.negotiation import (
 from mams.domain.opening import RoomOptions, opening
 from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable, StorageError
-from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
+from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend, read_in_chunks
 from mams.storage.leases import Leases
 from mams.storage.model import NewEvent, StoredEvent
 
@@ -111,7 +111,6 @@ _T = TypeVar("_T")
 
 # The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
 _RECAP_TYPES = ("buyer.said", "seller.replied")
-_RESUME_CHUNK = 200  # streams read per query when resuming
 
 
 class SessionStore(Protocol):
@@ -345,10 +344,8 @@ class Broker:
                 log.info("broker.resume_left_to_live_brokers", rooms=self.left_to_live)
             fresh = ours
         resumed: list[UUID] = []
-        for start in range(0, len(fresh), _RESUME_CHUNK):
-            chunk = fresh[start : start + _RESUME_CHUNK]
-            read = await self.store.read_streams(chunk)  # one round trip a chunk
-            resumed += self._resume_streams([(nid, read.get(nid, [])) for nid in chunk])
+        async for read in read_in_chunks(self.store, fresh):
+            resumed += self._resume_streams(read)
         if resumed and resync:  # first in the queue: before anything `run` decides
             await self._commands[0].send(_Resync())
         log.info("broker.resumed", rooms=len(resumed), streams=len(streams))

@@ -70,6 +70,7 @@ from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_m
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
+from mams.storage.eventstore import read_in_chunks
 from mams.storage.leases import PgLeases
 from mams.storage.readmodels import (
     list_runs,
@@ -402,13 +403,12 @@ async def _run_as_processes(
         session_id,
         started_after,
     )
+    item_of = {r["negotiation_id"]: r["item_name"] for r in rows}
     rooms = []
-    for start in range(0, len(rows), 200):  # 200 streams to a query
-        chunk = rows[start : start + 200]
-        stored = await srv.store.read_streams([r["negotiation_id"] for r in chunk])
-        for row in chunk:
-            events = [decode_event(e.data) for e in stored.get(row["negotiation_id"], [])]
-            rooms.append(RoomResult(row["negotiation_id"], row["item_name"], replay(events)))
+    async for streams in read_in_chunks(srv.store, list(item_of)):
+        for nid, stored in streams:
+            events = [decode_event(e.data) for e in stored]
+            rooms.append(RoomResult(nid, item_of[nid], replay(events)))
     return rooms
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -160,6 +160,20 @@ def _chain_in_order(
 
 def _previous_keys(batch: Sequence[NewEvent]) -> list[Key]:
     return list(dict.fromkeys((e.stream_id, e.seq - 1) for e in batch if e.seq > 1))
+
+
+STREAMS_PER_READ = 200  # ~20,000 events of 100-event negotiations a query
+
+
+async def read_in_chunks(
+    store: EventStore, ids: Sequence[UUID], *, chunk: int = STREAMS_PER_READ
+) -> AsyncIterator[list[tuple[UUID, list[StoredEvent]]]]:
+    """The streams `ids`, `chunk` of them to a query (`read_streams`), in the order of
+    `ids`: per chunk, each id with its events (none for a stream without any)."""
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        streams = await store.read_streams(part)
+        yield [(sid, streams.get(sid, [])) for sid in part]
 
 
 class InMemoryEventStore:

@@ -41,7 +41,7 @@ import msgspec
 from mams.storage.audit import check_link
 from mams.storage.chain import GENESIS
 from mams.storage.errors import StorageError
-from mams.storage.eventstore import EventStore
+from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.model import NewEvent, StoredEvent
 
 
@@ -119,11 +119,9 @@ async def export_streams(
     """The export lines of the streams `ids`, a chunk of streams per read, in the order of
     `ids`: yields per chunk how many ids it covered, their events (none for a stream
     without any) and those events' lines."""
-    for i in range(0, len(ids), chunk):
-        part = ids[i : i + chunk]
-        streams = await store.read_streams(part)
-        events = [e for sid in part for e in streams.get(sid, [])]
-        yield len(part), events, b"".join(export_lines(events))
+    async for streams in read_in_chunks(store, ids, chunk=chunk):
+        events = [e for _, stream in streams for e in stream]
+        yield len(streams), events, b"".join(export_lines(events))
 
 
 @dataclass
@@ -230,12 +228,9 @@ async def import_scanned(
     streams = archive.streams
     result = Imported()
     ids = list(streams)
-    for i in range(0, len(ids), EXPORT_CHUNK):
-        part = ids[i : i + EXPORT_CHUNK]
-        held = await store.read_streams(part)
-        for sid in part:  # in the file's order
-            stored = held.get(sid)
-            if stored is None:
+    async for part in read_in_chunks(store, ids, chunk=EXPORT_CHUNK):
+        for sid, stored in part:  # in the file's order
+            if not stored:
                 continue
             if len(stored) != streams[sid].events or stored[-1].hash != streams[sid].head:
                 raise ArchiveImportError(
