@@ -133,10 +133,21 @@ ORDER BY min(global_pos)
 """
 
 
-async def open_stream_ids(pool: Any) -> list[UUID]:
-    """Streams of the PostgreSQL event store (on `pool`) holding no negotiation.ended:
-    the candidates for `Broker.resume`, without reading every ended stream."""
-    rows = await pool.fetch(_OPEN_STREAMS)
+_OPEN_OF_SESSION = """
+SELECT negotiation_id AS stream_id FROM negotiation_runs
+WHERE session_id = $1 AND status = 'running' ORDER BY started_at, negotiation_id
+"""
+
+
+async def open_stream_ids(pool: Any, session_id: UUID | None = None) -> list[UUID]:
+    """Streams of the PostgreSQL event store (on `pool`) holding no negotiation.ended
+    (only those of session `session_id` if given, from its read model, written in the
+    events' own statement): the candidates for `Broker.resume`, without reading every
+    ended stream."""
+    if session_id is None:
+        rows = await pool.fetch(_OPEN_STREAMS)
+    else:
+        rows = await pool.fetch(_OPEN_OF_SESSION, session_id)
     return [r["stream_id"] for r in rows]
 
 
@@ -599,6 +610,13 @@ class Broker:
         if missing or not items:
             known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
             raise _RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
+        skip = {(item_key(name), seed) for name, seed in request.skip}
+        seeds = [
+            request.seed if request.runs == 1 else (request.seed or 0) + run
+            for run in range(request.runs)
+        ]
+        if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
+            raise _RefusedError("every room asked for is in skip: nothing to open")
         if request.scenario is not None:
             await self.sessions.save(session_id, scenario)
         assert session_id is not None
@@ -610,12 +628,13 @@ class Broker:
         ids: list[UUID] = []
         names: list[str] = []
         index = stock_index(scenario)
-        for run in range(request.runs):
-            seed = request.seed if request.runs == 1 else (request.seed or 0) + run
+        for seed in seeds:
             options = RoomOptions(
                 max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
             )
             for item in items:
+                if (item_key(item.item_name), seed) in skip:
+                    continue
                 started = opening(
                     scenario,
                     session_id,

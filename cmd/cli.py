@@ -187,11 +187,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             "lists them)"
         )
     _check_plan(args)
-    if args.processes and (args.resume or args.rooms_at_once is not None):
-        flag = "--resume" if args.resume else "--rooms-at-once"
+    if args.processes and args.rooms_at_once is not None:
         raise UsageError(
-            f"{flag} with --processes is not supported yet (the buyer process opens every "
-            "room at once); run it without --processes"
+            "--rooms-at-once with --processes is not supported yet (the buyer process opens "
+            "every room at once); run it without --processes"
         )
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
@@ -308,7 +307,9 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                 print_entry(out, entry, tags.get(nid))
 
         if args.processes:
-            rooms = await _run_as_processes(srv, scenario, session_id, items, args, out)
+            rooms = await _run_as_processes(
+                srv, scenario, session_id, items, args, out, study, opening=new_rooms > 0
+            )
         else:
             async with PgLeases(srv.pool, srv.dsn) as leases:
                 with progress if progress is not None else contextlib.nullcontext():
@@ -383,8 +384,12 @@ async def _run_as_processes(
     items: list[Any],
     args: argparse.Namespace,
     out: Console,
+    study: Progress,
+    *,
+    opening: bool,
 ) -> list[RoomResult]:
-    """Broker, sellers and buyer as OS processes; the outcomes read back from the log."""
+    """Broker, sellers and buyer as OS processes; the outcomes read back from the log: the
+    rooms it opened and, resuming, the interrupted ones it went on with."""
     from mams.processes import supervise
 
     started_after = await srv.pool.fetchval("SELECT now()")
@@ -396,12 +401,16 @@ async def _run_as_processes(
         dsn=srv.dsn,
         args=args,
         out=out,
+        resume=bool(study.interrupted),
+        skip=study.skip if opening else None,
     )
     rows = await srv.pool.fetch(
         "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "
-        "AND started_at >= $2 ORDER BY started_at, item_name",
+        "AND (started_at >= $2 OR negotiation_id = ANY($3::uuid[])) "
+        "ORDER BY started_at, item_name",
         session_id,
         started_after,
+        study.interrupted,
     )
     item_of = {r["negotiation_id"]: r["item_name"] for r in rows}
     rooms = []

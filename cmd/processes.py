@@ -6,7 +6,8 @@ as `mams creds` prints them) and one market name (the subject prefix, default "m
 Only the broker touches the database (DATABASE_URL, or the embedded one).
 
 Restarts: `mams broker` resumes the open negotiations of the log on start, those no live
-broker serves (`storage.leases`; `--no-resume` skips them all) and, stopped cleanly,
+broker serves (`storage.leases`; `--no-resume` skips them all, `--resume-session ID`
+takes only that session's, as `mams run --resume --processes` does) and, stopped cleanly,
 leaves open rooms open for the next broker to resume (`--abort-on-exit` records them as
 aborted instead, as `mams run --processes` does).
 Sellers and buyers say hello again every REHELLO_EVERY seconds, so after a broker restart
@@ -21,7 +22,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -172,6 +173,15 @@ async def _serve(
                 await bus.close()
 
 
+def _session_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a session id; `mams sessions` lists them"
+        ) from None
+
+
 def _lanes(text: str) -> int:
     try:
         value = int(text)
@@ -184,6 +194,8 @@ def _lanes(text: str) -> int:
 
 async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
     """Serve a market until SIGTERM/SIGINT (or its supervisor is gone)."""
+    if args.no_resume and args.resume_session:
+        raise ConfigError("give --no-resume or --resume-session, not both")
     brokers: list[Broker] = []
 
     def orphaned() -> None:
@@ -204,7 +216,9 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             leases=leases,
         )
         brokers.append(broker)
-        resumed = [] if args.no_resume else await broker.resume(await open_stream_ids(srv.pool))
+        session = getattr(args, "resume_session", None)
+        candidates = [] if args.no_resume else await open_stream_ids(srv.pool, session)
+        resumed = await broker.resume(candidates) if candidates else []
         note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
         if broker.left_to_live:
             note += f"; {broker.left_to_live} open negotiation(s) left to live brokers"
@@ -319,14 +333,40 @@ def add_durability(p: argparse.ArgumentParser) -> None:
 
 
 # -- buyer -----------------------------------------------------------------------------------
+_Pairs = tuple[tuple[str, int | None], ...]
+
+
+def write_skip_file(path: Path, pairs: Collection[tuple[str, int | None]]) -> None:
+    """The (item, seed) pairs a buyer is not to open, for `mams buyer --skip-file`."""
+    path.write_bytes(msgspec.json.encode(sorted(pairs, key=lambda p: (p[0], p[1] or 0))))
+
+
+def read_skip_file(path: Path) -> _Pairs:
+    """What `write_skip_file` wrote; a clear error for anything else."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=_Pairs)
+    except OSError as exc:
+        raise ConfigError(f"--skip-file {path}: {exc.strerror}") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(
+            f"--skip-file {path}: {exc}; expected a JSON list of [item, seed] pairs, "
+            'e.g. [["USB-C cable", 3]]'
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"--skip-file {path}: not JSON ({exc})") from None
+
+
 async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     """Open the session's rooms (or, with --resume, take back the open rooms a crashed
-    buyer process left), negotiate them, print the outcomes, exit."""
+    buyer process left; with --resume and --skip-file, both), negotiate them, print the
+    outcomes, exit."""
     if bool(args.scenario) == bool(args.session):
         raise ConfigError("give --scenario FILE or --session SESSION_ID (one of them)")
     if args.runs < 1:
         raise ConfigError(f"--runs must be at least 1, got {args.runs}")
     resuming = bool(args.resume)
+    skip = read_skip_file(Path(args.skip_file)) if args.skip_file else ()
+    opening = not resuming or args.skip_file is not None
     scenario = load_scenario(Path(args.scenario)) if args.scenario else None
     model = args.model or (scenario.buyer.model if scenario else "auto")
     agent_id = scenario.buyer.agent_id if scenario else args.agent
@@ -334,7 +374,9 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     brain = make_buyer_brain(resolve_model(model))
     bus = await NatsBus.connect(url, name=f"{args.market}-{agent_id}")
     welcomed = anyio.Event()
-    opened: list[RoomsOpened] = []
+    opened: list[RoomsOpened] = []  # the reply to our request, and the rooms taken back
+    answered = not opening  # our open_rooms has its rooms.opened
+    taken_back = not resuming  # the welcome listing the rooms to take back has come
     rejected: list[Rejected] = []
     closed: dict[UUID, RoomClosed] = {}
     ended_unseen: set[UUID] = set()  # rooms that ended while their room.closed was lost
@@ -342,7 +384,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     done = anyio.Event()
 
     def waiting_for() -> set[UUID]:
-        return set(opened[0].negotiation_ids) if opened else set()
+        return {nid for o in opened for nid in o.negotiation_ids}
 
     def take_rooms(rooms: tuple[UUID, ...]) -> None:
         # A buyer is only ever in its own rooms: the open ones a welcome lists are ours.
@@ -357,13 +399,16 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         welcomed.set()
 
     def on_message(message: InboxMessage) -> None:
+        nonlocal answered, taken_back
         match message:
-            case Welcome(rooms=rooms) if resuming and not opened:
+            case Welcome(rooms=rooms) if not taken_back:
                 # Each comes with its recap, so the brain goes on from where it was.
+                taken_back = True
                 take_rooms(rooms)
                 out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
             case Welcome(rooms=rooms) if requested.is_set() and not opened and rooms:
                 # The broker restarted after opening our rooms but before telling us.
+                answered = True
                 take_rooms(rooms)
             case Welcome(rooms=rooms):
                 # A welcome lists every open room we are in; one of ours missing from it
@@ -372,7 +417,8 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 if opened:
                     ended_unseen.update(waiting_for() - set(rooms) - closed.keys())
                 welcomed.set()
-            case RoomsOpened():
+            case RoomsOpened() if message.request_id == request.request_id:
+                answered = True
                 opened.append(message)
                 out.print(
                     f"opened {len(message.negotiation_ids)} room(s) in session {message.session_id}"
@@ -387,7 +433,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 closed[message.negotiation_id] = message
             case _:
                 pass
-        if opened and waiting_for() <= closed.keys() | ended_unseen:
+        if answered and taken_back and waiting_for() <= closed.keys() | ended_unseen:
             done.set()
 
     request = OpenRooms(
@@ -399,6 +445,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         round_timeout=args.round_timeout,
         seed=args.seed,
         runs=args.runs,
+        skip=skip,
     )
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
@@ -410,7 +457,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
             requested.set()
-            if not resuming:
+            if opening:
                 await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
             elif not waiting_for():
                 done.set()  # nothing left open to resume
@@ -440,7 +487,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     for nid in sorted(ended_unseen - closed.keys()):
         out.print(f"{nid}: ended while the broker was restarting; `mams replay {nid}` shows it")
         results.append({"negotiation_id": str(nid), "outcome": None, "status": "unknown"})
-    if resuming and not waiting_for():
+    if resuming and not opening and not waiting_for():
         out.print(f"no open rooms of {agent_id} on market {args.market!r}: nothing to resume")
     if args.json:
         session = opened[0].session_id if opened else None
@@ -472,6 +519,13 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="do not resume the open negotiations found in the log on start (by default it "
         "resumes those whose broker is gone, never a live broker's)",
+    )
+    b.add_argument(
+        "--resume-session",
+        type=_session_id,
+        metavar="SESSION_ID",
+        help="resume only this session's open negotiations (those whose broker is gone), "
+        "as `mams run --session ID --resume --processes` does",
     )
     b.add_argument(
         "--commit-lanes",
@@ -520,7 +574,13 @@ def add_parsers(sub: Any) -> None:
         "--resume",
         action="store_true",
         help="after this buyer's process died: take back its open rooms (each with its "
-        "conversation so far) instead of opening new ones",
+        "conversation so far) instead of opening new ones (with --skip-file: as well)",
+    )
+    u.add_argument(
+        "--skip-file",
+        metavar="FILE",
+        help="a JSON list of [item, seed] pairs not to open (rooms the session already "
+        "has), as `mams run --resume --processes` writes it",
     )
 
 
@@ -566,9 +626,15 @@ async def supervise(
     dsn: str,
     args: argparse.Namespace,
     out: Console,
+    resume: bool = False,
+    skip: Collection[tuple[str, int | None]] | None = None,
 ) -> None:
     """Run broker, sellers and buyer as separate OS processes on one market; return when
-    the buyer has finished (its rooms are all closed)."""
+    the buyer has finished (its rooms are all closed).
+
+    `resume`: the broker first takes over the session's interrupted rooms (no live broker)
+    and the buyer takes them back. `skip`: (item, seed) pairs the session already has, not
+    opened again; None opens nothing new (with `resume`: only go on with the interrupted)."""
     market = f"mams-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -596,7 +662,7 @@ async def supervise(
                 "--market",
                 market,
                 "--abort-on-exit",
-                "--no-resume",
+                *(["--resume-session", str(session_id)] if resume else ["--no-resume"]),
                 "--durability",
                 args.durability,
             )
@@ -644,6 +710,12 @@ async def supervise(
                 argv += ["--runs", str(args.runs)]
             if args.buyer_model:
                 argv += ["--model", args.buyer_model]
+            if resume:
+                argv.append("--resume")
+            if skip is not None and (resume or skip):
+                skip_file = Path(tmp) / "skip.json"
+                write_skip_file(skip_file, skip)
+                argv += ["--skip-file", str(skip_file)]
             buyer = await spawn("buyer", *argv)
             out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
             assert buyer.process.stdout is not None

@@ -261,7 +261,8 @@ class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_r
     Either `session_id` names a stored session, or `scenario` carries the whole scenario
     (as its TOML/JSON mapping) to be stored as a new session. `items` empty means all.
     With `runs` > 1, every item gets that many rooms, run r (from 0) seeded `seed` + r
-    (0 + r without a seed), as `mams run --runs` does.
+    (0 + r without a seed), as `mams run --runs` does. Rooms whose (item name, seed) pair
+    is in `skip` are left out: those a study already has (`mams run --resume`).
     """
 
     request_id: UUID
@@ -272,6 +273,7 @@ class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_r
     round_timeout: float = 30.0
     seed: int | None = None
     runs: int = 1
+    skip: tuple[tuple[str, int | None], ...] = ()
 
 
 OutboxMessage = BuyerTurn | SellerTurn | Hello | OpenRooms

@@ -215,8 +215,33 @@ async def test_a_killed_run_processes_takes_its_children_with_it_and_resume_ends
     assert {r["status"] for r in listed_rows} <= {"running", "completed"}
     interrupted = {r["negotiation_id"] for r in listed_rows if r["interrupted"]}
     assert interrupted
-    doc = cli.json("run", "--session", session, "--resume")
-    assert interrupted <= {n["negotiation_id"] for n in doc["negotiations"]}
+    completed = {(r["item"], r["seed"]) for r in listed_rows if r["status"] == "completed"}
+    # Resumed as processes too, with the study grown by 10 runs: its broker goes on with
+    # the interrupted rooms, its buyer takes them back and opens only the rooms not had.
+    proc = ok(
+        cli(
+            "run",
+            "--session",
+            session,
+            "--resume",
+            "--processes",
+            "--runs",
+            str(RUNS + 10),
+            "--json",
+        )
+    )
+    to_open = (RUNS + 10) * 3 - len(completed) - len(interrupted)
+    said = flat(proc.stderr)
+    assert f"{len(interrupted)} interrupted to go on with; {to_open} to open" in said
+    assert f"resuming {len(interrupted)} open room(s) of buyer" in said  # the buyer process
+    doc = one_json_object(proc.stdout)
+    got = {n["negotiation_id"]: n for n in doc["negotiations"]}
+    assert interrupted <= got.keys()  # the same rooms, not new ones in their place
+    assert {got[nid]["status"] for nid in interrupted} == {"completed"}
+    assert not completed & {(n["item"], n["seed"]) for n in got.values()}  # none run again
     rows = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
     assert {r["status"] for r in rows} == {"completed"}
-    assert len({(r["item_name"], r["seed"]) for r in rows}) == RUNS * 3 == len(rows)
+    assert len({(r["item_name"], r["seed"]) for r in rows}) == (RUNS + 10) * 3 == len(rows)
+    assert len(got) == len(rows) - len(completed)
+    audit = cli("audit", "--all")
+    assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -139,3 +139,32 @@ async def test_open_rooms_opens_every_run_of_every_item(
             )
             assert isinstance(refused, Rejected)
             assert f"runs must be from 1 to {MAX_RUNS}" in refused.reason
+            # What a study already has (skip) is not opened again: run 5 of the first
+            # item, and all of run 6 (its item named in another case), are left out.
+            session = opened.session_id
+            had = ((names[0], 5), *((name.upper(), 6) for name in names))
+            rest = await answer(
+                OpenRooms(request_id=uuid.uuid4(), session_id=session, seed=4, runs=3, skip=had)
+            )
+            assert isinstance(rest, RoomsOpened)
+            assert rest.session_id == session
+            opened_now: dict[uuid.UUID, tuple[str, int | None]] = {}
+            while len(opened_now) < len(rest.negotiation_ids):
+                started = await rig.wait_for(NegotiationStarted)
+                if started.negotiation_id in rest.negotiation_ids:
+                    opened_now[started.negotiation_id] = (started.item_name, started.seed)
+            assert sorted(opened_now.values()) == sorted(
+                [(name, 4) for name in names] + [(name, 5) for name in names[1:]]
+            )
+            everything = ((name, seed) for seed in (4, 5, 6) for name in names)
+            nothing = await answer(
+                OpenRooms(
+                    request_id=uuid.uuid4(),
+                    session_id=session,
+                    seed=4,
+                    runs=3,
+                    skip=tuple(everything),
+                )
+            )
+            assert isinstance(nothing, Rejected)
+            assert "nothing to open" in nothing.reason

@@ -39,6 +39,7 @@ from mams.domain.messages import InboxMessage, Welcome, decode_committed, decode
 from mams.domain.negotiation import replay
 from mams.storage.pg import open_store
 from mams.storage.readmodels import save_session
+from tests.e2e.test_cli import flat
 from tests.processes.helpers import Cast, Child, last_json_line, one_json_object
 
 pytestmark = pytest.mark.e2e
@@ -163,6 +164,20 @@ async def test_run_processes_runs_each_item_n_times(procs: Cast, scenario_file: 
     bad = procs.mams("bad-runs", "buyer", "--scenario", str(scenario_file), "--runs", "0")
     assert await bad.wait() == 2
     assert "--runs must be at least 1" in bad.err()
+    # A skip file that is not a list of [item, seed] pairs: named, with the fix.
+    skip = scenario_file.parent / "skip.json"
+    for text, why in (("[[", "not JSON"), ('[["USB-C cable", "x"]]', "[item, seed] pairs")):
+        skip.write_text(text)
+        bad = procs.mams(
+            "bad-skip", "buyer", "--scenario", str(scenario_file), "--skip-file", str(skip)
+        )
+        assert await bad.wait() == 2
+        said = flat(bad.err())
+        assert f"--skip-file {skip}" in said
+        assert why in said
+    both = procs.mams("bad-broker", "broker", "--no-resume", "--resume-session", str(uuid.uuid4()))
+    assert await both.wait() == 2
+    assert "--no-resume or --resume-session, not both" in both.err()
 
 
 # -- (b) -------------------------------------------------------------------------------------

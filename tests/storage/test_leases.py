@@ -18,6 +18,7 @@ from mams.bus.memory import InMemoryBus
 from mams.bus.subjects import Subjects
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.leases import PgLeases, live_rooms
+from mams.storage.readmodels import save_session
 from tests.integration.helpers import started_for
 from tests.integration.scenarios import phone
 
@@ -201,3 +202,35 @@ async def test_the_keeper_outlives_its_connection_killed_again_and_again(
                         await anyio.sleep(0.005)
             tg.cancel_scope.cancel()
     assert lost == []
+
+
+async def test_the_open_streams_of_one_session_are_its_rooms_not_yet_ended(db: Db) -> None:
+    """What `mams broker --resume-session` takes over: that session's open rooms only."""
+    pool, store = db
+    scenario = phone()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        for session in (a, b):
+            await save_session(conn, session, scenario)
+    item = scenario.buyer.items[0].item_name
+    rooms = [
+        started_for(scenario, item, RunOptions(seed=seed), session)
+        for session, seed in ((a, 1), (a, 2), (b, 1))
+    ]
+    a1, a2, b1 = (r.negotiation_id for r in rooms)
+    broker = Broker(InMemoryBus(), store, Subjects(prefix="t"), abort_on_shutdown=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        for started in rooms:  # no agents: the rooms stay open, waiting for them
+            await broker.open(started)
+        with anyio.fail_after(10):
+            while len(await open_stream_ids(pool)) < 3:  # noqa: ASYNC110 (polling the log)
+                await anyio.sleep(0.02)
+        assert set(await open_stream_ids(pool, a)) == {a1, a2}
+        assert await open_stream_ids(pool, b) == [b1]
+        await broker.abort(a1, "test")
+        with anyio.fail_after(10):
+            while await open_stream_ids(pool, a) != [a2]:  # noqa: ASYNC110 (polling the log)
+                await anyio.sleep(0.02)
+        assert await open_stream_ids(pool, uuid.uuid4()) == []
+        tg.cancel_scope.cancel()
