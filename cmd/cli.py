@@ -187,11 +187,6 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             "lists them)"
         )
     _check_plan(args)
-    if args.processes and args.rooms_at_once is not None:
-        raise UsageError(
-            "--rooms-at-once with --processes is not supported yet (the buyer process opens "
-            "every room at once); run it without --processes"
-        )
     # Validate the file before touching any server: a bad scenario writes nothing.
     scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
     for flag, value in (("--buyer-model", args.buyer_model), ("--seller-model", args.seller_model)):
@@ -281,7 +276,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             base = options.seed or 0
             out.print(f"[dim]runs:[/dim] {args.runs} (seeds {base}..{base + args.runs - 1})")
         at_once = args.rooms_at_once
-        if at_once is None and labels != {BASELINE_LABEL} and not args.processes:
+        if at_once is None and labels != {BASELINE_LABEL}:
             at_once = LLM_ROOMS_AT_ONCE
         if at_once is not None and at_once < total:
             out.print(f"[dim]rooms at once:[/dim] {at_once} of {total}, the next as one ends")
@@ -308,7 +303,15 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
         if args.processes:
             rooms = await _run_as_processes(
-                srv, scenario, session_id, items, args, out, study, opening=new_rooms > 0
+                srv,
+                scenario,
+                session_id,
+                items,
+                args,
+                out,
+                study,
+                opening=new_rooms > 0,
+                at_once=at_once if at_once is not None and at_once < total else None,
             )
         else:
             async with PgLeases(srv.pool, srv.dsn) as leases:
@@ -387,6 +390,7 @@ async def _run_as_processes(
     study: Progress,
     *,
     opening: bool,
+    at_once: int | None,
 ) -> list[RoomResult]:
     """Broker, sellers and buyer as OS processes; the outcomes read back from the log: the
     rooms it opened and, resuming, the interrupted ones it went on with."""
@@ -403,6 +407,7 @@ async def _run_as_processes(
         out=out,
         resume=bool(study.interrupted),
         skip=study.skip if opening else None,
+        at_once=at_once,
     )
     rows = await srv.pool.fetch(
         "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "

@@ -40,7 +40,7 @@ from mams.actors.monitor import QualityMonitor, galileo_hook
 from mams.bus.base import redact_url
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
-from mams.domain.config import Scenario, load_scenario, scenario_to_raw
+from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
 from mams.domain.errors import ConfigError
 from mams.domain.messages import (
     Hello,
@@ -356,6 +356,139 @@ def read_skip_file(path: Path) -> _Pairs:
         raise ConfigError(f"--skip-file {path}: not JSON ({exc})") from None
 
 
+class _Rooms:
+    """What a buyer process asked the broker for and heard back: its open_rooms requests,
+    the rooms they opened (or that it took back), which of them closed. Every change sets
+    `changed` (a fresh event after each)."""
+
+    def __init__(self, *, resuming: bool) -> None:
+        self.sent: set[UUID] = set()  # request ids
+        self.pending: set[UUID] = set()  # sent, not yet answered
+        self.all_sent = False
+        self.ours: set[UUID] = set()
+        self.taken_back = not resuming  # the welcome listing the rooms to take back came
+        self.session_id: UUID | None = None
+        self.closed: dict[UUID, RoomClosed] = {}
+        self.ended_unseen: set[UUID] = set()  # ended while their room.closed was lost
+        self.rejected: list[Rejected] = []
+        self.changed = anyio.Event()
+
+    def open_now(self) -> int:
+        """Rooms open or being opened (a request is one room when opening a few at once)."""
+        return len(self.ours - self.closed.keys() - self.ended_unseen) + len(self.pending)
+
+    def finished(self) -> bool:
+        return bool(self.rejected) or (
+            self.all_sent
+            and not self.pending
+            and self.taken_back
+            and self.ours <= self.closed.keys() | self.ended_unseen
+        )
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def hear(self, message: InboxMessage, out: Console, agent_id: str) -> None:
+        match message:
+            case Welcome(rooms=rooms) if not self.taken_back:
+                # Each comes with its recap, so the brain goes on from where it was.
+                self.taken_back = True
+                self.ours.update(rooms)
+                out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
+            case Welcome(rooms=rooms):
+                # A buyer is only ever in its own rooms. One a welcome lists that we never
+                # heard of: the broker restarted after opening it, before telling us.
+                if (unknown := set(rooms) - self.ours) and self.pending:
+                    self.ours |= unknown
+                    self.pending.clear()
+                # One of ours missing from it has ended while its room.closed was lost (a
+                # broker crash between commit and delivery). The outcome is in the log.
+                self.ended_unseen |= self.ours - set(rooms) - self.closed.keys()
+            case RoomsOpened(request_id=request_id) if request_id in self.sent:
+                self.pending.discard(request_id)
+                self.ours.update(message.negotiation_ids)
+                self.session_id = self.session_id or message.session_id
+                out.print(
+                    f"opened {len(message.negotiation_ids)} room(s) in session {message.session_id}"
+                )
+            case Rejected(request_id=request_id) if request_id in self.sent:
+                self.rejected.append(message)
+            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
+                price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
+                out.print(f"r{n} {peer.handle}: {text}{price}")
+            case RoomClosed():
+                self.closed[message.negotiation_id] = message
+            case _:
+                return
+        self.touch()
+
+
+def _requests(args: argparse.Namespace, scenario: Scenario | None) -> list[OpenRooms]:
+    """The open_rooms to send: one for every room, or with --rooms-at-once one per (item,
+    seed) (`_open_all` sends them as rooms end). Only the first carries an inline
+    scenario: its answer names the session the others then use. Raises ConfigError."""
+    skip = read_skip_file(Path(args.skip_file)) if args.skip_file else ()
+    session = UUID(args.session) if args.session else None
+    inline = scenario_to_raw(scenario) if scenario else None
+    shape = {"max_rounds": args.max_rounds, "round_timeout": args.round_timeout}
+    if args.rooms_at_once is None:
+        request = OpenRooms(
+            request_id=uuid.uuid4(),
+            session_id=session,
+            scenario=inline,
+            items=tuple(args.item),
+            seed=args.seed,
+            runs=args.runs,
+            skip=skip,
+            **shape,
+        )
+        return [request]
+    if args.rooms_at_once < 1:
+        raise ConfigError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
+    items = list(args.item) or ([i.item_name for i in scenario.buyer.items] if scenario else [])
+    if not items:
+        raise ConfigError(
+            "--rooms-at-once with --session needs the items named: --item NAME for each "
+            "(or give --scenario FILE)"
+        )
+    seeds = [args.seed] if args.runs == 1 else [(args.seed or 0) + r for r in range(args.runs)]
+    had = {(item_key(name), seed) for name, seed in skip}
+    pairs = [(i, s) for s in seeds for i in items if (item_key(i), s) not in had]
+    return [
+        OpenRooms(
+            request_id=uuid.uuid4(),
+            session_id=session,
+            scenario=inline if n == 0 else None,
+            items=(item,),
+            seed=seed,
+            runs=1,
+            **shape,
+        )
+        for n, (item, seed) in enumerate(pairs)
+    ]
+
+
+async def _open_all(
+    actor: AgentActor, requests: list[OpenRooms], at_once: int | None, rooms: _Rooms
+) -> None:
+    """Send the requests: all at once, or keeping at most `at_once` rooms open."""
+    for n, request in enumerate(requests):
+        if n > 0 and request.session_id is None:  # the session the first one stored
+            while rooms.session_id is None and not rooms.rejected:
+                await rooms.changed.wait()
+            request = msgspec.structs.replace(request, session_id=rooms.session_id)
+        while at_once is not None and rooms.open_now() >= at_once and not rooms.rejected:
+            await rooms.changed.wait()
+        if rooms.rejected:
+            return
+        rooms.sent.add(request.request_id)
+        rooms.pending.add(request.request_id)
+        await actor.bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+    rooms.all_sent = True
+    rooms.touch()
+
+
 async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     """Open the session's rooms (or, with --resume, take back the open rooms a crashed
     buyer process left; with --resume and --skip-file, both), negotiate them, print the
@@ -365,88 +498,23 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     if args.runs < 1:
         raise ConfigError(f"--runs must be at least 1, got {args.runs}")
     resuming = bool(args.resume)
-    skip = read_skip_file(Path(args.skip_file)) if args.skip_file else ()
-    opening = not resuming or args.skip_file is not None
     scenario = load_scenario(Path(args.scenario)) if args.scenario else None
+    opening = not resuming or args.skip_file is not None
+    requests = _requests(args, scenario) if opening else []
     model = args.model or (scenario.buyer.model if scenario else "auto")
     agent_id = scenario.buyer.agent_id if scenario else args.agent
     url = _nats_url(args)
     brain = make_buyer_brain(resolve_model(model))
     bus = await NatsBus.connect(url, name=f"{args.market}-{agent_id}")
     welcomed = anyio.Event()
-    opened: list[RoomsOpened] = []  # the reply to our request, and the rooms taken back
-    answered = not opening  # our open_rooms has its rooms.opened
-    taken_back = not resuming  # the welcome listing the rooms to take back has come
-    rejected: list[Rejected] = []
-    closed: dict[UUID, RoomClosed] = {}
-    ended_unseen: set[UUID] = set()  # rooms that ended while their room.closed was lost
-    requested = anyio.Event()
-    done = anyio.Event()
-
-    def waiting_for() -> set[UUID]:
-        return {nid for o in opened for nid in o.negotiation_ids}
-
-    def take_rooms(rooms: tuple[UUID, ...]) -> None:
-        # A buyer is only ever in its own rooms: the open ones a welcome lists are ours.
-        opened.append(
-            RoomsOpened(
-                request_id=request.request_id,
-                session_id=request.session_id or uuid.UUID(int=0),
-                negotiation_ids=rooms,
-                items=(),
-            )
-        )
-        welcomed.set()
+    rooms = _Rooms(resuming=resuming)
+    rooms.session_id = UUID(args.session) if args.session else None
 
     def on_message(message: InboxMessage) -> None:
-        nonlocal answered, taken_back
-        match message:
-            case Welcome(rooms=rooms) if not taken_back:
-                # Each comes with its recap, so the brain goes on from where it was.
-                taken_back = True
-                take_rooms(rooms)
-                out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
-            case Welcome(rooms=rooms) if requested.is_set() and not opened and rooms:
-                # The broker restarted after opening our rooms but before telling us.
-                answered = True
-                take_rooms(rooms)
-            case Welcome(rooms=rooms):
-                # A welcome lists every open room we are in; one of ours missing from it
-                # has ended while its room.closed was lost (a broker crash between commit
-                # and delivery). The outcome is in the log.
-                if opened:
-                    ended_unseen.update(waiting_for() - set(rooms) - closed.keys())
-                welcomed.set()
-            case RoomsOpened() if message.request_id == request.request_id:
-                answered = True
-                opened.append(message)
-                out.print(
-                    f"opened {len(message.negotiation_ids)} room(s) in session {message.session_id}"
-                )
-            case Rejected():
-                rejected.append(message)
-                done.set()
-            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
-                price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
-                out.print(f"r{n} {peer.handle}: {text}{price}")
-            case RoomClosed():
-                closed[message.negotiation_id] = message
-            case _:
-                pass
-        if answered and taken_back and waiting_for() <= closed.keys() | ended_unseen:
-            done.set()
+        if isinstance(message, Welcome):
+            welcomed.set()
+        rooms.hear(message, out, agent_id)
 
-    request = OpenRooms(
-        request_id=uuid.uuid4(),
-        session_id=UUID(args.session) if args.session else None,
-        scenario=scenario_to_raw(scenario) if scenario else None,
-        items=tuple(args.item),
-        max_rounds=args.max_rounds,
-        round_timeout=args.round_timeout,
-        seed=args.seed,
-        runs=args.runs,
-        skip=skip,
-    )
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
     )
@@ -456,45 +524,41 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
-            requested.set()
-            if opening:
-                await bus.publish(actor.subjects.outbox(actor.agent), encode(request))
-            elif not waiting_for():
-                done.set()  # nothing left open to resume
 
             async def watch() -> None:
                 await _until_orphaned()
                 orphan.set()
-                done.set()
+                rooms.touch()
 
             tg.start_soon(watch)
-            await done.wait()
+            tg.start_soon(_open_all, actor, requests, args.rooms_at_once, rooms)
+            while not (rooms.finished() or orphan.is_set()):
+                await rooms.changed.wait()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await bus.close()
-    if rejected:
-        raise ConfigError(f"the broker refused to open the rooms: {rejected[0].reason}")
+    if rooms.rejected:
+        raise ConfigError(f"the broker refused to open the rooms: {rooms.rejected[0].reason}")
     if orphan.is_set():
         raise ConfigError("the supervising mams run is gone; stopped with rooms still open")
     results = [
         {"negotiation_id": str(nid), "outcome": msgspec.to_builtins(c.outcome), "status": c.status}
-        for nid, c in closed.items()
+        for nid, c in rooms.closed.items()
     ]
-    for nid, c in closed.items():
+    for nid, c in rooms.closed.items():
         outcome = describe_outcome(c.outcome) if c.outcome else "closed"
         out.print(f"{nid}: {c.status}: {outcome}")
-    for nid in sorted(ended_unseen - closed.keys()):
+    for nid in sorted(rooms.ended_unseen - rooms.closed.keys()):
         out.print(f"{nid}: ended while the broker was restarting; `mams replay {nid}` shows it")
         results.append({"negotiation_id": str(nid), "outcome": None, "status": "unknown"})
-    if resuming and not opening and not waiting_for():
+    if resuming and not opening and not rooms.ours:
         out.print(f"no open rooms of {agent_id} on market {args.market!r}: nothing to resume")
     if args.json:
-        session = opened[0].session_id if opened else None
-        known = session is not None and session.int != 0  # --resume --scenario: not known
+        session = rooms.session_id  # --resume --scenario: not known
         sys.stdout.write(
             msgspec.json.encode(
-                {"session_id": str(session) if known else None, "negotiations": results}
+                {"session_id": str(session) if session else None, "negotiations": results}
             ).decode()
             + "\n"
         )
@@ -569,6 +633,13 @@ def add_parsers(sub: Any) -> None:
         metavar="N",
         help="negotiate every item N times at once, run r with seed + r (default 1)",
     )
+    u.add_argument(
+        "--rooms-at-once",
+        type=int,
+        metavar="N",
+        help="keep at most N rooms open, opening the next as one ends (default: all at "
+        "once); with --session, name the items (--item)",
+    )
     u.add_argument("--json", action="store_true")
     u.add_argument(
         "--resume",
@@ -628,13 +699,15 @@ async def supervise(
     out: Console,
     resume: bool = False,
     skip: Collection[tuple[str, int | None]] | None = None,
+    at_once: int | None = None,
 ) -> None:
     """Run broker, sellers and buyer as separate OS processes on one market; return when
     the buyer has finished (its rooms are all closed).
 
     `resume`: the broker first takes over the session's interrupted rooms (no live broker)
     and the buyer takes them back. `skip`: (item, seed) pairs the session already has, not
-    opened again; None opens nothing new (with `resume`: only go on with the interrupted)."""
+    opened again; None opens nothing new (with `resume`: only go on with the interrupted).
+    `at_once`: the buyer keeps at most that many rooms open, the next as one ends."""
     market = f"mams-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -710,6 +783,8 @@ async def supervise(
                 argv += ["--runs", str(args.runs)]
             if args.buyer_model:
                 argv += ["--model", args.buyer_model]
+            if at_once is not None:
+                argv += ["--rooms-at-once", str(at_once)]
             if resume:
                 argv.append("--resume")
             if skip is not None and (resume or skip):

@@ -422,7 +422,7 @@ def test_runs_negotiate_each_item_n_times_with_seeds_in_a_row(
     assert proc.stdout.count("negotiation ") >= 9
     assert "rooms at once: 4 of 9" in proc.stdout
     # Bad counts exit 2.
-    for bad in (("--runs", "0"), ("--rooms-at-once", "2", "--processes"), ("--rooms-at-once", "0")):
+    for bad in (("--runs", "0"), ("--rooms-at-once", "0"), ("--rooms-at-once", "0", "--processes")):
         proc = cli("run", str(scenario_file), *bad)
         assert proc.returncode == 2
         assert bad[0] in proc.stderr

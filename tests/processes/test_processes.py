@@ -150,10 +150,49 @@ async def test_run_processes_json(procs: Cast, scenario_file: Path) -> None:
     assert "process broker" in run.err()
 
 
-async def test_run_processes_runs_each_item_n_times(procs: Cast, scenario_file: Path) -> None:
-    """--runs through the buyer process: one open_rooms asking for 3 runs."""
+async def most_open_at_once(database_url: str, schema: str) -> int:
+    """The most rooms the log has open at once (from each room's first event to its
+    negotiation.ended, in commit order)."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        rows = await conn.fetch(
+            "SELECT min(global_pos) AS opened, "
+            "max(global_pos) FILTER (WHERE type = 'negotiation.ended') AS ended "
+            "FROM events GROUP BY stream_id"
+        )
+    finally:
+        await conn.close()
+    steps = sorted([(r["opened"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
+    most = now = 0
+    for _, step in steps:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize(("at_once", "most"), [(None, 3), (2, 2)])
+async def test_run_processes_runs_each_item_n_times(
+    procs: Cast,
+    scenario_file: Path,
+    database_url: str,
+    pg_schema: str,
+    at_once: int | None,
+    most: int,
+) -> None:
+    """--runs through the buyer process: one open_rooms asking for 3 runs, or with
+    --rooms-at-once one per room, the next as one ends."""
+    cap = ["--rooms-at-once", str(at_once)] if at_once else []
     run = procs.mams(
-        "run", "run", str(scenario_file), "--processes", "--json", "--seed", "7", "--runs", "3"
+        "run",
+        "run",
+        str(scenario_file),
+        "--processes",
+        "--json",
+        "--seed",
+        "7",
+        "--runs",
+        "3",
+        *cap,
     )
     assert await run.wait() == 0, run.describe()
     negs = one_json_object(run.out())["negotiations"]
@@ -161,6 +200,9 @@ async def test_run_processes_runs_each_item_n_times(procs: Cast, scenario_file: 
     assert {n["item"] for n in negs} == {"USB-C cable"}
     assert all(n["status"] == "completed" for n in negs)
     assert len({n["negotiation_id"] for n in negs}) == 3
+    assert await most_open_at_once(database_url, pg_schema) == most
+    if at_once:
+        return
     bad = procs.mams("bad-runs", "buyer", "--scenario", str(scenario_file), "--runs", "0")
     assert await bad.wait() == 2
     assert "--runs must be at least 1" in bad.err()
@@ -178,6 +220,36 @@ async def test_run_processes_runs_each_item_n_times(procs: Cast, scenario_file: 
     both = procs.mams("bad-broker", "broker", "--no-resume", "--resume-session", str(uuid.uuid4()))
     assert await both.wait() == 2
     assert "--no-resume or --resume-session, not both" in both.err()
+
+
+async def test_a_buyer_with_rooms_at_once_stores_its_scenario_once(
+    procs: Cast, market: str, scenario_file: Path, database_url: str, pg_schema: str
+) -> None:
+    """`mams buyer --scenario F --rooms-at-once 1`: the first open_rooms stores the
+    scenario as a session, every later one opens its room in that session."""
+    await start_market(procs, market, scenario_file)
+    buyer = procs.buyer(
+        scenario_file, market, "--seed", "3", "--runs", "3", "--rooms-at-once", "1", "--json"
+    )
+    assert await buyer.wait() == 0, buyer.describe()
+    doc = last_json_line(buyer.out())
+    assert len(doc["negotiations"]) == 3
+    assert {n["status"] for n in doc["negotiations"]} == {"completed"}
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": pg_schema})
+    try:
+        sessions = await conn.fetch("SELECT DISTINCT session_id, seed FROM negotiation_runs")
+    finally:
+        await conn.close()
+    assert {str(r["session_id"]) for r in sessions} == {doc["session_id"]}
+    assert sorted(r["seed"] for r in sessions) == [3, 4, 5]
+    assert await most_open_at_once(database_url, pg_schema) == 1
+    # With a stored session the buyer cannot list its items: it says to name them.
+    unnamed = procs.mams(
+        "unnamed", "buyer", "--session", doc["session_id"], "--market", market,
+        "--rooms-at-once", "2",
+    )  # fmt: skip
+    assert await unnamed.wait() == 2
+    assert "--rooms-at-once with --session needs the items named" in flat(unnamed.err())
 
 
 # -- (b) -------------------------------------------------------------------------------------
