@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
-from mams.domain.events import NegotiationEnded, QualityFlagged, decode_event
+from mams.domain.events import Event, NegotiationEnded, QualityFlagged, decode_event
 from mams.domain.messages import CommittedEvent, decode_committed
 from mams.domain.quality import QualityChecker, check
 from mams.storage.errors import StorageError
@@ -260,8 +260,16 @@ async def grade_stored(store: EventStore, negotiation_id: UUID) -> list[QualityF
     had no monitor, and for logs written before a check existed.
     """
     events = [decode_event(row.data) for row in await store.read(negotiation_id)]
+    return await grade_events(store, negotiation_id, events)
+
+
+async def grade_events(
+    store: EventStore, negotiation_id: UUID, events: Sequence[Event]
+) -> list[QualityFlagged]:
+    """`grade_stored` of a negotiation whose events are already read."""
     flags = check(events)
-    await record_observations(store, negotiation_id, flags)
+    if flags:
+        await record_observations(store, negotiation_id, flags)
     return flags
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -37,7 +37,7 @@ from mams.actors.market import (
     run_market,
     run_seeds,
 )
-from mams.actors.monitor import grade_stored, stored_flags
+from mams.actors.monitor import grade_events, stored_flags
 from mams.analyze import add_parsers as add_analyze_parsers
 from mams.analyze import cmd_analyze
 from mams.audit import add_parsers as add_audit_parsers
@@ -280,8 +280,9 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             at_once = LLM_ROOMS_AT_ONCE
         if at_once is not None and at_once < total:
             out.print(f"[dim]rooms at once:[/dim] {at_once} of {total}, the next as one ends")
-        # With --processes the buyer process prints what it hears; here nothing runs.
-        progress = None if transcript or args.processes else RunProgress(out, total)
+        # With --processes the buyer process prints what it hears, or with a progress bar
+        # says as each room ends.
+        progress = None if transcript else RunProgress(out, total)
 
         def on_opened(rooms: list[RoomResult]) -> None:
             if progress is not None:
@@ -301,18 +302,22 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             for entry in renderers[nid].entries(event):
                 print_entry(out, entry, tags.get(nid))
 
+        flags: dict[UUID, list[QualityFlagged]]
         if args.processes:
-            rooms = await _run_as_processes(
-                srv,
-                scenario,
-                session_id,
-                items,
-                args,
-                out,
-                study,
-                opening=new_rooms > 0,
-                at_once=at_once if at_once is not None and at_once < total else None,
-            )
+            with progress if progress is not None else contextlib.nullcontext():
+                rooms, flags = await _run_as_processes(
+                    srv,
+                    scenario,
+                    session_id,
+                    items,
+                    args,
+                    out,
+                    study,
+                    opening=new_rooms > 0,
+                    at_once=at_once if at_once is not None and at_once < total else None,
+                    on_ended=None if progress is None else progress.room_ended,
+                    grade=options.monitor,
+                )
         else:
             async with PgLeases(srv.pool, srv.dsn) as leases:
                 with progress if progress is not None else contextlib.nullcontext():
@@ -334,7 +339,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                         leases=leases,
                         resume=study.interrupted,
                     )
-        flags = await _quality(srv.store, rooms, graded=not args.processes, on=options.monitor)
+            # What the live monitor recorded of each room.
+            flags = {}
+            for room in rooms if options.monitor else []:
+                flags[room.negotiation_id] = await stored_flags(srv.store, room.negotiation_id)
     out.print()
     if args.runs == 1 and len(rooms) <= TABLE_ROOMS:
         out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
@@ -368,18 +376,6 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-async def _quality(
-    store: Any, rooms: list[RoomResult], *, graded: bool, on: bool
-) -> dict[UUID, list[QualityFlagged]]:
-    """Each room's quality flags: as the live monitor recorded them, or graded now (runs
-    as processes have no in-process monitor)."""
-    if not on:
-        return {}
-    if graded:
-        return {r.negotiation_id: await stored_flags(store, r.negotiation_id) for r in rooms}
-    return {r.negotiation_id: await grade_stored(store, r.negotiation_id) for r in rooms}
-
-
 async def _run_as_processes(
     srv: Any,
     scenario: Scenario,
@@ -391,9 +387,13 @@ async def _run_as_processes(
     *,
     opening: bool,
     at_once: int | None,
-) -> list[RoomResult]:
+    on_ended: Callable[[bool], None] | None,
+    grade: bool,
+) -> tuple[list[RoomResult], dict[UUID, list[QualityFlagged]]]:
     """Broker, sellers and buyer as OS processes; the outcomes read back from the log: the
-    rooms it opened and, resuming, the interrupted ones it went on with."""
+    rooms it opened and, resuming, the interrupted ones it went on with. With `grade`,
+    each room's quality flags too, graded from the same read and recorded (no monitor
+    watched them live)."""
     from mams.processes import supervise
 
     started_after = await srv.pool.fetchval("SELECT now()")
@@ -408,6 +408,7 @@ async def _run_as_processes(
         resume=bool(study.interrupted),
         skip=study.skip if opening else None,
         at_once=at_once,
+        on_ended=on_ended,
     )
     rows = await srv.pool.fetch(
         "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "
@@ -419,11 +420,14 @@ async def _run_as_processes(
     )
     item_of = {r["negotiation_id"]: r["item_name"] for r in rows}
     rooms = []
+    flags: dict[UUID, list[QualityFlagged]] = {}
     async for streams in read_in_chunks(srv.store, list(item_of)):
         for nid, stored in streams:
             events = [decode_event(e.data) for e in stored]
             rooms.append(RoomResult(nid, item_of[nid], replay(events)))
-    return rooms
+            if grade:
+                flags[nid] = await grade_events(srv.store, nid, events)
+    return rooms, flags
 
 
 # -- replay, sessions, negotiations ---------------------------------------------------------

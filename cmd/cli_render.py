@@ -212,9 +212,13 @@ class RunProgress:
     def event(self, event: Event) -> None:
         """Count a committed event: an ended room moves the bar."""
         if isinstance(event, NegotiationEnded):
-            self.ended += 1
-            self.deals += event.outcome.type == "deal"
-            self._progress.update(self._task, completed=self.ended, deals=self.deals)
+            self.room_ended(event.outcome.type == "deal")
+
+    def room_ended(self, deal: bool) -> None:
+        """One more room ended (a deal or not)."""
+        self.ended += 1
+        self.deals += deal
+        self._progress.update(self._task, completed=self.ended, deals=self.deals)
 
 
 class LLMUsage:

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -361,7 +361,8 @@ class _Rooms:
     the rooms they opened (or that it took back), which of them closed. Every change sets
     `changed` (a fresh event after each)."""
 
-    def __init__(self, *, resuming: bool) -> None:
+    def __init__(self, *, resuming: bool, stream: bool = False) -> None:
+        self.stream = stream  # each room's outcome as a JSON line as it closes
         self.sent: set[UUID] = set()  # request ids
         self.pending: set[UUID] = set()  # sent, not yet answered
         self.all_sent = False
@@ -414,14 +415,24 @@ class _Rooms:
                 )
             case Rejected(request_id=request_id) if request_id in self.sent:
                 self.rejected.append(message)
-            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
+            case SellerMessage(seller=peer, text=text, offer=offer, round=n) if not self.stream:
                 price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
                 out.print(f"r{n} {peer.handle}: {text}{price}")
-            case RoomClosed():
-                self.closed[message.negotiation_id] = message
+            case RoomClosed(negotiation_id=nid) if nid not in self.closed:
+                self.closed[nid] = message
+                if self.stream:
+                    sys.stdout.write(msgspec.json.encode(_closed_json(nid, message)).decode())
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
             case _:
                 return
         self.touch()
+
+
+def _closed_json(nid: UUID, closed: RoomClosed) -> dict[str, Any]:
+    """A room's outcome as `mams buyer --json` (and `--stream`) prints it."""
+    outcome = msgspec.to_builtins(closed.outcome)
+    return {"negotiation_id": str(nid), "outcome": outcome, "status": closed.status}
 
 
 def _requests(args: argparse.Namespace, scenario: Scenario | None) -> list[OpenRooms]:
@@ -507,7 +518,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     brain = make_buyer_brain(resolve_model(model))
     bus = await NatsBus.connect(url, name=f"{args.market}-{agent_id}")
     welcomed = anyio.Event()
-    rooms = _Rooms(resuming=resuming)
+    rooms = _Rooms(resuming=resuming, stream=args.stream)
     rooms.session_id = UUID(args.session) if args.session else None
 
     def on_message(message: InboxMessage) -> None:
@@ -542,11 +553,8 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         raise ConfigError(f"the broker refused to open the rooms: {rooms.rejected[0].reason}")
     if orphan.is_set():
         raise ConfigError("the supervising mams run is gone; stopped with rooms still open")
-    results = [
-        {"negotiation_id": str(nid), "outcome": msgspec.to_builtins(c.outcome), "status": c.status}
-        for nid, c in rooms.closed.items()
-    ]
-    for nid, c in rooms.closed.items():
+    results = [_closed_json(nid, c) for nid, c in rooms.closed.items()]
+    for nid, c in [] if args.stream else rooms.closed.items():
         outcome = describe_outcome(c.outcome) if c.outcome else "closed"
         out.print(f"{nid}: {c.status}: {outcome}")
     for nid in sorted(rooms.ended_unseen - rooms.closed.keys()):
@@ -642,6 +650,12 @@ def add_parsers(sub: Any) -> None:
     )
     u.add_argument("--json", action="store_true")
     u.add_argument(
+        "--stream",
+        action="store_true",
+        help="print each room's outcome as one JSON line as it closes (the shape of an "
+        "entry of --json's negotiations) instead of every seller message",
+    )
+    u.add_argument(
         "--resume",
         action="store_true",
         help="after this buyer's process died: take back its open rooms (each with its "
@@ -656,6 +670,18 @@ def add_parsers(sub: Any) -> None:
 
 
 # -- supervisor: `mams run --processes` --------------------------------------------------------
+async def _lines_of(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
+    """A child's output, line by line (a line may arrive in several chunks)."""
+    buffered = ""
+    async for chunk in stream:
+        buffered += chunk.decode(errors="replace")
+        *done, buffered = buffered.split("\n")
+        for line in done:
+            yield line
+    if buffered:
+        yield buffered
+
+
 class _Child:
     """One supervised `mams` process whose stdout we read line by line."""
 
@@ -700,6 +726,7 @@ async def supervise(
     resume: bool = False,
     skip: Collection[tuple[str, int | None]] | None = None,
     at_once: int | None = None,
+    on_ended: Callable[[bool], None] | None = None,
 ) -> None:
     """Run broker, sellers and buyer as separate OS processes on one market; return when
     the buyer has finished (its rooms are all closed).
@@ -707,7 +734,9 @@ async def supervise(
     `resume`: the broker first takes over the session's interrupted rooms (no live broker)
     and the buyer takes them back. `skip`: (item, seed) pairs the session already has, not
     opened again; None opens nothing new (with `resume`: only go on with the interrupted).
-    `at_once`: the buyer keeps at most that many rooms open, the next as one ends."""
+    `at_once`: the buyer keeps at most that many rooms open, the next as one ends.
+    `on_ended`: called (deal or not) as each room ends, instead of printing what the buyer
+    hears (`mams buyer --stream`)."""
     market = f"mams-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -785,6 +814,8 @@ async def supervise(
                 argv += ["--model", args.buyer_model]
             if at_once is not None:
                 argv += ["--rooms-at-once", str(at_once)]
+            if on_ended is not None:
+                argv.append("--stream")
             if resume:
                 argv.append("--resume")
             if skip is not None and (resume or skip):
@@ -794,9 +825,12 @@ async def supervise(
             buyer = await spawn("buyer", *argv)
             out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
             assert buyer.process.stdout is not None
-            async for chunk in buyer.process.stdout:
-                for line in chunk.decode(errors="replace").splitlines():
-                    out.print(Text("[buyer] ", style="dim") + Text(line), highlight=False)
+            async for line in _lines_of(buyer.process.stdout):
+                if on_ended is not None and line.startswith('{"negotiation_id"'):
+                    ended = msgspec.json.decode(line)
+                    on_ended((ended.get("outcome") or {}).get("type") == "deal")
+                    continue
+                out.print(Text("[buyer] ", style="dim") + Text(line), highlight=False)
             code = await buyer.process.wait()
             if code != 0:
                 raise ConfigError(f"the buyer process exited with status {code}")
