@@ -184,6 +184,14 @@ class _RefusedError(Exception):
 
 
 MAX_RUNS = 10_000  # runs one open_rooms may ask for
+# A keepalive hello (an agent the broker knows, saying it is still there) re-sends the
+# turns the agent owes, in case a delivery was lost; only those owed for at least this
+# many seconds. An agent behind on its turns (a model's latency, a burst of rooms) is
+# still at the newer ones, and each re-sent turn it had already answered comes back as
+# a duplicate answer: re-sending every owed turn on every keepalive made 4,000 resumed
+# rooms cost a storm of repeats. Agents say a keepalive every 5 s (processes.REHELLO_EVERY),
+# so a lost delivery is re-sent within about 15 s, well inside a round's deadline.
+RESEND_AFTER = 10.0
 _MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS permits them)
 
 
@@ -192,6 +200,7 @@ class _Room:
     committed: bytes  # committed_prefix of its id: observers' messages start so
     state: NegotiationState = INITIAL
     seq: int = 0
+    since: float = 0.0  # when its current phase began (anyio clock): turns owed since
 
 
 @dataclass(slots=True)
@@ -294,6 +303,7 @@ class Broker:
         # go, oldest first: a broker serving forever holds its open rooms plus these.
         self.keep_ended = keep_ended
         self._ended: deque[UUID] = deque()
+        self.resend_after = RESEND_AFTER
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
         if commit_lanes < 1:
@@ -553,6 +563,13 @@ class Broker:
             batch.late = partial(self._recall, agent, welcome, states)
             return [batch]
         messages = list(welcome)
+        if not rejoin:  # a keepalive: re-send only turns owed for a while (see RESEND_AFTER)
+            now = anyio.current_time()
+            states = {
+                nid: state
+                for nid, state in states.items()
+                if now - self.rooms[nid].since >= self.resend_after
+            }
         for state in states.values():
             messages += catch_up(state, agent, rejoin=rejoin)
         return [self._deliver_only(messages)]
@@ -723,7 +740,10 @@ class Broker:
         self._push_deadline(nid, state.round, phase, state.started.round_timeout)
 
     def _push_deadline(self, nid: UUID, round_: int, phase: Phase, timeout: float) -> None:
-        due = anyio.current_time() + timeout
+        now = anyio.current_time()
+        if (room := self.rooms.get(nid)) is not None:
+            room.since = now
+        due = now + timeout
         d = self._deadlines
         d.counter += 1
         entry = (due, d.counter, nid, round_, phase)
@@ -928,12 +948,26 @@ class Broker:
                     pending.append(batch)
         if not pending:
             return
+        # Shutting down: report what fails, never mask the cancellation.
         try:
             with anyio.fail_after(10):
                 await self._append_apart(self._events(pending))
+        except Exception as exc:
+            log.error(
+                "broker.shutdown_commit_failed",
+                error=repr(exc),
+                then="what was decided and not yet committed is lost (none of it was delivered)",
+            )
+            return
+        try:
+            with anyio.fail_after(10):
                 for b in pending:
                     for subject, data in b.observed:
                         await self.bus.publish(subject, data)
                 await self.bus.flush()
-        except Exception as exc:  # shutting down: report, never mask the cancellation
-            log.error("broker.abort_record_failed", error=repr(exc))
+        except Exception as exc:
+            log.warning(
+                "broker.shutdown_publish_failed",
+                error=repr(exc),
+                then="committed; observers read it from the log",
+            )

@@ -141,12 +141,21 @@ class NatsBus:
         last_error: list[BaseException] = []
         bus: list[NatsBus] = []  # the instance, once connected (for the reconnect hooks)
 
+        outage = [False]  # an error of the current outage has been logged as a warning
+
         async def on_error(exc: Exception) -> None:
             last_error[:] = [exc]
             if isinstance(exc, nats.errors.SlowConsumerError):
                 log.warning("nats.slow_consumer", subject=exc.subject, sid=exc.sid)
-            else:
+            elif outage[0]:  # every reconnect attempt fails alike: once is enough
+                log.debug("nats.error", error=repr(exc))
+            elif nc.is_connected:
                 log.warning("nats.error", error=repr(exc))
+            else:
+                outage[0] = True
+                log.warning(
+                    "nats.error", error=repr(exc), then="reconnecting (repeats logged at debug)"
+                )
 
         async def on_disconnected() -> None:
             if nc.is_closed:  # we closed it on purpose
@@ -155,6 +164,7 @@ class NatsBus:
                 log.warning("nats.disconnected")
 
         async def on_reconnected() -> None:
+            outage[0] = False
             log.info("nats.reconnected", server=_netloc(nc))
             for hook in bus[0]._on_reconnect if bus else ():
                 try:

@@ -21,6 +21,8 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
@@ -98,6 +100,7 @@ def _nats_url(args: argparse.Namespace) -> str:
 # leave its broker, sellers and buyer running forever.
 SUPERVISOR_ENV = "MAMS_SUPERVISOR_PID"
 ORPHAN_CHECK_EVERY = 0.5
+ORPHAN_EXIT_WITHIN = 10.0  # an orphan that has not stopped by then exits outright
 
 
 async def _until_signalled() -> bool:
@@ -129,6 +132,20 @@ async def _until_orphaned() -> None:
     while os.getppid() == int(str(supervisor)):  # noqa: ASYNC110 (no event for this)
         await anyio.sleep(ORPHAN_CHECK_EVERY)
     log.warning("processes.supervisor_gone", supervisor=supervisor, then="stopping")
+    _exit_within(ORPHAN_EXIT_WITHIN)
+
+
+def _exit_within(seconds: float) -> None:
+    """End this process `seconds` from now if it has not ended by itself: an orphan must
+    not linger. Its stop can hang: the embedded NATS server died with the supervisor, and
+    nats-py's close waits on a reconnect that never comes (it even swallows the
+    cancellation meant to bound it)."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="orphan-watchdog", daemon=True).start()
 
 
 # -- broker ----------------------------------------------------------------------------------
@@ -141,11 +158,12 @@ async def _serve(
     role: str,
     build: Callable[[NatsBus, Any, contextlib.AsyncExitStack], Awaitable[tuple[Runner, str]]],
     label: str = "",
-    on_orphaned: Callable[[], None] | None = None,
+    on_signal: Callable[[], None] | None = None,
 ) -> None:
     """Connect as `<market>-<role>`, build the actor (its run and a note for the ready
     line; what it enters on the stack is left after the actor stops), run it until
-    SIGTERM/SIGINT, then close the connection."""
+    SIGTERM/SIGINT (then `on_signal`, before the actor stops) or until its supervisor is
+    gone, then close the connection."""
     if args.nats:
         os.environ["NATS_URL"] = args.nats
     durable = getattr(args, "durability", DURABLE) == DURABLE
@@ -165,8 +183,8 @@ async def _serve(
                         f"{redact_url(srv.nats_url)}; {srv.db_note}{relaxed}{note}"
                     )
                     sys.stdout.flush()
-                    if await _until_signalled() and on_orphaned is not None:
-                        on_orphaned()
+                    if not await _until_signalled() and on_signal is not None:
+                        on_signal()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -198,11 +216,13 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
         raise ConfigError("give --no-resume or --resume-session, not both")
     brokers: list[Broker] = []
 
-    def orphaned() -> None:
-        # Its `mams run --processes` was killed: leave the open rooms open (interrupted,
-        # for `mams run --session ID --resume`) instead of aborting them.
+    def signalled() -> None:
+        # Asked to stop (SIGTERM/SIGINT): only then are open rooms recorded as aborted,
+        # if asked to. Stopped any other way (its `mams run --processes` killed, the bus
+        # or the database lost), it leaves them open: interrupted, for the next broker
+        # or `mams run --session ID --resume` to go on with.
         for broker in brokers:
-            broker.abort_on_shutdown = False
+            broker.abort_on_shutdown = args.abort_on_exit
 
     async def build(bus: NatsBus, srv: Any, stack: contextlib.AsyncExitStack) -> tuple[Runner, str]:
         leases = await stack.enter_async_context(PgLeases(srv.pool, srv.dsn))
@@ -211,7 +231,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             srv.store,
             Subjects(prefix=args.market),
             sessions=PgSessions(srv.pool),
-            abort_on_shutdown=args.abort_on_exit,
+            abort_on_shutdown=False,  # until signalled
             commit_lanes=args.commit_lanes,
             leases=leases,
         )
@@ -224,7 +244,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             note += f"; {broker.left_to_live} open negotiation(s) left to live brokers"
         return broker.run, note
 
-    await _serve(args, out, "broker", build, on_orphaned=orphaned)
+    await _serve(args, out, "broker", build, on_signal=signalled)
     return 0
 
 
@@ -521,15 +541,20 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     rooms = _Rooms(resuming=resuming, stream=args.stream)
     rooms.session_id = UUID(args.session) if args.session else None
 
+    orphan = anyio.Event()  # set if the supervising mams run --processes is gone
+
     def on_message(message: InboxMessage) -> None:
         if isinstance(message, Welcome):
             welcomed.set()
-        rooms.hear(message, out, agent_id)
+        try:
+            rooms.hear(message, out, agent_id)
+        except (BrokenPipeError, SystemExit):  # rich says SystemExit: stdout's reader is gone
+            orphan.set()
+            rooms.touch()
 
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
     )
-    orphan = anyio.Event()  # set if the supervising mams run --processes is gone
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(actor.run)

@@ -78,9 +78,20 @@ async def test_only_a_full_hello_gets_the_recap(
             reconnect = await _hello_answer(rig, inbox, Hello(role="buyer", recap=False))
             assert not any(isinstance(m, Recap) for m in reconnect)
             assert any(isinstance(m, BuyerRoomOpened) for m in reconnect)
+            # A keepalive re-sends a turn only once it has been owed for a while: the
+            # first (turn just begun) gets the welcome alone, the second (owed long
+            # enough) the welcome, the answers and the turn, and never a recap.
+            await _drain(inbox)
+            await rig.send(BUYER, Hello(role="buyer", catch_up=False))
+            welcome = decode_inbox((await inbox.__anext__()).data)
+            assert isinstance(welcome, Welcome)
+            with anyio.move_on_after(0.5):  # the rest of its answer would follow at once
+                extra = decode_inbox((await inbox.__anext__()).data)
+                raise AssertionError(f"a turn just begun was re-sent on a keepalive: {extra}")
+            rig.broker.resend_after = 0.0
             keepalive = await _hello_answer(rig, inbox, Hello(role="buyer", catch_up=False))
-            assert [type(m).__name__ for m in keepalive[-1:]] == ["TurnStarted"]
-            assert not any(isinstance(m, Recap | BuyerRoomOpened) for m in keepalive)
+            kinds = [type(m).__name__ for m in keepalive]
+            assert kinds == ["Welcome", *["SellerMessage"] * len(sellers), "TurnStarted"]
 
 
 async def _hello_answer(rig: BrokerRig, inbox: Subscription, hello: Hello) -> list[InboxMessage]:

@@ -465,3 +465,35 @@ async def test_a_relaxed_broker_says_so_and_serves(
     assert await buyer.wait() == 0, buyer.describe()
     doc = last_json_line(buyer.out())
     assert [n["status"] for n in doc["negotiations"]] == ["completed"]
+
+
+@pytest.mark.parametrize(("flags", "left"), [((), "running"), (("--abort-on-exit",), "aborted")])
+async def test_a_broker_asked_to_stop_aborts_open_rooms_only_with_abort_on_exit(
+    procs: Cast,
+    market: str,
+    scenario_file: Path,
+    database_url: str,
+    pg_schema: str,
+    flags: tuple[str, ...],
+    left: str,
+) -> None:
+    """SIGTERM: open rooms are recorded as aborted with --abort-on-exit (as `mams run
+    --processes` runs it, so that Ctrl-C ends its rooms), else left open for the next
+    broker to resume. (Stopped any other way, it always leaves them open: see
+    tests/e2e/test_run_killed.py.)"""
+    broker = procs.mams("broker", "broker", "--market", market, *flags)
+    await broker.wait_for("broker ready")
+    # No sellers: the rooms open and wait for them (30 s deadlines).
+    buyer = procs.buyer(scenario_file, market, *BASELINE, "--runs", "3")
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": pg_schema})
+    try:
+        with anyio.fail_after(30):
+            while await conn.fetchval("SELECT count(*) FROM negotiation_runs") < 3:  # noqa: ASYNC110 (polling the log)
+                await anyio.sleep(0.05)
+        broker.signal(signal.SIGTERM)
+        assert await broker.wait(within=30) == 0, broker.describe()
+        rows = await conn.fetch("SELECT status FROM negotiation_runs")
+    finally:
+        await conn.close()
+        buyer.stop()
+    assert [r["status"] for r in rows] == [left] * 3
