@@ -202,11 +202,14 @@ class EmbeddedNats:
         name = f"mams-embedded-{uuid.uuid4().hex[:12]}"
         args += ["-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", str(store)]
         self._log_file = self.log_path.open("ab")
+        # Its own session: a Ctrl-C at the terminal interrupts mams, which then stops
+        # what it runs over this bus before the server; it must not take the bus first.
         self._process = await anyio.open_process(
             _dies_with_us(args),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
+            start_new_session=True,
         )
         with anyio.move_on_after(self._startup_timeout):
             delay = 0.005

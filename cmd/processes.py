@@ -774,7 +774,12 @@ async def supervise(
     children: list[_Child] = []
 
     async def spawn(name: str, *argv: str) -> _Child:
-        process = await anyio.open_process([*exe, *argv], env=env, stdout=-1, stderr=None)
+        # Its own session: a Ctrl-C at the terminal reaches the supervisor alone, which
+        # stops the children in order (buyer, sellers, then the broker, which records
+        # the open rooms as aborted while the bus and the database are still up).
+        process = await anyio.open_process(
+            [*exe, *argv], env=env, stdout=-1, stderr=None, start_new_session=True
+        )
         child = _Child(name, process)
         children.append(child)
         return child

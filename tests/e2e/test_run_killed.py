@@ -7,6 +7,7 @@ its connections open) while rooms are open, so nothing here races the clock.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import uuid
@@ -254,3 +255,42 @@ async def test_a_killed_run_processes_takes_its_children_with_it_and_resume_ends
     assert len(got) == len(rows) - len(completed)
     audit = cli("audit", "--all")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+async def test_ctrl_c_at_the_terminal_stops_a_run_processes_in_order(
+    cli: Cli, scenario_file: Path
+) -> None:
+    """Ctrl-C signals the terminal's whole foreground process group. The children (and
+    the embedded NATS) have sessions of their own, so only `mams run` hears it, and it
+    stops them in order: the broker records the open rooms as aborted while the bus and
+    the database are still up, as the message then says."""
+    env = {k: v for k, v in cli.env.items() if k != "NATS_URL"}  # its embedded NATS
+    log = cli.cwd / "interrupted-processes.err"
+    with log.open("wb") as stderr:
+        run = await anyio.open_process(
+            [*mams_command(), "run", str(scenario_file), "--processes", *ARGS],
+            env=env,
+            cwd=cli.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group, as a terminal's job is
+        )
+    try:
+        await _rooms_open(cli, run, "interrupted")
+        children = _children(run.pid)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does
+        with anyio.fail_after(WAIT):
+            code = await run.wait()
+        with anyio.fail_after(ORPHAN_EXIT_WITHIN + 5):
+            while [c for c in children if process_running(c)]:  # noqa: ASYNC110 (polling /proc)
+                await anyio.sleep(0.1)
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    err = flat(log.read_text(encoding="utf-8"))
+    assert code == 130, err
+    assert "interrupted: open negotiations were recorded as aborted" in err
+    statuses = Counter(r["status"] for r in await _rows(cli, "SELECT status FROM negotiation_runs"))
+    assert statuses["aborted"] > 0, (statuses, err)
+    assert "running" not in statuses, (statuses, err)  # as said: none left open
