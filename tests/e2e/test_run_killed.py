@@ -86,6 +86,20 @@ async def broker_ready_line(cli: Cli) -> str:
     return flat(out.read_text(encoding="utf-8"))
 
 
+async def _ended_by_ctrl_c(
+    cli: Cli, code: int, err: str
+) -> tuple[list[asyncpg.Record], Counter[str]]:
+    """A run that Ctrl-C ended (`err`: its stderr, flattened): exit 130, said so, open
+    rooms aborted, none left running. The runs' rows and their statuses."""
+    assert code == 130, err
+    assert "interrupted: open negotiations were recorded as aborted" in err
+    rows = await _rows(cli, "SELECT session_id, status FROM negotiation_runs")
+    statuses = Counter(r["status"] for r in rows)
+    assert statuses["aborted"] > 0, (statuses, err)
+    assert "running" not in statuses, (statuses, err)  # as said: none left open
+    return rows, statuses
+
+
 def listed(cli: Cli, session: str) -> list[dict[str, Any]]:
     """`mams negotiations --json` of the session, every row."""
     rows = cli.json("negotiations", "--session", session, "--limit", "5000")["negotiations"]
@@ -171,13 +185,8 @@ async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh
             run.kill()
             await run.wait()
     err = flat(log.read_text(encoding="utf-8"))
-    assert code == 130, err
-    rows = await _rows(cli, "SELECT session_id, status FROM negotiation_runs")
-    statuses = Counter(r["status"] for r in rows)
-    assert statuses["aborted"] > 0, (statuses, err)
-    assert "running" not in statuses  # nothing left open
+    rows, statuses = await _ended_by_ctrl_c(cli, code, err)
     session = str(rows[0]["session_id"])
-    assert "interrupted: open negotiations were recorded as aborted" in err
     assert f"mams run --session {session} --resume" in err
 
     before = await _rows(cli, "SELECT item_name, seed, status FROM negotiation_runs")
@@ -288,9 +297,4 @@ async def test_ctrl_c_at_the_terminal_stops_a_run_processes_in_order(
         if run.returncode is None:
             run.kill()
             await run.wait()
-    err = flat(log.read_text(encoding="utf-8"))
-    assert code == 130, err
-    assert "interrupted: open negotiations were recorded as aborted" in err
-    statuses = Counter(r["status"] for r in await _rows(cli, "SELECT status FROM negotiation_runs"))
-    assert statuses["aborted"] > 0, (statuses, err)
-    assert "running" not in statuses, (statuses, err)  # as said: none left open
+    await _ended_by_ctrl_c(cli, code, flat(log.read_text(encoding="utf-8")))
