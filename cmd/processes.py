@@ -39,7 +39,7 @@ from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
 from mams.actors.monitor import QualityMonitor, galileo_hook
-from mams.bus.base import redact_url
+from mams.bus.base import BusError, redact_url
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
 from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
@@ -148,6 +148,17 @@ def _exit_within(seconds: float) -> None:
     threading.Thread(target=watchdog, name="orphan-watchdog", daemon=True).start()
 
 
+async def _close(bus: NatsBus) -> None:
+    """Close the bus on the way out, even when cancelled. A server already gone (it may
+    have died with the supervisor) is worth a warning, not an error telling the person
+    to start one: nothing is lost, agents are caught up on their next hello."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await bus.close()
+        except BusError as exc:
+            log.warning("processes.bus_close_failed", error=str(exc).split(";")[0])
+
+
 # -- broker ----------------------------------------------------------------------------------
 Runner = Callable[..., Coroutine[Any, Any, None]]
 
@@ -187,8 +198,7 @@ async def _serve(
                         on_signal()
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await bus.close()
+            await _close(bus)
 
 
 def _session_id(text: str) -> UUID:
@@ -331,8 +341,7 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
             await _until_signalled()
             tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            await bus.close()
+        await _close(bus)
     return 0
 
 
@@ -572,8 +581,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 await rooms.changed.wait()
             tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            await bus.close()
+        await _close(bus)
     if rooms.rejected:
         raise ConfigError(f"the broker refused to open the rooms: {rooms.rejected[0].reason}")
     if orphan.is_set():
