@@ -125,27 +125,38 @@ async def _until_signalled() -> bool:
 
 async def _until_orphaned() -> None:
     """Return once the supervising process (SUPERVISOR_ENV) is gone: this process has
-    been handed to another parent. Without a supervisor, never returns."""
+    been handed to another parent. Without a supervisor, never returns. From the first
+    call on, a thread ends the process outright ORPHAN_EXIT_WITHIN seconds after the
+    supervisor is gone, if it has not ended by itself (`_orphan_deadline`)."""
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if not supervisor or not supervisor.isdigit():
         await anyio.sleep_forever()
+    _orphan_deadline(int(str(supervisor)))
     while os.getppid() == int(str(supervisor)):  # noqa: ASYNC110 (no event for this)
         await anyio.sleep(ORPHAN_CHECK_EVERY)
     log.warning("processes.supervisor_gone", supervisor=supervisor, then="stopping")
-    _exit_within(ORPHAN_EXIT_WITHIN)
 
 
-def _exit_within(seconds: float) -> None:
-    """End this process `seconds` from now if it has not ended by itself: an orphan must
-    not linger. Its stop can hang: the embedded NATS server died with the supervisor, and
-    nats-py's close waits on a reconnect that never comes (it even swallows the
-    cancellation meant to bound it)."""
+_deadline_thread: list[threading.Thread] = []
 
-    def watchdog() -> None:
-        time.sleep(seconds)
+
+def _orphan_deadline(supervisor: int) -> None:
+    """An orphan must not linger, and its stop can hang: the embedded NATS server died
+    with the supervisor, and nats-py's close waits on a reconnect that never comes (it
+    even swallows the cancellation meant to bound it). So a thread of its own, which
+    neither a hung stop nor a busy event loop holds up, watches the supervisor and ends
+    the process ORPHAN_EXIT_WITHIN seconds after it is gone. Started once."""
+    if _deadline_thread:
+        return
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(ORPHAN_CHECK_EVERY)
+        time.sleep(ORPHAN_EXIT_WITHIN)
         os._exit(1)
 
-    threading.Thread(target=watchdog, name="orphan-watchdog", daemon=True).start()
+    _deadline_thread.append(threading.Thread(target=watch, name="orphan-deadline", daemon=True))
+    _deadline_thread[0].start()
 
 
 async def _close(bus: NatsBus) -> None:

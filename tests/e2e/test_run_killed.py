@@ -200,6 +200,20 @@ async def test_ctrl_c_records_open_rooms_as_aborted_and_resume_opens_them_afresh
     assert len(done) == RUNS * 3  # the scenario's 3 items
 
 
+async def _all_gone(children: list[int]) -> None:
+    """Every one of these processes ends within ORPHAN_EXIT_WITHIN (and some slack);
+    else fail naming the ones left."""
+    with anyio.move_on_after(ORPHAN_EXIT_WITHIN + 10):
+        while [c for c in children if process_running(c)]:  # noqa: ASYNC110 (polling /proc)
+            await anyio.sleep(0.1)
+    alive = [c for c in children if process_running(c)]
+    assert not alive, {c: _cmdline(c) for c in alive}
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def _children(pid: int) -> list[int]:
     """The child processes of `pid` (Linux)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
@@ -220,10 +234,7 @@ async def test_a_killed_run_processes_takes_its_children_with_it_and_resume_ends
         assert len(children) >= 3, children  # broker, sellers, buyer
         run.kill()  # SIGKILL: it cannot stop them itself
         await run.wait()
-        with anyio.fail_after(ORPHAN_EXIT_WITHIN + 5):
-            while alive := [c for c in children if process_running(c)]:  # noqa: ASYNC110 (polling /proc)
-                await anyio.sleep(0.1)
-        assert not alive
+        await _all_gone(children)
     finally:
         if run.returncode is None:
             run.kill()
@@ -290,9 +301,7 @@ async def test_ctrl_c_at_the_terminal_stops_a_run_processes_in_order(
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does
         with anyio.fail_after(WAIT):
             code = await run.wait()
-        with anyio.fail_after(ORPHAN_EXIT_WITHIN + 5):
-            while [c for c in children if process_running(c)]:  # noqa: ASYNC110 (polling /proc)
-                await anyio.sleep(0.1)
+        await _all_gone(children)
     finally:
         if run.returncode is None:
             run.kill()
