@@ -98,7 +98,7 @@ from mams.domain.negotiation import (
     evolve,
     replay,
 )
-from mams.domain.opening import RoomOptions, opening
+from mams.domain.opening import RoomOptions, opening, study_seeds
 from mams.domain.visibility import catch_up, route
 from mams.storage.errors import DatabaseUnavailable, StorageError
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend, read_in_chunks
@@ -628,10 +628,7 @@ class Broker:
             known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
             raise _RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
         skip = {(item_key(name), seed) for name, seed in request.skip}
-        seeds = [
-            request.seed if request.runs == 1 else (request.seed or 0) + run
-            for run in range(request.runs)
-        ]
+        seeds = study_seeds(request.seed, request.runs)
         if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
             raise _RefusedError("every room asked for is in skip: nothing to open")
         if request.scenario is not None:

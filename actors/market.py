@@ -35,7 +35,7 @@ from mams.domain.config import (
 from mams.domain.events import Event, NegotiationStarted
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
-from mams.domain.opening import RoomOptions, opening
+from mams.domain.opening import RoomOptions, opening, study_seeds
 from mams.storage.eventstore import EventStore
 from mams.storage.leases import Leases
 
@@ -146,10 +146,7 @@ def build_started(
 def run_seeds(options: RunOptions, runs: int) -> list[RunOptions]:
     """The options of each of `runs` runs: the same, but run r's seed is seed + r (from 0
     without a seed). One run keeps `options` as given."""
-    if runs == 1:
-        return [options]
-    base = options.seed or 0
-    return [replace(options, seed=base + r) for r in range(runs)]
+    return [replace(options, seed=seed) for seed in study_seeds(options.seed, runs)]
 
 
 def prepare_brains(

@@ -56,6 +56,7 @@ from mams.domain.messages import (
     encode,
 )
 from mams.domain.money import fmt
+from mams.domain.opening import study_seeds
 from mams.domain.transcript import describe_outcome
 from mams.infra import servers
 from mams.storage.leases import PgLeases
@@ -503,8 +504,8 @@ def _requests(args: argparse.Namespace, scenario: Scenario | None) -> list[OpenR
             "--rooms-at-once with --session needs the items named: --item NAME for each "
             "(or give --scenario FILE)"
         )
-    seeds = [args.seed] if args.runs == 1 else [(args.seed or 0) + r for r in range(args.runs)]
     had = {(item_key(name), seed) for name, seed in skip}
+    seeds = study_seeds(args.seed, args.runs)
     pairs = [(i, s) for s in seeds for i in items if (item_key(i), s) not in had]
     return [
         OpenRooms(

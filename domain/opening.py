@@ -31,6 +31,14 @@ class RoomOptions:
     round_timeout: float = 30.0
 
 
+def study_seeds(seed: int | None, runs: int) -> list[int | None]:
+    """The seed of each of `runs` runs of a study: run r is seeded `seed` + r (0 + r
+    without a seed); a single run keeps `seed` as given (None stays None)."""
+    if runs == 1:
+        return [seed]
+    return [(seed or 0) + r for r in range(runs)]
+
+
 def opening(
     scenario: Scenario,
     session_id: UUID,
