@@ -733,18 +733,16 @@ class _Child:
     def __init__(self, name: str, process: anyio.abc.Process) -> None:
         self.name = name
         self.process = process
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # what wait_for_line read
+        assert process.stdout is not None
+        self.output = _lines_of(process.stdout)  # its stdout from where reading stopped
 
     async def wait_for_line(self, marker: str) -> None:
         """Read stdout until a line containing `marker`, keeping what was read. Callers
         bound it with a deadline."""
-        assert self.process.stdout is not None
-        buffered = ""
-        async for chunk in self.process.stdout:
-            buffered += chunk.decode(errors="replace")
-            *done, buffered = buffered.split("\n")
-            self.lines += done
-            if any(marker in line for line in done):
+        async for line in self.output:
+            self.lines.append(line)
+            if marker in line:
                 return
         raise ConfigError(f"{self.name} exited before it was ready: {self.lines[-5:]}")
 
@@ -874,8 +872,7 @@ async def supervise(
                 argv += ["--skip-file", str(skip_file)]
             buyer = await spawn("buyer", *argv)
             out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
-            assert buyer.process.stdout is not None
-            async for line in _lines_of(buyer.process.stdout):
+            async for line in buyer.output:
                 if on_ended is not None and line.startswith('{"negotiation_id"'):
                     ended = msgspec.json.decode(line)
                     on_ended((ended.get("outcome") or {}).get("type") == "deal")
