@@ -258,8 +258,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             leases=leases,
         )
         brokers.append(broker)
-        session = getattr(args, "resume_session", None)
-        candidates = [] if args.no_resume else await open_stream_ids(srv.pool, session)
+        candidates = [] if args.no_resume else await open_stream_ids(srv.pool, args.resume_session)
         resumed = await broker.resume(candidates) if candidates else []
         note = f"; resumed {len(resumed)} open negotiation(s)" if resumed else ""
         if broker.left_to_live:
