@@ -19,6 +19,7 @@ tests/protocol/test_schema_sync.py fails when the file is stale.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -74,9 +75,29 @@ def build_schema() -> dict[str, Any]:
     }
 
 
+def normalise(node: Any) -> Any:
+    """``node`` with every ``description`` cleaned as ``inspect.cleandoc`` does.
+
+    msgspec copies docstrings into descriptions, and whether it strips their common
+    indentation changed between releases (0.23 does, 0.18 did not): cleaning them here
+    makes the document the same whichever msgspec is installed.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else normalise(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalise(value) for value in node]
+    return node
+
+
 def render(schema: dict[str, Any]) -> str:
-    """The document as the checked-in text: sorted keys, indent 2, trailing newline."""
-    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The document as the checked-in text: descriptions normalised, sorted keys, indent 2,
+    trailing newline."""
+    return json.dumps(normalise(schema), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,3 +218,12 @@ async def test_every_message_of_a_real_negotiation_validates(nats_url: str) -> N
     welcomes = [c.json for c in captured if c.kind == "inbox" and c.type == "welcome"]
     assert any(w["rooms"] for w in welcomes)
     assert all(isinstance(c.json, dict) for c in captured)
+
+
+def test_descriptions_do_not_depend_on_how_msgspec_cleans_docstrings() -> None:
+    # msgspec 0.18 kept a docstring's indentation, 0.23 strips it: both must render alike.
+    kept = {"description": "First line.\n\n    `resolution`: repaired\n    or fallback."}
+    stripped = {"description": "First line.\n\n`resolution`: repaired\nor fallback."}
+    assert generate.render(kept) == generate.render(stripped)
+    nested = {"$defs": {"A": {"properties": {"x": kept}}}, "anyOf": [kept]}
+    assert "    `resolution`" not in generate.render(nested)
