@@ -42,7 +42,7 @@ import contextlib
 import heapq
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -59,6 +59,13 @@ from mams.actors.queues import put, take
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
+from mams.domain.bounds import (
+    MAX_ROOMS_PER_REQUEST,
+    MAX_ROUNDS_LIMIT,
+    MAX_SEED,
+    ROUND_TIMEOUT_MAX,
+    ROUND_TIMEOUT_MIN,
+)
 from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
 from mams.domain.events import (
     BuyerSaid,
@@ -72,6 +79,7 @@ from mams.domain.events import (
 )
 from mams.domain.messages import (
     MAX_PAYLOAD,
+    MAX_TEXT,
     Hello,
     InboxMessage,
     OpenRooms,
@@ -125,10 +133,11 @@ class SessionStore(Protocol):
         ...
 
 
-# The streams `resume` needs, in one query: those with no negotiation.ended event.
+# The streams `resume` needs, in one query: negotiations (a negotiation.started; not the
+# observers' companion streams, such as quality flags) with no negotiation.ended event.
 _OPEN_STREAMS = """
 SELECT stream_id FROM events GROUP BY stream_id
-HAVING NOT bool_or(type = 'negotiation.ended')
+HAVING bool_or(type = 'negotiation.started') AND NOT bool_or(type = 'negotiation.ended')
 ORDER BY min(global_pos)
 """
 
@@ -151,17 +160,44 @@ async def open_stream_ids(pool: Any, session_id: UUID | None = None) -> list[UUI
     return [r["stream_id"] for r in rows]
 
 
+# Hellos are cheap to send and dear to answer (a welcome and catch-up per open room, and a
+# barrier every commit lane must reach), so each agent's are rate-limited: a burst of
+# HELLO_BURST, then one per HELLO_EVERY seconds; the rest are coalesced (their flags merged
+# into the agent's one pending hello) or dropped. An honest agent says one hello when it
+# starts and a keepalive every 5 s, far below this; a flood of 100,000 costs the market
+# at most one answered hello per second.
+HELLO_BURST = 5
+HELLO_EVERY = 1.0
+_MAX_ANSWERED = 10_000  # open_rooms replies remembered (request_id -> reply), for repeats
+
+
 @dataclass(frozen=True, slots=True)
 class _Control:
-    """A control message (hello, open rooms) from `agent` (taken from the subject)."""
+    """A control message (hello, open rooms) from `agent` (taken from the subject). A
+    hello waits in `Broker._hellos` (merged with any that arrive meanwhile) until its
+    turn: `message` is None then."""
 
     agent: str
-    message: Hello | OpenRooms
+    message: OpenRooms | None
 
 
+@dataclass(slots=True)
+class _HelloGate:
+    """One agent's hello rate limit (a token bucket) and its hello waiting to be answered."""
+
+    tokens: float = HELLO_BURST
+    at: float = 0.0  # when tokens was last refilled (anyio clock)
+    pending: Hello | None = None
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class _Resync:
     """Re-send every agent of every open room its catch-up: the rooms a broker resumed
-    (their last deliveries may never have gone out), or all after the bus reconnected."""
+    (their last deliveries may never have gone out), or all after the bus reconnected.
+    `quiet`: only wake the command loop (it re-reads rooms the database refused)."""
+
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +208,6 @@ class _Forget:
 
 
 _Item = tuple[UUID, Command] | _Control | _Resync | _Forget
-_CONTROL = (Hello, OpenRooms)
 
 
 class _RefusedError(Exception):
@@ -183,7 +218,7 @@ class _RefusedError(Exception):
         super().__init__(reason)
 
 
-MAX_RUNS = 10_000  # runs one open_rooms may ask for
+MAX_RUNS = MAX_ROOMS_PER_REQUEST  # runs one open_rooms may ask for (and runs x items)
 # A keepalive hello (an agent the broker knows, saying it is still there) re-sends the
 # turns the agent owes, in case a delivery was lost; only those owed for at least this
 # many seconds. An agent behind on its turns (a model's latency, a burst of rooms) is
@@ -201,6 +236,9 @@ class _Room:
     state: NegotiationState = INITIAL
     seq: int = 0
     since: float = 0.0  # when its current phase began (anyio clock): turns owed since
+    # Bumped when the room is re-read from the log (the database refused one of its
+    # batches): batches decided on the state before that are stale and never committed.
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -214,6 +252,7 @@ class _Batch:
     # Deliveries only: computed when the barrier is reached instead, from the log as it
     # then stands (everything decided before it committed, nothing after).
     late: Callable[[], Awaitable[list[tuple[str, bytes]]]] | None = None
+    generation: int = 0  # the room's generation when it was decided (_Room.generation)
 
 
 @dataclass(eq=False, slots=True)
@@ -267,6 +306,25 @@ class _Deadlines:
     counter: int = 0
 
 
+def _check_room_options(request: OpenRooms) -> None:
+    """Refuse room options one agent could use to cost the market without bound."""
+    if not 2 <= request.max_rounds <= MAX_ROUNDS_LIMIT:
+        raise _RefusedError(
+            f"max_rounds must be from 2 to {MAX_ROUNDS_LIMIT} (got {request.max_rounds})"
+        )
+    # Written so that NaN fails too.
+    if not ROUND_TIMEOUT_MIN <= request.round_timeout <= ROUND_TIMEOUT_MAX:
+        raise _RefusedError(
+            f"round_timeout must be from {ROUND_TIMEOUT_MIN} to {ROUND_TIMEOUT_MAX:.0f} "
+            f"seconds (got {request.round_timeout})"
+        )
+    if not 1 <= request.runs <= MAX_RUNS:
+        raise _RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
+    seeds = [request.seed, *(seed for _, seed in request.skip)]
+    if any(seed is not None and not -MAX_SEED <= seed <= MAX_SEED for seed in seeds):
+        raise _RefusedError(f"seeds must be from {-MAX_SEED} to {MAX_SEED}")
+
+
 class Broker:
     """Routes turns between agents through the log. See the module docstring."""
 
@@ -283,8 +341,13 @@ class Broker:
         abort_on_shutdown: bool = True,
         keep_ended: int = 1000,
         leases: Leases | None = None,
+        configurers: Collection[str] = (),
     ) -> None:
         self.sessions = sessions
+        # The agent ids the operator allowed to configure markets: only they may send an
+        # open_rooms carrying a whole scenario (its sellers' private terms). Everyone else
+        # may only open rooms of a session the operator stored, and only as its buyer.
+        self.configurers = frozenset(configurers)
         # With leases, every room opened here is claimed before its first commit, and
         # resume() takes only rooms no live broker serves (storage.leases).
         self.leases = leases
@@ -316,6 +379,9 @@ class Broker:
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
         self._senders: dict[str, str] = {}  # outbox subject -> agent id
         self._event_ids = RandomIds()
+        self._hellos: dict[str, _HelloGate] = {}  # agent id -> its hello rate limit
+        self._answered: dict[UUID, tuple[str, RoomsOpened]] = {}  # request_id -> reply
+        self._broken: set[UUID] = set()  # rooms whose batch the database refused
 
     # -- public API --------------------------------------------------------------------
     async def open(self, started: NegotiationStarted) -> None:
@@ -375,9 +441,13 @@ class Broker:
     def _resume_streams(self, streams: list[tuple[UUID, list[StoredEvent]]]) -> list[UUID]:
         resumed: list[UUID] = []
         for nid, stored in streams:
-            if not stored:
+            if not stored or stored[0].type != "negotiation.started":
+                continue  # not a negotiation (an observer's companion stream)
+            try:
+                events = [decode_event(e.data) for e in stored]
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("broker.resume_skipped", negotiation_id=str(nid), reason=str(exc))
                 continue
-            events = [decode_event(e.data) for e in stored]
             if isinstance(events[-1], NegotiationEnded):
                 continue
             state = replay(events)
@@ -447,9 +517,44 @@ class Broker:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._drop(None, agent, f"malformed message: {exc}")
             return None
-        if isinstance(turn, _CONTROL):
+        if isinstance(turn, Hello):
+            return self._gate_hello(agent, turn)
+        if isinstance(turn, OpenRooms):
             return _Control(agent=agent, message=turn)
         return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
+
+    def _gate_hello(self, agent: str, hello: Hello) -> _Control | None:
+        """Queue `hello` unless one of the agent's is already queued (then merge into it)
+        or the agent is over its rate (then drop it): see HELLO_BURST."""
+        gate = self._hellos.get(agent)
+        now = anyio.current_time()
+        if gate is None:
+            if len(self._hellos) >= _MAX_SENDERS:
+                self._hellos.clear()
+            gate = self._hellos[agent] = _HelloGate(at=now)
+        if gate.pending is not None:  # answered once, with the strongest of the flags
+            gate.pending = msgspec.structs.replace(
+                hello,
+                catch_up=gate.pending.catch_up or hello.catch_up,
+                recap=gate.pending.recap or hello.recap,
+            )
+            return None
+        gate.tokens = min(HELLO_BURST, gate.tokens + (now - gate.at) / HELLO_EVERY)
+        gate.at = now
+        if gate.tokens < 1:
+            gate.dropped += 1
+            self.stats.dropped += 1
+            if gate.dropped & (gate.dropped - 1) == 0:  # 1st, 2nd, 4th, 8th...: no log flood
+                log.warning(
+                    "broker.message_dropped",
+                    agent=agent,
+                    reason=f"hello rate over {HELLO_BURST} at once, then 1 per {HELLO_EVERY} s",
+                    dropped_so_far=gate.dropped,
+                )
+            return None
+        gate.tokens -= 1
+        gate.pending = hello
+        return _Control(agent=agent, message=None)
 
     def _drop(
         self, nid: UUID | None, agent: str | None, reason: str, *, routine: bool = False
@@ -471,19 +576,29 @@ class Broker:
                 item = await take(receive)
             except anyio.EndOfStream:
                 return
+            while self._broken:  # rooms the database refused a batch of: re-read first
+                await self._reload(self._broken.pop())
             if isinstance(item, _Control):
                 for control_batch in await self._control(item):
                     await self._enqueue(control_batch)
                 continue
             if isinstance(item, _Resync):
-                await self._enqueue(self._redeliver())
+                if not item.quiet:
+                    await self._enqueue(self._redeliver())
                 continue
             if isinstance(item, _Forget):
                 for nid in item.rooms:
                     self.rooms.pop(nid, None)  # its deadlines find no room and pass
                 continue
             nid, command = item
-            batch = self._apply(nid, command)
+            try:
+                batch = self._apply(nid, command)
+            except Exception as exc:  # one message never takes the broker down
+                agent = command.agent if isinstance(command, FromAgent) else None
+                self._drop(nid, agent, f"could not be applied: {exc!r}")
+                log.exception("broker.apply_failed", negotiation_id=str(nid))
+                self._broken.add(nid)  # its state may be half-evolved: re-read it
+                continue
             if batch is not None:
                 await self._enqueue(batch)
 
@@ -502,16 +617,27 @@ class Broker:
 
     async def _control(self, item: _Control) -> list[_Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
-        match item.message:
-            case Hello() as hello:
-                return self._hello(item.agent, hello)
-            case OpenRooms() as request:
-                try:
-                    return await self._open_rooms(item.agent, request)
-                except _RefusedError as refused:
-                    log.warning("broker.request_rejected", agent=item.agent, reason=refused.reason)
-                    reply = Rejected(request_id=request.request_id, reason=refused.reason)
-                    return [self._deliver_only([(item.agent, reply)])]
+        request = item.message
+        if request is None:
+            gate = self._hellos.get(item.agent)
+            hello = gate.pending if gate is not None else None
+            if gate is None or hello is None:
+                return []
+            gate.pending = None
+            return self._hello(item.agent, hello)
+        try:
+            return await self._open_rooms(item.agent, request)
+        except _RefusedError as refused:
+            reason = refused.reason
+        except StorageError as exc:
+            reason = f"the database could not serve this request ({exc}); send it again"
+            log.warning("broker.request_failed", agent=item.agent, error=str(exc))
+        except Exception as exc:  # one request never takes the broker down
+            reason = f"the broker could not serve this request ({exc!r})"
+            log.exception("broker.request_failed", agent=item.agent)
+        log.warning("broker.request_rejected", agent=item.agent, reason=reason)
+        reply = Rejected(request_id=request.request_id, reason=reason[:MAX_TEXT])
+        return [self._deliver_only([(item.agent, reply)])]
 
     def _deliver_only(self, messages: list[tuple[str, InboxMessage]]) -> _Batch:
         # No events, only deliveries; it still goes through the writer, so it follows
@@ -595,21 +721,34 @@ class Broker:
         return [(self._inbox(a), encode(m)) for a, m in messages]
 
     async def _open_rooms(self, agent: str, request: OpenRooms) -> list[_Batch]:
+        """Open the rooms a buyer asks for. Idempotent by `request_id`: the session and
+        room ids are derived from it, so a request sent again (the buyer re-sends what was
+        unanswered when a broker restarts) opens nothing twice and gets the same answer."""
+        answered = self._answered.get(request.request_id)
+        if answered is not None:
+            owner, reply = answered
+            if owner != agent:
+                raise _RefusedError("this request_id is taken; use a fresh one per request")
+            log.info("broker.request_repeated", agent=agent, request_id=str(request.request_id))
+            return [self._deliver_only([(agent, reply)])]
         if self.sessions is None:
             raise _RefusedError(
                 "this broker has no session store; run `mams broker` with a database"
             )
-        if request.max_rounds < 2 or request.round_timeout <= 0:
-            raise _RefusedError("max_rounds must be at least 2 and round_timeout positive")
-        if not 1 <= request.runs <= MAX_RUNS:
-            raise _RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
+        _check_room_options(request)
         session_id = request.session_id
         if request.scenario is not None:
+            if agent not in self.configurers:
+                raise _RefusedError(
+                    "only an agent the operator allowed to configure markets may send a "
+                    "scenario (mams broker --configurer HANDLE); send the session_id of a "
+                    "session the operator stored instead"
+                )
             try:
                 scenario = parse_scenario(request.scenario, source="open_rooms.scenario")
             except ScenarioError as exc:
                 raise _RefusedError(str(exc)) from None
-            session_id = uuid.uuid4()
+            session_id = uuid.uuid5(request.request_id, "session")
         elif session_id is not None:
             loaded = await self.sessions.load(session_id)
             if loaded is None:
@@ -627,11 +766,16 @@ class Broker:
         if missing or not items:
             known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
             raise _RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
+        if request.runs * len(items) > MAX_ROOMS_PER_REQUEST:
+            raise _RefusedError(
+                f"{request.runs} run(s) x {len(items)} item(s) is more than "
+                f"{MAX_ROOMS_PER_REQUEST} rooms in one request; ask in several"
+            )
         skip = {(item_key(name), seed) for name, seed in request.skip}
         seeds = study_seeds(request.seed, request.runs)
         if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
             raise _RefusedError("every room asked for is in skip: nothing to open")
-        if request.scenario is not None:
+        if request.scenario is not None and await self.sessions.load(session_id) is None:
             await self.sessions.save(session_id, scenario)
         assert session_id is not None
         labels = {
@@ -647,7 +791,8 @@ class Broker:
                 max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
             )
             for item in items:
-                if (item_key(item.item_name), seed) in skip:
+                key = item_key(item.item_name)
+                if (key, seed) in skip:
                     continue
                 started = opening(
                     scenario,
@@ -655,8 +800,8 @@ class Broker:
                     item,
                     options,
                     labels,
-                    None,
-                    index.get(item_key(item.item_name), ()),
+                    uuid.uuid5(request.request_id, f"{key}\x00{seed}"),
+                    index.get(key, ()),
                 )
                 ids.append(started.negotiation_id)
                 names.append(item.item_name)
@@ -669,6 +814,9 @@ class Broker:
             negotiation_ids=tuple(ids),
             items=tuple(names),
         )
+        self._answered[request.request_id] = (agent, reply)
+        while len(self._answered) > _MAX_ANSWERED:
+            del self._answered[next(iter(self._answered))]
         log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(ids))
         return [*batches, self._deliver_only([(agent, reply)])]
 
@@ -686,7 +834,7 @@ class Broker:
             if not isinstance(command, Deadline):  # stale deadlines are routine
                 self._drop(nid, agent, result.reason, routine=result.reason == DUPLICATE)
             return None
-        batch = _Batch(events=[], deliveries=[], observed=[], nid=nid)
+        batch = _Batch(events=[], deliveries=[], observed=[], nid=nid, generation=room.generation)
         events_subject = self.subjects.events(nid)
         for event in result:
             room.state = evolve(room.state, event)
@@ -825,14 +973,20 @@ class Broker:
                     # shutdown must find that one too, or it is lost uncommitted.
                     lane.preparing = []
                 lane.free = anyio.Event()
+                current = [b for b in batches if not self._stale(b)]
                 if self.leases is not None:
-                    await self._claim(batches)
-                if pipelined is None:
-                    await self._retrying(partial(self.store.append, self._events(batches)))
-                elif prepared is not None:
-                    await self._retrying(partial(pipelined.commit, prepared))
+                    await self._claim(current)
+                try:
+                    if pipelined is None or len(current) < len(batches):
+                        await self._retrying(partial(self.store.append, self._events(current)))
+                    elif prepared is not None:
+                        await self._retrying(partial(pipelined.commit, prepared))
+                except StorageError as exc:
+                    if isinstance(exc, DatabaseUnavailable):
+                        raise
+                    current = await self._commit_apart(current, exc)
                 self.stats.commits += 1
-                await self._deliver(batches)
+                await self._deliver(current)
                 lane.inflight = []
                 lane.free.set()
 
@@ -867,6 +1021,75 @@ class Broker:
         opened = [b.nid for b in batches if b.nid is not None and b.events and b.events[0].seq == 1]
         if opened:
             await self._retrying(partial(self.leases.claim, opened))
+
+    def _stale(self, batch: _Batch) -> bool:
+        # Decided on a room state the log never got (the database refused a batch of that
+        # room before it): never committed, never delivered; the room is re-read.
+        if batch.nid is None:
+            return False
+        room = self.rooms.get(batch.nid)
+        stale = batch.nid in self._broken or (
+            room is not None and room.generation != batch.generation
+        )
+        if stale:
+            self._drop(batch.nid, None, "decided on a state the database refused; re-read")
+        return stale
+
+    async def _commit_apart(self, batches: list[_Batch], error: StorageError) -> list[_Batch]:
+        """The database refused a group commit (not unavailable: something in it).
+        Commit it in halves, down to the one command at fault, so that only that command
+        is lost; its room is re-read from the log before its next command (`_reload`),
+        and the batches decided on top of it in the meantime are dropped. Returns the
+        batches committed, in order."""
+        if len(batches) == 1:
+            (bad,) = batches
+            assert bad.nid is not None
+            self._broken.add(bad.nid)
+            self._drop(bad.nid, None, f"the database refused its events: {error}")
+            # Wake the command loop (it re-reads broken rooms first) even if no agent
+            # speaks: a full queue means it is awake anyway.
+            with contextlib.suppress(anyio.WouldBlock):
+                self._commands[0].send_nowait(_Resync(quiet=True))
+            return []
+        done: list[_Batch] = []
+        half = len(batches) // 2
+        for part in (batches[:half], batches[half:]):
+            part = [b for b in part if not self._stale(b)]
+            if not part:
+                continue
+            try:
+                await self._retrying(partial(self.store.append, self._events(part)))
+                done += part
+            except StorageError as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    raise
+                done += await self._commit_apart(part, exc)
+        return done
+
+    async def _reload(self, nid: UUID) -> None:
+        """Re-read one room from the log after the database refused a batch of it: its
+        state and seq become the log's again, and what was decided on the refused state
+        is stale (never committed)."""
+        room = self.rooms.get(nid)
+        if room is None:
+            return
+        try:
+            stored = await self._retrying(partial(self.store.read, nid))
+            events = [decode_event(e.data) for e in stored]
+        except Exception as exc:  # cannot re-read: leave the room to its deadlines
+            log.exception("broker.reload_failed", negotiation_id=str(nid), error=repr(exc))
+            return
+        if not events:  # its opening was refused: there is no room
+            self.rooms.pop(nid, None)
+            log.warning("broker.room_not_opened", negotiation_id=str(nid))
+            return
+        room.state = replay(events)
+        room.seq = stored[-1].seq
+        room.generation += 1
+        state = room.state
+        if state.started is not None and state.phase in ("buyer_turn", "sellers_turn"):
+            self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
+        log.warning("broker.room_reloaded", negotiation_id=str(nid), seq=room.seq)
 
     @staticmethod
     def _events(batches: Sequence[_Batch]) -> list[NewEvent]:

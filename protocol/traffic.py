@@ -179,6 +179,7 @@ async def capture(
                     store or InMemoryEventStore(),
                     subjects,
                     sessions=_Sessions(),
+                    configurers={buyer_id},
                 )
                 await tg.start(broker.run)
                 buyer = AgentActor(

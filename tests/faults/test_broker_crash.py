@@ -64,7 +64,7 @@ async def test_broker_killed_mid_negotiation_resumes_after_restart(
 ) -> None:
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    broker = procs.mams("broker", "broker", "--market", market)
+    broker = procs.mams("broker", "broker", "--market", market, "--configurer", "@Buyer")
     await broker.wait_for("broker ready")
     sellers = {}
     for handle in ("@TechMart", "@QuickTech"):

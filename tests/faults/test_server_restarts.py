@@ -48,7 +48,7 @@ def own_pg() -> Iterator[OwnPostgres]:
 async def _market(c: Cast, market: str, scenario: Path) -> tuple[Child, Child, Child]:
     """The broker, both sellers ready (@QuickTech then frozen), and the buyer started.
     Returns (broker, @QuickTech, buyer)."""
-    broker = c.mams("broker", "broker", "--market", market)
+    broker = c.mams("broker", "broker", "--market", market, "--configurer", "@Buyer")
     await broker.wait_for("broker ready")
     sellers = {}
     for handle in ("@TechMart", "@QuickTech"):

@@ -82,7 +82,8 @@ async def test_soak_with_broker_and_seller_kills(
     t0 = time.monotonic()
 
     def start_broker() -> Child:
-        return procs.mams("broker", "broker", "--market", market)
+        buyers = [a for w in range(waves) for a in ("--configurer", f"@Buyer{w}")]
+        return procs.mams("broker", "broker", "--market", market, *buyers)
 
     def start_seller(handle: str) -> Child:
         return procs.mams(

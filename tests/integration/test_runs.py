@@ -110,6 +110,7 @@ async def test_open_rooms_opens_every_run_of_every_item(
     with anyio.fail_after(30):
         async with broker_rig(nats_url, store, subjects) as rig:
             rig.broker.sessions = MemorySessions()
+            rig.broker.configurers = frozenset({BUYER})  # the operator lets it send scenarios
             inbox = await rig.raw.subscribe(subjects.inbox(AgentId(BUYER)))
 
             async def answer(request: OpenRooms) -> RoomsOpened | Rejected:

@@ -69,7 +69,7 @@ async def test_resume_with_no_open_room_says_so_and_exits_0(
     market: str,
     scenario_file: Path,  # noqa: F811
 ) -> None:
-    broker = procs.mams("broker", "broker", "--market", market)
+    broker = procs.mams("broker", "broker", "--market", market, "--configurer", "@Buyer")
     await broker.wait_for("broker ready")
     buyer = procs.buyer(scenario_file, market, *BASELINE, "--resume")
     assert await buyer.wait() == 0, buyer.describe()

@@ -99,7 +99,7 @@ async def test_external_seller_negotiates_with_mams_processes(
 ) -> None:
     scenario = tmp_path / "outsider.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    broker = procs.mams("broker", "broker", "--market", market)
+    broker = procs.mams("broker", "broker", "--market", market, "--configurer", "@Buyer")
     await broker.wait_for("broker ready")
     outsider = procs.external_seller(
         "outsider", "--nats", nats_url, "--market", market, "--handle", "@Outsider"

@@ -74,7 +74,7 @@ async def test_monitor_process_records_a_leak_seen_on_the_bus(
 ) -> None:
     scenario = tmp_path / "outsider.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    broker = procs.mams("broker", "broker", "--market", market)
+    broker = procs.mams("broker", "broker", "--market", market, "--configurer", "@Buyer")
     await broker.wait_for("broker ready")
     monitor = procs.mams("monitor", "monitor", "--market", market)
     await monitor.wait_for("quality monitor ready")

@@ -114,7 +114,9 @@ async def start_market(
     seller_args: tuple[str, ...] = (),
 ) -> Child:
     """`mams broker` and one `mams seller` per handle, all ready; returns the broker."""
-    broker = procs.mams("broker", "broker", "--market", market, *broker_args)
+    broker = procs.mams(
+        "broker", "broker", "--market", market, "--configurer", "@Buyer", *broker_args
+    )
     await broker.wait_for("broker ready")
     for handle in handles:
         seller = procs.seller(scenario, handle, market, *seller_args)
@@ -481,7 +483,7 @@ async def test_a_broker_asked_to_stop_aborts_open_rooms_only_with_abort_on_exit(
     --processes` runs it, so that Ctrl-C ends its rooms), else left open for the next
     broker to resume. (Stopped any other way, it always leaves them open: see
     tests/e2e/test_run_killed.py.)"""
-    broker = procs.mams("broker", "broker", "--market", market, *flags)
+    broker = procs.mams("broker", "broker", "--market", market, "--configurer", "@Buyer", *flags)
     await broker.wait_for("broker ready")
     # No sellers: the rooms open and wait for them (30 s deadlines).
     buyer = procs.buyer(scenario_file, market, *BASELINE, "--runs", "3")
