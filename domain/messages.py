@@ -14,12 +14,12 @@ from uuid import UUID
 
 import msgspec
 
+# MAX_TEXT and MAX_PAYLOAD are stated in domain.bounds with every other limit, and named
+# here too, where they were first defined (and are imported from).
+from mams.domain.bounds import MAX_PAYLOAD as MAX_PAYLOAD
+from mams.domain.bounds import MAX_TEXT as MAX_TEXT
+from mams.domain.bounds import BoundsError, check_committed, check_outbox
 from mams.domain.events import Event, LLMCall, Offer, Outcome, Status
-
-MAX_TEXT = 4000
-# Turns carry the LLM calls behind them (full request/response bodies); NATS's default
-# max_payload is 1 MiB.
-MAX_PAYLOAD = 1000 * 1024
 
 
 class Peer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -289,15 +289,33 @@ def encode(message: InboxMessage | OutboxMessage) -> bytes:
 
 
 def decode_inbox(data: bytes) -> InboxMessage:
-    """Decode a message an agent received; raises msgspec errors if malformed."""
-    message: InboxMessage = _inbox_decoder.decode(data)
+    """Decode a message an agent received; raises msgspec.DecodeError or ValidationError
+    if malformed (nesting too deep to decode included)."""
+    try:
+        message: InboxMessage = _inbox_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError(_TOO_DEEP) from None
     return message
 
 
 def decode_outbox(data: bytes) -> OutboxMessage:
-    """Decode a message the broker received; raises msgspec errors if malformed."""
-    message: OutboxMessage = _outbox_decoder.decode(data)
+    """Decode a message the broker received and check it against the market's bounds
+    (`domain.bounds.check_outbox`); raises msgspec.DecodeError or ValidationError if
+    malformed, nested too deep to decode, or outside a bound (naming the field and limit).
+    """
+    try:
+        message: OutboxMessage = _outbox_decoder.decode(data)
+        check_outbox(message)
+    except RecursionError:
+        raise msgspec.DecodeError(_TOO_DEEP) from None
+    except BoundsError as exc:
+        raise msgspec.ValidationError(f"out of bounds: {exc}") from None
     return message
+
+
+# msgspec decodes nested values with the interpreter's recursion limit; a message nested
+# deeper than that raises RecursionError, which callers must not have to know about.
+_TOO_DEEP = "nested too deeply to decode"
 
 
 # -- broker -> observers -------------------------------------------------------------------
@@ -331,6 +349,13 @@ def encode_committed_json(prefix: bytes, seq: int, event_json: bytes) -> bytes:
 
 
 def decode_committed(data: bytes) -> CommittedEvent:
-    """Decode a committed event an observer received."""
-    message: CommittedEvent = _committed_decoder.decode(data)
+    """Decode a committed event an observer received; raises msgspec.DecodeError or
+    ValidationError if malformed, nested too deep to decode or its seq is out of range."""
+    try:
+        message: CommittedEvent = _committed_decoder.decode(data)
+        check_committed(message)
+    except RecursionError:
+        raise msgspec.DecodeError(_TOO_DEEP) from None
+    except BoundsError as exc:
+        raise msgspec.ValidationError(f"out of bounds: {exc}") from None
     return message
