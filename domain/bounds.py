@@ -211,7 +211,10 @@ def check_nesting(value: object, path: str, *, depth: int, values: int) -> None:
 
 
 def _short(value: object) -> str:
-    """A value for an error message, never 16,000 digits long."""
+    """A value for an error message, never 16,000 digits long (nor a str() of a huge int,
+    which Python refuses beyond 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of ~{int(value.bit_length() * 0.30103)} digits"
     text = str(value)
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 

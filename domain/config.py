@@ -18,12 +18,27 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from mams.domain.bounds import (
+    MAX_DESCRIPTION,
+    MAX_NAME,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_SCENARIO_BYTES,
+    MAX_SCENARIO_DEPTH,
+    MAX_SCENARIO_ITEMS,
+    MAX_SCENARIO_SELLERS,
+    MAX_SCENARIO_VALUES,
+    MAX_TOTAL,
+    BoundsError,
+    check_label,
+    check_nesting,
+)
+from mams.domain.bounds import MAX_SELLERS_PER_ITEM as MAX_SELLERS_PER_ITEM
 from mams.domain.errors import MamsError
 from mams.domain.money import parse_price
 
 Style = Literal["rude", "neutral", "sweet"]
 STYLES: tuple[Style, ...] = ("rude", "neutral", "sweet")
-MAX_SELLERS_PER_ITEM = 10
 BASELINE_MODEL = "baseline"
 # "auto": an LLM if one is configured in the environment, else the baseline brains.
 AUTO_MODEL = "auto"
@@ -167,9 +182,17 @@ def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file (.toml or .json); raises ScenarioError."""
     source = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_SCENARIO_BYTES:  # before reading it all into memory
+            raise ScenarioError(
+                [Problem("file", f"is {size} bytes; a scenario is at most {MAX_SCENARIO_BYTES}")],
+                source,
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError([Problem("file", f"cannot read: {exc.strerror}")], source) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([Problem("file", f"is not UTF-8 text: {exc}")], source) from None
     return parse_scenario_text(
         text,
         fmt="json" if path.suffix.lower() == ".json" else "toml",
@@ -181,19 +204,47 @@ def load_scenario(path: Path) -> Scenario:
 def parse_scenario_text(
     text: str, *, fmt: Literal["toml", "json"], source: str = "scenario", default_name: str = ""
 ) -> Scenario:
-    """Parse TOML or JSON text (decimals exact) and validate it; raises ScenarioError."""
+    """Parse TOML or JSON text (decimals exact) and validate it; raises ScenarioError, also
+    for text too big (MAX_SCENARIO_BYTES) or nested too deeply to parse."""
+    if len(text) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            [Problem("file", f"is {len(text)} characters; at most {MAX_SCENARIO_BYTES}")], source
+        )
     try:
         if fmt == "json":
             raw = json.loads(text, parse_float=Decimal)
         else:
             raw = tomllib.loads(text, parse_float=Decimal)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ScenarioError([Problem("file", f"not valid {fmt.upper()}: {exc}")], source) from None
+    except RecursionError:
+        # Both parsers recurse per level; a scenario nests MAX_SCENARIO_DEPTH at most.
+        raise ScenarioError(
+            [
+                Problem(
+                    "file",
+                    f"not valid {fmt.upper()}: nested too deeply (a scenario nests at most "
+                    f"{MAX_SCENARIO_DEPTH} levels)",
+                )
+            ],
+            source,
+        ) from None
+    except ValueError as exc:  # their decode errors, and integers beyond 4,300 digits
+        why = str(exc)
+        if "integer string conversion" in why:  # not Python's advice to raise the limit
+            why = "holds a number of more than 4300 digits"
+        raise ScenarioError([Problem("file", f"not valid {fmt.upper()}: {why}")], source) from None
     return parse_scenario(raw, source=source, default_name=default_name)
 
 
 def parse_scenario(raw: object, *, source: str = "scenario", default_name: str = "") -> Scenario:
-    """Validate a raw mapping into a Scenario, collecting every problem before raising."""
+    """Validate a raw mapping into a Scenario, collecting every problem before raising.
+
+    Input nested deeper than MAX_SCENARIO_DEPTH or holding more than MAX_SCENARIO_VALUES
+    values is refused first, as one problem, without walking it recursively.
+    """
+    try:
+        check_nesting(raw, "", depth=MAX_SCENARIO_DEPTH, values=MAX_SCENARIO_VALUES)
+    except BoundsError as exc:
+        raise ScenarioError([Problem("scenario", exc.reason)], source) from None
     v = _Validator()
     scenario = v.scenario(raw, default_name)
     if v.problems or scenario is None:
@@ -257,7 +308,9 @@ class _Validator:
             self.bad(full, str(exc))
             return None
 
-    def array(self, table: Mapping[str, object], path: str, key: str) -> list[object]:
+    def array(
+        self, table: Mapping[str, object], path: str, key: str, limit: int = MAX_SCENARIO_ITEMS
+    ) -> list[object]:
         full = f"{path}.{key}" if path else key
         value = table.get(key)
         if value is None:
@@ -268,6 +321,9 @@ class _Validator:
             return []
         if not value:
             self.bad(full, "must not be empty")
+        if len(value) > limit:
+            self.bad(full, f"has {len(value)} entries; at most {limit}")
+            return []
         return value
 
     def unique_items(
@@ -307,7 +363,7 @@ class _Validator:
             self.bad("buyer", "is required (a [buyer] table with [[buyer.items]])")
         parsed = [
             self.seller(raw_seller, f"sellers[{i}]")
-            for i, raw_seller in enumerate(self.array(top, "", "sellers"))
+            for i, raw_seller in enumerate(self.array(top, "", "sellers", MAX_SCENARIO_SELLERS))
         ]
         sellers = tuple(s for s in parsed if s is not None)
         self.cross_checks(buyer, sellers, top.get("sellers"))
@@ -402,6 +458,27 @@ class _Validator:
             return None
         return InventoryItem(item_name=name, cost_price=cost, selling_price=sell, least_price=least)
 
+    def totals(self, buyer: BuyerConfig, sellers: tuple[SellerConfig, ...]) -> None:
+        """A deal's total (price x quantity) must fit numeric(14,2): the buyer's max price
+        bounds what it may pay, a seller's asking price is what it offers first."""
+        asks: dict[str, list[tuple[int, int, Decimal]]] = {}
+        for si, s in enumerate(sellers):
+            for ii, entry in enumerate(s.inventory):
+                asks.setdefault(item_key(entry.item_name), []).append((si, ii, entry.selling_price))
+        for i, item in enumerate(buyer.items):
+            if item.max_price * item.quantity > MAX_TOTAL:
+                self.bad(
+                    f"buyer.items[{i}].max_price",
+                    f"x quantity ({item.max_price} x {item.quantity}) must be at most {MAX_TOTAL}",
+                )
+            for si, ii, ask in asks.get(item_key(item.item_name), []):
+                if ask * item.quantity > MAX_TOTAL:
+                    self.bad(
+                        f"sellers[{si}].inventory[{ii}].selling_price",
+                        f"x the buyer's quantity ({ask} x {item.quantity}) must be at most "
+                        f"{MAX_TOTAL}",
+                    )
+
     def cross_checks(
         self, buyer: BuyerConfig | None, sellers: tuple[SellerConfig, ...], raw_sellers: object
     ) -> None:
@@ -422,6 +499,7 @@ class _Validator:
                 ids[key] = i
         if buyer is None:
             return
+        self.totals(buyer, sellers)
         if buyer.agent_id in ids:
             self.bad("buyer.handle", f"{buyer.handle!r} is also a seller's handle")
         stockists: dict[str, int] = {}  # one pass, not every inventory for every item
@@ -453,14 +531,20 @@ class _Validator:
 def _text(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError("must be a non-empty string")
-    if len(raw) > 200:
-        raise ValueError("must be at most 200 characters")
+    if len(raw) > MAX_NAME:
+        raise ValueError(f"must be at most {MAX_NAME} characters")
+    if "\x00" in raw:  # PostgreSQL's text and jsonb refuse NUL
+        raise ValueError("must not hold a NUL character")
     return raw.strip()
 
 
 def _any_text(raw: object) -> str:
     if not isinstance(raw, str):
         raise ValueError("must be a string")
+    if len(raw) > MAX_DESCRIPTION:
+        raise ValueError(f"must be at most {MAX_DESCRIPTION} characters")
+    if "\x00" in raw:
+        raise ValueError("must not hold a NUL character")
     return raw
 
 
@@ -491,6 +575,10 @@ def _model(raw: object) -> str:
         )
     if raw in (BASELINE_MODEL, AUTO_MODEL):
         return raw
+    try:  # the model names the brain, a label the log and reports show
+        check_label(raw, "")
+    except BoundsError as exc:
+        raise ValueError(f"must be a plain model name: {exc.reason}") from None
     provider, sep, name = raw.partition(":")
     if not sep or provider not in MODEL_PROVIDERS or not name:
         raise ValueError(
@@ -502,8 +590,9 @@ def _model(raw: object) -> str:
 def _quantity(raw: object) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise ValueError(f"must be a whole number, got {raw!r}")
-    if not 1 <= raw <= 1_000_000:
-        raise ValueError(f"must be between 1 and 1000000, got {raw}")
+    if not 1 <= raw <= MAX_QUANTITY:
+        shown = raw if raw.bit_length() <= 128 else "a larger number"
+        raise ValueError(f"must be between 1 and {MAX_QUANTITY}, got {shown}")
     return raw
 
 
@@ -511,8 +600,8 @@ def _price(raw: object) -> Decimal:
     value = parse_price(raw)
     if value < 0:
         raise ValueError(f"must not be negative, got {value}")
-    if value >= Decimal("10000000000"):
-        raise ValueError(f"must be below 10,000,000,000, got {value}")
+    if value > MAX_PRICE:  # numeric(12,2), with room for a total (see domain.bounds)
+        raise ValueError(f"must be at most {MAX_PRICE}, got {value}")
     return value
 
 

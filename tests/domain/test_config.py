@@ -204,7 +204,8 @@ def test_buyer_quantity_limits_are_inclusive(quantity: int) -> None:
         ([1], "must be a number like 12.50, got list"),
         (D("NaN"), "must be a finite number"),
         (D("1e30"), "is far too large, got 1E+30"),
-        (D("10000000000"), "must be below 10,000,000,000, got 10000000000.00"),
+        (D("10000000000"), "must be at most 99999999.99, got 10000000000.00"),
+        (D("100000000"), "must be at most 99999999.99, got 100000000.00"),
     ],
 )
 def test_buyer_prices_must_be_positive_with_two_decimals(value: object, message: str) -> None:
@@ -744,7 +745,8 @@ def raw_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         )
     return {
         "name": draw(names_st),
-        "description": draw(st.text(max_size=50)),
+        # Any text but NUL, which PostgreSQL cannot store (refused: see tests/domain/test_bounds).
+        "description": draw(st.text(max_size=50)).replace("\x00", ""),
         "buyer": {"handle": "@Buyer", "items": items},
         "sellers": sellers,
     }
