@@ -62,11 +62,11 @@ from uuid import UUID
 
 import msgspec
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from mams.audit import resolve_negotiation
+from mams.cli_render import untrusted
 from mams.domain.analysis import NegotiationAnalysis, analyze
 from mams.domain.errors import ConfigError
 from mams.domain.events import (
@@ -217,13 +217,13 @@ def _agents_table(a: NegotiationAnalysis) -> Table:
     for g in a.agents:
         rails = ", ".join(f"{k} x{v}" for k, v in g.guardrails.items()) or "-"
         t.add_row(
-            g.handle,
-            g.brain,
-            g.style or "-",
+            untrusted(g.handle),
+            untrusted(g.brain),
+            untrusted(g.style or "-"),
             str(g.messages),
             f"{_ms(g.latency_ms_mean)} / {_ms(g.latency_ms_max)}",
             _llm_cell(g.llm_calls, g.input_tokens, g.output_tokens, g.cost_usd),
-            rails,
+            untrusted(rails),
             str(g.flags),
         )
     return t
@@ -236,7 +236,7 @@ def _prices_table(a: NegotiationAnalysis) -> Table:
     for s in a.sellers:
         path = " -> ".join(f"r{p.round} {fmt(p.price)}" for p in s.offers) or "no offer"
         t.add_row(
-            s.handle,
+            untrusted(s.handle),
             fmt(s.least_price),
             fmt(s.selling_price),
             _money(s.first_ask),
@@ -249,8 +249,9 @@ def _prices_table(a: NegotiationAnalysis) -> Table:
 def _summary_lines(a: NegotiationAnalysis) -> list[str]:
     handle = {g.agent: g.handle for g in a.agents}
     lines = [
-        f"[bold]{escape(a.item_name)}[/bold]  {a.negotiation_id}",
-        f"{a.outcome} ({a.status}) after {a.rounds} of {a.max_rounds} rounds; buyer wants "
+        f"[bold]{untrusted(a.item_name)}[/bold]  {a.negotiation_id}",
+        f"{untrusted(a.outcome)} ({untrusted(a.status)}) after {a.rounds} of "
+        f"{a.max_rounds} rounds; buyer wants "
         f"{a.buyer_quantity} within {fmt(a.buyer_min_price)}..{fmt(a.buyer_max_price)}",
         f"{a.messages} messages ({a.buyer_messages} buyer, {a.seller_messages} sellers)",
     ]
@@ -263,11 +264,12 @@ def _summary_lines(a: NegotiationAnalysis) -> list[str]:
             else "no first ask before the deal"
         )
         lines.append(
-            f"[green]deal[/green] with {d.handle} at {fmt(d.unit_price)} x {d.quantity} = "
+            f"[green]deal[/green] with {untrusted(d.handle)} at {fmt(d.unit_price)} x "
+            f"{d.quantity} = "
             f"{fmt(d.total)} in round {d.round}; saved {first}; {fmt(d.saving_vs_max)}/unit "
             f"({d.saving_vs_max_pct}%) under the buyer's max"
         )
-    lines.append(f"surplus: {escape(a.surplus.note)}")
+    lines.append(f"surplus: {untrusted(a.surplus.note)}")
     e = a.efficiency
     if e is not None:
         cheapest = (
@@ -275,11 +277,12 @@ def _summary_lines(a: NegotiationAnalysis) -> list[str]:
             if e.took_cheapest
             else f"[yellow]paid {fmt(e.overpaid_per_unit)}/unit more[/yellow] than the cheapest "
             f"standing offer ({fmt(e.cheapest_offer)} from "
-            f"{', '.join(handle[s] for s in e.cheapest_sellers)})"
+            f"{untrusted(', '.join(handle[s] for s in e.cheapest_sellers))})"
         )
         lines.append(
             f"efficiency: {cheapest}; {fmt(e.above_lowest_floor_per_unit)}/unit above the "
-            f"lowest floor in the room ({fmt(e.lowest_floor)}, {handle[e.lowest_floor_seller]})"
+            f"lowest floor in the room ({fmt(e.lowest_floor)}, "
+            f"{untrusted(handle[e.lowest_floor_seller])})"
         )
     llm = a.llm
     if llm.calls:
@@ -296,7 +299,14 @@ def _flags_table(a: NegotiationAnalysis) -> Table:
     for col in ("kind", "severity", "agent", "round", "rule", "detail"):
         t.add_column(col, overflow="fold")
     for f in a.flags:
-        t.add_row(f.kind, f.severity, f.agent, str(f.round), f.rule, escape(f.detail))
+        t.add_row(
+            untrusted(f.kind),
+            untrusted(f.severity),
+            untrusted(f.agent),
+            str(f.round),
+            untrusted(f.rule),
+            untrusted(f.detail),
+        )
     return t
 
 
@@ -307,7 +317,7 @@ def render(out: Console, a: NegotiationAnalysis, analyst: dict[str, Any], *, rec
     out.print(_prices_table(a))
     if a.guardrails_by_model:
         by_model = ", ".join(f"{m}: {n}" for m, n in a.guardrails_by_model.items())
-        out.print(f"guardrail interventions by model: {escape(by_model)}")
+        out.print(f"guardrail interventions by model: {untrusted(by_model)}")
     if a.flags:
         out.print(_flags_table(a))
     else:
@@ -315,7 +325,7 @@ def render(out: Console, a: NegotiationAnalysis, analyst: dict[str, Any], *, rec
     if recorded:
         out.print(f"[dim]{recorded} new flag(s) recorded in the log[/dim]")
     if a.review is not None:
-        body = Group(escape(a.review.text), f"[dim]{escape(analyst['note'])}[/dim]")
-        out.print(Panel(body, title=f"Analyst review ({escape(a.review.model)})", expand=False))
+        body = Group(untrusted(a.review.text), f"[dim]{untrusted(analyst['note'])}[/dim]")
+        out.print(Panel(body, title=f"Analyst review ({untrusted(a.review.model)})", expand=False))
     else:
-        out.print(f"[dim]{escape(analyst['note'])}[/dim]")
+        out.print(f"[dim]{untrusted(analyst['note'])}[/dim]")

@@ -74,7 +74,6 @@ import anyio
 import asyncpg
 import msgspec
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -84,6 +83,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from mams.cli_render import untrusted
 from mams.domain.config import Scenario, ScenarioError
 from mams.domain.errors import ConfigError
 from mams.domain.events import NegotiationStarted, decode_event, observation_stream_id
@@ -333,10 +333,10 @@ def _print_report(out: Console, r: StreamReport) -> None:
     assert first is not None
     out.print(
         f"[bold red]BROKEN[/bold red] {r.stream_id}  first broken link at seq {first.seq} "
-        f"({first.check}): {escape(first.why)}"
+        f"({first.check}): {untrusted(first.why)}"
     )
     for p in r.problems[1:6]:
-        out.print(f"         then seq {p.seq} ({p.check}): {escape(p.why)}")
+        out.print(f"         then seq {p.seq} ({p.check}): {untrusted(p.why)}")
     if len(r.problems) > 6:
         out.print(f"         ... and {len(r.problems) - 6} more")
 

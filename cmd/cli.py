@@ -23,7 +23,6 @@ import anyio
 import msgspec
 import structlog
 from rich.console import Console
-from rich.markup import escape
 
 from mams import __version__
 from mams.actors.brains.base import BASELINE_LABEL
@@ -58,6 +57,8 @@ from mams.cli_render import (
     quality_summary,
     room_tag,
     status_of,
+    untrusted,
+    untrusted_text,
 )
 from mams.creds import add_creds_parser, cmd_creds
 from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
@@ -116,10 +117,17 @@ def _configure_logging(verbose: bool) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            _shown_in_log,
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ],
         cache_logger_on_first_use=False,
     )
+
+
+def _shown_in_log(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Log lines carry what agents sent (reasons, texts): their control and bidi
+    characters are shown escaped, never sent to the terminal as they are."""
+    return {k: untrusted_text(v).plain if isinstance(v, str) else v for k, v in event.items()}
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -247,7 +255,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             # Models take seconds per call, and a repair round doubles that.
             options = dataclasses.replace(options, round_timeout=LLM_ROUND_TIMEOUT)
         brain = " / ".join(sorted(labels))
-        out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {brain}")
+        out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {untrusted(brain)}")
         if labels == {BASELINE_LABEL}:
             out.print(
                 "[dim]   rule-based negotiators, no LLM. To run on Claude: "
@@ -290,7 +298,8 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
             for i, room in enumerate(rooms):
                 tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None
                 renderers[room.negotiation_id] = Renderer()
-                out.print(f"[dim]negotiation {room.negotiation_id}: {room.item_name}[/dim]")
+                item = untrusted(room.item_name)
+                out.print(f"[dim]negotiation {room.negotiation_id}: {item}[/dim]")
 
         usage = LLMUsage()
 
@@ -499,7 +508,7 @@ async def cmd_rerun(args: argparse.Namespace, out: Console) -> int:
             f"({report.original_events} events originally, {report.rerun_events} now):"
         )
         for line in report.differences:
-            out.print(f"  {escape(line)}")
+            out.print(f"  {untrusted(line)}")
     if args.json:
         _dump(
             {
@@ -528,7 +537,7 @@ async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
     for r in rows:
         table.add_row(
             str(r.session_id),
-            r.name,
+            untrusted(r.name),
             r.created_at.strftime("%Y-%m-%d %H:%M"),
             str(r.items),
             str(r.sellers),
@@ -563,10 +572,10 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
     for r in rows:
         table.add_row(
             str(r.negotiation_id),
-            r.item_name,
-            "interrupted" if r.interrupted else r.status,
-            r.outcome or "-",
-            r.seller or "-",
+            untrusted(r.item_name),
+            "interrupted" if r.interrupted else untrusted(r.status),
+            untrusted(r.outcome or "-"),
+            untrusted(r.seller or "-"),
             f"{r.unit_price}" if r.unit_price is not None else "-",
             str(r.rounds),
             r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -720,8 +729,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     to_stderr = bool(getattr(args, "json", False))
     stream = sys.stderr if to_stderr else sys.stdout
     # Piped output gets a wide page rather than rich's 80 columns, so tables stay legible.
-    out = Console(stderr=to_stderr, highlight=False, width=None if stream.isatty() else 120)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # No emoji codes either: text an agent wrote is printed as written (`cli_render.untrusted`).
+    out = Console(
+        stderr=to_stderr, highlight=False, emoji=False, width=None if stream.isatty() else 120
+    )
+    err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
     try:
         if getattr(args, "limit", 1) < 1:
             raise UsageError(f"--limit must be at least 1, got {args.limit}")
@@ -731,14 +743,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise _first_mams_error(group) from group
     except ScenarioError as exc:
         err.print(
-            f"[bold red]error:[/bold red] {exc.source} is not a valid scenario; nothing "
+            f"[bold red]error:[/bold red] {untrusted(str(exc.source))} is not a valid "
+            "scenario; nothing "
             f"was written. {len(exc.problems)} problem(s):"
         )
         for problem in exc.problems:
-            err.print(f"  [red]{escape(problem.path)}[/red]: {escape(problem.message)}")
+            err.print(f"  [red]{untrusted(problem.path)}[/red]: {untrusted(problem.message)}")
         code = 2
     except (UsageError, ConfigError) as exc:
-        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        err.print(f"[bold red]error:[/bold red] {untrusted(str(exc))}")
         code = 2
     except KeyboardInterrupt:
         # Only an in-process run holds rooms it must close; other commands just stop.
@@ -750,6 +763,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = 130
     except MamsError as exc:
         report(exc)
-        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        err.print(f"[bold red]error:[/bold red] {untrusted(str(exc))}")
         code = 1
     sys.exit(code)

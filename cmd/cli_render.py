@@ -7,12 +7,14 @@ JSON shapes (documented in README.md):
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Self
 from uuid import UUID
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -33,16 +35,57 @@ _KIND_STYLE = {
     "guardrail": "yellow",
     "note": "dim italic",
 }
+# Characters a terminal acts on or hides rather than shows: C0/C1 controls (ESC starts CSI
+# and OSC sequences that move the cursor, clear the screen, retitle the window or write
+# the clipboard), format characters (bidi overrides and isolates, zero-width and tag
+# characters, which reorder or hide text), lone surrogates (which cannot be encoded, so
+# printing them raises) and the line/paragraph separators.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_KEPT = frozenset("\n\t")
+
+
+def untrusted(text: str) -> str:
+    """`text` from an agent (or anything else from outside) made safe to print: every
+    control, format or separator character but newline and tab becomes its visible
+    Python escape (`\\x1b`, `\\u202e`, `\\U000e0041`), and rich markup is escaped, so it
+    prints as written. For markup strings (`Console.print`, table cells); inside a `Text`
+    use `untrusted_text`. Every place the CLI prints agent-controlled text goes through it.
+    """
+    return escape(_shown(text))
+
+
+def untrusted_text(text: str, style: str = "") -> Text:
+    """`text` made safe as `untrusted` does, as a rich Text (never read as markup)."""
+    return Text(_shown(text), style=style)
+
+
+def _shown(text: str) -> str:
+    """Every character a terminal would act on or hide, as its visible escape."""
+    if text.isprintable():
+        return text
+    return "".join(
+        _visible(ch) if ch not in _KEPT and unicodedata.category(ch) in _HIDDEN else ch
+        for ch in text
+    )
+
+
+def _visible(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 _ROOM_COLOURS = ["magenta", "blue", "dark_orange", "cyan", "green", "red", "purple", "yellow"]
 
 
 def room_tag(item: str, index: int) -> Text:
     """A coloured tag naming an item's room, so interleaved rooms stay readable."""
-    return Text(f"[{item}]", style=f"bold {_ROOM_COLOURS[index % len(_ROOM_COLOURS)]}")
+    return untrusted_text(f"[{item}]", style=f"bold {_ROOM_COLOURS[index % len(_ROOM_COLOURS)]}")
 
 
 def print_entry(console: Console, entry: Entry, tag: Text | None = None) -> None:
-    """One transcript line, styled by kind."""
+    """One transcript line, styled by kind (what agents wrote shown as written)."""
     line = Text()
     if tag is not None:
         line.append_text(tag)
@@ -57,13 +100,13 @@ def print_entry(console: Console, entry: Entry, tag: Text | None = None) -> None
         line.append(f"r{entry.round} ", style="dim")
     style = _KIND_STYLE.get(entry.kind, "")
     if entry.speaker:
-        line.append(entry.speaker, style=f"bold {style}")
+        line.append_text(untrusted_text(entry.speaker, style=f"bold {style}"))
         if entry.audience:
-            line.append(f" -> {entry.audience}", style="dim")
+            line.append_text(untrusted_text(f" -> {entry.audience}", style="dim"))
         line.append(": ")
-        line.append(entry.text)
+        line.append_text(untrusted_text(entry.text))
     else:
-        line.append(entry.text, style=style)
+        line.append_text(untrusted_text(entry.text, style=style))
     console.print(line)
 
 
@@ -126,10 +169,10 @@ def outcomes_table(rows: list[tuple[str, NegotiationState]]) -> Table:
         saved = savings(state)
         total = (o["unit_price"] * o["quantity"]) if o["unit_price"] is not None else None
         table.add_row(
-            item,
+            untrusted(item),
             status_of(state),
             Text(o["type"], style=colour),
-            o["seller"] or "-",
+            untrusted(o["seller"] or "-"),
             fmt(o["unit_price"]) if o["unit_price"] is not None else "-",
             str(o["quantity"]) if o["quantity"] is not None else "-",
             fmt(total) if total is not None else "-",
@@ -166,7 +209,7 @@ def items_table(rows: list[tuple[str, NegotiationState]]) -> Table:
         prices = [o["unit_price"] for o in outcomes if o["type"] == "deal"]
         saved = [got[1] for s in states if (got := savings(s)) is not None]
         table.add_row(
-            item,
+            untrusted(item),
             str(len(states)),
             Text(str(kinds.count("deal")), style="green"),
             str(kinds.count("no_deal")),
@@ -272,8 +315,9 @@ def print_flag(console: Console, flag: QualityFlagged, tag: Text | None = None) 
         line.append_text(tag)
         line.append(" ")
     line.append(f"r{flag.round} ", style="dim")
-    line.append(f"! {flag.severity} {flag.rule}", style=_SEVERITY_STYLE.get(flag.severity, ""))
-    line.append(f": {flag.detail}", style="italic")
+    severity = _SEVERITY_STYLE.get(flag.severity, "")
+    line.append_text(untrusted_text(f"! {flag.severity} {flag.rule}", style=severity))
+    line.append_text(untrusted_text(f": {flag.detail}", style="italic"))
     console.print(line)
 
 

@@ -43,11 +43,11 @@ from uuid import UUID
 import anyio.to_thread
 import msgspec
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mams.analyze import AnalyzeUsageError, dump, merge_flags, negotiation_of
+from mams.cli_render import untrusted
 from mams.domain.analysis import NegotiationAnalysis, analyze
 from mams.domain.events import AnalystReviewed, QualityFlagged, observation_stream_id
 from mams.domain.money import fmt
@@ -214,7 +214,7 @@ def group_table(title: str, key: str, rows: tuple[GroupRow, ...], *, seats: bool
             else f"{r.mean_seller_share:.0%} / {r.mean_buyer_share:.0%}"
         )
         t.add_row(
-            escape(r.key),
+            untrusted(r.key),
             str(r.rooms),
             f"{r.deals} ({_num(r.deal_rate, '.0%')})",
             saved,
@@ -240,10 +240,10 @@ def rooms_table(report: Report) -> Table:
     for r in report.rooms:
         t.add_row(
             str(r.negotiation_id)[:8],
-            escape(r.item_name),
-            escape(r.buyer_brain),
-            r.outcome,
-            r.seller or "-",
+            untrusted(r.item_name),
+            untrusted(r.buyer_brain),
+            untrusted(r.outcome),
+            untrusted(r.seller or "-"),
             fmt(r.unit_price) if r.unit_price is not None else "-",
             "-" if r.saving_pct is None else f"{r.saving_pct:.2f}%",
             _num(r.seller_share, ".0%"),
