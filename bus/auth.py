@@ -17,15 +17,17 @@ Roles and what the server lets them do (``p`` is the subject prefix, ``id`` the 
 ========  =======================================  =======================================
 role      publish                                  subscribe
 ========  =======================================  =======================================
-buyer,    ``p.broker.<id>.outbox``                 ``p.agent.<id>.inbox``, ``_INBOX.>``
+buyer,    ``p.broker.<id>.outbox``                 ``p.agent.<id>.inbox``
 seller
-broker    ``p.agent.*.inbox``, ``p.events.>``,     ``p.broker.*.outbox``, ``_INBOX.>``
-          ``_INBOX.>``
-observer  nothing                                  ``p.events.>``, ``_INBOX.>``
+broker    ``p.agent.*.inbox``, ``p.events.>``      ``p.broker.*.outbox``
+observer  nothing                                  ``p.events.>``
+owner     ``>``                                    ``>``
 ========  =======================================  =======================================
 
-``_INBOX.>`` is nats-py's reply-inbox namespace (request/reply); MAMS actors do not use
-request/reply today, so nothing private travels there.
+No role gets nats-py's reply inboxes (``_INBOX.>``): MAMS does not use request/reply, and a
+grant of ``_INBOX.>`` to everyone would let any agent read any other user's replies.
+``owner`` is not issued by `mams creds`: it is the process that started an embedded
+nats-server (`mams.bus.embedded`), which holds the server's files anyway.
 
 The file is written in the JSON subset of the nats-server config syntax, so we can read
 it back exactly; role metadata (which nats-server would reject as unknown fields) lives in
@@ -56,7 +58,7 @@ from mams.bus.subjects import AgentId, Subjects
 from mams.domain.errors import MamsError
 
 __all__ = [
-    "REPLY_INBOXES",
+    "OWNER_PERMISSIONS",
     "ROLES",
     "Credentials",
     "CredentialsError",
@@ -77,11 +79,10 @@ __all__ = [
 
 _log = structlog.get_logger("mams.bus.auth")
 
-Role = Literal["broker", "buyer", "seller", "observer"]
-ROLES: Final[tuple[Role, ...]] = get_args(Role)
-
-REPLY_INBOXES: Final = "_INBOX.>"
-"""nats-py's reply subjects (``_INBOX.<random>``); every role may subscribe to them."""
+Role = Literal["broker", "buyer", "seller", "observer", "owner"]
+_ALL_ROLES: Final[tuple[Role, ...]] = get_args(Role)
+ROLES: Final[tuple[Role, ...]] = ("broker", "buyer", "seller", "observer")
+"""The roles `mams creds` issues (``owner`` is the embedded server's own, see above)."""
 
 _META_TAG: Final = "# mams-users: "
 _AUTH_KEY: Final = "authorization:"
@@ -141,26 +142,26 @@ def _allowed(block: Mapping[str, object], key: str) -> tuple[str, ...]:
 
 
 def agent_permissions(subjects: Subjects, agent_id: AgentId | str) -> Permissions:
-    """A buyer's or seller's: publish its own outbox only; subscribe its own inbox only
-    (and reply inboxes)."""
+    """A buyer's or seller's: publish its own outbox only; subscribe its own inbox only."""
     agent = agent_id if isinstance(agent_id, AgentId) else AgentId(agent_id)
-    return Permissions(
-        publish=(subjects.outbox(agent),),
-        subscribe=(subjects.inbox(agent), REPLY_INBOXES),
-    )
+    return Permissions(publish=(subjects.outbox(agent),), subscribe=(subjects.inbox(agent),))
 
 
 def broker_permissions(subjects: Subjects) -> Permissions:
     """The broker's: publish every inbox and the committed events; subscribe every outbox."""
     return Permissions(
-        publish=(f"{subjects.prefix}.agent.*.inbox", subjects.all_events(), REPLY_INBOXES),
-        subscribe=(subjects.all_outboxes(), REPLY_INBOXES),
+        publish=(f"{subjects.prefix}.agent.*.inbox", subjects.all_events()),
+        subscribe=(subjects.all_outboxes(),),
     )
 
 
 def observer_permissions(subjects: Subjects) -> Permissions:
-    """An observer's: subscribe the committed events (and reply inboxes); publish nothing."""
-    return Permissions(publish=(), subscribe=(subjects.all_events(), REPLY_INBOXES))
+    """An observer's: subscribe the committed events; publish nothing."""
+    return Permissions(publish=(), subscribe=(subjects.all_events(),))
+
+
+OWNER_PERMISSIONS: Final = Permissions(publish=(">",), subscribe=(">",))
+"""The ``owner``'s: everything (it started the server and holds its files)."""
 
 
 def permissions_for(role: Role, subjects: Subjects, agent_id: AgentId | str | None) -> Permissions:
@@ -170,6 +171,8 @@ def permissions_for(role: Role, subjects: Subjects, agent_id: AgentId | str | No
             return broker_permissions(subjects)
         case "observer":
             return observer_permissions(subjects)
+        case "owner":
+            return OWNER_PERMISSIONS
         case "buyer" | "seller":
             if agent_id is None:
                 raise CredentialsError(f"a {role} needs its handle or agent id")
@@ -299,7 +302,7 @@ class UsersFile:
         With ``hash_password`` the file keeps only a bcrypt hash, so a later issue for that
         user must rotate. Call `save` (or use `edit`) to write the change.
         """
-        if role not in ROLES:
+        if role not in _ALL_ROLES:
             raise CredentialsError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         agent = None if agent_id is None else str(AgentId(str(agent_id)))
         name = user or user_name_for(role, agent)
@@ -402,7 +405,7 @@ class UsersFile:
             if name == _LOCKED_USER:
                 continue
             info = meta.get(name)
-            if not isinstance(info, dict) or info.get("role") not in ROLES:
+            if not isinstance(info, dict) or info.get("role") not in _ALL_ROLES:
                 raise CredentialsError(f"{path}: user {name!r} has no role metadata", path=path)
             agent = info.get("agent_id")
             prefix = info.get("prefix")

@@ -8,6 +8,14 @@ leave a server behind, since each run starts its own::
 
     async with EmbeddedNats() as server:
         bus = await NatsBus.connect(server.url, name="cli")
+
+Only the run's own processes may connect: unless given a config file, the server requires
+a user and password from a users file (`mams.bus.auth.UsersFile`) generated for this run.
+The process that started it connects as ``owner`` (`url` carries that user's password);
+`issue` adds per-role users (a broker, each seller, ...) with the permissions of
+`mams.bus.auth` and reloads the server, so each child process gets only its own. The
+config, the users file, the log and the JetStream store live in a private directory
+(mode 0700, files 0600), removed on exit.
 """
 
 from __future__ import annotations
@@ -16,21 +24,26 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from secrets import token_hex
 from types import TracebackType
-from typing import IO, Final
+from typing import IO, ClassVar, Final
 
 import anyio
 import anyio.abc
 import structlog
 
+from mams.bus.auth import Credentials, Role, UsersFile
 from mams.bus.base import BusError
+from mams.bus.subjects import Subjects
 
 __all__ = ["EmbeddedNats", "EmbeddedNatsError", "find_nats_server_binary"]
 
@@ -111,6 +124,42 @@ async def _is_our_server(port: int, name: str) -> bool:
         await stream.aclose()
 
 
+async def _accepts(port: int, user: str, password: str) -> bool:
+    """Whether the server on ``port`` lets ``user`` in with ``password`` (a raw CONNECT and
+    PING: PONG if it does, ``-ERR 'Authorization Violation'`` if not)."""
+    try:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    except OSError:
+        return False
+    connect = {"verbose": False, "pedantic": False, "user": user, "pass": password}
+    try:
+        with anyio.move_on_after(2.0):
+            buf = b""
+            while b"\r\n" not in buf and len(buf) < 65536:  # INFO first
+                buf += await stream.receive()
+            await stream.send(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+            buf = b""
+            while len(buf) < 65536:
+                buf += await stream.receive()
+                if b"PONG" in buf:
+                    return True
+                if b"-ERR" in buf:
+                    return False
+        return False
+    except (OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+        return False
+    finally:
+        await stream.aclose()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by us alone (created 0600, never wider for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -122,9 +171,13 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 class EmbeddedNats:
     """An async context manager running one nats-server process; `url` once entered.
 
-    ``store_dir``: JetStream store (default: a temp dir removed on exit).
-    ``config_file``: passed as ``-c``; the host/port/JetStream flags still override it.
+    ``store_dir``: JetStream store (default: in the private temp dir, removed on exit).
+    ``config_file``: passed as ``-c`` instead of the generated one (its authorization is
+    then the file's, and `issue` is not available); the host/port/JetStream flags still
+    override it.
     """
+
+    _serving: ClassVar[dict[str, EmbeddedNats]] = {}
 
     def __init__(
         self,
@@ -145,14 +198,31 @@ class EmbeddedNats:
         self._process: anyio.abc.Process | None = None
         self._log_file: IO[bytes] | None = None
         self._port: int | None = None
+        self._conf: Path | None = None
+        self._users_path: Path | None = None
+        self._owner: Credentials | None = None
         self.log_path: Path | None = None
 
+    @classmethod
+    def serving(cls, url: str) -> EmbeddedNats | None:
+        """The server this process started whose `url` is ``url``, if any (so that code
+        handed only a URL can issue credentials for its children)."""
+        return cls._serving.get(url)
+
     @property
-    def url(self) -> str:
-        """``nats://127.0.0.1:<port>`` of the running server."""
+    def address(self) -> str:
+        """``nats://127.0.0.1:<port>`` of the running server, without credentials."""
         if self._port is None or self._process is None:
             raise EmbeddedNatsError("EmbeddedNats is not running; use it as `async with`")
         return f"nats://127.0.0.1:{self._port}"
+
+    @property
+    def url(self) -> str:
+        """The URL to connect with: `address` carrying the ``owner`` credentials (every
+        subject), or without any if a config file was given. Keep it out of argv and logs
+        (`mams.bus.base.redact_url`)."""
+        address = self.address
+        return self._owner.url(address) if self._owner is not None else address
 
     @property
     def port(self) -> int:
@@ -171,16 +241,25 @@ class EmbeddedNats:
     async def __aenter__(self) -> EmbeddedNats:
         """Start the server and wait until it accepts TCP connections."""
         binary = self._binary or find_nats_server_binary()
+        # mkdtemp makes it 0700; said again, since everything in it is the run's secret.
         self._tmp = tempfile.TemporaryDirectory(prefix="mams-nats-")
         tmp = Path(self._tmp.name)
+        os.chmod(tmp, 0o700)
         store = self._store_dir or tmp / "jetstream"
         self.log_path = tmp / "nats-server.log"
         try:
+            self._conf = self._config_file
+            if self._conf is None:
+                self._conf = tmp / "nats.conf"  # written by _try_start (it names the server)
+                self._users_path = tmp / "users.conf"
+                with UsersFile.edit(self._users_path) as users:
+                    self._owner = users.issue("owner", Subjects())
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 port = _free_port()
                 if await self._try_start(binary, port, store):
                     self._port = port
-                    _log.info("nats.embedded.started", url=self.url, pid=self.pid)
+                    self._serving[self.url] = self
+                    _log.info("nats.embedded.started", url=self.address, pid=self.pid)
                     return self
                 _log.info("nats.embedded.port_taken", port=port, attempt=attempt)
             raise EmbeddedNatsError(
@@ -195,13 +274,18 @@ class EmbeddedNats:
         """Start on ``port``; False if the port was taken meanwhile, raise on other failures."""
         assert self.log_path is not None
         args = [str(binary)]
-        if self._config_file is not None:
-            args += ["-c", str(self._config_file)]
+        if self._conf is not None:
+            args += ["-c", str(self._conf)]
         # A unique server name lets the readiness check tell our server from another one
         # that took the port first (it answers TCP connects just as well).
         name = f"mams-embedded-{uuid.uuid4().hex[:12]}"
+        if self._users_path is not None and self._conf is not None:
+            # The name goes in the file too: nats-server refuses to reload a config whose
+            # server_name differs from the -n flag's ("config reload not supported").
+            _write_private(self._conf, f'server_name: "{name}"\ninclude "users.conf"\n')
         args += ["-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", str(store)]
-        self._log_file = self.log_path.open("ab")
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._log_file = os.fdopen(fd, "ab")
         # Its own session: a Ctrl-C at the terminal interrupts mams, which then stops
         # what it runs over this bus before the server; it must not take the bus first.
         self._process = await anyio.open_process(
@@ -234,6 +318,50 @@ class EmbeddedNats:
             f"embedded nats-server ({binary}) {what}; command: {' '.join(args)}; log tail:\n{tail}"
         )
 
+    async def issue(
+        self, subjects: Subjects, cast: Sequence[tuple[Role, str | None]]
+    ) -> list[Credentials]:
+        """Add a new user per ``(role, agent_id)`` of ``cast`` (the permissions of
+        `mams.bus.auth` on ``subjects``, a fresh password each), reload the server and
+        return their credentials, in order, once each can connect.
+
+        Raises `EmbeddedNatsError` if the server runs on a given config file (its users
+        are not ours to change) or does not let the new users in within the startup
+        timeout.
+        """
+        if self._users_path is None or self._process is None or self._port is None:
+            raise EmbeddedNatsError(
+                "credentials can be issued only on a running EmbeddedNats without a "
+                "config_file (its own users file)"
+            )
+        with UsersFile.edit(self._users_path) as users:
+            # A name of its own per issue: two markets on this server (a study) never
+            # rewrite each other's "broker" or seller user.
+            issued = [
+                users.issue(role, subjects, agent, user=f"{(agent or role)[:14]}-{token_hex(4)}")
+                for role, agent in cast
+            ]
+        os.kill(self._process.pid, signal.SIGHUP)  # nats-server reloads its config
+        with anyio.move_on_after(self._startup_timeout):
+            delay = 0.005
+            for creds in issued:
+                while not await _accepts(self._port, creds.user, creds.password):
+                    if self._process.returncode is not None:
+                        break
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                else:
+                    continue
+                break
+            else:
+                _log.info("nats.embedded.issued", users=[c.user for c in issued])
+                return issued
+        raise EmbeddedNatsError(
+            f"the embedded nats-server did not let the new users "
+            f"({', '.join(c.user for c in issued)}) in within {self._startup_timeout}s "
+            f"of a reload; log tail:\n{_tail(self.log_path) if self.log_path else ''}"
+        )
+
     async def _stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:
@@ -260,8 +388,12 @@ class EmbeddedNats:
     ) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``stop_timeout``) and remove temp files."""
         port = self._port
+        if port is not None and self._process is not None:
+            self._serving.pop(self.url, None)
         await self._stop()
         self._port = None
+        self._owner = None
+        self._users_path = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

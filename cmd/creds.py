@@ -123,6 +123,8 @@ def start_command(creds: Credentials, *, server: str, market: str, handle: str |
             return f"{env} mams buyer {market_flag} --scenario FILE"
         case "observer":
             return f"{env}  # then subscribe to {market}.events.> (committed events)"
+        case "owner":  # not issued by mams creds: an embedded server's own user
+            return f"{env}  # may publish and subscribe to everything"
 
 
 async def cmd_creds(args: argparse.Namespace, out: Console) -> int:

@@ -65,8 +65,8 @@ async def servers(*, need_bus: bool, durable: bool = True) -> AsyncIterator[Serv
             else:
                 async with EmbeddedNats() as nats:
                     yield Servers(
-                        nats.url,
-                        f"embedded nats-server at {nats.url}",
+                        nats.url,  # with the run's own (owner) credentials in it
+                        f"embedded nats-server at {nats.address} (this run's users only)",
                         pool,
                         store,
                         db_note,

@@ -39,23 +39,21 @@ from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
 from mams.actors.monitor import QualityMonitor, galileo_hook
+from mams.bus.auth import Credentials
 from mams.bus.base import BusError, redact_url
+from mams.bus.embedded import EmbeddedNats
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
-from mams.cli_render import untrusted
 from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
 from mams.domain.errors import ConfigError
 from mams.domain.messages import (
-    BuyerRoomOpened,
     Hello,
     InboxMessage,
     OpenRooms,
-    Recap,
     Rejected,
     RoomClosed,
     RoomsOpened,
     SellerMessage,
-    TurnStarted,
     Welcome,
     encode,
 )
@@ -351,7 +349,7 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
-            out.print(f"seller {untrusted(seller.handle)} ready ({untrusted(brain.label)})")
+            out.print(f"seller {seller.handle} ready ({brain.label})")
             sys.stdout.flush()
             await _until_signalled()
             tg.cancel_scope.cancel()
@@ -417,14 +415,6 @@ class _Rooms:
         self.ended_unseen: set[UUID] = set()  # ended while their room.closed was lost
         self.rejected: list[Rejected] = []
         self.changed = anyio.Event()
-        # The sellers of our rooms (agent id -> handle), when each was first seen in a
-        # room, and those heard from: a seller never heard from may not have joined.
-        self.sellers: dict[str, str] = {}
-        self.seen_at: dict[str, float] = {}
-        self.heard_from: set[str] = set()
-        self.told_silent: set[str] = set()
-        self.round_timeout = 30.0
-        self.join_hint = "mams seller --scenario FILE"
 
     def open_now(self) -> int:
         """Rooms open or being opened (a request is one room when opening a few at once)."""
@@ -442,53 +432,13 @@ class _Rooms:
         self.changed.set()
         self.changed = anyio.Event()
 
-    def silent(self, *, seen_before: float) -> set[str]:
-        """Sellers of our rooms never heard from (nor reported yet), first seen in a room
-        before `seen_before` (anyio time)."""
-        return {
-            a
-            for a, at in self.seen_at.items()
-            if a not in self.heard_from and a not in self.told_silent and at <= seen_before
-        }
-
-    def note_silent(
-        self,
-        out: Console,
-        round_: int | None = None,
-        *,
-        only: set[str] | None = None,
-        seen_before: float | None = None,
-    ) -> None:
-        """Say which sellers of our rooms have never answered (all, those of `only`, or
-        those first seen before `seen_before`): most likely they have not joined the
-        market, and every round waits its whole deadline for them. Each is named once."""
-        now = anyio.current_time()
-        silent = self.silent(seen_before=now if seen_before is None else seen_before)
-        if only is not None:
-            silent &= only
-        if not silent:
-            return
-        self.told_silent |= silent
-        handles = sorted(self.sellers.get(a, a) for a in silent)
-        who = untrusted(", ".join(handles))
-        said = (
-            f"round {round_} closed at its deadline without {who}, never heard from in any room"
-            if round_
-            else f"no answer yet from {who} in any room"
-        )
-        out.print(
-            f"{said}: have they joined the market? Each round waits up to "
-            f"{self.round_timeout:g} s for every seller; start one with: "
-            f"{untrusted(f'{self.join_hint} --handle {handles[0]}')}"
-        )
-
     def hear(self, message: InboxMessage, out: Console, agent_id: str) -> None:
         match message:
             case Welcome(rooms=rooms) if not self.taken_back:
                 # Each comes with its recap, so the brain goes on from where it was.
                 self.taken_back = True
                 self.ours.update(rooms)
-                out.print(f"resuming {len(rooms)} open room(s) of {untrusted(agent_id)}")
+                out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
             case Welcome(rooms=rooms):
                 # A buyer is only ever in its own rooms. One a welcome lists that we never
                 # heard of: the broker restarted after opening it, before telling us.
@@ -507,26 +457,9 @@ class _Rooms:
                 )
             case Rejected(request_id=request_id) if request_id in self.sent:
                 self.rejected.append(message)
-            case BuyerRoomOpened(sellers=peers):
-                now = anyio.current_time()
-                for peer in peers:
-                    self.sellers.setdefault(peer.agent_id, peer.handle)
-                    self.seen_at.setdefault(peer.agent_id, now)
-                return
-            case Recap(message=SellerMessage(seller=peer)):
-                self.heard_from.add(peer.agent_id)
-                return
-            case TurnStarted(unanswered=silent, round=n) if silent:
-                # A round closed at its deadline without them: say so now if they have
-                # never answered at all (they may not have joined the market).
-                self.note_silent(out, n - 1, only=set(silent))
-                return
-            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
-                self.heard_from.add(peer.agent_id)
-                if self.stream:
-                    return
-                price = f"  \\[offer {fmt(offer.unit_price)}]" if offer else ""
-                out.print(f"r{n} {untrusted(peer.handle)}: {untrusted(text)}{price}")
+            case SellerMessage(seller=peer, text=text, offer=offer, round=n) if not self.stream:
+                price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
+                out.print(f"r{n} {peer.handle}: {text}{price}")
             case RoomClosed(negotiation_id=nid) if nid not in self.closed:
                 self.closed[nid] = message
                 if self.stream:
@@ -609,21 +542,6 @@ async def _open_all(
     rooms.touch()
 
 
-SILENT_CHECK_EVERY = 1.0
-
-
-async def _watch_silent(rooms: _Rooms, out: Console) -> None:
-    """Name the sellers of our rooms that have not answered a third of a round's deadline
-    after their room opened (so a buyer does not wait a whole deadline without a word)."""
-    after = max(SILENT_CHECK_EVERY, rooms.round_timeout / 3)
-    while True:
-        await anyio.sleep(SILENT_CHECK_EVERY)
-        try:
-            rooms.note_silent(out, seen_before=anyio.current_time() - after)
-        except (BrokenPipeError, SystemExit):  # stdout's reader is gone
-            return
-
-
 async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     """Open the session's rooms (or, with --resume, take back the open rooms a crashed
     buyer process left; with --resume and --skip-file, both), negotiate them, print the
@@ -647,12 +565,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
 
     orphan = anyio.Event()  # set if the supervising mams run --processes is gone
 
-    rooms.round_timeout = args.round_timeout
-    rooms.join_hint = f"mams seller --market {args.market} --scenario {args.scenario or 'FILE'}"
-
     def on_message(message: InboxMessage) -> None:
-        # One message, whatever it holds, must not stop the buyer: what it cannot handle
-        # is logged with the reason and the next message is heard as usual.
         if isinstance(message, Welcome):
             welcomed.set()
         try:
@@ -660,14 +573,6 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
         except (BrokenPipeError, SystemExit):  # rich says SystemExit: stdout's reader is gone
             orphan.set()
             rooms.touch()
-        except Exception as exc:
-            log.warning(
-                "buyer.message_failed",
-                kind=type(message).__name__,
-                negotiation_id=str(getattr(message, "negotiation_id", "")) or None,
-                reason=f"{type(exc).__name__}: {exc}",
-                then="ignored it; going on with the next message",
-            )
 
     actor = AgentActor(
         bus, Subjects(prefix=args.market), agent_id, brain, "buyer", on_message=on_message
@@ -684,7 +589,6 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 rooms.touch()
 
             tg.start_soon(watch)
-            tg.start_soon(_watch_silent, rooms, out)
             tg.start_soon(_open_all, actor, requests, args.rooms_at_once, rooms)
             while not (rooms.finished() or orphan.is_set()):
                 await rooms.changed.wait()
@@ -824,6 +728,27 @@ async def _lines_of(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
         yield buffered
 
 
+async def _child_nats_urls(
+    nats_url: str, subjects: Subjects, buyer: str, sellers: list[str]
+) -> tuple[str, str, dict[str, str]]:
+    """NATS_URL of the broker, the buyer and each seller (by agent id). On the embedded
+    nats-server this run started, each gets a user of its own with its role's permissions
+    (`mams.bus.auth`), so a child can do only what its role may; on a server named by
+    NATS_URL, that URL serves all (its users are the operator's, `mams creds`)."""
+    server = EmbeddedNats.serving(nats_url)
+    if server is None:
+        return nats_url, nats_url, dict.fromkeys(sellers, nats_url)
+    issued: list[Credentials] = await server.issue(
+        subjects, [("broker", None), ("buyer", buyer), *(("seller", s) for s in sellers)]
+    )
+    urls = [c.url(server.address) for c in issued]
+    return urls[0], urls[1], dict(zip(sellers, urls[2:], strict=True))
+
+
+def _how_it_ended(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
 class _Child:
     """One supervised `mams` process whose stdout we read line by line."""
 
@@ -876,19 +801,32 @@ async def supervise(
     opened again; None opens nothing new (with `resume`: only go on with the interrupted).
     `at_once`: the buyer keeps at most that many rooms open, the next as one ends.
     `on_ended`: called (deal or not) as each room ends, instead of printing what the buyer
-    hears (`mams buyer --stream`)."""
+    hears (`mams buyer --stream`).
+
+    Credentials reach each child in its environment, never its argv (world-readable in
+    /proc): NATS_URL with its own user (see `_child_nats_urls`), and DATABASE_URL for the
+    broker alone. If the broker process dies while the run goes on, the other children are
+    stopped and `ConfigError` names the command that resumes the session's open rooms."""
     market = f"mams-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "NATS_URL": nats_url,
-        "DATABASE_URL": dsn,
-        "MAMS_LOG_LEVEL": os.environ.get("MAMS_LOG_LEVEL", "warning"),
-        SUPERVISOR_ENV: str(os.getpid()),
-    }
+    wanted = set(items)
+    sellers = [s for s in scenario.sellers if any(s.stock(i) is not None for i in wanted)]
+    broker_url, buyer_url, seller_urls = await _child_nats_urls(
+        nats_url, Subjects(prefix=market), scenario.buyer.agent_id, [s.agent_id for s in sellers]
+    )
+    common = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    common.update(
+        {
+            "MAMS_LOG_LEVEL": os.environ.get("MAMS_LOG_LEVEL", "warning"),
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
+    )
     exe = [sys.executable, "-m", "mams"]
     children: list[_Child] = []
 
-    async def spawn(name: str, *argv: str) -> _Child:
+    async def spawn(name: str, *argv: str, nats: str, database: str | None = None) -> _Child:
+        env = {**common, "NATS_URL": nats}
+        if database is not None:
+            env["DATABASE_URL"] = database
         # Its own session: a Ctrl-C at the terminal reaches the supervisor alone, which
         # stops the children in order (buyer, sellers, then the broker, which records
         # the open rooms as aborted while the bus and the database are still up).
@@ -898,6 +836,60 @@ async def supervise(
         child = _Child(name, process)
         children.append(child)
         return child
+
+    async def sellers_and_buyer(tmp: str, scenario_file: Path) -> None:
+        for seller_config in sellers:
+            handle = seller_config.handle
+            argv = ["seller", "--scenario", str(scenario_file), "--handle", handle]
+            argv += ["--market", market]
+            if args.seller_model:
+                argv += ["--model", args.seller_model]
+            seller = await spawn(handle, *argv, nats=seller_urls[seller_config.agent_id])
+            with anyio.fail_after(READY_TIMEOUT):
+                await seller.wait_for_line("ready")
+            out.print(f"[dim]process seller {handle} (pid {seller.process.pid}) ready[/dim]")
+        argv = [
+            "buyer",
+            "--session",
+            str(session_id),
+            "--agent",
+            scenario.buyer.agent_id,
+            "--market",
+            market,
+            "--max-rounds",
+            str(args.max_rounds),
+            "--round-timeout",
+            str(args.round_timeout or 30.0),
+        ]
+        for item in items:
+            argv += ["--item", item]
+        if args.seed is not None:
+            argv += ["--seed", str(args.seed)]
+        if args.runs > 1:
+            argv += ["--runs", str(args.runs)]
+        if args.buyer_model:
+            argv += ["--model", args.buyer_model]
+        if at_once is not None:
+            argv += ["--rooms-at-once", str(at_once)]
+        if on_ended is not None:
+            argv.append("--stream")
+        if resume:
+            argv.append("--resume")
+        if skip is not None and (resume or skip):
+            skip_file = Path(tmp) / "skip.json"
+            write_skip_file(skip_file, skip)
+            argv += ["--skip-file", str(skip_file)]
+        buyer = await spawn("buyer", *argv, nats=buyer_url)
+        out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
+        async for line in buyer.output:
+            if on_ended is not None and line.startswith('{"negotiation_id"'):
+                ended = msgspec.json.decode(line)
+                on_ended((ended.get("outcome") or {}).get("type") == "deal")
+                continue
+            out.print(Text("[buyer] ", style="dim") + Text(line), highlight=False)
+        code = await buyer.process.wait()
+        if code != 0:
+            raise ConfigError(f"the buyer process exited with status {code}")
 
     async with anyio.TemporaryDirectory() as tmp:
         scenario_file = Path(tmp) / "scenario.json"
@@ -912,72 +904,41 @@ async def supervise(
                 *(["--resume-session", str(session_id)] if resume else ["--no-resume"]),
                 "--durability",
                 args.durability,
+                nats=broker_url,
+                database=dsn,
             )
             with anyio.fail_after(READY_TIMEOUT):
                 await broker.wait_for_line("broker ready")
             out.print(f"[dim]process broker (pid {broker.process.pid}) ready[/dim]")
-            wanted = set(items)
-            handles = [
-                s.handle for s in scenario.sellers if any(s.stock(i) is not None for i in wanted)
-            ]
-            for handle in handles:
-                argv = [
-                    "seller",
-                    "--scenario",
-                    str(scenario_file),
-                    "--handle",
-                    handle,
-                    "--market",
-                    market,
-                ]
-                if args.seller_model:
-                    argv += ["--model", args.seller_model]
-                seller = await spawn(handle, *argv)
-                with anyio.fail_after(READY_TIMEOUT):
-                    await seller.wait_for_line("ready")
-                out.print(f"[dim]process seller {handle} (pid {seller.process.pid}) ready[/dim]")
-            argv = [
-                "buyer",
-                "--session",
-                str(session_id),
-                "--agent",
-                scenario.buyer.agent_id,
-                "--market",
-                market,
-                "--max-rounds",
-                str(args.max_rounds),
-                "--round-timeout",
-                str(args.round_timeout or 30.0),
-            ]
-            for item in items:
-                argv += ["--item", item]
-            if args.seed is not None:
-                argv += ["--seed", str(args.seed)]
-            if args.runs > 1:
-                argv += ["--runs", str(args.runs)]
-            if args.buyer_model:
-                argv += ["--model", args.buyer_model]
-            if at_once is not None:
-                argv += ["--rooms-at-once", str(at_once)]
-            if on_ended is not None:
-                argv.append("--stream")
-            if resume:
-                argv.append("--resume")
-            if skip is not None and (resume or skip):
-                skip_file = Path(tmp) / "skip.json"
-                write_skip_file(skip_file, skip)
-                argv += ["--skip-file", str(skip_file)]
-            buyer = await spawn("buyer", *argv)
-            out.print(f"[dim]process buyer (pid {buyer.process.pid}) negotiating...[/dim]")
-            async for line in buyer.output:
-                if on_ended is not None and line.startswith('{"negotiation_id"'):
-                    ended = msgspec.json.decode(line)
-                    on_ended((ended.get("outcome") or {}).get("type") == "deal")
-                    continue
-                out.print(Text("[buyer] ", style="dim") + Text(line), highlight=False)
-            code = await buyer.process.wait()
-            if code != 0:
-                raise ConfigError(f"the buyer process exited with status {code}")
+            broker_died: list[int] = []
+            failed: list[Exception] = []
+
+            async def watch_broker(scope: anyio.CancelScope) -> None:
+                # Without its broker the buyer and sellers would wait for ever (they say
+                # hello again every few seconds to a broker that never comes back).
+                broker_died.append(await broker.process.wait())
+                scope.cancel()
+
+            async def rest(scope: anyio.CancelScope) -> None:
+                try:
+                    await sellers_and_buyer(tmp, scenario_file)
+                except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
+                    failed.append(exc)
+                finally:
+                    scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_broker, tg.cancel_scope)
+                tg.start_soon(rest, tg.cancel_scope)
+            if broker_died:
+                raise ConfigError(
+                    f"the broker process (pid {broker.process.pid}) died "
+                    f"({_how_it_ended(broker_died[0])}) during the run; the session's open "
+                    "rooms are interrupted, not lost: go on with "
+                    f"`mams run --session {session_id} --resume --processes`"
+                )
+            if failed:
+                raise failed[0]
         finally:
             with anyio.CancelScope(shield=True):
                 for child in reversed(children):

@@ -165,3 +165,15 @@ async def test_an_observer_can_only_read_events(market: Market) -> None:
             await observer.violation("publish", subject)
         await broker.publish(m.subjects.events(uuid.uuid4()), b"event")
         assert await next_message(events) == b"event"  # its own forged event never came
+
+
+async def test_no_role_may_use_reply_inboxes(market: Market) -> None:
+    # MAMS does not use request/reply: a grant of nats-py's _INBOX.> to every role would
+    # let any agent read the replies meant for any other user.
+    m = market
+    for name in CAST:
+        async with probe(m.url_for(name), name) as client:
+            await client.subscribe("_INBOX.>")
+            await client.violation("subscription", "_INBOX.>")
+            await client.publish("_INBOX.someone.else", b"forged reply")
+            await client.violation("publish", "_INBOX.someone.else")

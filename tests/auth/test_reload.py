@@ -97,7 +97,7 @@ async def test_mams_creds_issues_reloads_and_the_agent_connects(
         assert doc["agent_id"] == "quicktech"
         assert doc["permissions"] == {
             "publish": [subjects.outbox(AgentId("quicktech"))],
-            "subscribe": [subjects.inbox(AgentId("quicktech")), "_INBOX.>"],
+            "subscribe": [subjects.inbox(AgentId("quicktech"))],
         }
         assert doc["url"] == f"nats://quicktech:{doc['password']}@{m.server.url[7:]}"
         assert "mams seller" in doc["command"]

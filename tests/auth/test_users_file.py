@@ -25,14 +25,14 @@ S = Subjects("mkt")
 def test_role_permissions() -> None:
     seller = agent_permissions(S, "techmart")
     assert seller.publish == ("mkt.broker.techmart.outbox",)
-    assert seller.subscribe == ("mkt.agent.techmart.inbox", "_INBOX.>")
+    assert seller.subscribe == ("mkt.agent.techmart.inbox",)  # no reply inboxes (_INBOX.>)
     broker = broker_permissions(S)
-    assert broker.publish == ("mkt.agent.*.inbox", "mkt.events.>", "_INBOX.>")
-    assert broker.subscribe == ("mkt.broker.*.outbox", "_INBOX.>")
+    assert broker.publish == ("mkt.agent.*.inbox", "mkt.events.>")
+    assert broker.subscribe == ("mkt.broker.*.outbox",)
     observer = observer_permissions(S)
     assert observer.publish == ()
     assert observer.to_conf()["publish"] == {"deny": [">"]}  # empty allow would allow all
-    assert observer.subscribe == ("mkt.events.>", "_INBOX.>")
+    assert observer.subscribe == ("mkt.events.>",)
 
 
 def test_an_agent_id_is_validated() -> None:

@@ -36,7 +36,8 @@ def test_binary_is_found_and_runs() -> None:
 async def test_starts_round_trips_and_stops() -> None:
     with anyio.fail_after(20):
         async with EmbeddedNats() as server:
-            assert server.url.startswith("nats://127.0.0.1:")
+            assert server.address.startswith("nats://127.0.0.1:")
+            assert server.url.startswith("nats://owner:")  # its own user: only us
             pid = server.pid
             assert not _gone(pid)
             bus = await NatsBus.connect(server.url, name="test-embedded")
