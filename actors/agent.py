@@ -32,6 +32,7 @@ from mams.actors.queues import Job, TurnPool
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
+from mams.domain.bounds import BoundsError, check_offer, check_price, fit_label, fit_turn
 from mams.domain.events import LLMCall
 from mams.domain.guardrails import (
     Violation,
@@ -42,6 +43,7 @@ from mams.domain.guardrails import (
 )
 from mams.domain.messages import (
     ROOM_MESSAGES,
+    Accept,
     BuyerMessage,
     BuyerRoomOpened,
     BuyerTurn,
@@ -138,29 +140,57 @@ class AgentActor:
         try:
             async with anyio.create_task_group() as tg:
                 pool.start(tg)
-                hello = Hello(role=self.role, brain=self.brain.label)
+                hello = Hello(role=self.role, brain=self.label)
                 await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
                 task_status.started()
                 async for msg in sub:
-                    try:
-                        message = decode_inbox(msg.data)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        self.log.warning("agent.message_dropped", reason=f"malformed: {exc}")
-                        continue
-                    job = self._receive(message)
+                    job = self._handle(msg.data)
                     if job is not None:
-                        await pool.submit(job)
+                        await pool.submit(functools.partial(self._turn, job))
                 pool.close()
         finally:
             pool.close()
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
 
+    @property
+    def label(self) -> str:
+        """The brain's label as announced: plain characters, bounded (domain.bounds), so
+        the broker never refuses our hello for an odd model name."""
+        return fit_label(self.brain.label)
+
+    def _handle(self, data: bytes) -> Job | None:
+        """One delivery: decoded and folded, or dropped with a logged reason. Nothing a
+        message holds may stop the agent (its other rooms go on)."""
+        try:
+            message = decode_inbox(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.warning("agent.message_dropped", reason=f"malformed: {exc}")
+            return None
+        try:
+            return self._receive(message)
+        except Exception as exc:  # a value no view can fold; the message, not the agent, fails
+            self.log.error(
+                "agent.message_dropped",
+                kind=type(message).__name__,
+                negotiation_id=str(getattr(message, "negotiation_id", "")) or None,
+                reason=f"could not fold it: {exc!r}"[:500],
+            )
+            return None
+
+    async def _turn(self, job: Job) -> None:
+        """Run one turn; a failure ends that turn (logged), never the agent: the room's
+        deadline, or a re-sent turn, goes on from there."""
+        try:
+            await job()
+        except Exception as exc:
+            self.log.error("agent.turn_failed", error=repr(exc)[:500])
+
     async def _rejoin(self) -> None:
         """After a NATS outage: a full catch-up hello, since what was delivered to us
         meanwhile is lost (the broker re-sends on its own reconnect too); no recap, since
         the conversation so far is still here."""
-        hello = Hello(role=self.role, brain=self.brain.label, recap=False)
+        hello = Hello(role=self.role, brain=self.label, recap=False)
         await self.bus.publish(self.subjects.outbox(self.agent), encode(hello))
 
     def _receive(self, message: InboxMessage) -> Job | None:
@@ -310,13 +340,26 @@ class AgentActor:
 
     # -- buyer ---------------------------------------------------------------------------
     def _buyer_problems(self, view: BuyerView, decision: BuyerDecision) -> list[Violation]:
-        return buyer_action_violations(
+        problems = buyer_action_violations(
             decision.action,
             max_price=view.max_price,
             quantity=view.quantity,
             sellers=frozenset(p.agent_id for p in view.sellers),
             offers=view.offers,
         )
+        if problems:
+            return problems
+        # What the broker would drop (domain.bounds), caught here so it can be repaired.
+        action = decision.action
+        price = action.unit_price if isinstance(action, Accept) else None
+        if isinstance(action, Say):
+            price = action.counter_price
+        try:
+            if price is not None:
+                check_price(price, "price")
+        except BoundsError as exc:
+            return [Violation(rule="price_out_of_bounds", detail=str(exc))]
+        return []
 
     async def _buyer_turn(self, view: BuyerView) -> None:
         brain: BuyerBrain = self.brain  # type: ignore[assignment]
@@ -347,14 +390,21 @@ class AgentActor:
             llm_calls=calls,
         )
         self._said(view.negotiation_id, turn.message_id)
-        await self._publish(view.negotiation_id, view.round, encode(turn))
+        await self._publish(view.negotiation_id, view.round, encode(fit_turn(turn)))
 
     # -- seller --------------------------------------------------------------------------
     @staticmethod
     def _seller_problems(view: SellerView, decision: SellerDecision) -> list[Violation]:
-        return seller_offer_violations(
+        problems = seller_offer_violations(
             decision.offer, least_price=view.terms.least_price, quantity=view.quantity
         )
+        if problems or decision.offer is None:
+            return problems
+        try:  # what the broker would drop (domain.bounds): an ask above MAX_PRICE, say
+            check_offer(decision.offer, "offer")
+        except BoundsError as exc:
+            return [Violation(rule="offer_out_of_bounds", detail=str(exc))]
+        return []
 
     async def _seller_turn(self, view: SellerView, replying_to: UUID) -> None:
         brain: SellerBrain = self.brain  # type: ignore[assignment]
@@ -391,7 +441,7 @@ class AgentActor:
             llm_calls=calls,
         )
         self._said(view.negotiation_id, turn.message_id)
-        await self._publish(view.negotiation_id, replying_to, encode(turn))
+        await self._publish(view.negotiation_id, replying_to, encode(fit_turn(turn)))
 
 
 __all__ = ["AgentActor"]

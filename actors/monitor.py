@@ -100,12 +100,7 @@ class QualityMonitor:
                 tg.start_soon(self._sweep_idle)
                 task_status.started()
                 async for msg in sub:
-                    try:
-                        committed = decode_committed(msg.data)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        log.warning("monitor.bad_event", subject=msg.subject, error=str(exc))
-                        continue
-                    await self.observe(committed)
+                    await self._handle(msg.subject, msg.data)
         finally:
             # Stopping: what the store holds beyond what the open rooms saw is graded now
             # (a broker killed between a commit and its publish), not left to a sweep that
@@ -117,6 +112,24 @@ class QualityMonitor:
                         await self.sweep(older_than=0.0)
                     except StorageError as exc:
                         log.warning("monitor.stop_drain_failed", error=str(exc))
+
+    async def _handle(self, subject: str, data: bytes) -> None:
+        """One delivery: graded, or dropped with a logged reason. Nothing one message holds
+        (nor a failed read of its room) may stop the monitor grading the others."""
+        try:
+            committed = decode_committed(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("monitor.bad_event", subject=subject, error=str(exc)[:500])
+            return
+        try:
+            await self.observe(committed)
+        except Exception as exc:
+            log.warning(
+                "monitor.event_failed",
+                subject=subject,
+                negotiation_id=str(committed.negotiation_id),
+                error=repr(exc)[:500],
+            )
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -133,7 +146,10 @@ class QualityMonitor:
             room = self._rooms.get(nid)
             if room is not None:
                 room.seen_at = now
-                finished += await self._drain(nid)
+                try:
+                    finished += await self._drain(nid)
+                except Exception as exc:  # one room's log unreadable: the others go on
+                    log.warning("monitor.sweep_failed", negotiation_id=str(nid), error=repr(exc))
         return finished
 
     async def _drain(self, nid: UUID) -> bool:
