@@ -32,7 +32,8 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 # The event types behind negotiation_runs and outcomes rows; message rows `mams_append`
-# derives from the message events' own data.
+# derives from the message events' own data, one per event (keyed by room and seq; a
+# message id is unique within its room only: migration 0009).
 _PROJECTED = frozenset(
     str(t.__struct_config__.tag) for t in (NegotiationStarted, RoundOpened, NegotiationEnded)
 )

@@ -8,9 +8,10 @@ import uuid
 from decimal import Decimal
 
 import asyncpg
+import msgspec
 import pytest
 
-from mams.domain.events import encode_event, event_type
+from mams.domain.events import NegotiationStarted, decode_event, encode_event, event_type
 from mams.domain.messages import Accept, Say
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import PostgresEventStore
@@ -157,3 +158,93 @@ async def test_a_failing_read_model_row_rolls_the_events_back(
     await store.append(events)
     assert len(await store.read(NID)) == len(events)
     assert await pool.fetchval("SELECT count(*) FROM messages") == 7
+
+
+def same_messages_in(nid: uuid.UUID, room: list[NewEvent]) -> list[NewEvent]:
+    """`room` again in another room `nid`, its agents using the same message ids."""
+    events: list[NewEvent] = []
+    for e in room:
+        event = decode_event(e.data)
+        if isinstance(event, NegotiationStarted):
+            event = msgspec.structs.replace(event, negotiation_id=nid)
+        events.append(NewEvent(nid, e.seq, uuid.uuid4(), e.type, encode_event(event)))
+    return events
+
+
+async def message_rows(pool: asyncpg.Pool) -> list[tuple[object, ...]]:
+    rows = await pool.fetch(
+        "SELECT negotiation_id, seq, message_id, sender, text FROM messages"
+        " ORDER BY negotiation_id, seq"
+    )
+    return [tuple(r.values()) for r in rows]
+
+
+async def test_a_message_id_used_in_two_rooms_keeps_both_rows(
+    db: tuple[asyncpg.Pool, PostgresEventStore],
+) -> None:
+    pool, store = db
+    await add_session(pool)
+    other = uuid.uuid4()
+    first = negotiation()
+    second = same_messages_in(other, first)
+    await store.append(first)
+    await store.append(second)
+    rows = await message_rows(pool)
+    assert len(rows) == 14
+    ours, theirs = ([r[1:] for r in rows if r[0] == nid] for nid in (NID, other))
+    assert len(ours) == 7
+    assert theirs == ours  # seq, message id, sender, text: row for row
+    # Re-appending either room still writes nothing more.
+    await store.append(second)
+    assert len(await message_rows(pool)) == 14
+
+
+async def test_migration_0009_brings_back_the_rows_0008_dropped(
+    database_url: str, pg_schema: str
+) -> None:
+    # A database at 0008: the second room's message rows are dropped (message_id was
+    # unique across the log). Migrated, they are written from the log, as mams_append
+    # would have, and new rooms reusing ids keep theirs.
+    pool = await create_pool(database_url, schema=pg_schema)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, sql in available():
+                if version < "0009":
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+        await add_session(pool)
+        store = PostgresEventStore(pool, ReadModelProjector())
+        first = negotiation()
+        await store.append(first)
+        before = await message_rows(pool)
+        other = uuid.uuid4()
+        await store.append(same_messages_in(other, first))
+        assert await message_rows(pool) == before  # what 0008 kept: nothing of `other`
+        async with pool.acquire() as conn:
+            assert (await migrate(conn))[0] == "0009_messages_per_room"
+        rows = await message_rows(pool)
+        assert [r for r in rows if r[0] != other] == before
+        theirs = [r[1:] for r in rows if r[0] == other]
+        assert theirs == [r[1:] for r in before]
+        # The brought-back rows are the ones mams_append writes: a third room (appended
+        # after the migration) has the same rows, sent at when its events were committed.
+        third = uuid.uuid4()
+        await store.append(same_messages_in(third, first))
+        full = await pool.fetch(
+            "SELECT m.negotiation_id, m.seq, m.round, m.sender, m.recipients, m.text,"
+            " m.offer_unit_price, m.offer_quantity, m.sent_at = e.recorded_at AS on_time"
+            " FROM messages m JOIN events e ON e.stream_id = m.negotiation_id AND e.seq = m.seq"
+            " ORDER BY m.seq"
+        )
+        by_room = {
+            nid: [tuple(r.values())[1:] for r in full if r["negotiation_id"] == nid]
+            for nid in (NID, other, third)
+        }
+        assert by_room[other] == by_room[third] == by_room[NID]
+        assert all(r["on_time"] for r in full)
+    finally:
+        await pool.close()
