@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -97,6 +98,7 @@ LLM_ROUND_TIMEOUT = 120.0
 # model 1 + S times, and MAMS_LLM_CONCURRENCY (default 8) calls run at a time; 20 rooms of
 # 3 sellers keep a round's wait for the model well inside LLM_ROUND_TIMEOUT.
 LLM_ROOMS_AT_ONCE = 20
+LIST_LIMIT = 50  # rows `mams sessions` and `mams negotiations` list unless --limit
 
 
 class UsageError(MamsError):
@@ -528,8 +530,11 @@ async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
 
     async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
         rows = await list_sessions(conn, limit=args.limit)
+        total = len(rows)
+        if total == args.limit:  # there may be more than the page shows
+            total = int(await conn.fetchval("SELECT count(*) FROM sessions"))
     if args.json:
-        _dump({"sessions": rows})
+        _dump({"sessions": rows, "total": total})
         return 0
     table = Table(title="Sessions", header_style="bold")
     for col in ("session_id", "name", "created", "items", "sellers", "negotiations", "deals"):
@@ -545,7 +550,17 @@ async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
             str(r.deals),
         )
     out.print(table if rows else "no sessions yet: `mams run examples/phone-accessories.toml`")
+    _more(out, len(rows), total, "sessions", "mams sessions")
     return 0
+
+
+def _more(out: Console, shown: int, total: int, what: str, command: str) -> None:
+    """Say so when a listing shows only the newest `shown` of `total` rows."""
+    if shown < total:
+        out.print(
+            f"[yellow]{shown} of {total} {what}[/yellow] (the newest); all of them: "
+            f"{command} --limit {total}"
+        )
 
 
 async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
@@ -554,8 +569,17 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
     session = _parse_uuid(args.session, "--session") if args.session else None
     async with servers(need_bus=False) as srv, srv.pool.acquire() as conn:
         rows = await list_runs(conn, session_id=session, limit=args.limit)
+        total = len(rows)
+        if total == args.limit:  # there may be more than the page shows
+            total = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM negotiation_runs "
+                    "WHERE $1::uuid IS NULL OR session_id = $1",
+                    session,
+                )
+            )
     if args.json:
-        _dump({"negotiations": rows})
+        _dump({"negotiations": rows, "total": total})
         return 0
     table = Table(title="Negotiations", header_style="bold")
     for col in (
@@ -581,6 +605,8 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
             r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table if rows else "no negotiations yet")
+    where = f" --session {session}" if session else ""
+    _more(out, len(rows), total, "negotiations", f"mams negotiations{where}")
     stopped = {r.session_id for r in rows if r.interrupted}
     for sid in sorted(stopped, key=str):
         out.print(
@@ -591,8 +617,24 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
 
 
 # -- entry point -----------------------------------------------------------------------------
+class _ArgumentError(Exception):
+    """argparse rejected the command line (`_Parser.error`): main reports it."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (its subparsers too) whose errors reach `main`, which with --json
+    also writes them as the JSON error object, instead of exiting on the spot."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mams", description="Multi-Agent Marketplace Simulator")
+    p = _Parser(prog="mams", description="Multi-Agent Marketplace Simulator")
     p.add_argument("--version", action="version", version=f"mams {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="show info logs on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -674,9 +716,19 @@ def build_parser() -> argparse.ArgumentParser:
     rer.add_argument("negotiation_id", help="negotiation id (or its first characters)")
     rer.add_argument("--json", action="store_true")
 
-    ses = sub.add_parser("sessions", help="list stored sessions")
-    ses.add_argument("--limit", type=int, default=50)
-    ses.add_argument("--json", action="store_true")
+    ses = sub.add_parser("sessions", help="list stored sessions, newest first")
+    ses.add_argument(
+        "--limit",
+        type=int,
+        default=LIST_LIMIT,
+        metavar="N",
+        help=f"list the newest N (default {LIST_LIMIT}); the output says when there are more",
+    )
+    ses.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"sessions": [...], "total": N} (total: all stored)',
+    )
 
     add_process_parsers(sub)
     add_audit_parsers(sub)
@@ -684,10 +736,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parsers(sub)
     add_creds_parser(sub)
 
-    neg = sub.add_parser("negotiations", help="list negotiations and their outcomes")
+    neg = sub.add_parser("negotiations", help="list negotiations and their outcomes, newest first")
     neg.add_argument("--session", help="only this session's")
-    neg.add_argument("--limit", type=int, default=50)
-    neg.add_argument("--json", action="store_true")
+    neg.add_argument(
+        "--limit",
+        type=int,
+        default=LIST_LIMIT,
+        metavar="N",
+        help=f"list the newest N (default {LIST_LIMIT}); the output says when there are more",
+    )
+    neg.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"negotiations": [...], "total": N} (total: all that '
+        "match, of which the newest --limit are listed)",
+    )
     return p
 
 
@@ -720,13 +783,33 @@ def _first_mams_error(group: BaseExceptionGroup[BaseException]) -> BaseException
     return group
 
 
+def _json_error(message: str) -> None:
+    """Bad input under --json: stdout still carries one JSON object, {"error": message}."""
+    _dump({"error": message})
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    # A terminal or pipe that cannot encode what an agent wrote (an ASCII or Latin-1
+    # locale) shows it as escapes: a failed write would stop the command (and leave rich's
+    # buffer holding the text, failing every print after it).
+    for std in (sys.stdout, sys.stderr):
+        if isinstance(std, io.TextIOWrapper):
+            std.reconfigure(errors="backslashreplace")
+    try:
+        args = build_parser().parse_args(raw)
+    except _ArgumentError as exc:
+        exc.parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{exc.parser.prog}: error: {exc}\n")
+        if "--json" in raw:
+            _json_error(f"{exc.parser.prog}: {exc}")
+        sys.exit(2)
+    wants_json = bool(getattr(args, "json", False))
     _configure_logging(args.verbose)
     init_sentry(args)  # only when SENTRY_DSN is set
     # People read stdout unless --json claims it for the program; then they read stderr.
-    to_stderr = bool(getattr(args, "json", False))
+    to_stderr = wants_json
     stream = sys.stderr if to_stderr else sys.stdout
     # Piped output gets a wide page rather than rich's 80 columns, so tables stay legible.
     # No emoji codes either: text an agent wrote is printed as written (`cli_render.untrusted`).
@@ -749,9 +832,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         )
         for problem in exc.problems:
             err.print(f"  [red]{untrusted(problem.path)}[/red]: {untrusted(problem.message)}")
+        if wants_json:
+            listed = "; ".join(f"{p.path}: {p.message}" for p in exc.problems)
+            _json_error(
+                f"{exc.source} is not a valid scenario; nothing was written. "
+                f"{len(exc.problems)} problem(s): {listed}"
+            )
         code = 2
     except (UsageError, ConfigError) as exc:
         err.print(f"[bold red]error:[/bold red] {untrusted(str(exc))}")
+        if wants_json:
+            _json_error(str(exc))
         code = 2
     except KeyboardInterrupt:
         # Only an in-process run holds rooms it must close; other commands just stop.

@@ -44,16 +44,20 @@ from mams.bus.base import BusError, redact_url
 from mams.bus.embedded import EmbeddedNats
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
+from mams.cli_render import untrusted
 from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
 from mams.domain.errors import ConfigError
 from mams.domain.messages import (
+    BuyerRoomOpened,
     Hello,
     InboxMessage,
     OpenRooms,
+    Recap,
     Rejected,
     RoomClosed,
     RoomsOpened,
     SellerMessage,
+    TurnStarted,
     Welcome,
     encode,
 )
@@ -349,7 +353,7 @@ async def cmd_seller(args: argparse.Namespace, out: Console) -> int:
             await tg.start(actor.run)
             await _join(actor, welcomed, url)
             tg.start_soon(_keep_saying_hello, actor)
-            out.print(f"seller {seller.handle} ready ({brain.label})")
+            out.print(f"seller {untrusted(seller.handle)} ready ({untrusted(brain.label)})")
             sys.stdout.flush()
             await _until_signalled()
             tg.cancel_scope.cancel()
@@ -415,6 +419,14 @@ class _Rooms:
         self.ended_unseen: set[UUID] = set()  # ended while their room.closed was lost
         self.rejected: list[Rejected] = []
         self.changed = anyio.Event()
+        # The sellers of our rooms (agent id -> handle), when each was first seen in a
+        # room, and those heard from: a seller never heard from may not have joined.
+        self.sellers: dict[str, str] = {}
+        self.seen_at: dict[str, float] = {}
+        self.heard_from: set[str] = set()
+        self.told_silent: set[str] = set()
+        self.round_timeout = 30.0
+        self.join_hint = "mams seller --scenario FILE"
 
     def open_now(self) -> int:
         """Rooms open or being opened (a request is one room when opening a few at once)."""
@@ -432,13 +444,54 @@ class _Rooms:
         self.changed.set()
         self.changed = anyio.Event()
 
+    def silent(self, *, seen_before: float) -> set[str]:
+        """Sellers of our rooms never heard from (nor reported yet), first seen in a room
+        before `seen_before` (anyio time)."""
+        return {
+            a
+            for a, at in self.seen_at.items()
+            if a not in self.heard_from and a not in self.told_silent and at <= seen_before
+        }
+
+    def note_silent(
+        self,
+        out: Console,
+        round_: int | None = None,
+        *,
+        only: set[str] | None = None,
+        seen_before: float | None = None,
+    ) -> None:
+        """Say which sellers of our rooms have never answered (all, those of `only`, or
+        those first seen before `seen_before`): most likely they have not joined the
+        market, and every round waits its whole deadline for them. Each is named once."""
+        now = anyio.current_time()
+        silent = self.silent(seen_before=now if seen_before is None else seen_before)
+        if only is not None:
+            silent &= only
+        if not silent:
+            return
+        self.told_silent |= silent
+        handles = sorted(self.sellers.get(a, a) for a in silent)
+        who = untrusted(", ".join(handles))
+        said = (
+            f"round {round_} closed at its deadline without {who}, never heard from in any room"
+            if round_
+            else f"no answer yet from {who} in any room"
+        )
+        out.print(
+            f"{said}: have they joined the market? Each round waits up to "
+            f"{self.round_timeout:g} s for every seller; start one with: "
+            f"{untrusted(f'{self.join_hint} --handle {handles[0]}')}",
+            soft_wrap=True,  # one line, the command whole
+        )
+
     def hear(self, message: InboxMessage, out: Console, agent_id: str) -> None:
         match message:
             case Welcome(rooms=rooms) if not self.taken_back:
                 # Each comes with its recap, so the brain goes on from where it was.
                 self.taken_back = True
                 self.ours.update(rooms)
-                out.print(f"resuming {len(rooms)} open room(s) of {agent_id}")
+                out.print(f"resuming {len(rooms)} open room(s) of {untrusted(agent_id)}")
             case Welcome(rooms=rooms):
                 # A buyer is only ever in its own rooms. One a welcome lists that we never
                 # heard of: the broker restarted after opening it, before telling us.
@@ -457,9 +510,26 @@ class _Rooms:
                 )
             case Rejected(request_id=request_id) if request_id in self.sent:
                 self.rejected.append(message)
-            case SellerMessage(seller=peer, text=text, offer=offer, round=n) if not self.stream:
-                price = f"  [offer {fmt(offer.unit_price)}]" if offer else ""
-                out.print(f"r{n} {peer.handle}: {text}{price}")
+            case BuyerRoomOpened(sellers=peers):
+                now = anyio.current_time()
+                for peer in peers:
+                    self.sellers.setdefault(peer.agent_id, peer.handle)
+                    self.seen_at.setdefault(peer.agent_id, now)
+                return
+            case Recap(message=SellerMessage(seller=peer)):
+                self.heard_from.add(peer.agent_id)
+                return
+            case TurnStarted(unanswered=silent, round=n) if silent:
+                # A round closed at its deadline without them: say so now if they have
+                # never answered at all (they may not have joined the market).
+                self.note_silent(out, n - 1, only=set(silent))
+                return
+            case SellerMessage(seller=peer, text=text, offer=offer, round=n):
+                self.heard_from.add(peer.agent_id)
+                if self.stream:
+                    return
+                price = f"  \\[offer {fmt(offer.unit_price)}]" if offer else ""
+                out.print(f"r{n} {untrusted(peer.handle)}: {untrusted(text)}{price}")
             case RoomClosed(negotiation_id=nid) if nid not in self.closed:
                 self.closed[nid] = message
                 if self.stream:
@@ -542,6 +612,41 @@ async def _open_all(
     rooms.touch()
 
 
+def hear_safely(rooms: _Rooms, message: InboxMessage, out: Console, agent_id: str) -> bool:
+    """`rooms.hear(message)`, which no exception leaves: one message, whatever it holds,
+    must not stop the buyer, so what it cannot handle is logged with the reason and the
+    next message is heard as usual. False if stdout's reader is gone (then stop)."""
+    try:
+        rooms.hear(message, out, agent_id)
+    except (BrokenPipeError, SystemExit):  # rich says SystemExit: stdout's reader is gone
+        return False
+    except Exception as exc:
+        log.warning(
+            "buyer.message_failed",
+            kind=type(message).__name__,
+            negotiation_id=str(getattr(message, "negotiation_id", "")) or None,
+            reason=f"{type(exc).__name__}: {exc}",
+            then="ignored it; going on with the next message",
+        )
+        rooms.touch()  # it may have changed the rooms before it failed
+    return True
+
+
+SILENT_CHECK_EVERY = 1.0
+
+
+async def _watch_silent(rooms: _Rooms, out: Console) -> None:
+    """Name the sellers of our rooms that have not answered a third of a round's deadline
+    after their room opened (so a buyer does not wait a whole deadline without a word)."""
+    after = max(SILENT_CHECK_EVERY, rooms.round_timeout / 3)
+    while True:
+        await anyio.sleep(SILENT_CHECK_EVERY)
+        try:
+            rooms.note_silent(out, seen_before=anyio.current_time() - after)
+        except (BrokenPipeError, SystemExit):  # stdout's reader is gone
+            return
+
+
 async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     """Open the session's rooms (or, with --resume, take back the open rooms a crashed
     buyer process left; with --resume and --skip-file, both), negotiate them, print the
@@ -565,12 +670,13 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
 
     orphan = anyio.Event()  # set if the supervising mams run --processes is gone
 
+    rooms.round_timeout = args.round_timeout
+    rooms.join_hint = f"mams seller --market {args.market} --scenario {args.scenario or 'FILE'}"
+
     def on_message(message: InboxMessage) -> None:
         if isinstance(message, Welcome):
             welcomed.set()
-        try:
-            rooms.hear(message, out, agent_id)
-        except (BrokenPipeError, SystemExit):  # rich says SystemExit: stdout's reader is gone
+        if not hear_safely(rooms, message, out, agent_id):
             orphan.set()
             rooms.touch()
 
@@ -589,6 +695,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
                 rooms.touch()
 
             tg.start_soon(watch)
+            tg.start_soon(_watch_silent, rooms, out)
             tg.start_soon(_open_all, actor, requests, args.rooms_at_once, rooms)
             while not (rooms.finished() or orphan.is_set()):
                 await rooms.changed.wait()

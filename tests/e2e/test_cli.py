@@ -471,10 +471,18 @@ def test_broker_refuses_a_bad_commit_lanes_before_connecting(cli: Cli) -> None:
 
 
 def ok_fail(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """A usage error: status 2 and nothing on stdout."""
+    """A usage error: status 2, the error on stderr, and on stdout nothing or, with --json,
+    one JSON object {"error": "..."} saying the same."""
     assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
-    assert proc.stdout == ""
     assert "error:" in proc.stderr
+    if "--json" not in proc.args:
+        assert proc.stdout == ""
+        return proc
+    doc = one_json_object(proc.stdout)
+    assert set(doc) == {"error"}
+    assert isinstance(doc["error"], str)
+    assert doc["error"]
+    assert flat(doc["error"]).split(":")[-1].strip() in flat(proc.stderr)
     return proc
 
 
@@ -525,8 +533,11 @@ async def test_invalid_scenario_lists_every_problem_and_writes_nothing(
         assert "--max-rounds must be at least 2" in flat(low.stderr)
     word = cli("run", str(scenario_file), "--json", "--max-rounds", "six")
     assert word.returncode == 2
-    assert word.stdout == ""
     assert "--max-rounds" in word.stderr
+    # argparse's own errors too: one JSON object on stdout.
+    assert one_json_object(word.stdout) == {
+        "error": "mams run: argument --max-rounds: invalid int value: 'six'"
+    }
 
     no_item = ok_fail(cli("run", str(scenario_file), "--json", "--item", "Laptop stand"))
     assert "Laptop stand" in flat(no_item.stderr)
@@ -549,7 +560,7 @@ def test_each_scenario_problem_is_one_line_of_stderr(cli: Cli, tmp_path: Path) -
 # -- 5. sessions, negotiations, reruns -------------------------------------------------------
 def test_sessions_and_negotiations_list_what_runs_stored(cli: Cli, scenario_file: Path) -> None:
     empty = cli.json("sessions")
-    assert empty == {"sessions": []}
+    assert empty == {"sessions": [], "total": 0}
     runs = [
         cli.json("run", str(scenario_file), "--seed", str(seed), "--max-rounds", "6")
         for seed in (5, 6)
