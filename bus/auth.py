@@ -1,4 +1,5 @@
-"""Per-agent NATS users and permissions: the second enforcement of opacity (DESIGN inv. 1).
+"""Per-agent NATS users and permissions: the second enforcement of opacity (docs/DESIGN.md
+invariant 1).
 
 The broker's visibility policy decides what each agent may see; these permissions make
 the server refuse anything else, so a seller holding its own credentials cannot read

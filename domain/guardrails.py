@@ -1,4 +1,4 @@
-"""Guardrails: the constraints that hold whatever a brain says (DESIGN.md invariant 5).
+"""Guardrails: the constraints that hold whatever a brain says (docs/DESIGN.md invariant 5).
 
 The same checks run twice: in the agent (which asks its brain once to repair a bad
 action, then falls back to a safe one) and in the broker (the last line of defence,

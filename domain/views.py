@@ -2,7 +2,7 @@
 
 A view is built only from inbox messages the broker delivered to this agent plus the
 agent's own sent turns, so a brain given a view can never be handed what the agent may
-not see (DESIGN.md invariant 1). Brains decide from views.
+not see (docs/DESIGN.md invariant 1). Brains decide from views.
 """
 
 from __future__ import annotations

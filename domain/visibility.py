@@ -1,6 +1,6 @@
 """The visibility policy: which agent receives what, for each committed event.
 
-This is the one place that decides what crosses the opacity boundary (DESIGN.md
+This is the one place that decides what crosses the opacity boundary (docs/DESIGN.md
 invariant 1). A seller receives only messages addressed to it, its own terms, and
 whether it got the deal; the buyer receives sellers' words and offers, never their
 costs, floors, styles or weights. Private events (reasoning, guardrails) go to nobody.

@@ -9,7 +9,7 @@ says what is wrong, first broken link first. Checks, in order of seq:
 - sequence: seqs run 1, 2, 3, ... with no gap and no duplicate;
 - stream shape: it starts with negotiation.started and nothing follows negotiation.ended;
   the row's type column matches the tag in its data; every event decodes;
-- guardrails (DESIGN.md invariant 5): every committed SellerReplied offer is at least that
+- guardrails (docs/DESIGN.md invariant 5): every committed SellerReplied offer is at least that
   seller's least_price and for the buyer's quantity; every DealClosed is at most the
   buyer's max_price, equals that seller's standing offer, for the buyer's quantity;
 - visibility (invariant 1): deliveries (the policy's `route`) go only to participants,

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from mams.domain.events import LLMCall, LLMCalled, encode_event, event_type
+from mams.domain.events import Event, LLMCall, LLMCalled, encode_event, event_type
 from mams.storage.audit import StreamReport
 from mams.storage.auditlog import audit_log
 from mams.storage.chain import GENESIS, canonical
@@ -123,7 +123,7 @@ async def test_seller_reported_costs_and_a_huge_round_timeout_audit_clean(
         )
         for latency, cost in [(1e16, 1.5e16), (1e308, -0.0), (5e-324, 123456789012345678.0)]
     ]
-    body = [room, *calls]
+    body: list[Event] = [room, *calls]
     await store.append(
         [
             NewEvent(sid, i, uuid.uuid4(), event_type(e), encode_event(e))

@@ -1,4 +1,4 @@
-"""The server refuses what a role may not do (DESIGN invariant 1, the NATS half).
+"""The server refuses what a role may not do (docs/DESIGN.md invariant 1, the NATS half).
 
 Every test runs a real nats-server on a free loopback port whose users file comes from
 `mams.bus.auth.UsersFile`. A refusal is proven twice: the server's permissions-violation

@@ -307,7 +307,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 # -- (a) opacity ------------------------------------------------------------------------------
 def check_delivery(run: Run, recipient: str, message: RoomMessage) -> None:
-    """What one delivery may carry to its recipient (DESIGN.md invariant 1)."""
+    """What one delivery may carry to its recipient (docs/DESIGN.md invariant 1)."""
     buyer_private_numbers = {BUYER_MIN, BUYER_MAX}
     assert recipient in {BUYER, *run.seller_ids}  # nothing leaves the room
     assert message.negotiation_id == NID

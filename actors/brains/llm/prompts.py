@@ -1,7 +1,7 @@
 """What a model is told, and how its answer becomes an action.
 
 Prompts are built from the agent's own view alone, so a model can never be handed what
-its agent may not see (DESIGN.md invariant 1). The system prompt holds what is stable
+its agent may not see (docs/DESIGN.md invariant 1). The system prompt holds what is stable
 for a negotiation (persona, private facts, rules) so providers can cache it; the user
 message holds the conversation so far and the turn's instruction. Answers come back as
 one forced tool call, parsed strictly; anything unusable raises `OutputError` with a
