@@ -36,6 +36,7 @@ from mams.domain.events import (
     LLMCalled,
     NegotiationStarted,
     ReasoningRecorded,
+    RoundClosed,
     SellerReplied,
     decode_event,
 )
@@ -167,6 +168,46 @@ def compare(original: list[Event], rerun: list[Event]) -> list[str]:
     return out
 
 
+def _check_rerunnable(events: list[Event], calls: dict[str, list[LLMCall]]) -> None:
+    """Raise RerunError, naming the agent and why, if the room had an agent a rerun cannot
+    re-execute: one that is neither a baseline brain nor a MAMS LLM brain with recorded
+    model calls, yet took part (it answered, or was waited for and never answered). Such
+    an agent ran outside MAMS (an external program on the bus, announcing any brain
+    label) or never joined the market, and nothing of it can be played back."""
+    started = events[0]
+    assert isinstance(started, NegotiationStarted)
+    acted: set[str] = set()
+    silent: set[str] = set()
+    for event in events:
+        match event:
+            case SellerReplied(seller=s):
+                acted.add(s)
+            case BuyerSaid() | DealClosed() | BuyerWalkedAway():
+                acted.add(started.buyer.agent_id)
+            case RoundClosed(unanswered=unanswered):
+                silent.update(unanswered)
+    agents = [(started.buyer.handle, started.buyer.agent_id, started.buyer.brain)]
+    agents += [(s.handle, s.agent_id, s.brain) for s in started.sellers]
+    for handle, agent, label in agents:
+        if label == BASELINE_LABEL or calls.get(agent):
+            continue
+        if agent in acted:
+            raise RerunError(
+                f"{handle} cannot be re-executed: its brain {label!r} is not one of MAMS's "
+                "(it was an agent outside MAMS on the bus, such as "
+                "examples/external_seller.py) and the log records no model calls of it to "
+                "play back. A rerun re-executes baseline and LLM brains only; `mams replay` "
+                "shows what it said"
+            )
+        if agent in silent:
+            raise RerunError(
+                f"{handle} cannot be re-executed: it never answered (brain {label!r}: it "
+                "never joined the market, or said nothing), so a rerun has nothing to play "
+                "back for it. A rerun re-executes baseline and LLM brains only; `mams "
+                "replay` shows the room"
+            )
+
+
 async def rerun(events: list[Event]) -> RerunReport:
     """Re-execute a logged negotiation with recorded responses; compare the events."""
     if not events or not isinstance(events[0], NegotiationStarted):
@@ -176,6 +217,7 @@ async def rerun(events: list[Event]) -> RerunReport:
     for event in events:
         if isinstance(event, LLMCalled):
             calls[event.agent].append(event.call)
+    _check_rerunnable(events, calls)
     providers: dict[str, ReplayProvider] = {}
 
     def provider(agent: str, label: str) -> ReplayProvider:

@@ -26,6 +26,7 @@ from mams.processes import _Rooms, hear_safely
 from tests.processes.helpers import (
     Cast,
     cast,
+    last_json_line,
     mams_command,
     one_json_object,
     process_env,
@@ -167,7 +168,7 @@ async def test_buyer_prints_what_its_terminal_cannot_encode_as_escapes(
     procs.env["PYTHONIOENCODING"] = "ascii"
     async with anyio.create_task_group() as tg:
         await tg.start(outside_seller, nats_url, market, "café ☕, 8 each")
-        procs.seller(scenario, "@TechMart", market)
+        await procs.seller(scenario, "@TechMart", market).wait_for("ready")
         buyer = procs.buyer(
             scenario, market, "--seed", "1", "--max-rounds", "2", "--round-timeout", "10"
         )
@@ -212,7 +213,7 @@ async def test_buyer_names_the_sellers_that_have_not_joined(
     """The README's recipe with one seller of two started: the buyer says which one it has
     not heard from, and how to start it, instead of waiting in silence."""
     await start_broker(procs, market)
-    procs.seller(scenario, "@TechMart", market)
+    await procs.seller(scenario, "@TechMart", market).wait_for("ready")
     buyer = procs.buyer(
         scenario, market, "--seed", "1", "--max-rounds", "2", "--round-timeout", "3"
     )
@@ -295,3 +296,34 @@ def test_every_command_with_json_writes_its_bad_input_error_as_json(procs: Cast)
         plain = run_cli(procs, *args)
         assert plain.returncode == 2
         assert plain.stdout == "", (command, plain.stdout)
+
+
+# -- mams rerun --------------------------------------------------------------------------------
+async def test_rerun_of_a_room_with_an_outside_or_silent_seller_says_why_it_cannot(
+    procs: Cast, nats_url: str, scenario: Path, market: str
+) -> None:
+    await start_broker(procs, market)
+    await procs.seller(scenario, "@TechMart", market).wait_for("ready")
+    async with anyio.create_task_group() as tg:
+        await tg.start(outside_seller, nats_url, market, "8 each")
+        answered = procs.buyer(scenario, market, "--seed", "1", "--max-rounds", "2", "--json")
+        assert await answered.wait() == 0, answered.describe()
+        tg.cancel_scope.cancel()
+    # @Outsider gone: the next room waits out its deadline for it.
+    silent = procs.buyer(
+        scenario, market, "--seed", "1", "--max-rounds", "2", "--round-timeout", "2", "--json",
+        name="buyer-silent",
+    )  # fmt: skip
+    assert await silent.wait() == 0, silent.describe()
+    for buyer, why in (
+        (answered, "its brain 'external"),
+        (silent, "it never answered (brain 'external"),
+    ):
+        (room,) = last_json_line(buyer.out())["negotiations"]
+        proc = run_cli(procs, "rerun", room["negotiation_id"])
+        assert proc.returncode == 1, proc.stderr
+        err = flat(proc.stderr)
+        assert f"error: @Outsider cannot be re-executed: {why}" in err
+        assert "A rerun re-executes baseline and LLM brains only" in err
+        assert "_BASE_URL" not in proc.stderr
+        assert "brain_failed" not in proc.stderr
