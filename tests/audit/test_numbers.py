@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +22,9 @@ from mams.storage.auditlog import audit_log
 from mams.storage.chain import GENESIS, canonical
 from mams.storage.eventstore import InMemoryEventStore, PostgresEventStore
 from mams.storage.model import NewEvent
+from tests.audit.test_cli_audit import run
 from tests.domain.helpers import started
+from tests.e2e.test_cli import one_json_object
 
 pytestmark = pytest.mark.integration
 
@@ -101,12 +104,10 @@ async def test_awkward_numbers_audit_clean(pg_store: Store) -> None:
     assert [e.hash for e in await memory.read(sid)] == [e.hash for e in stored]
 
 
-async def test_seller_reported_costs_and_a_huge_round_timeout_audit_clean(
-    pg_store: Store,
-) -> None:
-    _, store = pg_store
+def room_with_reported_costs() -> list[NewEvent]:
+    """A room whose round timeout is 1e16 s, and a seller's self-reported model calls
+    with costs and latencies jsonb respells."""
     room = msgspec.structs.replace(started(), round_timeout=1e16)
-    sid = room.negotiation_id
     calls = [
         LLMCalled(
             agent="alpha",
@@ -124,15 +125,43 @@ async def test_seller_reported_costs_and_a_huge_round_timeout_audit_clean(
         for latency, cost in [(1e16, 1.5e16), (1e308, -0.0), (5e-324, 123456789012345678.0)]
     ]
     body: list[Event] = [room, *calls]
-    await store.append(
-        [
-            NewEvent(sid, i, uuid.uuid4(), event_type(e), encode_event(e))
-            for i, e in enumerate(body, 1)
-        ]
-    )
+    return [
+        NewEvent(room.negotiation_id, i, uuid.uuid4(), event_type(e), encode_event(e))
+        for i, e in enumerate(body, 1)
+    ]
+
+
+async def test_seller_reported_costs_and_a_huge_round_timeout_audit_clean(
+    pg_store: Store,
+) -> None:
+    _, store = pg_store
+    await store.append(room_with_reported_costs())
     (report,) = await audit_all(store)
     assert report.ok, report.problems
     assert report.events == 4
+
+
+@pytest.mark.e2e
+async def test_mams_audit_all_is_clean_until_a_reported_cost_is_changed(
+    pg_store: Store, database_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    pool, store = pg_store
+    events = room_with_reported_costs()
+    await store.append(events)
+
+    def audit_all_json() -> tuple[int, dict[str, Any]]:
+        proc = run("audit", "--all", "--json", database_url=database_url, schema=pg_schema,
+                   tmp_path=tmp_path)  # fmt: skip
+        return proc.returncode, one_json_object(proc.stdout)
+
+    code, report = audit_all_json()
+    assert (code, report["ok"]) == (0, True), report
+    await tamper(pool, events[0].stream_id, 2, "{call,cost_usd}", "15000000000000001")
+    code, report = audit_all_json()
+    assert code == 1
+    [stream] = report["streams"]
+    assert stream["first_broken"]["seq"] == 2
+    assert stream["first_broken"]["check"] == "hash"
 
 
 async def tamper(pool: asyncpg.Pool, sid: uuid.UUID, seq: int, path: str, value: str) -> None:
