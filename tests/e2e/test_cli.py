@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -720,16 +720,25 @@ def test_negative_limit_is_a_usage_error(cli: Cli, scenario_file: Path, command:
 
 # -- 6. embedded servers ---------------------------------------------------------------------
 @pytest.fixture
-def embedded_env(tmp_path: Path) -> dict[str, str]:
-    """No NATS_URL / DATABASE_URL: mams starts its own, with data under tmp_path."""
-    env = base_env(tmp_path / "mams-data")
+def embedded_data() -> Iterator[Path]:
+    """MAMS_DATA_DIR for the embedded PostgreSQL (reachable by its system user as root)."""
+    from tests.processes.pgdata import embedded_data_dir
+
+    with embedded_data_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def embedded_env(embedded_data: Path) -> dict[str, str]:
+    """No NATS_URL / DATABASE_URL: mams starts its own, with data in `embedded_data`."""
+    env = base_env(embedded_data)
     env.pop("NATS_URL", None)
     env.pop("DATABASE_URL", None)
     return env
 
 
 def test_embedded_servers_when_no_urls_are_set(
-    embedded_env: dict[str, str], scenario_file: Path, tmp_path: Path
+    embedded_env: dict[str, str], embedded_data: Path, scenario_file: Path, tmp_path: Path
 ) -> None:
     proc = ok(
         mams("run", str(scenario_file), "--json", "--seed", "5", env=embedded_env, cwd=tmp_path)
@@ -740,7 +749,7 @@ def test_embedded_servers_when_no_urls_are_set(
     err = flat(proc.stderr)
     assert "embedded nats-server" in err
     assert "embedded PostgreSQL" in err
-    assert str(tmp_path / "mams-data" / "postgres") in err
+    assert str(embedded_data / "postgres") in err
     assert "(DATABASE_URL)" not in err
     assert "(NATS_URL)" not in err
 

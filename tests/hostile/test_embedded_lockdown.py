@@ -15,17 +15,22 @@ import os
 import signal
 import stat
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import asyncpg
 import pytest
 
 from mams.bus.embedded import EmbeddedNats
 from mams.bus.subjects import AgentId, Subjects
+from mams.storage.embedded import EmbeddedPostgres
 from tests.auth.helpers import cannot_connect, next_message, probe
 from tests.e2e.test_cli import Cli, cli, scenario_file
 from tests.processes.helpers import mams_command, process_running
+from tests.processes.pgdata import embedded_data_dir
 
 __all__ = ["cli", "scenario_file"]  # fixtures, used by name
 
@@ -167,3 +172,74 @@ async def test_run_processes_children_hold_only_their_own_credentials_and_a_dead
         if run.returncode is None:
             run.kill()
             await run.wait()
+
+
+# -- embedded PostgreSQL ---------------------------------------------------------------------
+@pytest.fixture
+def pg_root() -> Iterator[Path]:
+    with embedded_data_dir() as path:
+        yield path
+
+
+async def test_the_embedded_postgres_wants_its_password_and_keeps_it_private(
+    pg_root: Path,
+) -> None:
+    with anyio.fail_after(WAIT):
+        async with EmbeddedPostgres(pg_root / "postgres") as pg:
+            dsn = urlsplit(pg.dsn)
+            for netloc in ("postgres@", "postgres:wrong-password@"):
+                with pytest.raises(asyncpg.InvalidPasswordError):
+                    await asyncpg.connect(dsn._replace(netloc=netloc).geturl())
+            socket_dir = Path(parse_qs(dsn.query)["host"][0])
+            assert _mode(socket_dir) == 0o700
+            assert _mode(pg.password_file) == 0o600
+            assert pg.password_file.read_text().strip() == dsn.password
+            conn = await asyncpg.connect(pg.dsn)
+            try:
+                # No TCP listener at all, and every rule (socket and TCP) wants the password.
+                assert await conn.fetchval("SHOW listen_addresses") == ""
+                rules = await conn.fetch("SELECT type, auth_method FROM pg_hba_file_rules")
+                assert {r["type"] for r in rules} >= {"local", "host"}
+                assert {r["auth_method"] for r in rules} == {"scram-sha-256"}
+            finally:
+                await conn.close()
+
+
+_HOLDS = """
+import sys, anyio
+from mams.storage.embedded import EmbeddedPostgres
+async def main():
+    async with EmbeddedPostgres(sys.argv[1]):
+        print("HOLDING", flush=True)
+        await anyio.sleep_forever()
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_the_embedded_postgres_stops_when_the_process_that_held_it_is_killed(
+    pg_root: Path, sig: signal.Signals
+) -> None:
+    # SIGTERM with Python's default handling ends a process as abruptly as SIGKILL: no
+    # `finally`, no atexit. Either way the server must not be left running for good.
+    data = pg_root / "postgres"
+    holder = await anyio.open_process(
+        [sys.executable, "-c", _HOLDS, str(data)], stderr=subprocess.DEVNULL
+    )
+    try:
+        assert holder.stdout is not None
+        text = ""
+        with anyio.fail_after(WAIT):
+            while "HOLDING" not in text:
+                text += (await holder.stdout.receive()).decode()
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        assert process_running(postmaster)
+        holder.send_signal(sig)
+        await holder.wait()
+        with anyio.fail_after(WAIT):
+            while process_running(postmaster):  # noqa: ASYNC110 (polling /proc)
+                await anyio.sleep(0.05)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -12,8 +13,16 @@ import pytest
 
 from mams.storage.embedded import EmbeddedPostgres, default_data_dir
 from mams.storage.pg import open_store
+from tests.processes.pgdata import embedded_data_dir
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_root() -> Iterator[Path]:
+    """Where the server's data goes (reachable by its system user when run as root)."""
+    with embedded_data_dir() as path:
+        yield path
 
 
 def test_data_dir_follows_mams_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -23,8 +32,8 @@ def test_data_dir_follows_mams_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert default_data_dir().name == "postgres"
 
 
-async def test_rows_survive_a_restart(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+async def test_rows_survive_a_restart(pg_root: Path) -> None:
+    data_dir = pg_root / "pg"
     async with EmbeddedPostgres(data_dir) as pg:
         pool, _ = await open_store(pg.dsn)
         try:
@@ -62,8 +71,8 @@ anyio.run(main)
 """
 
 
-async def test_a_second_process_shares_the_running_server(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+async def test_a_second_process_shares_the_running_server(tmp_path: Path, pg_root: Path) -> None:
+    data_dir = pg_root / "pg"
     async with EmbeddedPostgres(data_dir) as pg:
         conn = await asyncpg.connect(pg.dsn)
         try:
