@@ -86,7 +86,7 @@ def _bin(name: str) -> Path:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root, containers).
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
+        from pgserver._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH) / name
 
