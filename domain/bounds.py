@@ -11,10 +11,12 @@ Two tiers, because a refusal is answered differently:
 - `check_outbox` (called by `domain.messages.decode_outbox`, so by the broker on every
   message from an agent): anything that could crash a process, fail a database write or
   corrupt what is stored, plus every bound of a turn and of a hello. A message that breaks
-  one is dropped with a logged reason, as malformed JSON is.
-- `check_open_rooms`: the market's policy for an `open_rooms` request (round limit,
-  deadline, seed, rooms per request), which the buyer should hear about: the broker
-  answers such a request with `Rejected`.
+  one is dropped with a logged reason, as malformed JSON is. A price the decision core
+  overrides anyway (NaN, not positive, absurdly large: a guardrail trip in the log) is
+  left to it.
+- the market's policy for an `open_rooms` request (round limit, deadline, seeds, rooms
+  per request), which the buyer should hear about: the broker answers a request that
+  breaks it with `Rejected` (actors/broker.py), using the limits stated here.
 
 Agents keep their own turns inside the bounds with `fit_turn` and `fit_label`, so an honest
 turn is never dropped for a long model response or an odd model name.
@@ -52,8 +54,13 @@ INT8_MAX = 2**63 - 1
 MAX_PRICE = Decimal("99999999.99")
 MAX_QUANTITY = 1_000_000
 # numeric(14,2) (outcomes.total): price x quantity must stay below 10^12, which
-# MAX_PRICE x MAX_QUANTITY (~10^14) does not, so a total is bounded on its own.
+# MAX_PRICE x MAX_QUANTITY (~10^14) does not, so a scenario bounds max_price x quantity
+# (what a deal can cost) and asking price x quantity on their own.
 MAX_TOTAL = Decimal("999999999999.99")
+# The decision core overrides (and logs as a guardrail trip) a price from an agent that is
+# not finite, not above 0, or at least this (domain.guardrails.PRICE_LIMIT): such a price
+# is let through the boundary for it to do so. Every other price must be storable.
+GUARDRAIL_PRICE_LIMIT = Decimal("10000000000")
 
 # -- what one participant may cost a market -------------------------------------------------
 MAX_ROUNDS_LIMIT = 100  # max_rounds of a room: from 2 to this
@@ -135,6 +142,14 @@ def check_price(value: Decimal, path: str) -> None:
     """Raise BoundsError unless `value` is a price (see `price_problem`)."""
     if (why := price_problem(value)) is not None:
         raise BoundsError(path, why)
+
+
+def _check_wire_price(value: Decimal, path: str) -> None:
+    # Only a price the core would take as one must be storable: a NaN, a negative or a
+    # 31-digit price is the core's to override, recording the misstep (see
+    # GUARDRAIL_PRICE_LIMIT); a 9999999999.999 it would take, and the database could not.
+    if value.is_finite() and 0 < value < GUARDRAIL_PRICE_LIMIT:
+        check_price(value, path)
 
 
 def check_int(value: int, path: str, low: int, high: int) -> None:
@@ -224,10 +239,9 @@ def check_outbox(message: OutboxMessage) -> None:
     """Raise BoundsError naming the first field of an agent's message outside the bounds:
     every value must be one the domain can act on and the database can store.
 
-    For `open_rooms`, only what could harm the market is checked here (depth and size of
-    an inline scenario, list sizes, numbers the schema cannot hold); its policy
-    (rounds, deadline, seed, rooms per request) is `check_open_rooms`'s, answered with a
-    rejection.
+    For `open_rooms`, only what could harm the broker before it reads the request is
+    checked here (depth and size of an inline scenario, list sizes, names); its room
+    options are the broker's to refuse, with a rejection the buyer reads.
     """
     # At call time: messages imports this module for its limits.
     from mams.domain.messages import BuyerTurn, Hello, OpenRooms, SellerTurn
@@ -255,11 +269,11 @@ def _check_buyer_turn(turn: BuyerTurn) -> None:
         for i, agent in enumerate(action.to):
             check_text(agent, f"{a}.to[{i}]", MAX_AGENT_ID)
         if action.counter_price is not None:
-            check_price(action.counter_price, f"{a}.counter_price")
+            _check_wire_price(action.counter_price, f"{a}.counter_price")
     elif isinstance(action, Accept):
         a = f"{p}.action(accept)"
         check_text(action.seller, f"{a}.seller", MAX_AGENT_ID)
-        check_price(action.unit_price, f"{a}.unit_price")
+        _check_wire_price(action.unit_price, f"{a}.unit_price")
         check_int(action.quantity, f"{a}.quantity", 1, MAX_QUANTITY)
         check_text(action.text, f"{a}.text", MAX_TEXT)
     elif isinstance(action, WalkAway):
@@ -272,18 +286,16 @@ def _check_seller_turn(turn: SellerTurn) -> None:
     check_int(turn.round, f"{p}.round", 1, MAX_ROUNDS_LIMIT)
     check_text(turn.text, f"{p}.text", MAX_TEXT)
     if turn.offer is not None:
-        check_offer(turn.offer, f"{p}.offer")
+        _check_wire_price(turn.offer.unit_price, f"{p}.offer.unit_price")
+        check_int(turn.offer.quantity, f"{p}.offer.quantity", 1, MAX_QUANTITY)
     _check_trace(p, turn.reasoning, turn.guardrails, turn.llm_calls)
 
 
 def check_offer(offer: Offer, path: str) -> None:
-    """Raise BoundsError unless the offer's price and quantity, and their total, can be
-    stored (numeric(12,2), int4, numeric(14,2))."""
+    """Raise BoundsError unless the offer's price is a price (`price_problem`) and its
+    quantity within 1..MAX_QUANTITY: what an honest seller sends."""
     check_price(offer.unit_price, f"{path}.unit_price")
     check_int(offer.quantity, f"{path}.quantity", 1, MAX_QUANTITY)
-    total = offer.unit_price * offer.quantity
-    if total > MAX_TOTAL:
-        raise BoundsError(path, f"unit_price x quantity = {total} exceeds {MAX_TOTAL}")
 
 
 def _check_trace(
@@ -348,37 +360,10 @@ def _check_open_rooms_shape(request: OpenRooms) -> None:
     for i, name in enumerate(request.items):
         check_text(name, f"{p}.items[{i}]", MAX_NAME)
     check_count(request.skip, f"{p}.skip", MAX_ROOMS_PER_REQUEST)
-    for i, (name, seed) in enumerate(request.skip):
+    for i, (name, _seed) in enumerate(request.skip):
         check_text(name, f"{p}.skip[{i}][0]", MAX_NAME)
-        if seed is not None:
-            check_int(seed, f"{p}.skip[{i}][1]", 0, INT8_MAX)
-    # Numbers the schema or the broker's clock could not hold (NaN breaks the deadline
-    # heap's order); the market's narrower policy is check_open_rooms'.
-    check_int(request.max_rounds, f"{p}.max_rounds", 0, INT4_MAX)
-    check_int(request.runs, f"{p}.runs", 0, INT4_MAX)
-    if request.seed is not None:
-        check_int(request.seed, f"{p}.seed", 0, INT8_MAX - INT4_MAX)
-    if not math.isfinite(request.round_timeout):
-        raise BoundsError(f"{p}.round_timeout", f"{request.round_timeout!r} is not finite")
-
-
-def check_open_rooms(request: OpenRooms, items: int) -> None:
-    """Raise BoundsError unless an `open_rooms` asking for `items` items (of its session)
-    keeps to the market's policy: max_rounds 2..MAX_ROUNDS_LIMIT, round_timeout
-    ROUND_TIMEOUT_MIN..ROUND_TIMEOUT_MAX, seed 0..MAX_SEED, runs x items at most
-    MAX_ROOMS_PER_REQUEST. The broker answers a request that breaks it with `Rejected`."""
-    p = "open_rooms"
-    check_int(request.max_rounds, f"{p}.max_rounds", 2, MAX_ROUNDS_LIMIT)
-    check_float(request.round_timeout, f"{p}.round_timeout", ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX)
-    if request.seed is not None:
-        check_int(request.seed, f"{p}.seed", 0, MAX_SEED)
-    check_int(request.runs, f"{p}.runs", 1, MAX_ROOMS_PER_REQUEST)
-    if request.runs * items > MAX_ROOMS_PER_REQUEST:
-        raise BoundsError(
-            f"{p}.runs",
-            f"{request.runs} runs x {items} items = {request.runs * items} rooms exceed "
-            f"{MAX_ROOMS_PER_REQUEST} per request",
-        )
+    # max_rounds, round_timeout, seed and runs are the broker's to refuse, with a Rejected
+    # the buyer reads (msgspec has already held the integers to 64 bits).
 
 
 def check_committed(message: CommittedEvent) -> None:
