@@ -35,7 +35,8 @@ and a summary line (`--each`: a line for every stream); `--json` lists every str
 flags and analyst reviews (its id is then the stream's; chain, seq and decoding are
 checked). `mams audit ID` audits both the negotiation and, once graded, its companion.
 
-`mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the stream and its companion
+`mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the session of its rooms (its
+name, time and scenario, one line each, first) then the stream and its companion
 (when it has one), one JSON object per line (`mams.storage.export`), to FILE (written as
 FILE.partial, renamed once complete) or stdout; `--session SESSION_ID` writes every
 negotiation of a session with their companions, `--all` every stream of the log.
@@ -50,10 +51,12 @@ with other events is refused before anything is written (exit 1). `--json` print
   "identical": [{"negotiation_id": "...", "head": "<hex>"}],
   "sessions_rebuilt": [{"session_id": "...", "items": N, "sellers": N}]}`.
 Imported negotiations get their read models, so `mams negotiations`, `mams report` and
-`mams sessions` list them like any other. A run needs its session, which an export does
-not carry: a session the log lacks is rebuilt from the opening events of the file's rooms
-(the buyer's items and the sellers' terms they show; named "imported from FILE"). The
-read models stamp the import time, the file keeps the original `recorded_at`.
+`mams sessions` list them like any other, with the times of the original log (each
+event's `recorded_at` from the file; a run's start, end, messages and outcome from its
+events). A run needs its session: a session the log lacks is stored as the file's
+session line has it (its name and time kept) or, from a file without one, rebuilt from
+the opening events of its rooms (the buyer's items and the sellers' terms they show;
+named "imported from FILE", dated by its first room).
 """
 
 from __future__ import annotations
@@ -84,16 +87,29 @@ from rich.progress import (
 )
 
 from mams.cli_render import untrusted
-from mams.domain.config import Scenario, ScenarioError
+from mams.domain.config import Scenario, ScenarioError, parse_scenario
 from mams.domain.errors import ConfigError
 from mams.domain.events import NegotiationStarted, decode_event, observation_stream_id
 from mams.infra import servers
 from mams.storage.audit import Pin, StreamReport, log_digest
 from mams.storage.auditlog import audit_chunk, audit_log, default_jobs
 from mams.storage.eventstore import EventStore, PostgresEventStore
-from mams.storage.export import Archive, Imported, export_streams, import_scanned, iter_events
+from mams.storage.export import (
+    Archive,
+    Imported,
+    export_session_line,
+    export_streams,
+    import_scanned,
+    iter_records,
+)
 from mams.storage.model import StoredEvent
-from mams.storage.readmodels import ReadModelProjector, find_negotiation, restore_sessions
+from mams.storage.readmodels import (
+    ReadModelProjector,
+    find_negotiation,
+    has_session,
+    restore_sessions,
+    save_session,
+)
 
 _json = msgspec.json.Encoder()
 _LIST_UP_TO = 20  # streams an import lists one by one; beyond, a summary line
@@ -371,7 +387,20 @@ async def cmd_export(args: argparse.Namespace, out: Console) -> int:
                 nid = await resolve_negotiation(conn, args.negotiation_id)
                 ids = _with_companion(nid)
                 what = f"negotiation {nid}"
+            # The sessions of these rooms, so an import keeps their names and times.
+            sessions = await conn.fetch(
+                "SELECT session_id, name, created_at, scenario FROM sessions WHERE session_id "
+                "IN (SELECT session_id FROM negotiation_runs WHERE negotiation_id = ANY($1))"
+                " ORDER BY created_at, session_id",
+                ids,
+            )
         async with _archive(args.output) as write:
+            await write(
+                b"".join(
+                    export_session_line(r["session_id"], r["name"], r["created_at"], r["scenario"])
+                    for r in sessions
+                )
+            )
             with _progress("exporting", len(ids)) as (progress, task):
                 async for covered, chunk, lines in export_streams(srv.store, ids):
                     await write(lines)
@@ -438,27 +467,100 @@ async def import_archive(
     source: str,
     on_progress: Callable[[int, int], object] | None = None,
 ) -> tuple[Imported, list[tuple[UUID, Scenario]]]:
-    """`import_scanned` with the read models: a run's rows need its session, which an
-    export does not carry, so a session this log lacks is first rebuilt from its rooms'
-    opening events (named "imported from SOURCE"). Returns what was imported and the
-    sessions rebuilt."""
+    """`import_scanned` with the read models, keeping the file's times and names: a run's
+    rows need its session, so a session this log lacks is first stored as the file's
+    session line has it (name, time, scenario) or, for a file without one (written before
+    they were), rebuilt from its rooms' opening events (named "imported from SOURCE",
+    dated by its first room). The appended events, and the runs, messages and outcomes
+    projected from them, get the file's times (`restamp`). Returns what was imported and
+    the sessions stored."""
     restored: list[tuple[UUID, Scenario]] = []
 
     async def sessions_first(firsts: dict[UUID, StoredEvent]) -> None:
-        opened = (decode_event(first.data) for first in firsts.values())
-        rooms = [e for e in opened if isinstance(e, NegotiationStarted)]
+        opened = [(decode_event(first.data), first.recorded_at) for first in firsts.values()]
+        rooms = [e for e, _ in opened if isinstance(e, NegotiationStarted)]
+        began: dict[UUID, Any] = {}
+        for e, at in opened:
+            if isinstance(e, NegotiationStarted):
+                began[e.session_id] = min(at, began.get(e.session_id, at))
         async with pool.acquire() as conn:
             try:
-                restored.extend(await restore_sessions(conn, rooms, name=f"imported from {source}"))
+                for sid in {room.session_id for room in rooms}:
+                    line = archive.sessions.get(sid)
+                    if line is None or await has_session(conn, sid):
+                        continue
+                    scenario = parse_scenario(
+                        msgspec.json.decode(line.scenario), source=f"{source}: session {sid}"
+                    )
+                    await save_session(conn, sid, scenario)
+                    await conn.execute(
+                        "UPDATE sessions SET name = $2, created_at = $3 WHERE session_id = $1",
+                        sid,
+                        line.name,
+                        line.created_at,
+                    )
+                    restored.append((sid, scenario))
+                rebuilt = await restore_sessions(conn, rooms, name=f"imported from {source}")
+                for sid, _ in rebuilt:
+                    await conn.execute(
+                        "UPDATE sessions SET created_at = $2 WHERE session_id = $1", sid, began[sid]
+                    )
+                restored.extend(rebuilt)
             except ScenarioError as exc:
                 raise AuditUsageError(
                     f"{source}: its negotiations do not make a session to list them under: {exc}"
                 ) from exc
 
     result = await import_scanned(
-        store, archive, before_append=sessions_first, on_progress=on_progress
+        store,
+        archive,
+        before_append=sessions_first,
+        after_append=partial(restamp, pool),
+        on_progress=on_progress,
     )
     return result, restored
+
+
+async def restamp(pool: asyncpg.Pool, streams: list[list[StoredEvent]]) -> None:
+    """Give appended streams the times of the file they came from: each event's
+    `recorded_at`, and what the read models derive from it (a run's start and end, its
+    messages' and outcome's times), which the append stamped with the time of the import.
+    (Not part of the chain: the hashes do not cover the times.)"""
+    events = [e for stream in streams for e in stream]
+    ids = [stream[0].stream_id for stream in streams]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE events e SET recorded_at = x.at FROM unnest($1::uuid[], $2::int4[], "
+            "$3::timestamptz[]) AS x(stream_id, seq, at) "
+            "WHERE e.stream_id = x.stream_id AND e.seq = x.seq",
+            [e.stream_id for e in events],
+            [e.seq for e in events],
+            [e.recorded_at for e in events],
+        )
+        await conn.execute(
+            "UPDATE negotiation_runs r SET started_at = e.recorded_at FROM events e "
+            "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
+            "AND e.seq = 1",
+            ids,
+        )
+        await conn.execute(
+            "UPDATE negotiation_runs r SET ended_at = e.recorded_at FROM events e "
+            "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
+            "AND e.type = 'negotiation.ended'",
+            ids,
+        )
+        await conn.execute(
+            "UPDATE outcomes o SET decided_at = e.recorded_at FROM events e "
+            "WHERE o.negotiation_id = ANY($1::uuid[]) AND e.stream_id = o.negotiation_id "
+            "AND e.type = 'negotiation.ended'",
+            ids,
+        )
+        await conn.execute(
+            "UPDATE messages m SET sent_at = e.recorded_at FROM events e "
+            "WHERE m.negotiation_id = ANY($1::uuid[]) AND e.stream_id = m.negotiation_id "
+            "AND e.seq = m.seq",
+            ids,
+        )
 
 
 def _file_lines(path: str) -> Iterator[bytes]:
@@ -493,7 +595,7 @@ async def cmd_import(args: argparse.Namespace, out: Console) -> int:
             except OSError as exc:
                 raise AuditUsageError(f"cannot read {args.file}: {exc.strerror}") from exc
             lines, source = partial(_file_lines, args.file), args.file
-        archive = Archive(lambda: iter_events(lines(), source=source))
+        archive = Archive(lambda: iter_records(lines(), source=source))
         with Console(stderr=True).status(f"checking the chains of {source}"):
             archive.scan()
         async with servers(need_bus=False) as srv:
@@ -507,7 +609,7 @@ async def cmd_import(args: argparse.Namespace, out: Console) -> int:
                 )
     for session_id, scenario in restored:
         out.print(
-            f"session {session_id} rebuilt from the file's rooms: "
+            f"session {session_id} ({untrusted(scenario.name or '')}) restored from the file: "
             f"{len(scenario.buyer.items)} item(s), {len(scenario.sellers)} seller(s)"
         )
     appended = result.appended

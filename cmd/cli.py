@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -126,7 +126,9 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
-def _shown_in_log(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _shown_in_log(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Log lines carry what agents sent (reasons, texts): their control and bidi
     characters are shown escaped, never sent to the terminal as they are."""
     return {k: untrusted_text(v).plain if isinstance(v, str) else v for k, v in event.items()}

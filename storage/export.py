@@ -6,6 +6,11 @@ One JSON object per line, one line per event, in seq order:
      "recorded_at": "2026-01-01T12:00:00.123456+00:00", "prev_hash": "<hex>",
      "hash": "<hex>", "data": {...the event...}}
 
+A file may also hold, before the events, one line per session of its rooms, as stored
+(`export_session_line`):
+
+    {"session_id": "...", "name": "...", "created_at": "...", "scenario": {...}}
+
 Import (`Archive`) reads a file twice, a line at a time, so it never holds it whole: the
 first pass checks every stream's chain, the second re-appends the events through an
 EventStore (which recomputes the chain), a batch of whole streams per transaction, reading
@@ -13,9 +18,10 @@ the next batch in a worker thread while up to two commit. It
 refuses a file whose own chain does not verify and a stream the target log holds with
 other events, before writing anything (one it holds with the same head is skipped, so an
 interrupted import can be run again); after appending it checks the recomputed hashes
-equal the file's. `recorded_at` is kept in the file for the record; the target log
-stamps its own commit time (so do the read models: an imported run shows when it was
-imported).
+equal the file's. An import keeps the file's times: `after_append` (the CLI's
+`mams.audit.restamp`) sets each appended event's `recorded_at`, and the read models' times
+derived from them, to the file's; and a session the file carries is stored with its own
+name, time and scenario.
 """
 
 from __future__ import annotations
@@ -58,12 +64,35 @@ class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: msgspec.Raw
 
 
+class ExportedSession(msgspec.Struct, frozen=True, kw_only=True):
+    """A line of an export file holding one session of its rooms, as the log stored it."""
+
+    session_id: UUID
+    name: str | None
+    created_at: datetime
+    scenario: msgspec.Raw
+
+
+Record = StoredEvent | ExportedSession
+
+
 class ArchiveImportError(StorageError):
     """An export file that cannot be imported (malformed, broken chain, stream exists)."""
 
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ExportedEvent)
+_session_decoder = msgspec.json.Decoder(ExportedSession)
+
+
+def export_session_line(
+    session_id: UUID, name: str | None, created_at: datetime, scenario: bytes
+) -> bytes:
+    """A session as one JSON line (ending in a newline); `scenario` is its JSON."""
+    line = ExportedSession(
+        session_id=session_id, name=name, created_at=created_at, scenario=msgspec.Raw(scenario)
+    )
+    return _encoder.encode(line) + b"\n"
 
 
 def export_lines(events: Iterable[StoredEvent]) -> Iterator[bytes]:
@@ -88,12 +117,27 @@ def parse_lines(lines: Iterable[bytes | str], *, source: str = "input") -> list[
 
 
 def iter_events(lines: Iterable[bytes | str], *, source: str = "input") -> Iterator[StoredEvent]:
-    """The events of an export file, one line at a time; blank lines are skipped."""
+    """The events of an export file, one line at a time; blank and session lines are
+    skipped."""
+    return (r for r in iter_records(lines, source=source) if isinstance(r, StoredEvent))
+
+
+def iter_records(lines: Iterable[bytes | str], *, source: str = "input") -> Iterator[Record]:
+    """The events and sessions of an export file, one line at a time; blank lines are
+    skipped."""
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            rec = _decoder.decode(raw)
+            try:
+                rec = _decoder.decode(raw)
+            except msgspec.ValidationError:
+                try:  # rare: a session line
+                    yield _session_decoder.decode(raw)
+                    continue
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    pass
+                raise
             yield StoredEvent(
                 rec.stream_id,
                 rec.seq,
@@ -151,15 +195,20 @@ class Archive:
     file's lines). Each stream's lines must be in seq order, as `mams export` writes them;
     streams may interleave."""
 
-    def __init__(self, open_events: Callable[[], Iterable[StoredEvent]]) -> None:
+    def __init__(self, open_events: Callable[[], Iterable[Record]]) -> None:
         self._open = open_events
         self.streams: dict[UUID, _Stream] = {}
+        self.sessions: dict[UUID, ExportedSession] = {}  # the session lines
 
     def scan(self) -> None:
         """Check the chain of every stream of the file (raises ArchiveImportError at the
         first broken link) and count its events."""
         streams: dict[UUID, _Stream] = {}
+        sessions: dict[UUID, ExportedSession] = {}
         for e in self._open():
+            if isinstance(e, ExportedSession):
+                sessions[e.session_id] = e
+                continue
             known = streams.get(e.stream_id)
             expected = 1 if known is None else known.first.seq + known.events
             prev = GENESIS if known is None else known.head
@@ -184,10 +233,11 @@ class Archive:
         if not streams:
             raise ArchiveImportError("nothing to import: the file holds no events")
         self.streams = streams
+        self.sessions = sessions
 
     def events(self, wanted: Collection[UUID]) -> Iterator[StoredEvent]:
         """The file's events of the streams `wanted`, read again."""
-        return (e for e in self._open() if e.stream_id in wanted)
+        return (e for e in self._open() if isinstance(e, StoredEvent) and e.stream_id in wanted)
 
 
 async def import_events(
@@ -211,6 +261,7 @@ async def import_scanned(
     archive: Archive,
     *,
     before_append: Callable[[dict[UUID, StoredEvent]], Awaitable[None]] | None = None,
+    after_append: Callable[[list[list[StoredEvent]]], Awaitable[None]] | None = None,
     on_progress: Callable[[int, int], object] | None = None,
     batch: int = IMPORT_BATCH,
 ) -> Imported:
@@ -222,8 +273,10 @@ async def import_scanned(
     `batch` events) per transaction, then read back: the recomputed chain must equal the
     file's. `before_append` gets the first event of each stream to append once every
     check passed, before the first append (to store what the read models need first,
-    such as the streams' sessions); `on_progress(streams, events)` is called after each
-    batch with the streams and events done so far.
+    such as the streams' sessions); `after_append` gets each batch of whole streams (the
+    file's events) once appended and verified (to keep the file's times);
+    `on_progress(streams, events)` is called after each batch with the streams and
+    events done so far.
     """
     streams = archive.streams
     result = Imported()
@@ -249,6 +302,8 @@ async def import_scanned(
     async def commit(group: list[list[StoredEvent]], slots: anyio.Semaphore) -> None:
         try:
             await _append_verified(store, group, result)
+            if after_append is not None:
+                await after_append(group)
         finally:
             slots.release()
         done[0] += len(group)

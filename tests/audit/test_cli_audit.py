@@ -88,7 +88,7 @@ async def test_audit_export_import_over_the_cli(
     archive = tmp_path / "room.jsonl"
     archive.write_text(proc.stdout)
     lines = proc.stdout.splitlines()
-    assert len(lines) == await market.store.last_seq(nid)
+    assert len(lines) == await market.store.last_seq(nid) + 1  # and its session's line
     proc = mams("import", str(archive), "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
     result = one_json_object(proc.stdout)
@@ -100,12 +100,12 @@ async def test_audit_export_import_over_the_cli(
     proc = mams("audit", str(nid), "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
     assert one_json_object(proc.stdout)["streams"][0]["head"] == original[-1].hash.hex()
-    # Its read models are there too (so it is listed and reported like any run), under a
-    # session rebuilt from its opening: the item it shows, each seller with its terms.
+    # Its read models are there too (so it is listed and reported like any run), under
+    # its session as the file carries it (the phone scenario: 2 items, 3 sellers).
     started = market.rooms[0].state.started
     assert started is not None
     assert result["sessions_rebuilt"] == [
-        {"session_id": str(started.session_id), "items": 1, "sellers": len(started.sellers)}
+        {"session_id": str(started.session_id), "items": 2, "sellers": 3}
     ]
     assert await read_models(database_url, other_schema, nid) == await read_models(
         database_url, pg_schema, nid
@@ -196,7 +196,7 @@ async def test_export_a_session_or_the_whole_log_and_import_it_elsewhere(
     # A session's negotiations, to stdout.
     proc = mams("export", "--session", str(started.session_id))
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == total
+    assert len(proc.stdout.splitlines()) == total + 1  # and the session's line
     assert f"exported {total} events of 2 stream(s) of session" in proc.stderr
 
     # The whole log, to a file (no .partial left behind), then into an empty schema.
@@ -204,7 +204,7 @@ async def test_export_a_session_or_the_whole_log_and_import_it_elsewhere(
     proc = mams("export", "--all", "-o", str(archive))
     assert proc.returncode == 0, proc.stderr
     assert [p.name async for p in anyio.Path(tmp_path).glob("log.jsonl*")] == ["log.jsonl"]
-    assert len(archive.read_bytes().splitlines()) == total
+    assert len(archive.read_bytes().splitlines()) == total + 1  # and the session's line
     proc = mams("import", str(archive), "--json", schema=other_schema)
     assert proc.returncode == 0, proc.stderr
     imported = one_json_object(proc.stdout)["imported"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import nats
 import pytest
 import structlog.testing
@@ -327,3 +328,78 @@ async def test_rerun_of_a_room_with_an_outside_or_silent_seller_says_why_it_cann
         assert "A rerun re-executes baseline and LLM brains only" in err
         assert "_BASE_URL" not in proc.stderr
         assert "brain_failed" not in proc.stderr
+
+
+# -- mams import -------------------------------------------------------------------------------
+TIMES = (
+    "SELECT stream_id, seq, recorded_at FROM events ORDER BY stream_id, seq",
+    "SELECT negotiation_id, started_at, ended_at FROM negotiation_runs ORDER BY 1",
+    "SELECT negotiation_id, seq, sent_at FROM messages ORDER BY 1, 2",
+    "SELECT negotiation_id, decided_at FROM outcomes ORDER BY 1",
+    "SELECT session_id, name, created_at FROM sessions ORDER BY 1",
+)
+
+
+async def times_of(database_url: str, schema: str) -> list[list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        return [[tuple(r.values()) for r in await conn.fetch(q)] for q in TIMES]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def other_schema(database_url: str) -> Any:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield schema
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def test_import_keeps_the_times_and_session_names_of_the_exported_log(
+    procs: Cast, scenario: Path, tmp_path: Path, database_url: str, pg_schema: str,
+    other_schema: str,
+) -> None:  # fmt: skip
+    run = run_cli(procs, "run", str(scenario), "--seed", "5", "--runs", "2", "--json")
+    assert run.returncode == 0, run.stderr
+    session = one_json_object(run.stdout)["session_id"]
+    archive = tmp_path / "session.jsonl"
+    exported = run_cli(procs, "export", "--session", session, "-o", str(archive))
+    assert exported.returncode == 0, exported.stderr
+    elsewhere = {"DATABASE_URL": schema_dsn(database_url, other_schema)}
+    imported = run_cli(procs, "import", str(archive), "--json", env=elsewhere)
+    assert imported.returncode == 0, imported.stderr
+    original = await times_of(database_url, pg_schema)
+    assert original[4][0][1] == "two sellers, one outside"
+    assert await times_of(database_url, other_schema) == original
+    listed = run_cli(procs, "sessions", env=elsewhere)
+    assert "two sellers, one outside" in listed.stdout
+
+    # A file without the session line (as exports were before): the events' times are
+    # kept, and the session rebuilt from its rooms is dated by its first room.
+    events_only = tmp_path / "events-only.jsonl"
+    events_only.write_bytes(
+        b"".join(line for line in archive.read_bytes().splitlines(keepends=True)
+                 if not line.startswith(b'{"session_id"'))
+    )  # fmt: skip
+    third = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{third}"')
+        again = run_cli(
+            procs, "import", str(events_only), env={"DATABASE_URL": schema_dsn(database_url, third)}
+        )
+        assert again.returncode == 0, again.stderr
+        rebuilt = await times_of(database_url, third)
+        assert rebuilt[:4] == original[:4]
+        ((sid, name, created),) = rebuilt[4]
+        assert str(sid) == session
+        assert name == f"imported from {events_only}"
+        assert created == min(at for _, seq, at in original[0] if seq == 1)
+    finally:
+        await conn.execute(f'DROP SCHEMA "{third}" CASCADE')
+        await conn.close()
