@@ -22,6 +22,9 @@ Steps (``op``):
   replaced, until ``count`` answers were sent or ``timeout`` passes.
 - ``subscribe``: subscribe to ``subject`` and wait (``timeout``) for a permissions error
   naming it; prints whether one came and how many messages were delivered.
+- ``drain``: read the inbox until it is quiet for ``quiet`` seconds (``timeout``); print
+  how many messages of each type came (inbox messages are then not printed one by one
+  when ``quiet_inbox`` is set in the plan: a flood's answers would be 100,000 lines).
 - ``ready``: print ``{"ready": true}`` (the test waits for it).
 """
 
@@ -59,7 +62,8 @@ class Attacker:
         except ValueError:
             body = {"raw": msg.data[:200].decode(errors="replace")}
         self.inbox.append(body)
-        emit(inbox=body)
+        if not self.plan.get("quiet_inbox"):
+            emit(inbox=body)
         self.arrived.set()
 
     async def on_error(self, exc: Exception) -> None:
@@ -197,6 +201,22 @@ class Attacker:
                 except TimeoutError:
                     break
         emit(step="subscribe", subject=subject, violation=violation, delivered=len(delivered))
+
+    async def op_drain(self, step: dict[str, Any]) -> None:
+        """Read the inbox until it has been quiet for ``quiet`` seconds (at most
+        ``timeout``); print how many messages of each type it then holds."""
+        quiet = float(step.get("quiet", 2.0))
+        end = time.monotonic() + float(step.get("timeout", 60))
+        while time.monotonic() < end:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), min(quiet, end - time.monotonic()))
+            except TimeoutError:
+                break
+        counts: dict[str, int] = {}
+        for m in self.inbox:
+            counts[str(m.get("type"))] = counts.get(str(m.get("type")), 0) + 1
+        emit(step="drain", counts=counts)
 
     async def op_ready(self, step: dict[str, Any]) -> None:
         emit(ready=True)

@@ -47,7 +47,7 @@ from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
-from mams.domain.config import Scenario, parse_scenario_text
+from mams.domain.config import Scenario, parse_scenario, parse_scenario_text
 from mams.domain.events import NegotiationStarted
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import NegotiationState, evolve
@@ -175,6 +175,14 @@ def scenario_mapping() -> dict[str, Any]:
 
     mapping: dict[str, Any] = strings(raw)
     return mapping
+
+
+def forged_mapping() -> dict[str, Any]:
+    """The market with @Mallory as its buyer (the real sellers, @Mallory not among them)."""
+    forged = scenario_mapping()
+    forged["buyer"]["handle"] = "@Mallory"
+    forged["sellers"] = [s for s in forged["sellers"] if s["handle"] != "@Mallory"]
+    return forged
 
 
 def options(seed: int, *, max_rounds: int = 6, round_timeout: float = 30.0) -> RunOptions:
@@ -358,6 +366,7 @@ class HostileMarket:
     states: dict[UUID, NegotiationState] = field(default_factory=dict)
     changed: anyio.Event = field(default_factory=anyio.Event)
     session_id: UUID = field(default_factory=uuid.uuid4)
+    attacker_session: UUID = field(default_factory=uuid.uuid4)
     _plans: int = 0
 
     # -- connections -------------------------------------------------------------------
@@ -440,10 +449,14 @@ class HostileMarket:
         assert got == await baseline_outcomes(starts), "an honest room's outcome changed"
 
     # -- the attacker --------------------------------------------------------------------
-    def attacker(self, steps: Sequence[dict[str, Any]], *, deadline: float = WAIT) -> Child:
-        """Start the attacker process (the seller @Mallory's credentials) with these steps."""
+    def attacker(
+        self, steps: Sequence[dict[str, Any]], *, deadline: float = WAIT, quiet_inbox: bool = False
+    ) -> Child:
+        """Start the attacker process (the seller @Mallory's credentials) with these steps
+        (with `quiet_inbox`, it does not print each inbox message)."""
         self._plans += 1
         plan = {
+            "quiet_inbox": quiet_inbox,
             "url": self.market.url_for(ATTACKER),
             "inbox": self.subjects.inbox(AgentId(ATTACKER)),
             "outbox": self.subjects.outbox(AgentId(ATTACKER)),
@@ -466,6 +479,21 @@ class HostileMarket:
         code = await child.wait(within=deadline + 30)
         assert code == 0, f"the attacker process failed: {child.describe()}"
         return finished_attack(child)
+
+    async def attacker_in_rooms(
+        self,
+        steps: Sequence[dict[str, Any]],
+        *,
+        seeds: Sequence[int] = (21,),
+        brain: str = "red team",
+    ) -> tuple[Child, list[NegotiationStarted]]:
+        """Start the attacker (it says hello with `brain`, then runs `steps`) and, once it
+        is known, open rooms of its item seating it (one per seed); returns it and them."""
+        child = self.attacker([{"op": "hello", "brain": brain}, {"op": "ready"}, *steps])
+        await child.wait_for('"ready"', within=WAIT)
+        starts = attacker_starts(self.session_id, seeds)
+        await self.open(starts)
+        return child, starts
 
     # -- checks ------------------------------------------------------------------------------
     def assert_up(self) -> None:
@@ -555,6 +583,10 @@ async def hostile_market(
     subjects = Subjects(f"h{uuid.uuid4().hex[:12]}")
     session_id = uuid.uuid4()  # the honest rooms' session, stored as an operator would
     await PgSessions(pool).save(session_id, market_scenario())
+    # A session an operator stored with the attacker as its buyer: its requests pass the
+    # role check, so the bounds on the request itself are what is tested with it.
+    attacker_session = uuid.uuid4()
+    await PgSessions(pool).save(attacker_session, parse_scenario(forged_mapping()))
     env = process_env("nats://unused", "postgresql://unused", tmp_path / "mams-data")
     async with permissioned_market(tmp_path, subjects, market_cast()) as m:
         with cast(tmp_path, env) as procs, structlog.testing.capture_logs() as logs:
@@ -572,6 +604,7 @@ async def hostile_market(
                         logs,
                         broker_kwargs,
                         session_id=session_id,
+                        attacker_session=attacker_session,
                     )
                     await tg.start(_follow, rig)
                     monitor = QualityMonitor(await rig.bus("observer"), store, subjects)
