@@ -207,7 +207,33 @@ class _Forget:
     rooms: list[UUID]
 
 
-_Item = tuple[UUID, Command] | _Control | _Resync | _Forget
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """An open_rooms request refused before it could be decoded: answered all the same."""
+
+    agent: str
+    request_id: UUID
+    reason: str
+
+
+class _RequestHead(msgspec.Struct, tag="open_rooms"):
+    request_id: UUID
+
+
+_request_head = msgspec.json.Decoder(_RequestHead)
+
+
+def _request_id_of(data: bytes) -> UUID | None:
+    """The request_id of an open_rooms the full decoder refused, if it has one."""
+    if b'"open_rooms"' not in data:
+        return None
+    try:
+        return _request_head.decode(data).request_id
+    except Exception:  # too deep, malformed, no id: nobody to answer
+        return None
+
+
+_Item = tuple[UUID, Command] | _Control | _Resync | _Forget | _Refusal
 
 
 class _RefusedError(Exception):
@@ -516,7 +542,11 @@ class Broker:
             turn = decode_outbox(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._drop(None, agent, f"malformed message: {exc}")
-            return None
+            request_id = _request_id_of(msg.data)
+            if request_id is None:
+                return None
+            # A request refused at the boundary is still answered: its sender waits.
+            return _Refusal(agent, request_id, f"malformed open_rooms: {exc}")
         if isinstance(turn, Hello):
             return self._gate_hello(agent, turn)
         if isinstance(turn, OpenRooms):
@@ -581,6 +611,10 @@ class Broker:
             if isinstance(item, _Control):
                 for control_batch in await self._control(item):
                     await self._enqueue(control_batch)
+                continue
+            if isinstance(item, _Refusal):
+                reply = Rejected(request_id=item.request_id, reason=item.reason[:MAX_TEXT])
+                await self._enqueue(self._deliver_only([(item.agent, reply)]))
                 continue
             if isinstance(item, _Resync):
                 if not item.quiet:

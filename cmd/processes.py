@@ -43,7 +43,7 @@ from mams.bus.auth import Credentials
 from mams.bus.base import BusError, redact_url
 from mams.bus.embedded import EmbeddedNats
 from mams.bus.nats import NatsBus
-from mams.bus.subjects import Subjects
+from mams.bus.subjects import AgentId, Subjects
 from mams.cli_render import untrusted
 from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
 from mams.domain.errors import ConfigError
@@ -228,6 +228,13 @@ def _session_id(text: str) -> UUID:
         ) from None
 
 
+def _configurer(text: str) -> str:
+    try:
+        return str(AgentId.from_handle(text) if text.startswith("@") else AgentId.from_str(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a handle or agent id: {exc}") from None
+
+
 def _lanes(text: str) -> int:
     try:
         value = int(text)
@@ -262,6 +269,7 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
             abort_on_shutdown=False,  # until signalled
             commit_lanes=args.commit_lanes,
             leases=leases,
+            configurers=args.configurer,
         )
         brokers.append(broker)
         candidates = [] if args.no_resume else await open_stream_ids(srv.pool, args.resume_session)
@@ -751,6 +759,16 @@ def add_parsers(sub: Any) -> None:
         metavar="SESSION_ID",
         help="resume only this session's open negotiations (those whose broker is gone), "
         "as `mams run --session ID --resume --processes` does",
+    )
+    b.add_argument(
+        "--configurer",
+        type=_configurer,
+        action="append",
+        default=[],
+        metavar="HANDLE",
+        help="let this agent (e.g. @Buyer) open rooms for a scenario it sends whole "
+        "(`mams buyer --scenario`), i.e. set sellers' private terms; repeatable. Without it "
+        "agents may only open rooms of sessions the operator stored (`mams buyer --session`)",
     )
     b.add_argument(
         "--commit-lanes",
