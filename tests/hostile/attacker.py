@@ -22,6 +22,8 @@ Steps (``op``):
   replaced, until ``count`` answers were sent or ``timeout`` passes.
 - ``subscribe``: subscribe to ``subject`` and wait (``timeout``) for a permissions error
   naming it; prints whether one came and how many messages were delivered.
+- ``wait_file``: wait (``timeout``) until the file ``path`` exists (the test's go-ahead).
+- ``resend``: publish every answer sent so far again, byte for byte.
 - ``drain``: read the inbox until it is quiet for ``quiet`` seconds (``timeout``); print
   how many messages of each type came (inbox messages are then not printed one by one
   when ``quiet_inbox`` is set in the plan: a flood's answers would be 100,000 lines).
@@ -55,6 +57,7 @@ class Attacker:
         self.errors: list[str] = []
         self.arrived = asyncio.Event()
         self.nc: Any = None
+        self.answers: list[bytes] = []  # every answer sent, in order
 
     async def on_inbox(self, msg: Msg) -> None:
         try:
@@ -170,6 +173,7 @@ class Attacker:
                 )
                 await self.nc.publish(self.plan["outbox"], text.encode())
                 await self.nc.flush(timeout=10)
+                self.answers.append(text.encode())
                 sent += 1
                 emit(step="answered", negotiation_id=m["negotiation_id"], round=m["round"])
             if sent < count:
@@ -217,6 +221,22 @@ class Attacker:
         for m in self.inbox:
             counts[str(m.get("type"))] = counts.get(str(m.get("type")), 0) + 1
         emit(step="drain", counts=counts)
+
+    async def op_wait_file(self, step: dict[str, Any]) -> None:
+        """Wait (``timeout``) until the file ``path`` exists: the test's go-ahead."""
+        # A file is the one signal two processes share without a bus: polled, bounded.
+        path = Path(step["path"])
+        end = time.monotonic() + float(step.get("timeout", 60))
+        while not path.exists() and time.monotonic() < end:  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.05)
+        emit(step="wait_file", found=path.exists())  # noqa: ASYNC240
+
+    async def op_resend(self, step: dict[str, Any]) -> None:
+        """Publish every answer sent so far again, byte for byte."""
+        for data in self.answers:
+            await self.nc.publish(self.plan["outbox"], data)
+        await self.nc.flush(timeout=10)
+        emit(step="resend", count=len(self.answers))
 
     async def op_ready(self, step: dict[str, Any]) -> None:
         emit(ready=True)

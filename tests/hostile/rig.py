@@ -413,6 +413,8 @@ class HostileMarket:
 
     # -- rooms ---------------------------------------------------------------------------
     async def open(self, starts: Sequence[NegotiationStarted]) -> None:
+        """Open these rooms with the broker (it must be up)."""
+        self.assert_up()
         assert self.broker is not None
         for started in starts:
             self.states.setdefault(started.negotiation_id, NegotiationState())
