@@ -19,7 +19,8 @@ Steps (``op``):
 - ``answer``: answer each ``buyer.message`` (those already received first) with
   ``template``, its ``{{negotiation_id}}``, ``{{round}}`` and ``{{answer_id}}`` (a message
   id derived from the buyer message's, so a re-sent question gets the same answer)
-  replaced, until ``count`` answers were sent or ``timeout`` passes.
+  replaced, until ``count`` answers were sent or ``timeout`` passes (with ``once_per_room``,
+  only the first buyer message of each room).
 - ``subscribe``: subscribe to ``subject`` and wait (``timeout``) for a permissions error
   naming it; prints whether one came and how many messages were delivered.
 - ``wait_file``: wait (``timeout``) until the file ``path`` exists (the test's go-ahead).
@@ -159,12 +160,16 @@ class Attacker:
         count = int(step.get("count", 1))
         end = time.monotonic() + float(step.get("timeout", 15))
         sent, seen = 0, 0
+        rooms: set[str] = set()
         while sent < count and time.monotonic() < end:
             while seen < len(self.inbox) and sent < count:
                 m = self.inbox[seen]
                 seen += 1
                 if m.get("type") != "buyer.message":
                     continue
+                if step.get("once_per_room") and m["negotiation_id"] in rooms:
+                    continue
+                rooms.add(m["negotiation_id"])
                 answer_id = uuid.uuid5(ANSWER_NS, str(m["message_id"]))
                 text = (
                     template.replace("{{negotiation_id}}", str(m["negotiation_id"]))
