@@ -419,6 +419,11 @@ class _Rooms:
         self.stream = stream  # each room's outcome as a JSON line as it closes
         self.sent: set[UUID] = set()  # request ids
         self.pending: set[UUID] = set()  # sent, not yet answered
+        self.requests: dict[UUID, OpenRooms] = {}  # the pending ones, to send again
+        # A welcome came while requests were pending: a broker that restarted may never
+        # have seen them. Sent again (the broker answers a repeat by request_id, opening
+        # nothing twice), until answered.
+        self.resend = False
         self.all_sent = False
         self.ours: set[UUID] = set()
         self.taken_back = not resuming  # the welcome listing the rooms to take back came
@@ -505,12 +510,15 @@ class _Rooms:
                 # heard of: the broker restarted after opening it, before telling us.
                 if (unknown := set(rooms) - self.ours) and self.pending:
                     self.ours |= unknown
-                    self.pending.clear()
+                self.resend = self.resend or bool(self.pending)
                 # One of ours missing from it has ended while its room.closed was lost (a
                 # broker crash between commit and delivery). The outcome is in the log.
                 self.ended_unseen |= self.ours - set(rooms) - self.closed.keys()
             case RoomsOpened(request_id=request_id) if request_id in self.sent:
+                if request_id not in self.pending:
+                    return  # the answer to a request sent again, heard before
                 self.pending.discard(request_id)
+                self.requests.pop(request_id, None)
                 self.ours.update(message.negotiation_ids)
                 self.session_id = self.session_id or message.session_id
                 out.print(
@@ -615,9 +623,25 @@ async def _open_all(
             return
         rooms.sent.add(request.request_id)
         rooms.pending.add(request.request_id)
+        rooms.requests[request.request_id] = request
         await actor.bus.publish(actor.subjects.outbox(actor.agent), encode(request))
     rooms.all_sent = True
     rooms.touch()
+
+
+async def _send_again(actor: AgentActor, rooms: _Rooms) -> None:
+    """Send the unanswered open_rooms again whenever a welcome finds some pending: an
+    open_rooms in flight when a broker died is otherwise lost, and its rooms never open."""
+    while True:
+        await rooms.changed.wait()
+        if not rooms.resend:
+            continue
+        rooms.resend = False
+        again = [rooms.requests[r] for r in list(rooms.pending) if r in rooms.requests]
+        if again:
+            log.info("buyer.requests_sent_again", requests=len(again))
+        for request in again:
+            await actor.bus.publish(actor.subjects.outbox(actor.agent), encode(request))
 
 
 def hear_safely(rooms: _Rooms, message: InboxMessage, out: Console, agent_id: str) -> bool:
@@ -705,6 +729,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
             tg.start_soon(watch)
             tg.start_soon(_watch_silent, rooms, out)
             tg.start_soon(_open_all, actor, requests, args.rooms_at_once, rooms)
+            tg.start_soon(_send_again, actor, rooms)
             while not (rooms.finished() or orphan.is_set()):
                 await rooms.changed.wait()
             tg.cancel_scope.cancel()
