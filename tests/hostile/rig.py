@@ -22,12 +22,12 @@ import json
 import sys
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import anyio
@@ -356,7 +356,7 @@ class HostileMarket:
     procs: Cast
     tmp_path: Path
     tg: TaskGroup
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
     broker_kwargs: dict[str, Any]
     died: anyio.Event = field(default_factory=anyio.Event)
     broker: Broker | None = None
@@ -507,11 +507,11 @@ class HostileMarket:
         ]
         assert not dead, f"died under attack: {dead}"
 
-    def refusals(self, event: str = "broker.request_rejected") -> list[dict[str, Any]]:
+    def refusals(self, event: str = "broker.request_rejected") -> list[MutableMapping[str, Any]]:
         """The broker's log lines of this event about the attacker."""
         return [e for e in self.logs if e.get("event") == event and e.get("agent") == ATTACKER]
 
-    def dropped(self) -> list[dict[str, Any]]:
+    def dropped(self) -> list[MutableMapping[str, Any]]:
         """What the broker dropped of the attacker's messages, with its reasons."""
         return self.refusals("broker.message_dropped")
 
@@ -613,7 +613,9 @@ async def hostile_market(
                     rig.actors["monitor"] = await rig._start("monitor", monitor.run)
                     broker = await rig.start_broker()
                     for agent_id, brain in honest_brains().items():
-                        role = "buyer" if agent_id == "buyer" else "seller"
+                        role: Literal["buyer", "seller"] = (
+                            "buyer" if agent_id == "buyer" else "seller"
+                        )
                         actor = AgentActor(await rig.bus(agent_id), subjects, agent_id, brain, role)
                         rig.actors[agent_id] = await rig._start(agent_id, actor.run)
                     with anyio.fail_after(WAIT):
