@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -57,6 +58,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mams.actors.ids import RandomIds
 from mams.actors.queues import put, take
 from mams.actors.tuning import tune_gc
+from mams.bus._buffer import BufferedSubscription
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
 from mams.domain.bounds import (
@@ -406,6 +408,7 @@ class Broker:
         self._senders: dict[str, str] = {}  # outbox subject -> agent id
         self._event_ids = RandomIds()
         self._hellos: dict[str, _HelloGate] = {}  # agent id -> its hello rate limit
+        self._muted: dict[str, float] = {}  # outbox subject -> hellos dropped unread until
         self._answered: dict[UUID, tuple[str, RoomsOpened]] = {}  # request_id -> reply
         self._broken: set[UUID] = set()  # rooms whose batch the database refused
 
@@ -494,6 +497,8 @@ class Broker:
         Raises the process's young-generation GC threshold (`actors.tuning`)."""
         tune_gc()
         sub = await self.bus.subscribe(self.subjects.all_outboxes(), max_pending=100_000)
+        if isinstance(sub, BufferedSubscription):  # both buses' subscriptions are
+            sub.admit = self._admit
         self.bus.on_reconnect(self.resync)  # what a NATS outage swallowed, sent again
         try:
             async with anyio.create_task_group() as tg:
@@ -548,16 +553,17 @@ class Broker:
             # A request refused at the boundary is still answered: its sender waits.
             return _Refusal(agent, request_id, f"malformed open_rooms: {exc}")
         if isinstance(turn, Hello):
-            return self._gate_hello(agent, turn)
+            return self._gate_hello(agent, turn, msg.subject)
         if isinstance(turn, OpenRooms):
             return _Control(agent=agent, message=turn)
         return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
 
-    def _gate_hello(self, agent: str, hello: Hello) -> _Control | None:
+    def _gate_hello(self, agent: str, hello: Hello, subject: str) -> _Control | None:
         """Queue `hello` unless one of the agent's is already queued (then merge into it)
-        or the agent is over its rate (then drop it): see HELLO_BURST."""
+        or the agent is over its rate (then drop it, and have `_admit` drop its next
+        hellos unread until it has a token again): see HELLO_BURST."""
         gate = self._hellos.get(agent)
-        now = anyio.current_time()
+        now = time.monotonic()
         if gate is None:
             if len(self._hellos) >= _MAX_SENDERS:
                 self._hellos.clear()
@@ -574,6 +580,9 @@ class Broker:
         if gate.tokens < 1:
             gate.dropped += 1
             self.stats.dropped += 1
+            if len(self._muted) >= _MAX_SENDERS:
+                self._muted.clear()
+            self._muted[subject] = now + (1 - gate.tokens) * HELLO_EVERY
             if gate.dropped & (gate.dropped - 1) == 0:  # 1st, 2nd, 4th, 8th...: no log flood
                 log.warning(
                     "broker.message_dropped",
@@ -585,6 +594,23 @@ class Broker:
         gate.tokens -= 1
         gate.pending = hello
         return _Control(agent=agent, message=None)
+
+    def _admit(self, subject: str, data: bytes) -> bool:
+        """The bus's first look at a message (`BufferedSubscription.admit`): a hello from an
+        agent over its rate is dropped unread. Anything that merely looks like one passes
+        to the full decode, so this never drops an honest turn: an agent is only muted
+        once it has sent more hellos than any honest agent does."""
+        until = self._muted.get(subject)
+        if until is None:
+            return True
+        if time.monotonic() >= until:
+            del self._muted[subject]
+            return True
+        if b'"hello"' in data and b'"negotiation_id"' not in data:
+            self.stats.received += 1
+            self.stats.dropped += 1
+            return False
+        return True
 
     def _drop(
         self, nid: UUID | None, agent: str | None, reason: str, *, routine: bool = False

@@ -21,7 +21,7 @@ class BufferedSubscription:
     waiting reader (its iteration ends) and any waiting producer (its message is dropped).
     """
 
-    __slots__ = ("_closed", "_on_unsubscribe", "_recv", "_send", "subject")
+    __slots__ = ("_closed", "_on_unsubscribe", "_recv", "_send", "admit", "subject")
 
     def __init__(
         self,
@@ -39,6 +39,10 @@ class BufferedSubscription:
         self._recv = recv
         self._on_unsubscribe = on_unsubscribe
         self._closed = False
+        # A cheap filter its reader may set: `admit(subject, data)` False drops a message
+        # before it is buffered (the bus calls it first thing), so a flood the reader would
+        # drop anyway costs neither a buffer slot nor a decode.
+        self.admit: Callable[[str, bytes], bool] | None = None
 
     @property
     def closed(self) -> bool:
@@ -46,7 +50,10 @@ class BufferedSubscription:
         return self._closed
 
     async def deliver(self, message: Message) -> None:
-        """Buffer one message, waiting while the buffer is full; dropped if unsubscribed."""
+        """Buffer one message, waiting while the buffer is full; dropped if unsubscribed
+        or refused by `admit`."""
+        if self.admit is not None and not self.admit(message.subject, message.data):
+            return
         try:
             self._send.send_nowait(message)
         except anyio.WouldBlock:

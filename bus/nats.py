@@ -230,6 +230,9 @@ class NatsBus:
         deliver_slow = buffer.deliver_slow
 
         async def on_message(msg: Msg) -> None:
+            admit = buffer.admit
+            if admit is not None and not admit(msg.subject, msg.data):
+                return
             message = Message(msg.subject, msg.data)
             try:
                 deliver_nowait(message)

@@ -234,6 +234,14 @@ async def test_a_hello_flood_is_answered_at_a_bounded_rate(
             started = started_for(phone(), ITEM, CALM)
             await rig.open(started)
             await opened_in(rig, started.negotiation_id)
+            # The flooder's hellos are dropped unread for a while (BufferedSubscription.admit);
+            # its turns never are, even one whose text is "hello".
+            nid = started.negotiation_id
+            await rig.send(BUYER, say(nid, 1))
+            turn = SellerTurn(negotiation_id=nid, round=1, message_id=uuid.uuid4(), text="hello")
+            await rig.send(SELLER, turn)
+            replied = await rig.wait_for(SellerReplied)
+            assert (replied.seller, replied.message_id) == (SELLER, turn.message_id)
             welcomes = 0
             while True:
                 with anyio.move_on_after(0.5):
