@@ -231,3 +231,16 @@ async def run_cast(
                 with suppress(Exception):
                     await bus.close()
     return rooms
+
+
+class MemorySessions:
+    """A SessionStore in memory: what open_rooms stores and loads."""
+
+    def __init__(self) -> None:
+        self.saved: dict[UUID, Scenario] = {}
+
+    async def load(self, session_id: UUID) -> Scenario | None:
+        return self.saved.get(session_id)
+
+    async def save(self, session_id: UUID, scenario: Scenario) -> None:
+        self.saved[session_id] = scenario

@@ -25,7 +25,7 @@ from mams.actors.market import RunOptions
 from mams.bus.base import Subscription
 from mams.bus.memory import InMemoryBus
 from mams.bus.subjects import AgentId, Subjects
-from mams.domain.config import Scenario, scenario_to_raw
+from mams.domain.config import scenario_to_raw
 from mams.domain.events import (
     NegotiationStarted,
     Offer,
@@ -49,7 +49,14 @@ from mams.domain.negotiation import FromAgent
 from mams.storage.eventstore import PostgresEventStore
 from mams.storage.model import NewEvent
 from mams.storage.readmodels import save_session
-from tests.integration.helpers import BrokerRig, broker_rig, logged, of_type, started_for
+from tests.integration.helpers import (
+    BrokerRig,
+    MemorySessions,
+    broker_rig,
+    logged,
+    of_type,
+    started_for,
+)
 from tests.integration.scenarios import phone
 from tests.integration.test_broker_robustness import say
 
@@ -59,19 +66,6 @@ Store = tuple[asyncpg.Pool, PostgresEventStore]
 BUYER, SELLER = "buyer", "techmart"
 ITEM = "iPhone 15 case"
 CALM = RunOptions(max_rounds=6, seed=1, round_timeout=60.0)  # no deadline fires in a test
-
-
-class MemorySessions:
-    """The broker's session store, in memory."""
-
-    def __init__(self) -> None:
-        self.saved: dict[UUID, Scenario] = {}
-
-    async def load(self, session_id: UUID) -> Scenario | None:
-        return self.saved.get(session_id)
-
-    async def save(self, session_id: UUID, scenario: Scenario) -> None:
-        self.saved[session_id] = scenario
 
 
 async def answer(rig: BrokerRig, inbox: Subscription, agent: str, request: OpenRooms) -> object:

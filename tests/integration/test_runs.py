@@ -19,7 +19,7 @@ from mams.domain.events import Event, NegotiationEnded, NegotiationStarted
 from mams.domain.messages import OpenRooms, Rejected, RoomsOpened, decode_inbox
 from mams.domain.negotiation import NegotiationState
 from mams.storage.eventstore import InMemoryEventStore
-from tests.integration.helpers import broker_rig
+from tests.integration.helpers import MemorySessions, broker_rig
 from tests.integration.scenarios import phone
 from tests.integration.test_broker_robustness import BUYER, Store
 
@@ -85,19 +85,6 @@ async def test_rooms_a_study_completed_are_skipped() -> None:
     ]
     # Everything skipped: nothing runs, nothing hangs.
     assert await in_memory(scenario, scenario.buyer.items[:1], skip={(first, 1)}) == []
-
-
-class MemorySessions:
-    """A SessionStore in memory: what open_rooms stores and loads."""
-
-    def __init__(self) -> None:
-        self.saved: dict[uuid.UUID, Scenario] = {}
-
-    async def load(self, session_id: uuid.UUID) -> Scenario | None:
-        return self.saved.get(session_id)
-
-    async def save(self, session_id: uuid.UUID, scenario: Scenario) -> None:
-        self.saved[session_id] = scenario
 
 
 @pytest.mark.integration
