@@ -112,12 +112,18 @@ def flat(text: str) -> str:
 
 
 async def outside_seller(
-    url: str, market: str, text: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    url: str,
+    market: str,
+    text: str,
+    *,
+    agent: str = "outsider",
+    task_status: Any = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """@Outsider, an agent outside MAMS (plain nats-py, brain "external"): says hello
-    until welcomed, then answers every buyer message with `text` and its asking price."""
-    nc = await nats.connect(url, name=f"{market}-outsider")
-    outbox = f"{market}.broker.outsider.outbox"
+    """A seller outside MAMS (plain nats-py, brain "external"; @Outsider unless `agent`
+    says otherwise): says hello until welcomed, then answers every buyer message with
+    `text` and its asking price."""
+    nc = await nats.connect(url, name=f"{market}-{agent}")
+    outbox = f"{market}.broker.{agent}.outbox"
     welcomed = anyio.Event()
     asks: dict[str, str] = {}
 
@@ -138,7 +144,7 @@ async def outside_seller(
             }
             await nc.publish(outbox, json.dumps(turn).encode())
 
-    sub = await nc.subscribe(f"{market}.agent.outsider.inbox", cb=on_inbox)
+    sub = await nc.subscribe(f"{market}.agent.{agent}.inbox", cb=on_inbox)
     hello = json.dumps({"type": "hello", "role": "seller", "brain": "external"}).encode()
     try:
         with anyio.fail_after(60):

@@ -10,16 +10,15 @@ as written, and never a raw ESC or bidi character.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
-import nats
 import pytest
 
+from tests.e2e.test_cli_defects import outside_seller
 from tests.processes.helpers import (
     Cast,
     cast,
@@ -65,44 +64,9 @@ least_price = 6.00
 
 
 async def hostile_seller(url: str, market: str, *, task_status: Any) -> None:
-    """Seller @Hostile: says hello until welcomed, then answers
-    every buyer message with SAID and an offer at its asking price."""
-    nc = await nats.connect(url, name=f"{market}-hostile")
-    outbox = f"{market}.broker.hostile.outbox"
-    welcomed = anyio.Event()
-    asks: dict[str, str] = {}
-
-    async def on_inbox(msg: Any) -> None:
-        m = json.loads(msg.data)
-        if m["type"] == "welcome":
-            welcomed.set()
-        elif m["type"] == "room.opened.seller":
-            asks[m["negotiation_id"]] = m["terms"]["selling_price"]
-        elif m["type"] == "buyer.message" and m["negotiation_id"] in asks:
-            turn = {
-                "type": "seller.turn",
-                "negotiation_id": m["negotiation_id"],
-                "round": m["round"],
-                "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, m["message_id"])),
-                "text": SAID,
-                "offer": {"unit_price": asks[m["negotiation_id"]], "quantity": 3},
-            }
-            await nc.publish(outbox, json.dumps(turn).encode())
-
-    sub = await nc.subscribe(f"{market}.agent.hostile.inbox", cb=on_inbox)
-    hello = json.dumps({"type": "hello", "role": "seller", "brain": "external"}).encode()
-    try:
-        with anyio.fail_after(60):
-            while not welcomed.is_set():
-                await nc.publish(outbox, hello)
-                with anyio.move_on_after(0.5):
-                    await welcomed.wait()
-        task_status.started()
-        await anyio.sleep_forever()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await sub.unsubscribe()
-            await nc.close()
+    """Seller @Hostile: says hello until welcomed, then answers every buyer message with
+    SAID and an offer at its asking price."""
+    await outside_seller(url, market, SAID, agent="hostile", task_status=task_status)
 
 
 def run_cli(procs: Cast, *args: str) -> subprocess.CompletedProcess[str]:
