@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import timedelta
 from decimal import Decimal
+from typing import Literal
 from uuid import UUID
 
 import anyio
@@ -39,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mams.actors.agent import AgentActor
+from mams.actors.brains.base import BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.broker import Broker
 from mams.actors.market import RunOptions, build_started
@@ -461,10 +463,10 @@ async def test_fuzzed_payloads_never_stop_the_broker_an_agent_or_the_monitor(
             await tg.start(market.supervise, "broker", broker.run)
             monitor = QualityMonitor(await market.bus("monitor"), store, subjects)
             await tg.start(market.supervise, "monitor", monitor.run)
-            cast = {"buyer": BaselineBuyer(), **{s: BaselineSeller() for s in HONEST}}
-            cast[BYSTANDER] = BaselineSeller()
+            cast: dict[str, BuyerBrain | SellerBrain] = {"buyer": BaselineBuyer()}
+            cast.update({s: BaselineSeller() for s in (*HONEST, BYSTANDER)})
             for agent_id, brain in cast.items():
-                role = "buyer" if agent_id == "buyer" else "seller"
+                role: Literal["buyer", "seller"] = "buyer" if agent_id == "buyer" else "seller"
                 actor = AgentActor(
                     await market.bus(agent_id),
                     subjects,
