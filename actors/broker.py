@@ -55,6 +55,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mams.actors.hellos import HelloGates
 from mams.actors.ids import RandomIds
 from mams.actors.queues import put, take
 from mams.actors.tuning import tune_gc
@@ -162,35 +163,17 @@ async def open_stream_ids(pool: Any, session_id: UUID | None = None) -> list[UUI
     return [r["stream_id"] for r in rows]
 
 
-# Hellos are cheap to send and dear to answer (a welcome and catch-up per open room, and a
-# barrier every commit lane must reach), so each agent's are rate-limited: a burst of
-# HELLO_BURST, then one per HELLO_EVERY seconds; the rest are coalesced (their flags merged
-# into the agent's one pending hello) or dropped. An honest agent says one hello when it
-# starts and a keepalive every 5 s, far below this; a flood of 100,000 costs the market
-# at most one answered hello per second.
-HELLO_BURST = 5
-HELLO_EVERY = 1.0
 _MAX_ANSWERED = 10_000  # open_rooms replies remembered (request_id -> reply), for repeats
 
 
 @dataclass(frozen=True, slots=True)
 class _Control:
     """A control message (hello, open rooms) from `agent` (taken from the subject). A
-    hello waits in `Broker._hellos` (merged with any that arrive meanwhile) until its
+    hello waits in the broker's `HelloGates` (merged with any that arrive meanwhile) until its
     turn: `message` is None then."""
 
     agent: str
     message: OpenRooms | None
-
-
-@dataclass(slots=True)
-class _HelloGate:
-    """One agent's hello rate limit (a token bucket) and its hello waiting to be answered."""
-
-    tokens: float = HELLO_BURST
-    at: float = 0.0  # when tokens was last refilled (anyio clock)
-    pending: Hello | None = None
-    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,8 +390,7 @@ class Broker:
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
         self._senders: dict[str, str] = {}  # outbox subject -> agent id
         self._event_ids = RandomIds()
-        self._hellos: dict[str, _HelloGate] = {}  # agent id -> its hello rate limit
-        self._muted: dict[str, float] = {}  # outbox subject -> hellos dropped unread until
+        self.hellos = HelloGates()  # each agent's hello rate limit (actors.hellos)
         self._answered: dict[UUID, tuple[str, RoomsOpened]] = {}  # request_id -> reply
         self._broken: set[UUID] = set()  # rooms whose batch the database refused
 
@@ -553,64 +535,21 @@ class Broker:
             # A request refused at the boundary is still answered: its sender waits.
             return _Refusal(agent, request_id, f"malformed open_rooms: {exc}")
         if isinstance(turn, Hello):
-            return self._gate_hello(agent, turn, msg.subject)
+            dropped = self.hellos.dropped
+            queued = self.hellos.offer(agent, turn, msg.subject, time.monotonic())
+            self.stats.dropped += self.hellos.dropped - dropped
+            return _Control(agent=agent, message=None) if queued else None
         if isinstance(turn, OpenRooms):
             return _Control(agent=agent, message=turn)
         return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
 
-    def _gate_hello(self, agent: str, hello: Hello, subject: str) -> _Control | None:
-        """Queue `hello` unless one of the agent's is already queued (then merge into it)
-        or the agent is over its rate (then drop it, and have `_admit` drop its next
-        hellos unread until it has a token again): see HELLO_BURST."""
-        gate = self._hellos.get(agent)
-        now = time.monotonic()
-        if gate is None:
-            if len(self._hellos) >= _MAX_SENDERS:
-                self._hellos.clear()
-            gate = self._hellos[agent] = _HelloGate(at=now)
-        if gate.pending is not None:  # answered once, with the strongest of the flags
-            gate.pending = msgspec.structs.replace(
-                hello,
-                catch_up=gate.pending.catch_up or hello.catch_up,
-                recap=gate.pending.recap or hello.recap,
-            )
-            return None
-        gate.tokens = min(HELLO_BURST, gate.tokens + (now - gate.at) / HELLO_EVERY)
-        gate.at = now
-        if gate.tokens < 1:
-            gate.dropped += 1
-            self.stats.dropped += 1
-            if len(self._muted) >= _MAX_SENDERS:
-                self._muted.clear()
-            self._muted[subject] = now + (1 - gate.tokens) * HELLO_EVERY
-            if gate.dropped & (gate.dropped - 1) == 0:  # 1st, 2nd, 4th, 8th...: no log flood
-                log.warning(
-                    "broker.message_dropped",
-                    agent=agent,
-                    reason=f"hello rate over {HELLO_BURST} at once, then 1 per {HELLO_EVERY} s",
-                    dropped_so_far=gate.dropped,
-                )
-            return None
-        gate.tokens -= 1
-        gate.pending = hello
-        return _Control(agent=agent, message=None)
-
     def _admit(self, subject: str, data: bytes) -> bool:
-        """The bus's first look at a message (`BufferedSubscription.admit`): a hello from an
-        agent over its rate is dropped unread. Anything that merely looks like one passes
-        to the full decode, so this never drops an honest turn: an agent is only muted
-        once it has sent more hellos than any honest agent does."""
-        until = self._muted.get(subject)
-        if until is None:
+        # The bus's first look at a message: a muted agent's hellos go unread (hellos.py).
+        if self.hellos.admit(subject, data, time.monotonic()):
             return True
-        if time.monotonic() >= until:
-            del self._muted[subject]
-            return True
-        if b'"hello"' in data and b'"negotiation_id"' not in data:
-            self.stats.received += 1
-            self.stats.dropped += 1
-            return False
-        return True
+        self.stats.received += 1
+        self.stats.dropped += 1
+        return False
 
     def _drop(
         self, nid: UUID | None, agent: str | None, reason: str, *, routine: bool = False
@@ -679,12 +618,8 @@ class Broker:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
         request = item.message
         if request is None:
-            gate = self._hellos.get(item.agent)
-            hello = gate.pending if gate is not None else None
-            if gate is None or hello is None:
-                return []
-            gate.pending = None
-            return self._hello(item.agent, hello)
+            hello = self.hellos.take(item.agent)
+            return [] if hello is None else self._hello(item.agent, hello)
         try:
             return await self._open_rooms(item.agent, request)
         except _RefusedError as refused:
