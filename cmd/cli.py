@@ -62,6 +62,13 @@ from mams.cli_render import (
     untrusted_text,
 )
 from mams.creds import add_creds_parser, cmd_creds
+from mams.domain.bounds import (
+    MAX_ROOMS_PER_REQUEST,
+    MAX_ROUNDS_LIMIT,
+    MAX_SEED,
+    ROUND_TIMEOUT_MAX,
+    ROUND_TIMEOUT_MIN,
+)
 from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
 from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, QualityFlagged, decode_event
@@ -164,12 +171,22 @@ def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[Any]:
 
 def _check_plan(args: argparse.Namespace) -> None:
     """The plan's flags that are given (not None) are in range."""
-    if args.max_rounds is not None and args.max_rounds < 2:
-        raise UsageError(f"--max-rounds must be at least 2, got {args.max_rounds}")
-    if args.round_timeout is not None and args.round_timeout <= 0:
-        raise UsageError(f"--round-timeout must be positive, got {args.round_timeout}")
-    if args.runs is not None and args.runs < 1:
-        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.max_rounds is not None and not 2 <= args.max_rounds <= MAX_ROUNDS_LIMIT:
+        raise UsageError(
+            f"--max-rounds must be from 2 to {MAX_ROUNDS_LIMIT}, got {args.max_rounds}"
+        )
+    # Written so that NaN fails too.
+    if args.round_timeout is not None and not (
+        ROUND_TIMEOUT_MIN <= args.round_timeout <= ROUND_TIMEOUT_MAX
+    ):
+        raise UsageError(
+            f"--round-timeout must be from {ROUND_TIMEOUT_MIN:g} to {ROUND_TIMEOUT_MAX:.0f} "
+            f"seconds, got {args.round_timeout}"
+        )
+    if args.runs is not None and not 1 <= args.runs <= MAX_ROOMS_PER_REQUEST:
+        raise UsageError(f"--runs must be from 1 to {MAX_ROOMS_PER_REQUEST}, got {args.runs}")
+    if args.seed is not None and not -MAX_SEED <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from {-MAX_SEED} to {MAX_SEED}, got {args.seed}")
     if args.rooms_at_once is not None and args.rooms_at_once < 1:
         raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
 

@@ -308,7 +308,7 @@ async def cmd_monitor(args: argparse.Namespace, out: Console) -> int:
 # -- joining ---------------------------------------------------------------------------------
 async def _join(actor: AgentActor, welcomed: anyio.Event, nats_url: str) -> None:
     """Say hello until the broker answers (it may start after us), bounded."""
-    hello = encode(Hello(role=actor.role, brain=actor.brain.label))
+    hello = encode(Hello(role=actor.role, brain=actor.label))
     with anyio.move_on_after(JOIN_TIMEOUT) as scope:
         while not welcomed.is_set():
             await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)
@@ -327,7 +327,7 @@ async def _keep_saying_hello(actor: AgentActor) -> None:
     until we say hello, and answers it with our open rooms (catch-up); a broker that knows
     us re-sends only the turns we owe (a keepalive). (After a NATS outage the actor itself
     says a full catch-up hello.)"""
-    hello = encode(Hello(role=actor.role, brain=actor.brain.label, catch_up=False))
+    hello = encode(Hello(role=actor.role, brain=actor.label, catch_up=False))
     while True:
         await anyio.sleep(REHELLO_EVERY)
         await actor.bus.publish(actor.subjects.outbox(actor.agent), hello)

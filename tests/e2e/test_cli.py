@@ -528,9 +528,18 @@ async def test_invalid_scenario_lists_every_problem_and_writes_nothing(
     missing = ok_fail(cli("run", str(tmp_path / "nope.toml"), "--json"))
     assert "file: cannot read" in flat(missing.stderr)
 
-    for rounds in ("1", "0", "-3"):
+    for rounds in ("1", "0", "-3", "101", str(2**31)):
         low = ok_fail(cli("run", str(scenario_file), "--json", "--max-rounds", rounds))
-        assert "--max-rounds must be at least 2" in flat(low.stderr)
+        assert "--max-rounds must be from 2 to 100" in flat(low.stderr)
+    for flag, value in (
+        ("--round-timeout", "nan"),
+        ("--round-timeout", "1e16"),
+        ("--round-timeout", "0.001"),
+        ("--seed", str(2**63)),
+        ("--runs", "10001"),
+    ):
+        out_of_range = ok_fail(cli("run", str(scenario_file), "--json", flag, value))
+        assert f"{flag} must be from" in flat(out_of_range.stderr)
     word = cli("run", str(scenario_file), "--json", "--max-rounds", "six")
     assert word.returncode == 2
     assert "--max-rounds" in word.stderr
