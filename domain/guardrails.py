@@ -12,12 +12,13 @@ from decimal import Decimal
 
 import msgspec
 
+from mams.domain.bounds import GUARDRAIL_PRICE_LIMIT
 from mams.domain.events import Offer
 from mams.domain.messages import Accept, BuyerAction, Say, WalkAway
 from mams.domain.money import fmt
 
 HOLD_TEXT = "Let me think about the offers so far."
-PRICE_LIMIT = Decimal("10000000000")
+PRICE_LIMIT = GUARDRAIL_PRICE_LIMIT  # one limit, stated in bounds
 
 
 def _not_a_price(value: Decimal) -> str | None:

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import msgspec
 
+from mams.domain.bounds import MAX_LLM_BODY
 from mams.domain.events import (
     BuyerSaid,
     BuyerWalkedAway,
@@ -46,8 +47,6 @@ from mams.domain.messages import (
     SellerTurn,
     WalkAway,
 )
-
-MAX_LLM_BODY = 200_000
 
 Phase = Literal["idle", "buyer_turn", "sellers_turn", "ended"]
 
