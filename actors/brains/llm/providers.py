@@ -12,29 +12,40 @@ records it and falls back. Each provider name has one `anyio.CapacityLimiter` pe
 (`MAMS_LLM_CONCURRENCY`, default 8) capping requests in flight.
 
 `provider_for("anthropic:claude-...")` builds a provider from environment variables.
+
+Cost, since every call pays it: an SDK is imported only when a provider of its kind is
+built (`import anthropic` alone is over a second of CPU); providers of one process share
+one SDK client per (SDK, base URL, key, timeout, event loop), so its TLS context
+(certificate bundle) and connection pool are built once, not once per agent; and both
+wire formats' responses are read by msgspec into the few fields we use rather than into
+the SDKs' pydantic models. OpenAI requests go through the client's `post` with the body
+as is: `chat.completions.create` walks every value of the body through its type-directed
+transform (1-3 ms a call with a tool schema), which changes nothing in ours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import os
 import random
 import time
-from collections.abc import Mapping
-from typing import Any, Literal, Protocol, Self
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, Self
 
-import anthropic
 import anyio
 import msgspec
-import openai
 import structlog
-from anthropic.types import Message, TextBlock, ToolUseBlock
-from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from mams.actors.brains.llm.models import DEFAULT_MODELS, available_llm
 from mams.actors.brains.llm.pricing import estimate_cost
 from mams.domain.errors import ConfigError, MamsError
+
+if TYPE_CHECKING:  # the SDKs are imported when a provider of theirs is built
+    import anthropic
+    import openai
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -211,9 +222,13 @@ class _Failure(msgspec.Struct):
     retry_after: float | None = None
 
 
-_STATUS_ERRORS = (anthropic.APIStatusError, openai.APIStatusError)
-_TIMEOUT_ERRORS = (anthropic.APITimeoutError, openai.APITimeoutError)
-_CONNECTION_ERRORS = (anthropic.APIConnectionError, openai.APIConnectionError)
+class _SdkErrors(NamedTuple):
+    """One SDK's exception classes (both SDKs name and shape them alike)."""
+
+    api: type[Exception]
+    status: type[Exception]
+    timeout: type[Exception]
+    connection: type[Exception]
 
 
 def _body_of(request: Any) -> str:
@@ -239,29 +254,33 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def _failure(exc: Exception) -> _Failure | None:
+def _failure(exc: Exception, errors: _SdkErrors) -> _Failure | None:
     """Translate an SDK error into a `_Failure`; None for errors that are not the API's."""
-    if isinstance(exc, _STATUS_ERRORS):
-        status = exc.status_code
+    if not isinstance(exc, errors.api):
+        return None
+    sdk_exc: Any = exc  # status_code, request and response are on every SDK error class
+    if isinstance(exc, errors.status):
+        status: int = sdk_exc.status_code
         try:
-            body: str | None = exc.response.text
+            body: str | None = sdk_exc.response.text
         except Exception:
             body = None
         return _Failure(
             reason=f"HTTP {status}",
             retryable=status in _RETRY_STATUSES or status >= 500,
-            request_body=_body_of(exc.request),
+            request_body=_body_of(sdk_exc.request),
             response_body=body,
             status=status,
-            retry_after=_retry_after(exc.response.headers),
+            retry_after=_retry_after(sdk_exc.response.headers),
         )
-    if isinstance(exc, _TIMEOUT_ERRORS):
-        return _Failure("timed out", True, _body_of(exc.request))
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, errors.timeout):
+        return _Failure("timed out", True, _body_of(sdk_exc.request))
+    if isinstance(exc, errors.connection):
         cause = exc.__cause__ or exc.__context__
         detail = f" ({type(cause).__name__}: {cause})" if cause else ""
-        return _Failure(f"connection error{detail}", True, _body_of(exc.request))
-    return None
+        return _Failure(f"connection error{detail}", True, _body_of(sdk_exc.request))
+    # Another API error, e.g. a response the SDK could not validate: not retried.
+    return _Failure(f"{type(exc).__name__}: {exc}", False, _body_of(sdk_exc.request))
 
 
 def _parse_json_object(raw: str) -> dict[str, Any] | None:
@@ -276,11 +295,66 @@ def _parse_json_object(raw: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+# -- shared SDK clients ------------------------------------------------------------------
+
+
+class _Shared(NamedTuple):
+    client: Any
+    loop: weakref.ref[asyncio.AbstractEventLoop] | None
+    users: int
+
+
+_CLIENTS: dict[tuple[object, ...], _Shared] = {}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # built outside any event loop (a check, a synchronous test)
+        return None
+
+
+def _shared_client(
+    key: tuple[object, ...], make: Callable[[], Any]
+) -> tuple[Any, tuple[object, ...]]:
+    """The SDK client for `key` in this event loop, made by `make()` on first use, and the
+    handle to give back to `_release_client` when done with it.
+
+    A client's connection pool belongs to the event loop that opened its connections, so
+    each loop gets its own; a client whose loop is gone is dropped, not reused."""
+    loop = _running_loop()
+    handle = (*key, id(loop))
+    shared = _CLIENTS.get(handle)
+    alive = shared is not None and (
+        shared.loop() is loop if shared.loop is not None else loop is None
+    )
+    if shared is None or not alive:
+        shared = _Shared(make(), weakref.ref(loop) if loop is not None else None, 0)
+    _CLIENTS[handle] = shared._replace(users=shared.users + 1)
+    return shared.client, handle
+
+
+async def _release_client(handle: tuple[object, ...], client: Any) -> None:
+    """One user fewer of a shared client; the last one closes it."""
+    shared = _CLIENTS.get(handle)
+    if shared is None or shared.client is not client:  # replaced (its loop ended): ours alone
+        await client.close()
+        return
+    if shared.users > 1:
+        _CLIENTS[handle] = shared._replace(users=shared.users - 1)
+        return
+    del _CLIENTS[handle]
+    await client.close()
+
+
 class _RetryingProvider:
     """The retry / limit / record loop shared by both wire formats."""
 
     name: str
     model: str
+    _errors: _SdkErrors
+    _client: Any
+    _client_handle: tuple[object, ...] | None = None
 
     def __init__(
         self,
@@ -303,7 +377,10 @@ class _RetryingProvider:
         raise NotImplementedError
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
+        """Let go of the HTTP client (closed when no provider of this process uses it)."""
+        handle, self._client_handle = self._client_handle, None
+        if handle is not None:
+            await _release_client(handle, self._client)
 
     async def __aenter__(self) -> Self:
         return self
@@ -326,12 +403,12 @@ class _RetryingProvider:
                     started = time.perf_counter()
                     exchange = await self._send(request)
                     latency_ms = (time.perf_counter() - started) * 1000
-            except (anthropic.APIError, openai.APIError) as exc:
-                failure = _failure(exc)
-                if failure is None:  # e.g. a response the SDK could not validate
-                    failure = _Failure(f"{type(exc).__name__}: {exc}", False, _body_of(exc.request))
             except _BadResponseError as exc:
                 failure = exc.failure
+            except Exception as exc:
+                if (sdk_failure := _failure(exc, self._errors)) is None:
+                    raise
+                failure = sdk_failure
             else:
                 return self._response(exchange, latency_ms, attempt)
             if not failure.retryable or attempt >= self.max_retries:
@@ -403,6 +480,68 @@ def _unreadable(
     return _BadResponseError(_Failure(reason, False, request_body, response_body, status))
 
 
+# What we read of a response, and nothing else: unknown fields are skipped, a missing
+# optional one is None, a field of the wrong type makes the response unreadable.
+
+
+class _AnthropicBlock(msgspec.Struct):
+    type: str
+    text: str | None = None
+    name: str | None = None
+    input: Any = None
+
+
+class _AnthropicUsage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _AnthropicMessage(msgspec.Struct):
+    content: list[_AnthropicBlock]
+    usage: _AnthropicUsage | None = None
+
+
+class _OpenAIFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str = ""
+
+
+class _OpenAIToolCall(msgspec.Struct):
+    type: str | None = None
+    function: _OpenAIFunction | None = None
+
+
+class _OpenAIMessage(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[_OpenAIToolCall] | None = None
+
+
+class _OpenAIChoice(msgspec.Struct):
+    message: _OpenAIMessage
+
+
+class _OpenAITokenDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _OpenAITokenDetails | None = None
+
+
+class _ChatCompletion(msgspec.Struct):
+    choices: list[_OpenAIChoice]
+    usage: _OpenAIUsage | None = None
+
+
+_ANTHROPIC_DECODER = msgspec.json.Decoder(_AnthropicMessage)
+_OPENAI_DECODER = msgspec.json.Decoder(_ChatCompletion)
+
+
 class AnthropicProvider(_RetryingProvider):
     """Claude through the Messages API, the tool forced with `tool_choice`, and the system
     prompt sent as one block marked `cache_control: ephemeral` so repeated calls with the
@@ -410,6 +549,8 @@ class AnthropicProvider(_RetryingProvider):
 
     `LLMRequest.temperature` is ignored: the current Messages API refuses sampling
     parameters."""
+
+    _client: anthropic.AsyncAnthropic
 
     def __init__(
         self,
@@ -432,13 +573,22 @@ class AnthropicProvider(_RetryingProvider):
             backoff=backoff,
             max_backoff=max_backoff,
         )
+        import anthropic  # here: a process without an Anthropic brain never loads the SDK
+
+        self._errors = _SdkErrors(
+            anthropic.APIError,
+            anthropic.APIStatusError,
+            anthropic.APITimeoutError,
+            anthropic.APIConnectionError,
+        )
         # An explicit base URL: the SDK would otherwise read ANTHROPIC_BASE_URL from the
         # process environment behind provider_for's back.
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=base_url or _ANTHROPIC_BASE_URL,
-            timeout=timeout,
-            max_retries=0,
+        url = base_url or _ANTHROPIC_BASE_URL
+        self._client, self._client_handle = _shared_client(
+            ("anthropic", url, api_key, timeout),
+            lambda: anthropic.AsyncAnthropic(
+                api_key=api_key, base_url=url, timeout=timeout, max_retries=0
+            ),
         )
         self.base_url = str(self._client.base_url)
 
@@ -470,22 +620,21 @@ class AnthropicProvider(_RetryingProvider):
         request_body = _body_of(raw.http_request)
         response_body = await raw.text()
         try:
-            message: Message = await raw.parse()
-        except Exception as exc:
+            message = _ANTHROPIC_DECODER.decode(response_body)
+        except msgspec.DecodeError as exc:  # not JSON, or not shaped like a message
             raise _unreadable(exc, request_body, response_body, raw.status_code) from exc
         texts: list[str] = []
         tool_input: dict[str, Any] | None = None
         for block in message.content:
-            if isinstance(block, TextBlock):
+            if block.type == "text" and block.text:
                 texts.append(block.text)
-            elif isinstance(block, ToolUseBlock) and block.name == request.tool.name:
-                # Typed as a dict, but the SDK does not validate what a server sends.
+            elif block.type == "tool_use" and block.name == request.tool.name:
                 args: object = block.input
                 if isinstance(args, dict):
                     tool_input = args
                 else:
                     texts.append(json.dumps(args))
-        usage = message.usage
+        usage = message.usage or _AnthropicUsage()
         cache_read = usage.cache_read_input_tokens or 0
         cache_write = usage.cache_creation_input_tokens or 0
         return _Exchange(
@@ -499,10 +648,6 @@ class AnthropicProvider(_RetryingProvider):
             cache_write=cache_write,
         )
 
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
-
 
 class OpenAIProvider(_RetryingProvider):
     """OpenAI's Chat Completions API, or any server speaking it (vLLM, Ollama, llama.cpp,
@@ -515,6 +660,8 @@ class OpenAIProvider(_RetryingProvider):
     servers mostly know only `max_tokens`; by default it is chosen by whether `base_url`
     is given.
     """
+
+    _client: openai.AsyncOpenAI
 
     def __init__(
         self,
@@ -543,11 +690,22 @@ class OpenAIProvider(_RetryingProvider):
         self.token_param = token_param or (
             "max_completion_tokens" if base_url is None else "max_tokens"
         )
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url or _OPENAI_BASE_URL,
-            timeout=timeout,
-            max_retries=0,
+        import httpx2  # the SDK's HTTP library, already loaded with it
+        import openai  # here: a process without an OpenAI brain never loads the SDK
+
+        self._errors = _SdkErrors(
+            openai.APIError,
+            openai.APIStatusError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+        )
+        self._raw_response = httpx2.Response
+        url = base_url or _OPENAI_BASE_URL
+        self._client, self._client_handle = _shared_client(
+            ("openai", url, api_key, timeout),
+            lambda: openai.AsyncOpenAI(
+                api_key=api_key, base_url=url, timeout=timeout, max_retries=0
+            ),
         )
         self.base_url = str(self._client.base_url)
 
@@ -589,12 +747,19 @@ class OpenAIProvider(_RetryingProvider):
         return params
 
     async def _send(self, request: LLMRequest) -> _Exchange:
-        raw = await self._client.chat.completions.with_raw_response.create(**self.params(request))
-        request_body = _body_of(raw.http_request)
-        response_body = raw.text
+        # The client's own `post`, the body as is (see the module docstring); the SDK still
+        # adds auth and its headers, and raises its errors for a failed status.
+        raw = await self._client.post(
+            "/chat/completions",
+            body=self.params(request),
+            cast_to=self._raw_response,
+            options={"security": {"bearer_auth": True}},
+        )
+        request_body = _body_of(raw.request)
+        response_body: str = raw.text
         try:
-            completion: ChatCompletion = raw.parse()
-        except Exception as exc:
+            completion = _OPENAI_DECODER.decode(response_body)
+        except msgspec.DecodeError as exc:  # not JSON, or not shaped like a completion
             raise _unreadable(exc, request_body, response_body, raw.status_code) from exc
         tool_input: dict[str, Any] | None = None
         texts: list[str] = []
@@ -603,13 +768,14 @@ class OpenAIProvider(_RetryingProvider):
             if self.structured == "tools":
                 texts.append(message.content or "")
                 calls = [
-                    c
+                    c.function
                     for c in message.tool_calls or []
-                    if isinstance(c, ChatCompletionMessageFunctionToolCall)
+                    if c.type in (None, "function")
+                    and c.function is not None
                     and c.function.name == request.tool.name
                 ]
                 if calls:
-                    arguments = calls[0].function.arguments
+                    arguments = calls[0].arguments
                     tool_input = _parse_json_object(arguments)
                     if tool_input is None:
                         texts.append(arguments)
@@ -631,10 +797,6 @@ class OpenAIProvider(_RetryingProvider):
             output_tokens=usage.completion_tokens if usage else 0,
             cache_read=cached,
         )
-
-    async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
 
 
 # -- configuration from the environment ---------------------------------------------------
