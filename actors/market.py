@@ -163,6 +163,24 @@ def prepare_brains(
     return models, brains
 
 
+def check_brains(
+    scenario: Scenario, items: Sequence[BuyerItem], options: RunOptions
+) -> dict[str, str]:
+    """Resolve every agent's model and check its provider is configured, as
+    `prepare_brains` would, but build nothing: no SDK imported, no HTTP client made (a
+    check before a run, whose brains are built once, where they run). Raises
+    ProviderConfigError naming what to set."""
+    models = resolve_models(scenario, options)
+    agents = [scenario.buyer.agent_id, *involved_ids(scenario, items)]
+    specs = {models[a] for a in agents} - {BASELINE_MODEL}
+    if specs:
+        from mams.actors.brains.llm.providers import check_provider
+
+        for spec in sorted(specs):
+            check_provider(spec, os.environ)
+    return models
+
+
 async def close_brains(brains: Mapping[str, BuyerBrain | SellerBrain]) -> None:
     """Release what brains hold (LLM brains: their provider's HTTP client)."""
     for brain in brains.values():

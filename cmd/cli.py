@@ -31,8 +31,7 @@ from mams.actors.market import (
     RoomResult,
     RunOptions,
     brain_label,
-    close_brains,
-    prepare_brains,
+    check_brains,
     resolve_models,
     run_market,
     run_seeds,
@@ -229,10 +228,9 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
         fill_defaults(args)
         options = _options(args)
     if scenario_file is not None:
-        # Fail fast (nothing written) if a model's provider is not configured.
-        await close_brains(
-            prepare_brains(scenario_file, _pick_items(scenario_file, args.item), options)[1]
-        )
+        # Fail fast (nothing written) if a model's provider is not configured. A check
+        # only: the brains are built once, where they run (here or in the processes).
+        check_brains(scenario_file, _pick_items(scenario_file, args.item), options)
     out.print("[dim]starting servers...[/dim]")
     async with servers(need_bus=True, durable=args.durability == DURABLE) as srv:
         out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
@@ -255,7 +253,7 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
                     out.print(f"[dim]the study as planned on {when}:[/dim] {' '.join(taken)}")
             items = _pick_items(scenario, args.item)
             if scenario_file is None:  # a stored session: check its providers now
-                await close_brains(prepare_brains(scenario, items, options)[1])
+                check_brains(scenario, items, options)
             models = resolve_models(scenario, options)
             if new:
                 await save_session(conn, session_id, scenario)

@@ -914,6 +914,8 @@ async def test_run_market_closes_providers(
         and isinstance(b.provider, AnthropicProvider)
     ]
     assert len(clients) == 4
+    # One HTTP client for the run's four Claude brains (one TLS context, one pool).
+    assert len({id(c) for c in clients}) == 1
     assert all(c.is_closed() for c in clients)
 
 

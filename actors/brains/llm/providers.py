@@ -59,6 +59,7 @@ __all__ = [
     "ProviderConfigError",
     "ToolSpec",
     "available_llm",
+    "check_provider",
     "provider_for",
 ]
 
@@ -804,21 +805,25 @@ class OpenAIProvider(_RetryingProvider):
 _LIMITERS: dict[str, anyio.CapacityLimiter] = {}
 
 
+def _concurrency(env: Mapping[str, str]) -> int:
+    raw = env.get("MAMS_LLM_CONCURRENCY", "8")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ProviderConfigError(
+            f"MAMS_LLM_CONCURRENCY must be a whole number >= 1 (got {raw!r}); "
+            "export MAMS_LLM_CONCURRENCY=8 or unset it",
+            env_var="MAMS_LLM_CONCURRENCY",
+        )
+    return size
+
+
 def _limiter(name: str, env: Mapping[str, str]) -> anyio.CapacityLimiter:
     """The process-wide limiter of provider `name`; its size is read when first needed."""
     if name not in _LIMITERS:
-        raw = env.get("MAMS_LLM_CONCURRENCY", "8")
-        try:
-            size = int(raw)
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise ProviderConfigError(
-                f"MAMS_LLM_CONCURRENCY must be a whole number >= 1 (got {raw!r}); "
-                "export MAMS_LLM_CONCURRENCY=8 or unset it",
-                env_var="MAMS_LLM_CONCURRENCY",
-            )
-        _LIMITERS[name] = anyio.CapacityLimiter(size)
+        _LIMITERS[name] = anyio.CapacityLimiter(_concurrency(env))
     return _LIMITERS[name]
 
 
@@ -832,6 +837,61 @@ def _require(env: Mapping[str, str], var: str, provider: str, spec: str) -> str:
             env_var=var,
         )
     return value
+
+
+class _Settings(NamedTuple):
+    """What a model string and the environment say to build."""
+
+    name: str
+    model: str
+    key: str
+    base_url: str | None
+    structured: Literal["tools", "json_schema"] = "tools"
+
+
+def _settings(spec: str, env: Mapping[str, str]) -> _Settings:
+    name, _, model = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in DEFAULT_MODELS:
+        raise ProviderConfigError(
+            f"unknown LLM provider {name!r} in {spec!r}: use anthropic:<model>, "
+            "openai:<model> or openrouter:<vendor/model>",
+            provider=name,
+        )
+    model = model.strip() or DEFAULT_MODELS[name]
+    _concurrency(env)
+    if name == "anthropic":
+        key = _require(env, "ANTHROPIC_API_KEY", name, spec)
+        return _Settings(name, model, key, env.get("ANTHROPIC_BASE_URL") or None)
+    structured = env.get("MAMS_OPENAI_STRUCTURED", "tools").strip() or "tools"
+    if structured not in ("tools", "json_schema"):
+        raise ProviderConfigError(
+            f"MAMS_OPENAI_STRUCTURED must be 'tools' or 'json_schema' (got {structured!r})",
+            provider=name,
+            env_var="MAMS_OPENAI_STRUCTURED",
+        )
+    mode: Literal["tools", "json_schema"] = "tools" if structured == "tools" else "json_schema"
+    if name == "openrouter":
+        key = _require(env, "OPENROUTER_API_KEY", name, spec)
+        base_url = env.get("OPENROUTER_BASE_URL") or OPENROUTER_BASE_URL
+        return _Settings(name, model, key, base_url, mode)
+    base = env.get("OPENAI_BASE_URL") or None
+    if not env.get("OPENAI_API_KEY", "").strip() and base is None:
+        raise ProviderConfigError(
+            f"LLM {spec!r} needs an API key: export OPENAI_API_KEY=<your key>, or "
+            "OPENAI_BASE_URL=http://localhost:8000/v1 for a local OpenAI-compatible "
+            "server (vLLM, Ollama, llama.cpp, LM Studio)",
+            provider=name,
+            env_var="OPENAI_API_KEY",
+        )
+    key = env.get("OPENAI_API_KEY", "").strip() or "not-needed"
+    return _Settings(name, model, key, base, mode)
+
+
+def check_provider(spec: str, env: Mapping[str, str] = os.environ) -> None:
+    """Raise `ProviderConfigError` where `provider_for(spec, env)` would, building nothing
+    and importing no SDK (what a command checks before it starts anything)."""
+    _settings(spec, env)
 
 
 def provider_for(
@@ -848,57 +908,25 @@ def provider_for(
     server may need no key), OPENROUTER_API_KEY / OPENROUTER_BASE_URL,
     MAMS_OPENAI_STRUCTURED ("tools" or "json_schema") and MAMS_LLM_CONCURRENCY from `env`.
     Raises `ProviderConfigError` naming the variable to export when one is missing.
+    Providers of one SDK, base URL and key share one HTTP client (see the module doc).
     """
-    name, _, model = spec.strip().partition(":")
-    name = name.strip().lower()
-    if name not in DEFAULT_MODELS:
-        raise ProviderConfigError(
-            f"unknown LLM provider {name!r} in {spec!r}: use anthropic:<model>, "
-            "openai:<model> or openrouter:<vendor/model>",
-            provider=name,
-        )
-    model = model.strip() or DEFAULT_MODELS[name]
-    if name == "anthropic":
-        key = _require(env, "ANTHROPIC_API_KEY", name, spec)
+    settings = _settings(spec, env)
+    if settings.name == "anthropic":
         return AnthropicProvider(
-            model,
-            api_key=key,
-            base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            settings.model,
+            api_key=settings.key,
+            base_url=settings.base_url,
             timeout=timeout,
             max_retries=max_retries,
-            limiter=_limiter(name, env),
+            limiter=_limiter(settings.name, env),
         )
-    structured = env.get("MAMS_OPENAI_STRUCTURED", "tools").strip() or "tools"
-    if structured not in ("tools", "json_schema"):
-        raise ProviderConfigError(
-            f"MAMS_OPENAI_STRUCTURED must be 'tools' or 'json_schema' (got {structured!r})",
-            provider=name,
-            env_var="MAMS_OPENAI_STRUCTURED",
-        )
-    mode: Literal["tools", "json_schema"] = "tools" if structured == "tools" else "json_schema"
-    base_url: str | None
-    if name == "openrouter":
-        key = _require(env, "OPENROUTER_API_KEY", name, spec)
-        base_url = env.get("OPENROUTER_BASE_URL") or OPENROUTER_BASE_URL
-    else:
-        base = env.get("OPENAI_BASE_URL") or None
-        if not env.get("OPENAI_API_KEY", "").strip() and base is None:
-            raise ProviderConfigError(
-                f"LLM {spec!r} needs an API key: export OPENAI_API_KEY=<your key>, or "
-                "OPENAI_BASE_URL=http://localhost:8000/v1 for a local OpenAI-compatible "
-                "server (vLLM, Ollama, llama.cpp, LM Studio)",
-                provider=name,
-                env_var="OPENAI_API_KEY",
-            )
-        key = env.get("OPENAI_API_KEY", "").strip() or "not-needed"
-        base_url = base
     return OpenAIProvider(
-        model,
-        api_key=key,
-        base_url=base_url,
-        name=name,
-        structured=mode,
+        settings.model,
+        api_key=settings.key,
+        base_url=settings.base_url,
+        name=settings.name,
+        structured=settings.structured,
         timeout=timeout,
         max_retries=max_retries,
-        limiter=_limiter(name, env),
+        limiter=_limiter(settings.name, env),
     )
