@@ -157,9 +157,9 @@ def provider_env(provider: str, url: str) -> dict[str, str]:
 
 
 async def one_run(
-    nats_url: str, dsn: str, schema: str, model: str, rooms: int
+    nats_url: str, dsn: str, schema: str, model: str, n_rooms: int
 ) -> tuple[list[dict[str, float]], float]:
-    """One market run of `rooms` rooms (the items, as many times as it takes, at most
+    """One market run of `n_rooms` rooms (the items, as many times as it takes, at most
     20 open at once as `mams run` does with LLMs): per-room figures, and the event loop
     thread's CPU seconds."""
     pool, store = await open_store(dsn, schema, projector=ReadModelProjector())
@@ -188,7 +188,7 @@ async def one_run(
         store=store,
         options=RunOptions(seed=1, round_timeout=30, buyer_model=model, seller_model=model),
         on_event=on_event,
-        runs=max(1, math.ceil(rooms / len(scenario.buyer.items))),
+        runs=max(1, math.ceil(n_rooms / len(scenario.buyer.items))),
         max_open=20,
     )
     cpu = time.thread_time() - cpu

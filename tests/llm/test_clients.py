@@ -74,6 +74,12 @@ def env_for(anthropic: FakeLLMServer, openai: FakeLLMServer) -> dict[str, str]:
     }
 
 
+def built(spec: str, env: dict[str, str]) -> AnthropicProvider | OpenAIProvider:
+    provider = provider_for(spec, env)
+    assert isinstance(provider, AnthropicProvider | OpenAIProvider)
+    return provider
+
+
 def sdk_client(provider: object) -> Any:
     assert isinstance(provider, AnthropicProvider | OpenAIProvider)
     return provider._client
@@ -84,9 +90,9 @@ async def test_providers_of_one_endpoint_share_one_client_until_the_last_closes(
 ) -> None:
     env = env_for(fake_anthropic, fake_openai)
     # Five agents on Claude, two on the OpenAI-compatible server, one with another key.
-    claude = [provider_for("anthropic:claude-sonnet-5", env) for _ in range(5)]
-    gpt = [provider_for("openai:gpt-5.5", env) for _ in range(2)]
-    other_key = provider_for("anthropic:claude-sonnet-5", {**env, "ANTHROPIC_API_KEY": "key-b"})
+    claude = [built("anthropic:claude-sonnet-5", env) for _ in range(5)]
+    gpt = [built("openai:gpt-5.5", env) for _ in range(2)]
+    other_key = built("anthropic:claude-sonnet-5", {**env, "ANTHROPIC_API_KEY": "key-b"})
     shared = sdk_client(claude[0])
     assert all(sdk_client(p) is shared for p in claude)
     assert sdk_client(gpt[0]) is sdk_client(gpt[1])
@@ -108,7 +114,7 @@ async def test_providers_of_one_endpoint_share_one_client_until_the_last_closes(
     await claude[4].aclose()
     assert shared.is_closed()
     # A brain built afterwards gets a client of its own, open.
-    async with provider_for("anthropic:claude-sonnet-5", env) as again:
+    async with built("anthropic:claude-sonnet-5", env) as again:
         assert sdk_client(again) is not shared
         assert (await again.complete(REQUEST)).tool_input == ARGS
     for provider in [*gpt, other_key]:
@@ -126,8 +132,8 @@ def test_each_event_loop_has_its_own_shared_client(
     clients: list[Any] = []
 
     async def one_loop() -> None:
-        a = provider_for("anthropic:claude-sonnet-5", env)
-        b = provider_for("anthropic:claude-sonnet-5", env)
+        a = built("anthropic:claude-sonnet-5", env)
+        b = built("anthropic:claude-sonnet-5", env)
         assert sdk_client(a) is sdk_client(b)
         assert (await a.complete(REQUEST)).tool_input == ARGS
         assert (await b.complete(REQUEST)).tool_input == ARGS
