@@ -7,8 +7,10 @@ sequential `complete()` calls through each provider (SDK request building, HTTP,
 response parsing, our retry/limiter/recording layer) and prints mean/p50/p99 ms per
 call, then calls/s with `concurrency` calls in flight. As a floor it also times the bare
 HTTP round trip to the same fake with the SDK's own HTTP client (httpx2), so the
-difference is what the SDK and this layer add. The fakes are Python threads sharing the
-GIL with the client, so absolute figures are pessimistic. Prints figures; asserts nothing.
+difference is what the SDK and this layer add. Beside wall time, the CPU time of the
+calling thread per call (the fakes answer on threads of their own, so theirs is not in
+it), and its ratio to the floor's. The fakes share the GIL with the client, so absolute
+wall figures are pessimistic. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -72,15 +74,17 @@ def summary(label: str, samples_ms: list[float]) -> None:
     )
 
 
-async def timed(n: int, call: Callable[[], Awaitable[object]]) -> list[float]:
+async def timed(n: int, call: Callable[[], Awaitable[object]]) -> tuple[list[float], float]:
+    """Wall ms of each of `n` calls, and this thread's CPU ms per call."""
     for _ in range(20):  # warm up: connection pool, imports, caches
         await call()
     samples = []
+    cpu = time.thread_time()
     for _ in range(n):
         started = time.perf_counter()
         await call()
         samples.append((time.perf_counter() - started) * 1000)
-    return samples
+    return samples, (time.thread_time() - cpu) * 1000 / n
 
 
 async def throughput(n: int, concurrency: int, call: Callable[[], Awaitable[object]]) -> float:
@@ -114,12 +118,16 @@ async def bench(
             return await provider.complete(REQUEST)
 
         print(f"{label} ({n} sequential calls):")
-        floor = await timed(n, bare)
+        floor, floor_cpu = await timed(n, bare)
         summary("bare HTTP round trip", floor)
-        calls = await timed(n, full)
+        calls, calls_cpu = await timed(n, full)
         summary("provider.complete()", calls)
         added = statistics.fmean(calls) - statistics.fmean(floor)
         print(f"  {'SDK + provider layer adds':<28} {added:7.3f} ms per call (mean)")
+        print(
+            f"  {'CPU per call':<28} {calls_cpu:7.3f} ms   bare HTTP {floor_cpu:7.3f} ms   "
+            f"= {calls_cpu / floor_cpu:4.2f}x the floor (+{calls_cpu - floor_cpu:.3f} ms)"
+        )
         rate = await throughput(n, concurrency, full)
         print(f"  {'throughput':<28} {rate:7.0f} calls/s with {concurrency} in flight")
 
