@@ -143,6 +143,9 @@ def test_each_event_loop_has_its_own_shared_client(
     anyio.run(one_loop)
     assert clients[0] is not clients[1]
     assert len(fake_anthropic.requests) == 4
+    # Built outside any loop, a provider cannot know which loop will use it: its own.
+    a, b = built("anthropic:claude-sonnet-5", env), built("anthropic:claude-sonnet-5", env)
+    assert sdk_client(a) is not sdk_client(b)
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:

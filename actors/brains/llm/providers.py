@@ -301,50 +301,42 @@ def _parse_json_object(raw: str) -> dict[str, Any] | None:
 
 class _Shared(NamedTuple):
     client: Any
-    loop: weakref.ref[asyncio.AbstractEventLoop] | None
+    loop: weakref.ref[asyncio.AbstractEventLoop]
     users: int
 
 
 _CLIENTS: dict[tuple[object, ...], _Shared] = {}
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # built outside any event loop (a check, a synchronous test)
-        return None
-
-
 def _shared_client(
     key: tuple[object, ...], make: Callable[[], Any]
-) -> tuple[Any, tuple[object, ...]]:
-    """The SDK client for `key` in this event loop, made by `make()` on first use, and the
-    handle to give back to `_release_client` when done with it.
+) -> tuple[Any, tuple[object, ...] | None]:
+    """The SDK client for `key` in the running event loop, made by `make()` on first use,
+    and the handle to give back to `_release_client` when done with it.
 
     A client's connection pool belongs to the event loop that opened its connections, so
-    each loop gets its own; a client whose loop is gone is dropped, not reused."""
-    loop = _running_loop()
+    each loop gets its own, and a client whose loop is gone is never reused. Outside any
+    event loop (a synchronous caller) the client is not shared: handle None."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return make(), None
     handle = (*key, id(loop))
     shared = _CLIENTS.get(handle)
-    alive = shared is not None and (
-        shared.loop() is loop if shared.loop is not None else loop is None
-    )
-    if shared is None or not alive:
-        shared = _Shared(make(), weakref.ref(loop) if loop is not None else None, 0)
+    if shared is None or shared.loop() is not loop:  # new, or an old loop's under its id
+        shared = _Shared(make(), weakref.ref(loop), 0)
     _CLIENTS[handle] = shared._replace(users=shared.users + 1)
     return shared.client, handle
 
 
-async def _release_client(handle: tuple[object, ...], client: Any) -> None:
-    """One user fewer of a shared client; the last one closes it."""
-    shared = _CLIENTS.get(handle)
-    if shared is None or shared.client is not client:  # replaced (its loop ended): ours alone
-        await client.close()
-        return
-    if shared.users > 1:
-        _CLIENTS[handle] = shared._replace(users=shared.users - 1)
-        return
-    del _CLIENTS[handle]
+async def _release_client(handle: tuple[object, ...] | None, client: Any) -> None:
+    """One user fewer of a client; the last one closes it."""
+    # Not shared (handle None), or its entry was replaced: the client is ours alone.
+    if handle is not None and (shared := _CLIENTS.get(handle)) and shared.client is client:
+        if shared.users > 1:
+            _CLIENTS[handle] = shared._replace(users=shared.users - 1)
+            return
+        del _CLIENTS[handle]
     await client.close()
 
 
@@ -356,6 +348,7 @@ class _RetryingProvider:
     _errors: _SdkErrors
     _client: Any
     _client_handle: tuple[object, ...] | None = None
+    _released = False
 
     def __init__(
         self,
@@ -379,9 +372,9 @@ class _RetryingProvider:
 
     async def aclose(self) -> None:
         """Let go of the HTTP client (closed when no provider of this process uses it)."""
-        handle, self._client_handle = self._client_handle, None
-        if handle is not None:
-            await _release_client(handle, self._client)
+        if not self._released:
+            self._released = True
+            await _release_client(self._client_handle, self._client)
 
     async def __aenter__(self) -> Self:
         return self
