@@ -261,3 +261,24 @@ async def test_openai_body_not_shaped_like_a_completion_is_unreadable(
     assert caught.value.retries == 0
     assert caught.value.status == 200
     assert len(fake_openai.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("var", "spec", "value"),
+    [
+        ("OPENAI_BASE_URL", "openai:gpt-5.5", "localhost:8000/v1"),
+        ("OPENAI_BASE_URL", "openai:gpt-5.5", "http://127.0.0.1:99999/v1"),
+        ("ANTHROPIC_BASE_URL", "anthropic:claude-sonnet-5", "http://[::1"),
+        ("OPENROUTER_BASE_URL", "openrouter:x/y", "ftp://user:secret@example.com"),
+    ],
+)
+def test_a_base_url_that_is_no_http_url_fails_the_check(var: str, spec: str, value: str) -> None:
+    """A base URL no client could use is a configuration error naming the variable (not
+    a failure of every call, or an httpx error), also for the check before a run, which
+    builds no client; credentials in it are never echoed."""
+    env = {"ANTHROPIC_API_KEY": "k", "OPENROUTER_API_KEY": "k", "OPENAI_API_KEY": "k", var: value}
+    for build in (provider_for, providers.check_provider):
+        with pytest.raises(providers.ProviderConfigError, match=var) as caught:
+            build(spec, env)
+        assert caught.value.env_var == var
+        assert "secret" not in str(caught.value)

@@ -31,6 +31,7 @@ import json
 import os
 import random
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, Self
@@ -832,6 +833,28 @@ def _require(env: Mapping[str, str], var: str, provider: str, spec: str) -> str:
     return value
 
 
+def _base_url(env: Mapping[str, str], var: str, provider: str) -> str | None:
+    """`env[var]` if it is an http(s) URL with a host; None if unset. Checked here, so a
+    typo fails the command before it starts rather than every call of the run."""
+    value = env.get(var) or None
+    if value is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not echoed when it may hold credentials (user:password@host).
+        got = "a value with credentials in it" if "@" in value else repr(value)
+        raise ProviderConfigError(
+            f"{var} must be an http(s) URL with a host, like http://localhost:8000/v1 (got {got})",
+            provider=provider,
+            env_var=var,
+        )
+    return value.strip()
+
+
 class _Settings(NamedTuple):
     """What a model string and the environment say to build."""
 
@@ -855,7 +878,7 @@ def _settings(spec: str, env: Mapping[str, str]) -> _Settings:
     _concurrency(env)
     if name == "anthropic":
         key = _require(env, "ANTHROPIC_API_KEY", name, spec)
-        return _Settings(name, model, key, env.get("ANTHROPIC_BASE_URL") or None)
+        return _Settings(name, model, key, _base_url(env, "ANTHROPIC_BASE_URL", name))
     structured = env.get("MAMS_OPENAI_STRUCTURED", "tools").strip() or "tools"
     if structured not in ("tools", "json_schema"):
         raise ProviderConfigError(
@@ -866,9 +889,9 @@ def _settings(spec: str, env: Mapping[str, str]) -> _Settings:
     mode: Literal["tools", "json_schema"] = "tools" if structured == "tools" else "json_schema"
     if name == "openrouter":
         key = _require(env, "OPENROUTER_API_KEY", name, spec)
-        base_url = env.get("OPENROUTER_BASE_URL") or OPENROUTER_BASE_URL
+        base_url = _base_url(env, "OPENROUTER_BASE_URL", name) or OPENROUTER_BASE_URL
         return _Settings(name, model, key, base_url, mode)
-    base = env.get("OPENAI_BASE_URL") or None
+    base = _base_url(env, "OPENAI_BASE_URL", name)
     if not env.get("OPENAI_API_KEY", "").strip() and base is None:
         raise ProviderConfigError(
             f"LLM {spec!r} needs an API key: export OPENAI_API_KEY=<your key>, or "
