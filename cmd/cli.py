@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from rich.console import Console
 
-from mams import __version__
+from mams.version import __version__
 from mams.actors.brains.base import BASELINE_LABEL
 from mams.actors.market import (
     RoomResult,

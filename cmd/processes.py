@@ -970,7 +970,7 @@ async def supervise(
             SUPERVISOR_ENV: str(os.getpid()),
         }
     )
-    exe = [sys.executable, "-m", "mams"]
+    exe = [sys.executable, "-P", "-m", "mams"]  # -P: never the cwd first on sys.path
     children: list[_Child] = []
 
     async def spawn(name: str, *argv: str, nats: str, database: str | None = None) -> _Child:

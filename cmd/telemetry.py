@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from mams import __version__
+from mams.version import __version__
 
 __all__ = ["init_sentry", "report", "tags_for"]
 

@@ -1,3 +1,0 @@
-"""MAMS: the Multi-Agent Marketplace Simulator."""
-
-__version__ = "0.1.0"
