@@ -22,6 +22,19 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+# A test that uses one of these fixtures (directly or through another) talks to a real
+# server: it is marked `integration` here, so `pytest -m "not integration and not e2e"`
+# runs the pure tests alone, with no NATS and no PostgreSQL.
+_SERVER_FIXTURES = frozenset({"nats_url", "database_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a server `integration` (see _SERVER_FIXTURES)."""
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def nats_url() -> str:
     return os.environ.get("NATS_URL", DEFAULT_NATS_URL)
