@@ -225,6 +225,12 @@ class EmbeddedNats:
         return self._owner.url(address) if self._owner is not None else address
 
     @property
+    def users_path(self) -> Path | None:
+        """The users file of the running server (None if a config file was given): where
+        `mams creds --conf` issues an agent's credentials for it."""
+        return self._users_path if self._process is not None else None
+
+    @property
     def port(self) -> int:
         """The TCP port the server listens on."""
         if self._port is None:

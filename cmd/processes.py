@@ -211,12 +211,29 @@ async def _serve(
                         f"{label or role} ready: market {args.market!r} on "
                         f"{redact_url(srv.nats_url)}; {srv.db_note}{relaxed}{note}"
                     )
+                    _say_how_to_join(out, srv.nats_url, args.market)
                     sys.stdout.flush()
                     if not await _until_signalled() and on_signal is not None:
                         on_signal()
                     tg.cancel_scope.cancel()
         finally:
             await _close(bus)
+
+
+def _say_how_to_join(out: Console, nats_url: str, market: str) -> None:
+    """On an embedded nats-server (locked to this process's users), say how an agent gets
+    credentials of its own to join: the owner's URL is never handed out."""
+    embedded = EmbeddedNats.serving(nats_url)
+    users = embedded.users_path if embedded is not None else None
+    if embedded is None or users is None:
+        return
+    out.print(
+        f"agents join with credentials of their own: mams creds --conf {users} --role "
+        f"seller --handle @TechMart --market {market} --server {embedded.address} "
+        f"--reload-pid {embedded.pid} "
+        "(prints the NATS_URL to start that agent with; --role buyer for the buyer)",
+        soft_wrap=True,
+    )
 
 
 def _session_id(text: str) -> UUID:
