@@ -13,30 +13,16 @@ never do: real item names hold spaces, dots and slashes, which NATS reads as str
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Final
 from uuid import UUID
 
 from mams.domain.errors import MamsError
 
+# The agent id rule lives in the pure core (domain/ids.py); re-exported here so bus users
+# keep importing it from the bus.
+from mams.domain.ids import TOKEN_RULE, AgentId, AgentIdError, check_token
+
 __all__ = ["TOKEN_RULE", "AgentId", "AgentIdError", "SubjectError", "Subjects"]
-
-TOKEN_RULE: Final = "1 to 32 characters from [a-z0-9_-], starting with a lowercase letter or digit"
-_TOKEN_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-
-
-class AgentIdError(MamsError, ValueError):
-    """A text is not a valid agent id (or subject prefix) token.
-
-    Carries the offending ``value`` and the ``rule`` it broke.
-    """
-
-    def __init__(self, value: str, rule: str, *, what: str = "agent id") -> None:
-        self.value = value
-        self.rule = rule
-        self.what = what
-        super().__init__(f"invalid {what} {value!r}: {rule}")
 
 
 class SubjectError(MamsError, ValueError):
@@ -51,61 +37,6 @@ class SubjectError(MamsError, ValueError):
         super().__init__(f"bad subject {subject!r}: {reason}")
 
 
-def _check_token(value: str, *, what: str) -> str:
-    if _TOKEN_RE.fullmatch(value) is None:
-        raise AgentIdError(value, f"must be {TOKEN_RULE}", what=what)
-    return value
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class AgentId:
-    """A validated agent identifier, safe to place in one subject token.
-
-    ``AgentId("techmart")`` validates exactly; ``AgentId.from_handle("@TechMart")``
-    normalizes a human handle first.
-    """
-
-    value: str
-
-    def __post_init__(self) -> None:
-        _check_token(self.value, what="agent id")
-
-    @classmethod
-    def from_str(cls, text: str) -> AgentId:
-        """Parse an agent id exactly as `str()` renders it (no normalization)."""
-        return cls(text)
-
-    @classmethod
-    def from_handle(cls, handle: str) -> AgentId:
-        """Derive the agent id of a handle: strip one leading ``@``, lowercase.
-
-        ``AgentId.from_handle("@TechMart") == AgentId("techmart")``. Any character left
-        outside ``[a-z0-9_-]`` is rejected (never silently dropped, so two handles can
-        never collapse into one id); the error names the handle and the rule.
-        """
-        text = handle[1:] if handle.startswith("@") else handle
-        text = text.lower()
-        bad = sorted({c for c in text if not ("a" <= c <= "z" or "0" <= c <= "9" or c in "_-")})
-        if bad:
-            shown = ", ".join(repr(c) for c in bad)
-            raise AgentIdError(
-                handle,
-                f"contains {shown}; after an optional leading '@' and lowercasing, "
-                f"a handle must be {TOKEN_RULE}",
-                what="handle",
-            )
-        if _TOKEN_RE.fullmatch(text) is None:
-            raise AgentIdError(
-                handle,
-                f"after an optional leading '@' and lowercasing, a handle must be {TOKEN_RULE}",
-                what="handle",
-            )
-        return cls(text)
-
-    def __str__(self) -> str:
-        return self.value
-
-
 @dataclass(frozen=True, slots=True)
 class Subjects:
     """Builds and parses every subject under one ``prefix`` (itself a token).
@@ -116,7 +47,7 @@ class Subjects:
     prefix: str = "mams"
 
     def __post_init__(self) -> None:
-        _check_token(self.prefix, what="subject prefix")
+        check_token(self.prefix, what="subject prefix")
 
     def inbox(self, agent: AgentId) -> str:
         """The subject an agent receives on: ``<prefix>.agent.<id>.inbox``."""

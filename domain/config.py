@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -35,6 +34,7 @@ from mams.domain.bounds import (
 )
 from mams.domain.bounds import MAX_SELLERS_PER_ITEM as MAX_SELLERS_PER_ITEM
 from mams.domain.errors import MamsError
+from mams.domain.ids import AgentId, AgentIdError
 from mams.domain.money import parse_price
 
 Style = Literal["rude", "neutral", "sweet"]
@@ -43,9 +43,6 @@ BASELINE_MODEL = "baseline"
 # "auto": an LLM if one is configured in the environment, else the baseline brains.
 AUTO_MODEL = "auto"
 MODEL_PROVIDERS = ("anthropic", "openai", "openrouter")
-
-_HANDLE = re.compile(r"^@?[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,13 +161,30 @@ def item_key(name: str) -> str:
 
 
 def agent_id_of(handle: str) -> str:
-    """Derive the bus identity from a handle: strip `@`, lowercase, validate as a token."""
-    token = handle.removeprefix("@").lower()
-    if not _AGENT_ID.fullmatch(token):
-        raise ValueError(
-            f"handle {handle!r} must be @ followed by 1-32 letters, digits, '_' or '-'"
-        )
-    return token
+    """Derive the bus identity from a handle: strip `@`, lowercase, validate as a token.
+
+    The rule is `AgentId.from_handle`'s (domain/ids.py), the one the bus and the CLI use.
+    Raises `AgentIdError` (a ValueError) naming the handle and the rule.
+    """
+    try:
+        return AgentId.from_handle(handle).value
+    except AgentIdError as e:
+        raise AgentIdError(
+            handle,
+            f"must be @ followed by 1-32 letters, digits, '_' or '-' ({e.rule})",
+            what="handle",
+        ) from None
+
+
+def _is_handle(raw: object) -> bool:
+    """Whether ``raw`` is a handle an agent id can be derived from."""
+    if not isinstance(raw, str):
+        return False
+    try:
+        AgentId.from_handle(raw)
+    except AgentIdError:
+        return False
+    return True
 
 
 def display_handle(handle: str) -> str:
@@ -486,7 +500,7 @@ class _Validator:
         raw_list = raw_sellers if isinstance(raw_sellers, list) else []
         for i, raw in enumerate(raw_list):
             handle = raw.get("handle") if isinstance(raw, Mapping) else None
-            if not isinstance(handle, str) or not _HANDLE.fullmatch(handle):
+            if not isinstance(handle, str) or not _is_handle(handle):
                 continue
             key = agent_id_of(handle)
             if key in ids:
@@ -549,7 +563,7 @@ def _any_text(raw: object) -> str:
 
 
 def _handle(raw: object) -> str:
-    if not isinstance(raw, str) or not _HANDLE.fullmatch(raw):
+    if not isinstance(raw, str) or not _is_handle(raw):
         raise ValueError(
             f"must look like @TechMart (1-32 letters, digits, '_' or '-'), got {raw!r}"
         )
