@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 from mams.domain.errors import MamsError
+
+# The one redactor (domain/redact.py), re-exported: bus users import it from here.
+from mams.domain.redact import redact_url as redact_url
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -166,12 +168,3 @@ def _check_tokens(subject: str) -> None:
         if len(token) > 1 and ("*" in token or ">" in token):
             # NATS treats "a*" as a literal; we forbid it so nobody thinks it is a wildcard.
             raise BusSubjectError(subject, f"token {token!r} mixes a wildcard with text")
-
-
-def redact_url(url: str) -> str:
-    """A server URL safe to print or log: any password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

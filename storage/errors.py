@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 
 from mams.domain.errors import MamsError
+from mams.domain.redact import redact_url
 
 
 class StorageError(MamsError):
@@ -46,19 +46,11 @@ class DatabaseUnavailable(StorageError):  # noqa: N818 - the name the brief fixe
 
 
 def redact_dsn(dsn: str) -> str:
-    """Return `dsn` with any password replaced by `***`, safe to log or show."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.password is None:
-        return dsn
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    """Return `dsn` with any password replaced by `***`, safe to log or show.
+
+    The same redactor as the bus's (`mams.domain.redact.redact_url`).
+    """
+    return redact_url(dsn)
 
 
 # Errors meaning "the server is not there (now)": retrying later may succeed.
