@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mams.domain.events import Event, LLMCalled, NegotiationEnded, QualityFlagged
+from mams.domain.analysis import LLMUsageSum
+from mams.domain.events import Event, NegotiationEnded, QualityFlagged
 from mams.domain.money import fmt
 from mams.domain.negotiation import NegotiationState
 from mams.domain.transcript import Entry
@@ -264,38 +265,13 @@ class RunProgress:
         self._progress.update(self._task, completed=self.ended, deals=self.deals)
 
 
-class LLMUsage:
-    """Totals of the model calls seen in a run (from `llm.called` events)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.failed = 0
-        self.retries = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cache_read_tokens = 0
-        self.cost_usd = 0.0
-        self.cost_known = True
-
-    def add(self, event: Event) -> None:
-        """Count one event if it is a model call."""
-        if not isinstance(event, LLMCalled):
-            return
-        c = event.call
-        self.calls += 1
-        self.failed += bool(c.error)
-        self.retries += c.retries
-        self.input_tokens += c.input_tokens
-        self.output_tokens += c.output_tokens
-        self.cache_read_tokens += c.cache_read_tokens
-        if c.cost_usd is None:
-            self.cost_known = False
-        else:
-            self.cost_usd += c.cost_usd
+class LLMUsage(LLMUsageSum):
+    """Totals of the model calls seen in a run (from `llm.called` events), summed by the
+    analysis's rule (`mams.domain.analysis.LLMUsageSum`); this adds the line a run prints."""
 
     def summary(self) -> str:
         """One line: calls, tokens, cache hits, estimated cost."""
-        cost = f"~${self.cost_usd:.4f}" if self.cost_known else "cost unknown for this model"
+        cost = f"~${self.cost:.4f}" if self.cost_known else "cost unknown for this model"
         extra = f", {self.failed} failed" if self.failed else ""
         extra += f", {self.retries} retries" if self.retries else ""
         return (

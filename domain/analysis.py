@@ -211,21 +211,35 @@ def _share(num: Decimal, den: Decimal) -> float:
     return round(float(num / den), 4)
 
 
-class _Usage:
+class LLMUsageSum:
+    """Running totals of model calls, from `llm.called` events: the one place they are summed.
+
+    The analysis (per agent and per negotiation) and the CLI's end-of-run line both add
+    events here, so tokens, retries and cost are counted by one rule. ``cost`` is the sum
+    of the known costs; `cost_usd` is None as soon as one call's cost was unknown.
+    """
+
     def __init__(self) -> None:
         self.calls = 0
         self.failed = 0
+        self.retries = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cache_read_tokens = 0
         self.cost = 0.0
         self.cost_known = True
 
-    def add(self, e: LLMCalled) -> None:
-        c = e.call
+    def add(self, event: Event) -> None:
+        """Count one event if it is a model call (`LLMCalled`); ignore any other event."""
+        if not isinstance(event, LLMCalled):
+            return
+        c = event.call
         self.calls += 1
         self.failed += bool(c.error)
+        self.retries += c.retries
         self.input_tokens += c.input_tokens
         self.output_tokens += c.output_tokens
+        self.cache_read_tokens += c.cache_read_tokens
         if c.cost_usd is None:
             self.cost_known = False
         else:
@@ -233,6 +247,7 @@ class _Usage:
 
     @property
     def cost_usd(self) -> float | None:
+        """The total cost in USD (to 6 places), or None if any call's cost was unknown."""
         return round(self.cost, 6) if self.cost_known else None
 
 
@@ -375,8 +390,8 @@ def analyze(
     buyer_id = start.buyer.agent_id
     handles = {buyer_id: start.buyer.handle, **{s.agent_id: s.handle for s in start.sellers}}
     messages: Counter[str] = Counter()
-    usage: dict[str, _Usage] = defaultdict(_Usage)
-    total = _Usage()
+    usage: dict[str, LLMUsageSum] = defaultdict(LLMUsageSum)
+    total = LLMUsageSum()
     rails: dict[str, Counter[str]] = defaultdict(Counter)
     rails_by_model: Counter[str] = Counter()
     offers: dict[str, list[PricePoint]] = defaultdict(list)
