@@ -1,16 +1,15 @@
 """The broker actor: the only publisher to agent inboxes, and the log's only writer.
 
 It reads every agent's outbox, takes the sender from the subject (never the payload),
-asks the pure state machine what the turn means, appends the resulting events to the
-log, and only after the commit delivers to each agent its own view (visibility policy)
-and publishes the committed events to observers. Appends are group-committed: whatever
-queued while the previous batch was being written goes in the next single transaction.
-Under load the writer prepares its next batch while one commits (at light load it waits
-and takes what queued meanwhile: fewer, larger commits). Rooms are split over
-`commit_lanes` writers (two by default; `mams broker --commit-lanes`) that commit side by
-side; a room always takes the same lane, so its stream is written in order, and
-deliveries-only messages (welcome, catch-up, rooms.opened) are barriers every lane
-reaches before they go out.
+asks the pure state machine what the turn means, and hands the resulting events, with
+each agent's own view (visibility policy) and what observers see, to the group committer
+(`storage.committer`): it appends them to the log and only after the commit calls back
+the broker's `_deliver`, which publishes them. The committer owns the commit pipeline
+(group commits, `commit_lanes` lanes, two by default, `mams broker --commit-lanes`;
+barriers for deliveries-only messages such as welcome, catch-up and rooms.opened;
+retries while the database is away; the drain on shutdown); when the database refuses
+one command of a group, it says which (`_refused`) and the broker re-reads that room
+from the log before its next command.
 
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
@@ -30,10 +29,11 @@ the next broker re-sends the turn the agent still owes, the agent publishes the 
 again (same message id); an agent that does not (PROTOCOL.md asks it to) is closed out by
 the round's deadline, so no room is left stuck.
 
-Shutdown. Whatever was decided (queued or in flight to the writer) is always committed on
-the way out. Then, with `abort_on_shutdown=True` (the default; in-process `mams run`, whose
-agents die with it), open rooms are recorded as aborted. `mams broker` passes False: a clean
-stop leaves them open, exactly like a crash, and the next `mams broker` resumes them.
+Shutdown. Whatever was decided (queued or in flight in the committer: `Committer.drain`)
+is always committed on the way out. Then, with `abort_on_shutdown=True` (the default;
+in-process `mams run`, whose agents die with it), open rooms are recorded as aborted.
+`mams broker` passes False: a clean stop leaves them open, exactly like a crash, and the
+next `mams broker` resumes them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import heapq
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -111,8 +111,9 @@ from mams.domain.negotiation import (
 )
 from mams.domain.opening import RoomOptions, opening, study_seeds
 from mams.domain.visibility import catch_up, route
-from mams.storage.errors import DatabaseUnavailable, StorageError
-from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend, read_in_chunks
+from mams.storage.committer import Batch, Committer, retrying
+from mams.storage.errors import StorageError
+from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.leases import Leases
 from mams.storage.model import NewEvent, StoredEvent
 
@@ -253,54 +254,6 @@ class _Room:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Events of one command, and what to send once they are committed."""
-
-    events: list[NewEvent]
-    deliveries: list[tuple[str, bytes]]
-    observed: list[tuple[str, bytes]]
-    nid: UUID | None = None  # the room, or None for deliveries only (a barrier)
-    # Deliveries only: computed when the barrier is reached instead, from the log as it
-    # then stands (everything decided before it committed, nothing after).
-    late: Callable[[], Awaitable[list[tuple[str, bytes]]]] | None = None
-    generation: int = 0  # the room's generation when it was decided (_Room.generation)
-
-
-@dataclass(eq=False, slots=True)
-class _Barrier:
-    """A deliveries-only batch every commit lane must reach: delivered once each lane has
-    delivered all it was given before it, and no lane goes past it before then, so these
-    messages keep their place in the order of everything decided."""
-
-    batch: _Batch
-    waiting: int
-    passed: anyio.Event = field(default_factory=anyio.Event)
-
-
-_Queued = _Batch | _Barrier
-_Staged = _Barrier | tuple[list[_Batch], PreparedAppend | None]
-
-
-@dataclass(eq=False, slots=True)
-class _Lane:
-    """One commit lane: its own queue and writer; a room's batches always take the same
-    lane, so each stream is still written strictly in order."""
-
-    send: MemoryObjectSendStream[_Queued]
-    receive: MemoryObjectReceiveStream[_Queued]
-    held: _Queued | None = None  # taken from the queue, not yet handled
-    preparing: list[_Batch] = field(default_factory=list)  # prepared, waiting to commit
-    inflight: list[_Batch] = field(default_factory=list)  # being committed
-    free: anyio.Event = field(default_factory=anyio.Event)  # set while nothing commits
-
-
-# Below this many events, a lane's next batch waits for the commit in flight and takes
-# what queued meanwhile: at light load there is little to prepare ahead, and one larger
-# commit costs the database much less than two small ones.
-LATE_TAKE_EVENTS = 100
-
-
-@dataclass(slots=True)
 class BrokerStats:
     """Counters for benchmarks and health checks."""
 
@@ -380,11 +333,18 @@ class Broker:
         self.resend_after = RESEND_AFTER
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
-        if commit_lanes < 1:
-            raise ValueError("commit_lanes must be at least 1")
-        self._lanes = [
-            _Lane(*anyio.create_memory_object_stream[_Queued](10_000)) for _ in range(commit_lanes)
-        ]
+        # The commit pipeline (storage.committer): it commits what this broker decides and
+        # calls back `_deliver` once committed, `_stale` and `_refused` for refused rooms.
+        self.committer = Committer(
+            store,
+            self._deliver,
+            lanes=commit_lanes,
+            max_batch=max_batch,
+            retry_timeout=retry_timeout,
+            stale=self._stale,
+            on_refused=self._refused,
+            claim=None if leases is None else leases.claim,
+        )
         self._deadlines = _Deadlines()
         self._deadline_added = anyio.Event()
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
@@ -488,8 +448,7 @@ class Broker:
                 tg.start_soon(self._timers)
                 if self.leases is not None:
                     tg.start_soon(self.leases.keep, self.running, self._forget)
-                for lane in self._lanes:
-                    tg.start_soon(self._write_loop, lane)
+                await tg.start(self.committer.run)
                 task_status.started()
                 await self._process()
         finally:
@@ -498,9 +457,7 @@ class Broker:
                 await self._shutdown()
                 for stream in self._commands:
                     stream.close()
-                for lane in self._lanes:
-                    lane.send.close()
-                    lane.receive.close()
+                self.committer.close()
 
     # -- inbound: bus -> commands ------------------------------------------------------
     async def _read_bus(self, sub: object) -> None:
@@ -575,15 +532,15 @@ class Broker:
                 await self._reload(self._broken.pop())
             if isinstance(item, _Control):
                 for control_batch in await self._control(item):
-                    await self._enqueue(control_batch)
+                    await self.committer.submit(control_batch)
                 continue
             if isinstance(item, _Refusal):
                 reply = Rejected(request_id=item.request_id, reason=item.reason[:MAX_TEXT])
-                await self._enqueue(self._deliver_only([(item.agent, reply)]))
+                await self.committer.submit(self._deliver_only([(item.agent, reply)]))
                 continue
             if isinstance(item, _Resync):
                 if not item.quiet:
-                    await self._enqueue(self._redeliver())
+                    await self.committer.submit(self._redeliver())
                 continue
             if isinstance(item, _Forget):
                 for nid in item.rooms:
@@ -599,22 +556,13 @@ class Broker:
                 self._broken.add(nid)  # its state may be half-evolved: re-read it
                 continue
             if batch is not None:
-                await self._enqueue(batch)
-
-    async def _enqueue(self, batch: _Batch) -> None:
-        lanes = self._lanes
-        if batch.nid is not None:
-            await put(lanes[batch.nid.int % len(lanes)].send, batch)
-        else:
-            barrier = _Barrier(batch, waiting=len(lanes))
-            for lane in lanes:
-                await put(lane.send, barrier)
+                await self.committer.submit(batch)
 
     async def _forget(self, rooms: list[UUID]) -> None:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._commands[0].send(_Forget(rooms))
 
-    async def _control(self, item: _Control) -> list[_Batch]:
+    async def _control(self, item: _Control) -> list[Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
         request = item.message
         if request is None:
@@ -634,16 +582,16 @@ class Broker:
         reply = Rejected(request_id=request.request_id, reason=reason[:MAX_TEXT])
         return [self._deliver_only([(item.agent, reply)])]
 
-    def _deliver_only(self, messages: list[tuple[str, InboxMessage]]) -> _Batch:
+    def _deliver_only(self, messages: list[tuple[str, InboxMessage]]) -> Batch:
         # No events, only deliveries; it still goes through the writer, so it follows
         # every batch decided before it (nothing is delivered ahead of its commit).
-        return _Batch(
+        return Batch(
             events=[],
             deliveries=[(self._inbox(a), encode(m)) for a, m in messages],
             observed=[],
         )
 
-    def _redeliver(self) -> _Batch:
+    def _redeliver(self) -> Batch:
         """Every agent's catch-up for every open room, without waiting for its hello."""
         rooms = self.running()
         messages: list[tuple[str, InboxMessage]] = []
@@ -654,7 +602,7 @@ class Broker:
         log.info("broker.redelivered", rooms=len(rooms), messages=len(messages))
         return self._deliver_only(messages)
 
-    def _hello(self, agent: str, hello: Hello) -> list[_Batch]:
+    def _hello(self, agent: str, hello: Hello) -> list[Batch]:
         again = agent in self.brains
         self.brains[agent] = hello.brain[:200] or "unannounced"
         self._joined.set()
@@ -715,7 +663,7 @@ class Broker:
             messages += catch_up(state, agent, rejoin=True, log=room_log)
         return [(self._inbox(a), encode(m)) for a, m in messages]
 
-    async def _open_rooms(self, agent: str, request: OpenRooms) -> list[_Batch]:
+    async def _open_rooms(self, agent: str, request: OpenRooms) -> list[Batch]:
         """Open the rooms a buyer asks for. Idempotent by `request_id`: the session and
         room ids are derived from it, so a request sent again (the buyer re-sends what was
         unanswered when a broker restarts) opens nothing twice and gets the same answer."""
@@ -777,7 +725,7 @@ class Broker:
             a: self.brains.get(a, "unannounced")
             for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
         }
-        batches: list[_Batch] = []
+        batches: list[Batch] = []
         ids: list[UUID] = []
         names: list[str] = []
         index = stock_index(scenario)
@@ -815,7 +763,7 @@ class Broker:
         log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(ids))
         return [*batches, self._deliver_only([(agent, reply)])]
 
-    def _apply(self, nid: UUID, command: Command) -> _Batch | None:
+    def _apply(self, nid: UUID, command: Command) -> Batch | None:
         room = self.rooms.get(nid)
         if room is None:
             if not isinstance(command, Open):
@@ -829,7 +777,7 @@ class Broker:
             if not isinstance(command, Deadline):  # stale deadlines are routine
                 self._drop(nid, agent, result.reason, routine=result.reason == DUPLICATE)
             return None
-        batch = _Batch(events=[], deliveries=[], observed=[], nid=nid, generation=room.generation)
+        batch = Batch(events=[], deliveries=[], observed=[], nid=nid, generation=room.generation)
         events_subject = self.subjects.events(nid)
         for event in result:
             room.state = evolve(room.state, event)
@@ -912,112 +860,8 @@ class Broker:
             if room is not None and room.state.round == round_ and room.state.phase == phase:
                 await send.send((nid, Deadline(round=round_, phase=phase)))
 
-    # -- outbound: commit, then deliver --------------------------------------------------
-    async def _write_loop(self, lane: _Lane) -> None:
-        # Each lane writes in two stages: while one batch commits, the next is taken and,
-        # if the store allows (PipelinedStore), prepared (deduped, hash-chained,
-        # projected), so the broker's share of a commit overlaps the database's. A small
-        # batch (light load: little to overlap) waits for the commit in flight instead and
-        # takes what queued meanwhile, so the lane makes fewer, larger commits. A lane
-        # commits one batch at a time, in order, and delivers nothing before its commit;
-        # lanes commit side by side on separate connections.
-        # Checked once per lane: isinstance against a runtime-checkable protocol is slow.
-        store = self.store
-        pipelined = store if isinstance(store, PipelinedStore) else None
-        send, receive = anyio.create_memory_object_stream[_Staged](0)
-        async with anyio.create_task_group() as tg, send:
-            tg.start_soon(self._commit_loop, lane, receive, pipelined)
-            while True:
-                taken = await self._take_batches(lane)
-                if isinstance(taken, _Barrier):
-                    await send.send(taken)
-                    continue
-                lane.preparing = taken  # from here on, a shutdown commits these too
-                if lane.inflight and sum(len(b.events) for b in taken) < LATE_TAKE_EVENTS:
-                    await lane.free.wait()
-                    self._take_more(lane, taken)
-                prepared = None
-                if pipelined is not None:
-                    events = self._events(taken)
-                    prepared = await self._retrying(partial(pipelined.prepare, events))
-                await send.send((taken, prepared))
-
-    async def _commit_loop(
-        self,
-        lane: _Lane,
-        receive: MemoryObjectReceiveStream[_Staged],
-        pipelined: PipelinedStore | None,
-    ) -> None:
-        async with receive:
-            async for staged in receive:
-                if isinstance(staged, _Barrier):
-                    staged.waiting -= 1
-                    if staged.waiting == 0:  # the last lane to arrive delivers it
-                        if staged.batch.late is not None:
-                            staged.batch.deliveries = await staged.batch.late()
-                        await self._deliver([staged.batch])
-                        staged.passed.set()
-                    else:
-                        await staged.passed.wait()
-                    continue
-                batches, prepared = staged
-                lane.inflight = batches
-                if lane.preparing is batches:
-                    # Not blindly []: the write loop may already have taken its next
-                    # batch (a send to a waiting receiver returns at once), and a
-                    # shutdown must find that one too, or it is lost uncommitted.
-                    lane.preparing = []
-                lane.free = anyio.Event()
-                current = [b for b in batches if not self._stale(b)]
-                if self.leases is not None:
-                    await self._claim(current)
-                try:
-                    if pipelined is None or len(current) < len(batches):
-                        await self._retrying(partial(self.store.append, self._events(current)))
-                    elif prepared is not None:
-                        await self._retrying(partial(pipelined.commit, prepared))
-                except StorageError as exc:
-                    if isinstance(exc, DatabaseUnavailable):
-                        raise
-                    current = await self._commit_apart(current, exc)
-                self.stats.commits += 1
-                await self._deliver(current)
-                lane.inflight = []
-                lane.free.set()
-
-    async def _take_batches(self, lane: _Lane) -> list[_Batch] | _Barrier:
-        # What queued in this lane, merged into one commit, up to its next barrier.
-        first = lane.held if lane.held is not None else await take(lane.receive)
-        lane.held = None
-        if isinstance(first, _Barrier):
-            return first
-        batches = [first]
-        self._take_more(lane, batches)
-        return batches
-
-    def _take_more(self, lane: _Lane, batches: list[_Batch]) -> None:
-        # Add what is queued, up to max_batch and never past a barrier.
-        if lane.held is not None:
-            return
-        while len(batches) < self.max_batch:
-            try:
-                item = lane.receive.receive_nowait()
-            except anyio.WouldBlock:
-                return
-            if isinstance(item, _Barrier):
-                lane.held = item
-                return
-            batches.append(item)
-
-    async def _claim(self, batches: Sequence[_Batch]) -> None:
-        # Rooms opened in these batches become this broker's before their first commit,
-        # so no other broker's resume() ever takes a room this one is serving.
-        assert self.leases is not None
-        opened = [b.nid for b in batches if b.nid is not None and b.events and b.events[0].seq == 1]
-        if opened:
-            await self._retrying(partial(self.leases.claim, opened))
-
-    def _stale(self, batch: _Batch) -> bool:
+    # -- outbound: the committer's callbacks ----------------------------------------------
+    def _stale(self, batch: Batch) -> bool:
         # Decided on a room state the log never got (the database refused a batch of that
         # room before it): never committed, never delivered; the room is re-read.
         if batch.nid is None:
@@ -1030,36 +874,15 @@ class Broker:
             self._drop(batch.nid, None, "decided on a state the database refused; re-read")
         return stale
 
-    async def _commit_apart(self, batches: list[_Batch], error: StorageError) -> list[_Batch]:
-        """The database refused a group commit (not unavailable: something in it).
-        Commit it in halves, down to the one command at fault, so that only that command
-        is lost; its room is re-read from the log before its next command (`_reload`),
-        and the batches decided on top of it in the meantime are dropped. Returns the
-        batches committed, in order."""
-        if len(batches) == 1:
-            (bad,) = batches
-            assert bad.nid is not None
-            self._broken.add(bad.nid)
-            self._drop(bad.nid, None, f"the database refused its events: {error}")
-            # Wake the command loop (it re-reads broken rooms first) even if no agent
-            # speaks: a full queue means it is awake anyway.
-            with contextlib.suppress(anyio.WouldBlock):
-                self._commands[0].send_nowait(_Resync(quiet=True))
-            return []
-        done: list[_Batch] = []
-        half = len(batches) // 2
-        for part in (batches[:half], batches[half:]):
-            part = [b for b in part if not self._stale(b)]
-            if not part:
-                continue
-            try:
-                await self._retrying(partial(self.store.append, self._events(part)))
-                done += part
-            except StorageError as exc:
-                if isinstance(exc, DatabaseUnavailable):
-                    raise
-                done += await self._commit_apart(part, exc)
-        return done
+    def _refused(self, nid: UUID, reason: str) -> None:
+        # The committer split a refused group down to this room's command: only it is
+        # lost; the room is re-read from the log before its next command (`_reload`).
+        self._broken.add(nid)
+        self._drop(nid, None, reason)
+        # Wake the command loop (it re-reads broken rooms first) even if no agent
+        # speaks: a full queue means it is awake anyway.
+        with contextlib.suppress(anyio.WouldBlock):
+            self._commands[0].send_nowait(_Resync(quiet=True))
 
     async def _reload(self, nid: UUID) -> None:
         """Re-read one room from the log after the database refused a batch of it: its
@@ -1069,7 +892,7 @@ class Broker:
         if room is None:
             return
         try:
-            stored = await self._retrying(partial(self.store.read, nid))
+            stored = await retrying(partial(self.store.read, nid), self.retry_timeout)
             events = [decode_event(e.data) for e in stored]
         except Exception as exc:  # cannot re-read: leave the room to its deadlines
             log.exception("broker.reload_failed", negotiation_id=str(nid), error=repr(exc))
@@ -1086,11 +909,7 @@ class Broker:
             self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
         log.warning("broker.room_reloaded", negotiation_id=str(nid), seq=room.seq)
 
-    @staticmethod
-    def _events(batches: Sequence[_Batch]) -> list[NewEvent]:
-        return [e for b in batches for e in b.events]
-
-    async def _deliver(self, batches: Sequence[_Batch]) -> None:
+    async def _deliver(self, batches: Sequence[Batch]) -> None:
         for b in batches:
             for subject, data in b.deliveries:
                 await self.bus.publish(subject, data)
@@ -1100,79 +919,19 @@ class Broker:
         # No flush (a round trip) here: the bus writes what is buffered as soon as this
         # task yields, and the next batch's commit need not wait for the server's answer.
 
-    async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
-        # Deliver nothing that is not committed: wait for the database to come back.
-        delay, waited = 0.05, 0.0
-        while True:
-            try:
-                return await step()
-            except DatabaseUnavailable as exc:
-                if waited >= self.retry_timeout:
-                    raise
-                log.warning("broker.database_unavailable", retry_in=delay, error=str(exc))
-                await anyio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 2.0)
-
-    async def _append_apart(self, events: list[NewEvent]) -> None:
-        """Append; if the store rejects the whole (not unavailable: a bad stream), append
-        stream by stream, so one stream's fault costs only that stream's record."""
-        try:
-            await self._retrying(partial(self.store.append, events))
-            return
-        except StorageError as exc:
-            if isinstance(exc, DatabaseUnavailable):
-                raise
-            log.error("broker.shutdown_append_rejected", error=str(exc), then="stream by stream")
-        streams: dict[UUID, list[NewEvent]] = {}
-        for event in events:
-            streams.setdefault(event.stream_id, []).append(event)
-        for nid, own in streams.items():
-            try:
-                await self._retrying(partial(self.store.append, own))
-            except StorageError as exc:
-                if isinstance(exc, DatabaseUnavailable):
-                    raise
-                log.error("broker.stream_not_recorded", negotiation_id=str(nid), error=str(exc))
-
     async def _shutdown(self) -> None:
-        # What was decided (in flight or queued) is committed, then (if abort_on_shutdown)
-        # open rooms are recorded as aborted. Re-appending an in-flight batch is safe:
-        # appends are idempotent by event id. Without abort, open rooms stay open in the
-        # log for the next broker's resume(); their undelivered messages are re-sent by
-        # catch_up when the agents say hello to it.
-        pending: list[_Batch] = []
-        for lane in self._lanes:
-            queued: list[_Queued] = [*lane.inflight, *lane.preparing]
-            if lane.held is not None:
-                queued.append(lane.held)
-            while True:
-                try:
-                    queued.append(lane.receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-            # Barriers carry deliveries only; a batch handed from one stage to the next
-            # may be in both lists for an instant.
-            for b in queued:
-                if isinstance(b, _Batch) and all(b is not p for p in pending):
-                    pending.append(b)
+        # What was decided (in flight or queued) is committed by the committer's drain,
+        # then (if abort_on_shutdown) open rooms are recorded as aborted. Without abort,
+        # open rooms stay open in the log for the next broker's resume(); their
+        # undelivered messages are re-sent by catch_up when the agents say hello to it.
+        aborts: list[Batch] = []
         if self.abort_on_shutdown:
             for nid in self.running():
                 batch = self._apply(nid, Abort(reason="broker shut down"))
                 if batch is not None:
-                    pending.append(batch)
+                    aborts.append(batch)
+        pending = await self.committer.drain(aborts)
         if not pending:
-            return
-        # Shutting down: report what fails, never mask the cancellation.
-        try:
-            with anyio.fail_after(10):
-                await self._append_apart(self._events(pending))
-        except Exception as exc:
-            log.error(
-                "broker.shutdown_commit_failed",
-                error=repr(exc),
-                then="what was decided and not yet committed is lost (none of it was delivered)",
-            )
             return
         try:
             with anyio.fail_after(10):

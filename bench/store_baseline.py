@@ -3,10 +3,10 @@
     python bench/store_baseline.py [--dsn postgresql://...] [--n 100000] [--appenders 1000]
 
 Prints events/s for (1) raw asyncpg COPY in batches of 1000 rows into an events-shaped
-table, each batch committed (the ceiling), (2) PostgresEventStore.append through a
-GroupCommitter fed by many concurrent appenders of 2-12 events each (unnest statement),
-(3) the same with a COPY-into-temp-table append variant, each with 1 and 3 batches
-committing at once (GroupCommitter max_inflight), and the ratios to the baseline. Runs in a
+table, each batch committed (the ceiling), (2) PostgresEventStore through the broker's
+group committer (storage.committer) fed by many streams' batches of 2-12 events each
+(unnest statement), (3) the same with a COPY-into-temp-table append variant, each with 1
+and 3 commit lanes (batches committing at once), and the ratios to the baseline. Runs in a
 throwaway schema, dropped afterwards. Figures only; nothing here asserts on time.
 """
 
@@ -23,8 +23,8 @@ import anyio
 import asyncpg
 import structlog
 
+from mams.storage.committer import Batch, Committer
 from mams.storage.eventstore import PostgresEventStore
-from mams.storage.groupcommit import GroupCommitter
 from mams.storage.migrate import migrate
 from mams.storage.model import NewEvent
 from mams.storage.pg import create_pool, quote_ident
@@ -96,19 +96,32 @@ async def bench_store(
         planned += k
         i += 1
 
-    async def appender(batches: list[list[NewEvent]]) -> None:
-        for batch in batches:
-            await committer.append(batch)
+    committed = 0
+    done = anyio.Event()
 
+    async def deliver(batches: Sequence[Batch]) -> None:
+        nonlocal committed
+        committed += sum(len(b.events) for b in batches)
+        if committed >= planned:
+            done.set()
+
+    committer = Committer(store, deliver, lanes=inflight)
     start = time.perf_counter()
-    async with GroupCommitter(store) as committer, anyio.create_task_group() as tg:
-        for batches in streams:
-            tg.start_soon(appender, batches)
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        # Round-robin over the streams, each stream's batches in seq order.
+        for round_ in range(max(len(b) for b in streams)):
+            for w, batches in enumerate(streams):
+                if round_ < len(batches):
+                    await committer.submit(Batch(batches[round_], [], [], nid=sids[w]))
+        await done.wait()
+        tg.cancel_scope.cancel()
     elapsed = time.perf_counter() - start
-    s = committer.stats
+    committer.close()
+    appends = sum(len(b) for b in streams)
     detail = (
-        f"{s.callers_committed} appends in {s.batches} commits "
-        f"(avg {s.events_committed / max(s.batches, 1):.0f} events/commit)"
+        f"{appends} appends in {committer.commits} commits "
+        f"(avg {planned / max(committer.commits, 1):.0f} events/commit)"
     )
     return planned / elapsed, detail
 
@@ -126,10 +139,10 @@ async def main(dsn: str, n: int, appenders: int) -> None:
             copy_rate = await bench_copy(pool, n)
             results: list[tuple[str, float, str]] = []
             for label, cls, inflight in [
-                ("unnest append, 1 commit in flight ", PostgresEventStore, 1),
-                ("unnest append, 3 commits in flight", PostgresEventStore, 3),
-                ("COPY temp-table append, 1 in flight", CopyAppendStore, 1),
-                ("COPY temp-table append, 3 in flight", CopyAppendStore, 3),
+                ("unnest append, 1 commit lane  ", PostgresEventStore, 1),
+                ("unnest append, 3 commit lanes ", PostgresEventStore, 3),
+                ("COPY temp-table append, 1 lane ", CopyAppendStore, 1),
+                ("COPY temp-table append, 3 lanes", CopyAppendStore, 3),
             ]:
                 await pool.execute("TRUNCATE events")
                 rate, detail = await bench_store(cls(pool), n, appenders, inflight)
@@ -142,7 +155,7 @@ async def main(dsn: str, n: int, appenders: int) -> None:
     print(f"events: {n}, concurrent appenders: {appenders}, 2-12 events per append")
     print(f"baseline raw COPY x1000, commit per batch    {copy_rate:10,.0f} events/s")
     for label, rate, detail in results:
-        print(f"GroupCommitter + {label}  {rate:10,.0f} events/s  ratio {rate / copy_rate:.2f}")
+        print(f"Committer + {label}  {rate:10,.0f} events/s  ratio {rate / copy_rate:.2f}")
         print(f"    {detail}")
 
 
