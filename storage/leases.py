@@ -31,6 +31,7 @@ import asyncpg
 import structlog
 
 from mams.storage.errors import DatabaseUnavailable, translating
+from mams.storage.retry import retrying
 
 log = structlog.get_logger("mams.leases")
 
@@ -231,12 +232,6 @@ class PgLeases:
 async def _until_done(step: Callable[[], Awaitable[_T]], event: str) -> _T:
     """Retry `step` until it succeeds (the database is coming back): the keeper must
     never take its broker down with it. Logs each failure but the routine unavailable."""
-    delay = 0.05
-    while True:
-        try:
-            return await step()
-        except Exception as exc:
-            if not isinstance(exc, DatabaseUnavailable):
-                log.warning(event, error=repr(exc), retry_in=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    return await retrying(
+        step, event=event, on=Exception, max_wait=1.0, quiet=(DatabaseUnavailable,)
+    )
