@@ -69,6 +69,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from functools import partial
 from typing import IO, Any
 from uuid import UUID
@@ -101,14 +102,21 @@ from mams.storage.export import (
     export_streams,
     import_scanned,
     iter_records,
+    restamp,
 )
 from mams.storage.model import StoredEvent
 from mams.storage.readmodels import (
+    Queries,
     ReadModelProjector,
     find_negotiation,
+    finished_runs,
     has_session,
+    rename_session,
+    restamp_session,
     restore_sessions,
     save_session,
+    session_negotiation_ids,
+    sessions_of_runs,
 )
 
 _json = msgspec.json.Encoder()
@@ -164,7 +172,7 @@ def _dump(obj: object) -> None:
     sys.stdout.flush()
 
 
-async def resolve_negotiation(conn: Any, text: str) -> UUID:
+async def resolve_negotiation(conn: Queries, text: str) -> UUID:
     """A negotiation id from an id or a unique prefix of one (at least 4 characters);
     anything else is bad input, saying where to look."""
     try:
@@ -206,28 +214,22 @@ async def cmd_audit(args: argparse.Namespace, out: Console) -> int:
     async with servers(need_bus=False) as srv:
         async with srv.pool.acquire() as conn:
             if args.all:
-                runs = await conn.fetch(
-                    "SELECT negotiation_id, status <> 'running' AS finished FROM negotiation_runs"
-                )
+                runs = await finished_runs(conn)
                 ids = await srv.store.stream_ids()
                 logged = set(ids)
                 # A run the read models know, or a stream an earlier audit saw, but the log
                 # does not: its rows were deleted.
-                for sid in [*(r["negotiation_id"] for r in runs), *pins]:
+                for sid in [*runs, *pins]:
                     if sid not in logged:
                         logged.add(sid)
                         ids.append(sid)
             else:
                 nid = await resolve_negotiation(conn, args.negotiation_id)
-                runs = await conn.fetch(
-                    "SELECT negotiation_id, status <> 'running' AS finished "
-                    "FROM negotiation_runs WHERE negotiation_id = $1",
-                    nid,
-                )
+                runs = await finished_runs(conn, nid)
                 # Its companion stream of quality flags and reviews, when it has one.
                 ids = _with_companion(nid)
-        finished = {r["negotiation_id"] for r in runs if r["finished"]}
-        recorded = {r["negotiation_id"] for r in runs}
+        finished = {nid for nid, done in runs.items() if done}
+        recorded = set(runs)
         if not args.all:
             reports = await audit_chunk(
                 srv.store, ids, finished=finished, recorded=recorded, pins=pins
@@ -372,32 +374,23 @@ async def cmd_export(args: argparse.Namespace, out: Console) -> int:
                 ids = await srv.store.stream_ids()
                 what = "the log"
             elif session is not None:
-                runs = await conn.fetch(
-                    "SELECT negotiation_id FROM negotiation_runs WHERE session_id = $1 "
-                    "ORDER BY started_at, negotiation_id",
-                    session,
-                )
-                if not runs:
+                in_session = await session_negotiation_ids(conn, session)
+                if not in_session:
                     raise AuditUsageError(
                         f"no negotiations of session {session}; `mams sessions` lists them"
                     )
-                ids = [sid for r in runs for sid in _with_companion(r["negotiation_id"])]
+                ids = [sid for nid in in_session for sid in _with_companion(nid)]
                 what = f"session {session}"
             else:
                 nid = await resolve_negotiation(conn, args.negotiation_id)
                 ids = _with_companion(nid)
                 what = f"negotiation {nid}"
             # The sessions of these rooms, so an import keeps their names and times.
-            sessions = await conn.fetch(
-                "SELECT session_id, name, created_at, scenario FROM sessions WHERE session_id "
-                "IN (SELECT session_id FROM negotiation_runs WHERE negotiation_id = ANY($1))"
-                " ORDER BY created_at, session_id",
-                ids,
-            )
+            sessions = await sessions_of_runs(conn, ids)
         async with _archive(args.output) as write:
             await write(
                 b"".join(
-                    export_session_line(r["session_id"], r["name"], r["created_at"], r["scenario"])
+                    export_session_line(r.session_id, r.name, r.created_at, r.scenario)
                     for r in sessions
                 )
             )
@@ -479,7 +472,7 @@ async def import_archive(
     async def sessions_first(firsts: dict[UUID, StoredEvent]) -> None:
         opened = [(decode_event(first.data), first.recorded_at) for first in firsts.values()]
         rooms = [e for e, _ in opened if isinstance(e, NegotiationStarted)]
-        began: dict[UUID, Any] = {}
+        began: dict[UUID, datetime] = {}
         for e, at in opened:
             if isinstance(e, NegotiationStarted):
                 began[e.session_id] = min(at, began.get(e.session_id, at))
@@ -493,18 +486,11 @@ async def import_archive(
                         msgspec.json.decode(line.scenario), source=f"{source}: session {sid}"
                     )
                     await save_session(conn, sid, scenario)
-                    await conn.execute(
-                        "UPDATE sessions SET name = $2, created_at = $3 WHERE session_id = $1",
-                        sid,
-                        line.name,
-                        line.created_at,
-                    )
+                    await rename_session(conn, sid, line.name, line.created_at)
                     restored.append((sid, scenario))
                 rebuilt = await restore_sessions(conn, rooms, name=f"imported from {source}")
                 for sid, _ in rebuilt:
-                    await conn.execute(
-                        "UPDATE sessions SET created_at = $2 WHERE session_id = $1", sid, began[sid]
-                    )
+                    await restamp_session(conn, sid, began[sid])
                 restored.extend(rebuilt)
             except ScenarioError as exc:
                 raise AuditUsageError(
@@ -519,48 +505,6 @@ async def import_archive(
         on_progress=on_progress,
     )
     return result, restored
-
-
-async def restamp(pool: asyncpg.Pool, streams: list[list[StoredEvent]]) -> None:
-    """Give appended streams the times of the file they came from: each event's
-    `recorded_at`, and what the read models derive from it (a run's start and end, its
-    messages' and outcome's times), which the append stamped with the time of the import.
-    (Not part of the chain: the hashes do not cover the times.)"""
-    events = [e for stream in streams for e in stream]
-    ids = [stream[0].stream_id for stream in streams]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE events e SET recorded_at = x.at FROM unnest($1::uuid[], $2::int4[], "
-            "$3::timestamptz[]) AS x(stream_id, seq, at) "
-            "WHERE e.stream_id = x.stream_id AND e.seq = x.seq",
-            [e.stream_id for e in events],
-            [e.seq for e in events],
-            [e.recorded_at for e in events],
-        )
-        await conn.execute(
-            "UPDATE negotiation_runs r SET started_at = e.recorded_at FROM events e "
-            "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
-            "AND e.seq = 1",
-            ids,
-        )
-        await conn.execute(
-            "UPDATE negotiation_runs r SET ended_at = e.recorded_at FROM events e "
-            "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
-            "AND e.type = 'negotiation.ended'",
-            ids,
-        )
-        await conn.execute(
-            "UPDATE outcomes o SET decided_at = e.recorded_at FROM events e "
-            "WHERE o.negotiation_id = ANY($1::uuid[]) AND e.stream_id = o.negotiation_id "
-            "AND e.type = 'negotiation.ended'",
-            ids,
-        )
-        await conn.execute(
-            "UPDATE messages m SET sent_at = e.recorded_at FROM events e "
-            "WHERE m.negotiation_id = ANY($1::uuid[]) AND e.stream_id = m.negotiation_id "
-            "AND e.seq = m.seq",
-            ids,
-        )
 
 
 def _file_lines(path: str) -> Iterator[bytes]:

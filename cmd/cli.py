@@ -25,7 +25,6 @@ import msgspec
 import structlog
 from rich.console import Console
 
-from mams.version import __version__
 from mams.actors.brains.base import BASELINE_LABEL
 from mams.actors.market import (
     RoomResult,
@@ -68,12 +67,19 @@ from mams.domain.bounds import (
     ROUND_TIMEOUT_MAX,
     ROUND_TIMEOUT_MIN,
 )
-from mams.domain.config import Scenario, ScenarioError, check_model, item_key, load_scenario
+from mams.domain.config import (
+    BuyerItem,
+    Scenario,
+    ScenarioError,
+    check_model,
+    item_key,
+    load_scenario,
+)
 from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, QualityFlagged, decode_event
 from mams.domain.negotiation import NegotiationState, replay
 from mams.domain.transcript import Renderer, render
-from mams.infra import servers
+from mams.infra import Servers, servers
 from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
@@ -81,9 +87,14 @@ from mams.report import cmd_report
 from mams.storage.eventstore import read_in_chunks
 from mams.storage.leases import PgLeases
 from mams.storage.readmodels import (
+    Conn,
+    count_runs,
+    count_sessions,
+    database_now,
     list_runs,
     list_sessions,
     load_session,
+    runs_started_since,
     save_session,
 )
 from mams.study import (
@@ -97,6 +108,7 @@ from mams.study import (
     take_plan,
 )
 from mams.telemetry import init_sentry, report
+from mams.version import __version__
 
 _json = msgspec.json.Encoder(decimal_format="number")
 LLM_ROUND_TIMEOUT = 120.0
@@ -141,7 +153,7 @@ def _shown_in_log(
 
 
 # -- run -------------------------------------------------------------------------------------
-async def _scenario_for(args: argparse.Namespace, conn: Any) -> tuple[Scenario, UUID, bool]:
+async def _scenario_for(args: argparse.Namespace, conn: Conn) -> tuple[Scenario, UUID, bool]:
     """The scenario to run and its session id; True if it is a new session to store."""
     if args.session:
         session_id = _parse_uuid(args.session, "--session")
@@ -153,7 +165,7 @@ async def _scenario_for(args: argparse.Namespace, conn: Any) -> tuple[Scenario, 
     return load_scenario(Path(args.scenario)), uuid.uuid4(), True
 
 
-def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[Any]:
+def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[BuyerItem]:
     if not names:
         return list(scenario.buyer.items)
     wanted = {item_key(n): n for n in names}
@@ -405,10 +417,10 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
 
 
 async def _run_as_processes(
-    srv: Any,
+    srv: Servers,
     scenario: Scenario,
     session_id: UUID,
-    items: list[Any],
+    items: list[BuyerItem],
     args: argparse.Namespace,
     out: Console,
     study: Progress,
@@ -424,7 +436,8 @@ async def _run_as_processes(
     watched them live)."""
     from mams.processes import supervise
 
-    started_after = await srv.pool.fetchval("SELECT now()")
+    assert srv.nats_url is not None  # servers(need_bus=True) started or found one
+    started_after = await database_now(srv.pool)
     await supervise(
         scenario=scenario,
         session_id=session_id,
@@ -438,15 +451,8 @@ async def _run_as_processes(
         at_once=at_once,
         on_ended=on_ended,
     )
-    rows = await srv.pool.fetch(
-        "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "
-        "AND (started_at >= $2 OR negotiation_id = ANY($3::uuid[])) "
-        "ORDER BY started_at, item_name",
-        session_id,
-        started_after,
-        study.interrupted,
-    )
-    item_of = {r["negotiation_id"]: r["item_name"] for r in rows}
+    runs = await runs_started_since(srv.pool, session_id, started_after, study.interrupted)
+    item_of = dict(runs)
     rooms = []
     flags: dict[UUID, list[QualityFlagged]] = {}
     async for streams in read_in_chunks(srv.store, list(item_of)):
@@ -549,7 +555,7 @@ async def cmd_sessions(args: argparse.Namespace, out: Console) -> int:
         rows = await list_sessions(conn, limit=args.limit)
         total = len(rows)
         if total == args.limit:  # there may be more than the page shows
-            total = int(await conn.fetchval("SELECT count(*) FROM sessions"))
+            total = await count_sessions(conn)
     if args.json:
         _dump({"sessions": rows, "total": total})
         return 0
@@ -588,13 +594,7 @@ async def cmd_negotiations(args: argparse.Namespace, out: Console) -> int:
         rows = await list_runs(conn, session_id=session, limit=args.limit)
         total = len(rows)
         if total == args.limit:  # there may be more than the page shows
-            total = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM negotiation_runs "
-                    "WHERE $1::uuid IS NULL OR session_id = $1",
-                    session,
-                )
-            )
+            total = await count_runs(conn, session)
     if args.json:
         _dump({"negotiations": rows, "total": total})
         return 0

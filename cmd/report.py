@@ -56,7 +56,7 @@ from mams.infra import servers
 from mams.storage.eventstore import EventStore
 from mams.storage.observations import observations_of
 from mams.storage.parallel import default_jobs, map_streams
-from mams.storage.readmodels import has_session, interrupted_by_session
+from mams.storage.readmodels import Queries, has_session, interrupted_by_session, negotiation_ids
 
 
 def add_parsers(sub: Any) -> None:
@@ -104,15 +104,10 @@ async def analyses_of(
     return out
 
 
-async def _ids(conn: Any, session: UUID | None) -> list[UUID]:
+async def _ids(conn: Queries, session: UUID | None) -> list[UUID]:
     if session is not None and not await has_session(conn, session):
         raise AnalyzeUsageError(f"no session {session}; `mams sessions` lists stored sessions")
-    rows = await conn.fetch(
-        "SELECT negotiation_id FROM negotiation_runs WHERE $1::uuid IS NULL OR session_id = $1 "
-        "ORDER BY started_at, item_name, negotiation_id",
-        session,
-    )
-    return [r["negotiation_id"] for r in rows]
+    return await negotiation_ids(conn, session)
 
 
 def _parse_session(text: str | None) -> UUID | None:

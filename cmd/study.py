@@ -9,15 +9,15 @@ plan (the session's newest, table `studies`, migration 0008), `fill_defaults` th
 from __future__ import annotations
 
 import argparse
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import msgspec
 
+from mams.storage import readmodels
 from mams.storage.leases import live_rooms
+from mams.storage.readmodels import Queries
 
 DEFAULT_MAX_ROUNDS = 8
 DEFAULT_RUNS = 1
@@ -78,26 +78,18 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.no_monitor = False
 
 
-async def save_plan(conn: Any, session_id: UUID, plan: Plan) -> None:
+async def save_plan(conn: Queries, session_id: UUID, plan: Plan) -> None:
     """Record a run's plan as the session's newest."""
-    await conn.execute(
-        "INSERT INTO studies (study_id, session_id, plan) VALUES ($1, $2, $3)",
-        uuid.uuid4(),
-        session_id,
-        msgspec.json.encode(plan),
-    )
+    await readmodels.save_plan(conn, session_id, msgspec.json.encode(plan))
 
 
-async def last_plan(conn: Any, session_id: UUID) -> tuple[Plan, datetime] | None:
+async def last_plan(conn: Queries, session_id: UUID) -> tuple[Plan, datetime] | None:
     """The session's newest plan and when it was made, or None (no run recorded one)."""
-    row = await conn.fetchrow(
-        "SELECT plan, created_at FROM studies WHERE session_id = $1 "
-        "ORDER BY created_at DESC, study_id LIMIT 1",
-        session_id,
-    )
-    if row is None:
+    stored = await readmodels.last_plan(conn, session_id)
+    if stored is None:
         return None
-    return msgspec.json.decode(row["plan"], type=Plan), row["created_at"]
+    plan, created_at = stored
+    return msgspec.json.decode(plan, type=Plan), created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,24 +110,20 @@ class Progress:
 
 
 async def progress_of(
-    conn: Any, session_id: UUID, planned: list[tuple[str, int | None]]
+    conn: Queries, session_id: UUID, planned: list[tuple[str, int | None]]
 ) -> Progress:
     """The rooms of these (item, seed) the session already has: completed ones are not run
     again; running ones whose broker is gone (the run was killed) are gone on with from
     their log; running ones a live broker serves are counted (`elsewhere`). Aborted ones
     (Ctrl-C) are opened afresh."""
     wanted = set(planned)
-    rows = await conn.fetch(
-        "SELECT negotiation_id, item_name, seed, status FROM negotiation_runs "
-        "WHERE session_id = $1 AND status IN ('completed', 'running') ORDER BY started_at",
-        session_id,
-    )
-    rows = [r for r in rows if (r["item_name"], r["seed"]) in wanted]
-    running = [r["negotiation_id"] for r in rows if r["status"] == "running"]
+    runs = await readmodels.run_states(conn, session_id, ("completed", "running"))
+    runs = [r for r in runs if (r.item_name, r.seed) in wanted]
+    running = [r.negotiation_id for r in runs if r.status == "running"]
     live = await live_rooms(conn, running)
     return Progress(
-        completed=sum(r["status"] == "completed" for r in rows),
+        completed=sum(r.status == "completed" for r in runs),
         interrupted=[nid for nid in running if nid not in live],
         elsewhere=len(live),
-        skip={(r["item_name"], r["seed"]) for r in rows},
+        skip={(r.item_name, r.seed) for r in runs},
     )

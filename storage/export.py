@@ -42,11 +42,12 @@ from uuid import UUID
 
 import anyio
 import anyio.to_thread
+import asyncpg
 import msgspec
 
 from mams.storage.audit import check_link
 from mams.storage.chain import GENESIS
-from mams.storage.errors import StorageError
+from mams.storage.errors import StorageError, translating
 from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.model import NewEvent, StoredEvent
 
@@ -369,3 +370,46 @@ async def _append_verified(
             )
         result.appended[sid] = len(evs)
         result.heads[sid] = evs[-1].hash
+
+
+async def restamp(pool: asyncpg.Pool, streams: list[list[StoredEvent]]) -> None:
+    """Give appended streams the times of the file they came from: each event's
+    `recorded_at`, and what the read models derive from it (a run's start and end, its
+    messages' and outcome's times), which the append stamped with the time of the import.
+    (Not part of the chain: the hashes do not cover the times.)"""
+    events = [e for stream in streams for e in stream]
+    ids = [stream[0].stream_id for stream in streams]
+    with translating():
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE events e SET recorded_at = x.at FROM unnest($1::uuid[], $2::int4[], "
+                "$3::timestamptz[]) AS x(stream_id, seq, at) "
+                "WHERE e.stream_id = x.stream_id AND e.seq = x.seq",
+                [e.stream_id for e in events],
+                [e.seq for e in events],
+                [e.recorded_at for e in events],
+            )
+            await conn.execute(
+                "UPDATE negotiation_runs r SET started_at = e.recorded_at FROM events e "
+                "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
+                "AND e.seq = 1",
+                ids,
+            )
+            await conn.execute(
+                "UPDATE negotiation_runs r SET ended_at = e.recorded_at FROM events e "
+                "WHERE r.negotiation_id = ANY($1::uuid[]) AND e.stream_id = r.negotiation_id "
+                "AND e.type = 'negotiation.ended'",
+                ids,
+            )
+            await conn.execute(
+                "UPDATE outcomes o SET decided_at = e.recorded_at FROM events e "
+                "WHERE o.negotiation_id = ANY($1::uuid[]) AND e.stream_id = o.negotiation_id "
+                "AND e.type = 'negotiation.ended'",
+                ids,
+            )
+            await conn.execute(
+                "UPDATE messages m SET sent_at = e.recorded_at FROM events e "
+                "WHERE m.negotiation_id = ANY($1::uuid[]) AND e.stream_id = m.negotiation_id "
+                "AND e.seq = m.seq",
+                ids,
+            )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar
 from uuid import UUID
 
 import anyio
@@ -31,6 +31,7 @@ import asyncpg
 import structlog
 
 from mams.storage.errors import DatabaseUnavailable, translating
+from mams.storage.readmodels import Queries
 from mams.storage.retry import retrying
 
 log = structlog.get_logger("mams.leases")
@@ -112,10 +113,13 @@ class Leases(Protocol):
         ...
 
 
-async def live_rooms(conn: Any, ids: Sequence[UUID], *, besides: UUID | None = None) -> set[UUID]:
+async def live_rooms(
+    conn: Queries, ids: Sequence[UUID], *, besides: UUID | None = None
+) -> set[UUID]:
     """Of these rooms, those a live broker (other than `besides`) is serving. `conn` is a
     pool or a connection on the store's schema."""
-    rows = await conn.fetch(_LIVE, list(ids), besides or uuid.UUID(int=0))
+    with translating():
+        rows = await conn.fetch(_LIVE, list(ids), besides or uuid.UUID(int=0))
     return {r["negotiation_id"] for r in rows}
 
 
@@ -125,7 +129,7 @@ class PgLeases:
     leaving releases the lock (so do a crash and a closed connection)."""
 
     def __init__(
-        self, pool: Any, dsn: str, *, owner: UUID | None = None, check_every: float = 1.0
+        self, pool: asyncpg.Pool, dsn: str, *, owner: UUID | None = None, check_every: float = 1.0
     ) -> None:
         self.pool = pool
         self.dsn = dsn

@@ -8,6 +8,7 @@ committed. Session configurations are written once by
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -25,10 +26,13 @@ from mams.domain.events import (
     decode_event,
 )
 from mams.domain.opening import scenario_of
+from mams.storage.errors import translating
 from mams.storage.model import NewEvent
 
 _json = msgspec.json.Encoder(decimal_format="string")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+# Whatever runs a query: a pool (one connection per call) or a connection of one.
+Queries = asyncpg.Pool | Conn
 
 
 # The event types behind negotiation_runs and outcomes rows; message rows `mams_append`
@@ -104,51 +108,62 @@ class ReadModelProjector:
 async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None:
     """Store a scenario as a session (its JSON plus the normalized config tables)."""
     raw = _json.encode(scenario_to_raw(scenario)).decode()
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO sessions (session_id, name, scenario) VALUES ($1, $2, $3)",
-            session_id,
-            scenario.name,
-            raw,
-        )
-        await conn.executemany(
-            "INSERT INTO buyer_configs (session_id, item_name, quantity, min_price, max_price) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            [
-                (session_id, i.item_name, i.quantity, i.min_price, i.max_price)
-                for i in scenario.buyer.items
-            ],
-        )
-        await conn.executemany(
-            "INSERT INTO seller_configs (session_id, handle, agent_id, style, "
-            "customer_retention_weight, profit_maximization_weight) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            [
-                (
-                    session_id,
-                    s.handle,
-                    s.agent_id,
-                    s.style,
-                    s.customer_retention_weight,
-                    s.profit_maximization_weight,
-                )
-                for s in scenario.sellers
-            ],
-        )
-        await conn.executemany(
-            "INSERT INTO seller_inventory (session_id, handle, item_name, cost_price, "
-            "selling_price, least_price) VALUES ($1, $2, $3, $4, $5, $6)",
-            [
-                (session_id, s.handle, e.item_name, e.cost_price, e.selling_price, e.least_price)
-                for s in scenario.sellers
-                for e in s.inventory
-            ],
-        )
+    with translating():
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO sessions (session_id, name, scenario) VALUES ($1, $2, $3)",
+                session_id,
+                scenario.name,
+                raw,
+            )
+            await conn.executemany(
+                "INSERT INTO buyer_configs "
+                "(session_id, item_name, quantity, min_price, max_price) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [
+                    (session_id, i.item_name, i.quantity, i.min_price, i.max_price)
+                    for i in scenario.buyer.items
+                ],
+            )
+            await conn.executemany(
+                "INSERT INTO seller_configs (session_id, handle, agent_id, style, "
+                "customer_retention_weight, profit_maximization_weight) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    (
+                        session_id,
+                        s.handle,
+                        s.agent_id,
+                        s.style,
+                        s.customer_retention_weight,
+                        s.profit_maximization_weight,
+                    )
+                    for s in scenario.sellers
+                ],
+            )
+            await conn.executemany(
+                "INSERT INTO seller_inventory (session_id, handle, item_name, cost_price, "
+                "selling_price, least_price) VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    (
+                        session_id,
+                        s.handle,
+                        e.item_name,
+                        e.cost_price,
+                        e.selling_price,
+                        e.least_price,
+                    )
+                    for s in scenario.sellers
+                    for e in s.inventory
+                ],
+            )
 
 
-async def has_session(conn: Conn, session_id: UUID) -> bool:
+async def has_session(conn: Queries, session_id: UUID) -> bool:
     """Whether a session is stored."""
-    return bool(await conn.fetchval("SELECT 1 FROM sessions WHERE session_id = $1", session_id))
+    with translating():
+        found = await conn.fetchval("SELECT 1 FROM sessions WHERE session_id = $1", session_id)
+    return bool(found)
 
 
 async def restore_sessions(
@@ -170,9 +185,10 @@ async def restore_sessions(
     return made
 
 
-async def load_session(conn: Conn, session_id: UUID) -> Scenario | None:
+async def load_session(conn: Queries, session_id: UUID) -> Scenario | None:
     """The scenario stored for a session, or None if there is no such session."""
-    raw = await conn.fetchval("SELECT scenario FROM sessions WHERE session_id = $1", session_id)
+    with translating():
+        raw = await conn.fetchval("SELECT scenario FROM sessions WHERE session_id = $1", session_id)
     if raw is None:
         return None
     return parse_scenario(msgspec.json.decode(raw), source=f"session {session_id}")
@@ -219,61 +235,237 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     interrupted: bool = False
 
 
-async def list_sessions(conn: Conn, *, limit: int = 50) -> list[SessionRow]:
+async def list_sessions(conn: Queries, *, limit: int = 50) -> list[SessionRow]:
     """Stored sessions, newest first."""
-    rows = await conn.fetch(
-        """
-        SELECT s.session_id, coalesce(s.name, '') AS name, s.created_at,
-               (SELECT count(*) FROM buyer_configs b WHERE b.session_id = s.session_id) AS items,
-               (SELECT count(*) FROM seller_configs c WHERE c.session_id = s.session_id)
-                   AS sellers,
-               (SELECT count(*) FROM negotiation_runs r WHERE r.session_id = s.session_id)
-                   AS negotiations,
-               (SELECT count(*) FROM negotiation_runs r JOIN outcomes o USING (negotiation_id)
-                 WHERE r.session_id = s.session_id AND o.type = 'deal') AS deals
-        FROM sessions s ORDER BY s.created_at DESC LIMIT $1
-        """,
-        limit,
-    )
+    with translating():
+        rows = await conn.fetch(
+            """
+            SELECT s.session_id, coalesce(s.name, '') AS name, s.created_at,
+                   (SELECT count(*) FROM buyer_configs b WHERE b.session_id = s.session_id)
+                       AS items,
+                   (SELECT count(*) FROM seller_configs c WHERE c.session_id = s.session_id)
+                       AS sellers,
+                   (SELECT count(*) FROM negotiation_runs r WHERE r.session_id = s.session_id)
+                       AS negotiations,
+                   (SELECT count(*) FROM negotiation_runs r JOIN outcomes o USING (negotiation_id)
+                     WHERE r.session_id = s.session_id AND o.type = 'deal') AS deals
+            FROM sessions s ORDER BY s.created_at DESC LIMIT $1
+            """,
+            limit,
+        )
     return [SessionRow(**dict(r)) for r in rows]
 
 
-async def list_runs(conn: Conn, *, session_id: UUID | None = None, limit: int = 50) -> list[RunRow]:
+async def list_runs(
+    conn: Queries, *, session_id: UUID | None = None, limit: int = 50
+) -> list[RunRow]:
     """Negotiation runs with outcomes, newest first, optionally for one session."""
-    rows = await conn.fetch(
-        f"""
-        SELECT r.negotiation_id, r.session_id, r.item_name, r.status, r.brain, r.rounds,
-               r.started_at, r.ended_at, o.type AS outcome, o.seller, o.unit_price,
-               o.quantity, o.total,
-               {_INTERRUPTED} AS interrupted
-        FROM negotiation_runs r LEFT JOIN outcomes o USING (negotiation_id)
-        WHERE $1::uuid IS NULL OR r.session_id = $1
-        ORDER BY r.started_at DESC, r.negotiation_id LIMIT $2
-        """,
-        session_id,
-        limit,
-    )
+    with translating():
+        rows = await conn.fetch(
+            f"""
+            SELECT r.negotiation_id, r.session_id, r.item_name, r.status, r.brain, r.rounds,
+                   r.started_at, r.ended_at, o.type AS outcome, o.seller, o.unit_price,
+                   o.quantity, o.total,
+                   {_INTERRUPTED} AS interrupted
+            FROM negotiation_runs r LEFT JOIN outcomes o USING (negotiation_id)
+            WHERE $1::uuid IS NULL OR r.session_id = $1
+            ORDER BY r.started_at DESC, r.negotiation_id LIMIT $2
+            """,
+            session_id,
+            limit,
+        )
     return [RunRow(**dict(r)) for r in rows]
 
 
-async def interrupted_by_session(conn: Conn, session_id: UUID | None = None) -> dict[UUID, int]:
+async def interrupted_by_session(conn: Queries, session_id: UUID | None = None) -> dict[UUID, int]:
     """Per session (or for one), how many of its rooms are interrupted: running in the log
     with no live broker serving them (their run was killed; `mams run --resume` goes on)."""
-    rows = await conn.fetch(
-        f"""
-        SELECT r.session_id, count(*) AS n FROM negotiation_runs r
-        WHERE {_INTERRUPTED} AND ($1::uuid IS NULL OR r.session_id = $1)
-        GROUP BY r.session_id ORDER BY r.session_id
-        """,
-        session_id,
-    )
+    with translating():
+        rows = await conn.fetch(
+            f"""
+            SELECT r.session_id, count(*) AS n FROM negotiation_runs r
+            WHERE {_INTERRUPTED} AND ($1::uuid IS NULL OR r.session_id = $1)
+            GROUP BY r.session_id ORDER BY r.session_id
+            """,
+            session_id,
+        )
     return {r["session_id"]: int(r["n"]) for r in rows}
 
 
-async def find_negotiation(conn: Conn, prefix: str) -> list[UUID]:
+async def find_negotiation(conn: Queries, prefix: str) -> list[UUID]:
     """Negotiation ids starting with a (hex) prefix, so people can type short ids."""
     clean = prefix.strip().lower()
-    rows = await conn.fetch(
-        "SELECT DISTINCT stream_id FROM events WHERE stream_id::text LIKE $1 || '%' LIMIT 5", clean
-    )
+    with translating():
+        rows = await conn.fetch(
+            "SELECT DISTINCT stream_id FROM events WHERE stream_id::text LIKE $1 || '%' LIMIT 5",
+            clean,
+        )
     return [r["stream_id"] for r in rows]
+
+
+# -- the queries of the commands and the broker: all SQL stays in storage/, each call
+# through `translating`, so a lost database is a DatabaseUnavailable naming what to do.
+
+
+async def database_now(db: Queries) -> datetime:
+    """The database's clock (`now()`): compare with times it stamped, not with ours."""
+    with translating():
+        now: datetime = await db.fetchval("SELECT now()")
+    return now
+
+
+async def count_sessions(db: Queries) -> int:
+    """How many sessions are stored."""
+    with translating():
+        return int(await db.fetchval("SELECT count(*) FROM sessions"))
+
+
+async def count_runs(db: Queries, session_id: UUID | None = None) -> int:
+    """How many negotiation runs are stored (of one session, if given)."""
+    with translating():
+        n = await db.fetchval(
+            "SELECT count(*) FROM negotiation_runs WHERE $1::uuid IS NULL OR session_id = $1",
+            session_id,
+        )
+    return int(n)
+
+
+async def negotiation_ids(db: Queries, session_id: UUID | None = None) -> list[UUID]:
+    """The stored runs' negotiation ids (of one session, if given), in the order they
+    started (then by item name)."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT negotiation_id FROM negotiation_runs "
+            "WHERE $1::uuid IS NULL OR session_id = $1 "
+            "ORDER BY started_at, item_name, negotiation_id",
+            session_id,
+        )
+    return [r["negotiation_id"] for r in rows]
+
+
+async def session_negotiation_ids(db: Queries, session_id: UUID) -> list[UUID]:
+    """A session's negotiation ids in the order they started (then by id)."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT negotiation_id FROM negotiation_runs WHERE session_id = $1 "
+            "ORDER BY started_at, negotiation_id",
+            session_id,
+        )
+    return [r["negotiation_id"] for r in rows]
+
+
+async def runs_started_since(
+    db: Queries, session_id: UUID, since: datetime, also: Sequence[UUID] = ()
+) -> list[tuple[UUID, str]]:
+    """(negotiation id, item name) of a session's runs started at or after `since`, plus
+    those of `also` (rooms gone on with), in the order they started (then by item)."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT negotiation_id, item_name FROM negotiation_runs WHERE session_id = $1 "
+            "AND (started_at >= $2 OR negotiation_id = ANY($3::uuid[])) "
+            "ORDER BY started_at, item_name",
+            session_id,
+            since,
+            list(also),
+        )
+    return [(r["negotiation_id"], r["item_name"]) for r in rows]
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a stored run stands: its room, item, seed and status."""
+
+    negotiation_id: UUID
+    item_name: str
+    seed: int | None
+    status: str
+
+
+async def run_states(
+    db: Queries, session_id: UUID, statuses: Sequence[str] = ("completed", "running")
+) -> list[RunState]:
+    """A session's runs of these statuses, in the order they started."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT negotiation_id, item_name, seed, status FROM negotiation_runs "
+            "WHERE session_id = $1 AND status = ANY($2::text[]) ORDER BY started_at",
+            session_id,
+            list(statuses),
+        )
+    return [RunState(**dict(r)) for r in rows]
+
+
+async def finished_runs(db: Queries, negotiation_id: UUID | None = None) -> dict[UUID, bool]:
+    """Every stored run (or the one given): whether it is finished (no longer running)."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT negotiation_id, status <> 'running' AS finished FROM negotiation_runs "
+            "WHERE $1::uuid IS NULL OR negotiation_id = $1",
+            negotiation_id,
+        )
+    return {r["negotiation_id"]: bool(r["finished"]) for r in rows}
+
+
+class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored session as an archive keeps it: its name, time and scenario JSON."""
+
+    session_id: UUID
+    name: str | None
+    created_at: datetime
+    scenario: bytes  # its JSON
+
+
+async def sessions_of_runs(db: Queries, negotiation_ids: Sequence[UUID]) -> list[SessionRecord]:
+    """The sessions these runs belong to, oldest first."""
+    with translating():
+        rows = await db.fetch(
+            "SELECT session_id, name, created_at, scenario FROM sessions WHERE session_id "
+            "IN (SELECT session_id FROM negotiation_runs WHERE negotiation_id = ANY($1))"
+            " ORDER BY created_at, session_id",
+            list(negotiation_ids),
+        )
+    return [SessionRecord(**dict(r)) for r in rows]
+
+
+async def restamp_session(db: Queries, session_id: UUID, created_at: datetime) -> None:
+    """Give a stored session the time it had where it came from (an imported archive)."""
+    with translating():
+        await db.execute(
+            "UPDATE sessions SET created_at = $2 WHERE session_id = $1", session_id, created_at
+        )
+
+
+async def rename_session(
+    db: Queries, session_id: UUID, name: str | None, created_at: datetime
+) -> None:
+    """Give a stored session the name and time it had where it came from."""
+    with translating():
+        await db.execute(
+            "UPDATE sessions SET name = $2, created_at = $3 WHERE session_id = $1",
+            session_id,
+            name,
+            created_at,
+        )
+
+
+async def save_plan(db: Queries, session_id: UUID, plan: bytes) -> None:
+    """Record a run's plan (JSON) as the session's newest."""
+    with translating():
+        await db.execute(
+            "INSERT INTO studies (study_id, session_id, plan) VALUES ($1, $2, $3)",
+            uuid.uuid4(),
+            session_id,
+            plan,
+        )
+
+
+async def last_plan(db: Queries, session_id: UUID) -> tuple[bytes, datetime] | None:
+    """The session's newest plan (JSON) and when it was made, or None if none was saved."""
+    with translating():
+        row = await db.fetchrow(
+            "SELECT plan, created_at FROM studies WHERE session_id = $1 "
+            "ORDER BY created_at DESC, study_id LIMIT 1",
+            session_id,
+        )
+    if row is None:
+        return None
+    return row["plan"], row["created_at"]
