@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 from uuid import UUID
 
 import anyio
@@ -116,10 +116,10 @@ from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.leases import Leases
 from mams.storage.model import NewEvent, StoredEvent
+from mams.storage.resume import open_stream_ids as open_stream_ids  # cmd/ and tests import it here
 
 log = structlog.get_logger("mams.broker")
 
-_T = TypeVar("_T")
 
 # The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
 _RECAP_TYPES = ("buyer.said", "seller.replied")
@@ -135,33 +135,6 @@ class SessionStore(Protocol):
     async def save(self, session_id: UUID, scenario: Scenario) -> None:
         """Store a scenario as a new session."""
         ...
-
-
-# The streams `resume` needs, in one query: negotiations (a negotiation.started; not the
-# observers' companion streams, such as quality flags) with no negotiation.ended event.
-_OPEN_STREAMS = """
-SELECT stream_id FROM events GROUP BY stream_id
-HAVING bool_or(type = 'negotiation.started') AND NOT bool_or(type = 'negotiation.ended')
-ORDER BY min(global_pos)
-"""
-
-
-_OPEN_OF_SESSION = """
-SELECT negotiation_id AS stream_id FROM negotiation_runs
-WHERE session_id = $1 AND status = 'running' ORDER BY started_at, negotiation_id
-"""
-
-
-async def open_stream_ids(pool: Any, session_id: UUID | None = None) -> list[UUID]:
-    """Streams of the PostgreSQL event store (on `pool`) holding no negotiation.ended
-    (only those of session `session_id` if given, from its read model, written in the
-    events' own statement): the candidates for `Broker.resume`, without reading every
-    ended stream."""
-    if session_id is None:
-        rows = await pool.fetch(_OPEN_STREAMS)
-    else:
-        rows = await pool.fetch(_OPEN_OF_SESSION, session_id)
-    return [r["stream_id"] for r in rows]
 
 
 _MAX_ANSWERED = 10_000  # open_rooms replies remembered (request_id -> reply), for repeats
