@@ -111,12 +111,13 @@ from mams.domain.negotiation import (
 )
 from mams.domain.opening import RoomOptions, opening, study_seeds
 from mams.domain.visibility import catch_up, route
-from mams.storage.committer import Batch, Committer, retrying
+from mams.storage.committer import Batch, Committer
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.leases import Leases
 from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.resume import open_stream_ids as open_stream_ids  # cmd/ and tests import it here
+from mams.storage.retry import retrying
 
 log = structlog.get_logger("mams.broker")
 
@@ -865,7 +866,11 @@ class Broker:
         if room is None:
             return
         try:
-            stored = await retrying(partial(self.store.read, nid), self.retry_timeout)
+            stored = await retrying(
+                partial(self.store.read, nid),
+                event="broker.database_unavailable",
+                give_up_after=self.retry_timeout,
+            )
             events = [decode_event(e.data) for e in stored]
         except Exception as exc:  # cannot re-read: leave the room to its deadlines
             log.exception("broker.reload_failed", negotiation_id=str(nid), error=repr(exc))

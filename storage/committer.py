@@ -17,7 +17,8 @@ halves down to the one command at fault: only that command is lost, the rest com
 are delivered, and `on_refused(room, reason)` tells the decider (which re-reads the room;
 `stale(batch)` then says which batches were decided on the refused state, never committed).
 While the database is unavailable every step is retried with backoff for `retry_timeout`
-seconds (`retrying`). On the way out, `drain` commits whatever was queued or in flight.
+seconds (`storage.retry`), then DatabaseUnavailable stops the committer. On the way out,
+`drain` commits whatever was queued or in flight.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mams.storage.errors import DatabaseUnavailable, StorageError
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
 from mams.storage.model import NewEvent
+from mams.storage.retry import retrying
 
 log = structlog.get_logger("mams.committer")
 
@@ -91,22 +93,6 @@ class _Lane:
 # what queued meanwhile: at light load there is little to prepare ahead, and one larger
 # commit costs the database much less than two small ones.
 LATE_TAKE_EVENTS = 100
-
-
-async def retrying(step: Callable[[], Awaitable[_T]], give_up_after: float) -> _T:
-    """Run `step`, again while the database is unavailable (backoff from 50 ms to 2 s),
-    for at most about `give_up_after` seconds; then its DatabaseUnavailable is raised."""
-    delay, waited = 0.05, 0.0
-    while True:
-        try:
-            return await step()
-        except DatabaseUnavailable as exc:
-            if waited >= give_up_after:
-                raise
-            log.warning("broker.database_unavailable", retry_in=delay, error=str(exc))
-            await anyio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 2.0)
 
 
 def _never_stale(batch: Batch) -> bool:
@@ -223,8 +209,16 @@ class Committer:
 
     # -- the lanes -----------------------------------------------------------------------
     async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
-        # Deliver nothing that is not committed: wait for the database to come back.
-        return await retrying(step, self.retry_timeout)
+        # Deliver nothing that is not committed: wait for the database to come back (the
+        # one retry policy, storage.retry). Tried once first: the policy's machinery is
+        # for the rare outage, not for every commit of the hot path.
+        try:
+            return await step()
+        except DatabaseUnavailable as exc:
+            log.warning("broker.database_unavailable", error=str(exc), then="retrying")
+        return await retrying(
+            step, event="broker.database_unavailable", give_up_after=self.retry_timeout
+        )
 
     async def _write_loop(self, lane: _Lane) -> None:
         # Each lane writes in two stages: while one batch commits, the next is taken and,
