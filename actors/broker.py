@@ -41,12 +41,10 @@ from __future__ import annotations
 import contextlib
 import heapq
 import time
-import uuid
 from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
 from uuid import UUID
 
 import anyio
@@ -58,18 +56,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mams.actors.hellos import HelloGates
 from mams.actors.ids import RandomIds
 from mams.actors.queues import put, take
+from mams.actors.requests import MAX_RUNS as MAX_RUNS  # tests import it here
+from mams.actors.requests import RefusedError, SessionStore, plan_rooms
 from mams.actors.tuning import tune_gc
 from mams.bus._buffer import BufferedSubscription
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, SubjectError, Subjects
-from mams.domain.bounds import (
-    MAX_ROOMS_PER_REQUEST,
-    MAX_ROUNDS_LIMIT,
-    MAX_SEED,
-    ROUND_TIMEOUT_MAX,
-    ROUND_TIMEOUT_MIN,
-)
-from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
 from mams.domain.events import (
     BuyerSaid,
     Event,
@@ -109,7 +101,6 @@ from mams.domain.negotiation import (
     evolve,
     replay,
 )
-from mams.domain.opening import RoomOptions, opening, study_seeds
 from mams.domain.visibility import catch_up, route
 from mams.storage.committer import Batch, Committer
 from mams.storage.errors import StorageError
@@ -124,18 +115,6 @@ log = structlog.get_logger("mams.broker")
 
 # The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
 _RECAP_TYPES = ("buyer.said", "seller.replied")
-
-
-class SessionStore(Protocol):
-    """Where the broker finds (and stores) session configurations."""
-
-    async def load(self, session_id: UUID) -> Scenario | None:
-        """The scenario of a stored session, or None."""
-        ...
-
-    async def save(self, session_id: UUID, scenario: Scenario) -> None:
-        """Store a scenario as a new session."""
-        ...
 
 
 _MAX_ANSWERED = 10_000  # open_rooms replies remembered (request_id -> reply), for repeats
@@ -196,15 +175,6 @@ def _request_id_of(data: bytes) -> UUID | None:
 _Item = tuple[UUID, Command] | _Control | _Resync | _Forget | _Refusal
 
 
-class _RefusedError(Exception):
-    """An open-rooms request that cannot be served; `reason` goes back to the agent."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-MAX_RUNS = MAX_ROOMS_PER_REQUEST  # runs one open_rooms may ask for (and runs x items)
 # A keepalive hello (an agent the broker knows, saying it is still there) re-sends the
 # turns the agent owes, in case a delivery was lost; only those owed for at least this
 # many seconds. An agent behind on its turns (a model's latency, a burst of rooms) is
@@ -242,25 +212,6 @@ class BrokerStats:
 class _Deadlines:
     heap: list[tuple[float, int, UUID, int, Phase]] = field(default_factory=list)
     counter: int = 0
-
-
-def _check_room_options(request: OpenRooms) -> None:
-    """Refuse room options one agent could use to cost the market without bound."""
-    if not 2 <= request.max_rounds <= MAX_ROUNDS_LIMIT:
-        raise _RefusedError(
-            f"max_rounds must be from 2 to {MAX_ROUNDS_LIMIT} (got {request.max_rounds})"
-        )
-    # Written so that NaN fails too.
-    if not ROUND_TIMEOUT_MIN <= request.round_timeout <= ROUND_TIMEOUT_MAX:
-        raise _RefusedError(
-            f"round_timeout must be from {ROUND_TIMEOUT_MIN} to {ROUND_TIMEOUT_MAX:.0f} "
-            f"seconds (got {request.round_timeout})"
-        )
-    if not 1 <= request.runs <= MAX_RUNS:
-        raise _RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
-    seeds = [request.seed, *(seed for _, seed in request.skip)]
-    if any(seed is not None and not -MAX_SEED <= seed <= MAX_SEED for seed in seeds):
-        raise _RefusedError(f"seeds must be from {-MAX_SEED} to {MAX_SEED}")
 
 
 class Broker:
@@ -544,7 +495,7 @@ class Broker:
             return [] if hello is None else self._hello(item.agent, hello)
         try:
             return await self._open_rooms(item.agent, request)
-        except _RefusedError as refused:
+        except RefusedError as refused:
             reason = refused.reason
         except StorageError as exc:
             reason = f"the database could not serve this request ({exc}); send it again"
@@ -645,96 +596,31 @@ class Broker:
         if answered is not None:
             owner, reply = answered
             if owner != agent:
-                raise _RefusedError("this request_id is taken; use a fresh one per request")
+                raise RefusedError("this request_id is taken; use a fresh one per request")
             log.info("broker.request_repeated", agent=agent, request_id=str(request.request_id))
             return [self._deliver_only([(agent, reply)])]
         if self.sessions is None:
-            raise _RefusedError(
+            raise RefusedError(
                 "this broker has no session store; run `mams broker` with a database"
             )
-        _check_room_options(request)
-        session_id = request.session_id
-        if request.scenario is not None:
-            if agent not in self.configurers:
-                raise _RefusedError(
-                    "only an agent the operator allowed to configure markets may send a "
-                    "scenario (mams broker --configurer HANDLE); send the session_id of a "
-                    "session the operator stored instead"
-                )
-            try:
-                scenario = parse_scenario(request.scenario, source="open_rooms.scenario")
-            except ScenarioError as exc:
-                raise _RefusedError(str(exc)) from None
-            session_id = uuid.uuid5(request.request_id, "session")
-        elif session_id is not None:
-            loaded = await self.sessions.load(session_id)
-            if loaded is None:
-                raise _RefusedError(f"no session {session_id}; `mams sessions` lists them")
-            scenario = loaded
-        else:
-            raise _RefusedError("open_rooms needs a session_id or a scenario")
-        if scenario.buyer.agent_id != agent:
-            raise _RefusedError(
-                f"only the session's buyer ({scenario.buyer.handle}) may open its rooms"
-            )
-        wanted = {item_key(i) for i in request.items}
-        items = [i for i in scenario.buyer.items if not wanted or item_key(i.item_name) in wanted]
-        missing = wanted - {item_key(i.item_name) for i in items}
-        if missing or not items:
-            known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
-            raise _RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
-        if request.runs * len(items) > MAX_ROOMS_PER_REQUEST:
-            raise _RefusedError(
-                f"{request.runs} run(s) x {len(items)} item(s) is more than "
-                f"{MAX_ROOMS_PER_REQUEST} rooms in one request; ask in several"
-            )
-        skip = {(item_key(name), seed) for name, seed in request.skip}
-        seeds = study_seeds(request.seed, request.runs)
-        if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
-            raise _RefusedError("every room asked for is in skip: nothing to open")
-        if request.scenario is not None and await self.sessions.load(session_id) is None:
-            await self.sessions.save(session_id, scenario)
-        assert session_id is not None
-        labels = {
-            a: self.brains.get(a, "unannounced")
-            for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
-        }
+        session_id, rooms = await plan_rooms(
+            agent, request, self.sessions, self.configurers, self.brains
+        )
         batches: list[Batch] = []
-        ids: list[UUID] = []
-        names: list[str] = []
-        index = stock_index(scenario)
-        for seed in seeds:
-            options = RoomOptions(
-                max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
-            )
-            for item in items:
-                key = item_key(item.item_name)
-                if (key, seed) in skip:
-                    continue
-                started = opening(
-                    scenario,
-                    session_id,
-                    item,
-                    options,
-                    labels,
-                    uuid.uuid5(request.request_id, f"{key}\x00{seed}"),
-                    index.get(key, ()),
-                )
-                ids.append(started.negotiation_id)
-                names.append(item.item_name)
-                batch = self._apply(started.negotiation_id, Open(started=started))
-                if batch is not None:
-                    batches.append(batch)
+        for started in rooms:
+            batch = self._apply(started.negotiation_id, Open(started=started))
+            if batch is not None:
+                batches.append(batch)
         reply = RoomsOpened(
             request_id=request.request_id,
             session_id=session_id,
-            negotiation_ids=tuple(ids),
-            items=tuple(names),
+            negotiation_ids=tuple(r.negotiation_id for r in rooms),
+            items=tuple(r.item_name for r in rooms),
         )
         self._answered[request.request_id] = (agent, reply)
         while len(self._answered) > _MAX_ANSWERED:
             del self._answered[next(iter(self._answered))]
-        log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(ids))
+        log.info("broker.rooms_opened", agent=agent, session_id=str(session_id), rooms=len(rooms))
         return [*batches, self._deliver_only([(agent, reply)])]
 
     def _apply(self, nid: UUID, command: Command) -> Batch | None:

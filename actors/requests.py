@@ -1,0 +1,143 @@
+"""What an open_rooms request asks for: checked, then planned as the rooms to open.
+
+The broker answers it (idempotently, by request_id) and opens the rooms; here is only the
+decision of what they are, refused with a reason the agent reads (`RefusedError`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Protocol
+from uuid import UUID
+
+from mams.domain.bounds import (
+    MAX_ROOMS_PER_REQUEST,
+    MAX_ROUNDS_LIMIT,
+    MAX_SEED,
+    ROUND_TIMEOUT_MAX,
+    ROUND_TIMEOUT_MIN,
+)
+from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
+from mams.domain.events import NegotiationStarted
+from mams.domain.messages import OpenRooms
+from mams.domain.opening import RoomOptions, opening, study_seeds
+
+
+class SessionStore(Protocol):
+    """Where the broker finds (and stores) session configurations."""
+
+    async def load(self, session_id: UUID) -> Scenario | None:
+        """The scenario of a stored session, or None."""
+        ...
+
+    async def save(self, session_id: UUID, scenario: Scenario) -> None:
+        """Store a scenario as a new session."""
+        ...
+
+
+class RefusedError(Exception):
+    """An open-rooms request that cannot be served; `reason` goes back to the agent."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+MAX_RUNS = MAX_ROOMS_PER_REQUEST  # runs one open_rooms may ask for (and runs x items)
+
+
+def check_room_options(request: OpenRooms) -> None:
+    """Refuse room options one agent could use to cost the market without bound."""
+    if not 2 <= request.max_rounds <= MAX_ROUNDS_LIMIT:
+        raise RefusedError(
+            f"max_rounds must be from 2 to {MAX_ROUNDS_LIMIT} (got {request.max_rounds})"
+        )
+    # Written so that NaN fails too.
+    if not ROUND_TIMEOUT_MIN <= request.round_timeout <= ROUND_TIMEOUT_MAX:
+        raise RefusedError(
+            f"round_timeout must be from {ROUND_TIMEOUT_MIN} to {ROUND_TIMEOUT_MAX:.0f} "
+            f"seconds (got {request.round_timeout})"
+        )
+    if not 1 <= request.runs <= MAX_RUNS:
+        raise RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
+    seeds = [request.seed, *(seed for _, seed in request.skip)]
+    if any(seed is not None and not -MAX_SEED <= seed <= MAX_SEED for seed in seeds):
+        raise RefusedError(f"seeds must be from {-MAX_SEED} to {MAX_SEED}")
+
+
+async def plan_rooms(
+    agent: str,
+    request: OpenRooms,
+    sessions: SessionStore,
+    configurers: Collection[str],
+    brains: Mapping[str, str],
+) -> tuple[UUID, list[NegotiationStarted]]:
+    """The session and the rooms `agent`'s request opens (ids derived from its
+    request_id, so a request sent again plans the same rooms), storing a scenario it
+    carries as a new session. Raises RefusedError with the reason to send back."""
+    check_room_options(request)
+    session_id = request.session_id
+    if request.scenario is not None:
+        if agent not in configurers:
+            raise RefusedError(
+                "only an agent the operator allowed to configure markets may send a "
+                "scenario (mams broker --configurer HANDLE); send the session_id of a "
+                "session the operator stored instead"
+            )
+        try:
+            scenario = parse_scenario(request.scenario, source="open_rooms.scenario")
+        except ScenarioError as exc:
+            raise RefusedError(str(exc)) from None
+        session_id = uuid.uuid5(request.request_id, "session")
+    elif session_id is not None:
+        loaded = await sessions.load(session_id)
+        if loaded is None:
+            raise RefusedError(f"no session {session_id}; `mams sessions` lists them")
+        scenario = loaded
+    else:
+        raise RefusedError("open_rooms needs a session_id or a scenario")
+    if scenario.buyer.agent_id != agent:
+        raise RefusedError(f"only the session's buyer ({scenario.buyer.handle}) may open its rooms")
+    wanted = {item_key(i) for i in request.items}
+    items = [i for i in scenario.buyer.items if not wanted or item_key(i.item_name) in wanted]
+    missing = wanted - {item_key(i.item_name) for i in items}
+    if missing or not items:
+        known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
+        raise RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
+    if request.runs * len(items) > MAX_ROOMS_PER_REQUEST:
+        raise RefusedError(
+            f"{request.runs} run(s) x {len(items)} item(s) is more than "
+            f"{MAX_ROOMS_PER_REQUEST} rooms in one request; ask in several"
+        )
+    skip = {(item_key(name), seed) for name, seed in request.skip}
+    seeds = study_seeds(request.seed, request.runs)
+    if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
+        raise RefusedError("every room asked for is in skip: nothing to open")
+    if request.scenario is not None and await sessions.load(session_id) is None:
+        await sessions.save(session_id, scenario)
+    assert session_id is not None
+    labels = {
+        a: brains.get(a, "unannounced")
+        for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
+    }
+    rooms: list[NegotiationStarted] = []
+    index = stock_index(scenario)
+    for seed in seeds:
+        options = RoomOptions(
+            max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
+        )
+        for item in items:
+            key = item_key(item.item_name)
+            if (key, seed) in skip:
+                continue
+            started = opening(
+                scenario,
+                session_id,
+                item,
+                options,
+                labels,
+                uuid.uuid5(request.request_id, f"{key}\x00{seed}"),
+                index.get(key, ()),
+            )
+            rooms.append(started)
+    return session_id, rooms
