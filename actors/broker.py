@@ -39,11 +39,10 @@ next `mams broker` resumes them.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import time
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from uuid import UUID
 
@@ -53,6 +52,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from mams.actors.deadlines import Deadlines
 from mams.actors.hellos import HelloGates
 from mams.actors.ids import RandomIds
 from mams.actors.queues import put, take
@@ -208,12 +208,6 @@ class BrokerStats:
     delivered: int = 0
 
 
-@dataclass(slots=True)
-class _Deadlines:
-    heap: list[tuple[float, int, UUID, int, Phase]] = field(default_factory=list)
-    counter: int = 0
-
-
 class Broker:
     """Routes turns between agents through the log. See the module docstring."""
 
@@ -270,8 +264,7 @@ class Broker:
             on_refused=self._refused,
             claim=None if leases is None else leases.claim,
         )
-        self._deadlines = _Deadlines()
-        self._deadline_added = anyio.Event()
+        self._deadlines = Deadlines()
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
         self._senders: dict[str, str] = {}  # outbox subject -> agent id
         self._event_ids = RandomIds()
@@ -370,7 +363,7 @@ class Broker:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_bus, sub)
-                tg.start_soon(self._timers)
+                tg.start_soon(self._deadlines.run, self._deadline_due)
                 if self.leases is not None:
                     tg.start_soon(self.leases.keep, self.running, self._forget)
                 await tg.start(self.committer.run)
@@ -691,34 +684,12 @@ class Broker:
         now = anyio.current_time()
         if (room := self.rooms.get(nid)) is not None:
             room.since = now
-        due = now + timeout
-        d = self._deadlines
-        d.counter += 1
-        entry = (due, d.counter, nid, round_, phase)
-        heapq.heappush(d.heap, entry)
-        if d.heap[0] is entry:  # only a new earliest deadline changes what _timers waits for
-            self._deadline_added.set()
+        self._deadlines.push(nid, round_, phase, now + timeout)
 
-    async def _timers(self) -> None:
-        send = self._commands[0]
-        d = self._deadlines
-        while True:
-            if not d.heap:
-                await self._deadline_added.wait()
-                self._deadline_added = anyio.Event()
-                continue
-            due, _, nid, round_, phase = d.heap[0]
-            wait = due - anyio.current_time()
-            if wait > 0:
-                with anyio.move_on_after(wait):
-                    await self._deadline_added.wait()
-                if self._deadline_added.is_set():
-                    self._deadline_added = anyio.Event()
-                continue
-            heapq.heappop(d.heap)
-            room = self.rooms.get(nid)
-            if room is not None and room.state.round == round_ and room.state.phase == phase:
-                await send.send((nid, Deadline(round=round_, phase=phase)))
+    async def _deadline_due(self, nid: UUID, round_: int, phase: Phase) -> None:
+        room = self.rooms.get(nid)
+        if room is not None and room.state.round == round_ and room.state.phase == phase:
+            await self._commands[0].send((nid, Deadline(round=round_, phase=phase)))
 
     # -- outbound: the committer's callbacks ----------------------------------------------
     def _stale(self, batch: Batch) -> bool:
