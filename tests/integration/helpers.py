@@ -28,8 +28,14 @@ from mams.bus.base import Bus, Subscription
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
 from mams.domain.config import BuyerItem, Scenario
-from mams.domain.events import Event, NegotiationStarted, decode_event
-from mams.domain.messages import CommittedEvent, OutboxMessage, decode_committed, encode
+from mams.domain.events import BuyerSaid, Event, NegotiationStarted, decode_event
+from mams.domain.messages import (
+    BuyerTurn,
+    CommittedEvent,
+    OutboxMessage,
+    decode_committed,
+    encode,
+)
 from mams.domain.negotiation import evolve
 from mams.storage.eventstore import EventStore
 
@@ -102,6 +108,16 @@ class BrokerRig:
         data = payload if isinstance(payload, bytes) else encode(payload)
         await self.raw.publish(self.subjects.outbox(AgentId(agent)), data)
         await self.raw.flush()
+
+    async def says(self, agent: str, turn: BuyerTurn, *, again_after: float = 2.0) -> BuyerSaid:
+        """Send a buyer turn and wait until the broker has committed it (its BuyerSaid),
+        sending it again (same message id) if it has not after `again_after` seconds, as an
+        agent re-sends a turn the broker still owes: once in a while a message published
+        right after a room opens is not seen, and tests must not hang on that."""
+        while True:
+            await self.send(agent, turn)
+            with anyio.move_on_after(again_after):
+                return await self.wait_for(BuyerSaid, lambda e: e.message_id == turn.message_id)
 
     async def open(self, started: NegotiationStarted) -> None:
         """Open a room through the broker's public API."""

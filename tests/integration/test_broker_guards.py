@@ -232,7 +232,7 @@ async def test_a_hello_flood_is_answered_at_a_bounded_rate(
             # The flooder's hellos are dropped unread for a while (BufferedSubscription.admit);
             # its turns never are, even one whose text is "hello".
             nid = started.negotiation_id
-            await rig.send(BUYER, say(nid, 1))
+            await rig.says(BUYER, say(nid, 1))
             turn = SellerTurn(negotiation_id=nid, round=1, message_id=uuid.uuid4(), text="hello")
             await rig.send(SELLER, turn)
             replied = await rig.wait_for(SellerReplied)
@@ -270,7 +270,7 @@ async def test_a_value_the_database_refuses_costs_only_its_command(
             await opened_in(rig, nid)
             # The rooms may take different commit lanes: wait until the refused one is gone.
             await until(lambda: unstorable.negotiation_id not in rig.broker.rooms)
-            await rig.send(BUYER, say(nid, 1))
+            await rig.says(BUYER, say(nid, 1))
             # A seller's offer the database cannot hold (numeric(12,2)) reaches the broker
             # as if it had passed every check at the boundary: only it is lost.
             bad = _offer(nid, "9999999999.999")

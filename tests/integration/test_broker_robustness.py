@@ -179,7 +179,7 @@ async def test_bad_message_is_dropped_and_the_broker_keeps_serving(
     with anyio.fail_after(20):
         async with broker_rig(nats_url, store, subjects) as rig:
             await rig.open(started)
-            await rig.send(BUYER, say(nid, 1, A, B))
+            await rig.says(BUYER, say(nid, 1, A, B))
             first = reply(nid, 1, "12.00", text="A: twelve")
             await rig.send(A, first)
             await rig.wait_for(SellerReplied, lambda e: e.seller == A)
@@ -219,7 +219,7 @@ async def test_broker_overrides_offers_below_floor_and_accepts_above_max(
         async with broker_rig(nats_url, store, subjects) as rig:
             await rig.open(started)
             # Round 1: A offers 1.00, far below its least_price of 11.00.
-            await rig.send(BUYER, say(nid, 1, A))
+            await rig.says(BUYER, say(nid, 1, A))
             await rig.send(A, reply(nid, 1, "1.00", text="Practically free!"))
             fallback = await rig.wait_for(SellerReplied)
             assert fallback.seller == A
@@ -295,7 +295,7 @@ async def test_hostile_offer_on_the_wire_is_overridden(
     with anyio.fail_after(20):
         async with broker_rig(nats_url, store, subjects) as rig:
             await rig.open(started)
-            await rig.send(BUYER, say(nid, 1, A))
+            await rig.says(BUYER, say(nid, 1, A))
             await rig.send(A, body)
             replied = await rig.wait_for(SellerReplied)
             await rig.wait_for(RoundOpened, lambda e: e.round == 2)
