@@ -1,43 +1,17 @@
-"""Memory-stream hand-offs for the actors' hot loops, and the agents' pool of turns.
-
-`put` and `take` hand an item on without a scheduling round trip (anyio's `send` and
-`receive` always checkpoint): they yield only when the stream is full or empty, so work
-that piled up meanwhile is done, published and written in one go. They await outside
-the `except` block, so a waiting task does not keep the `WouldBlock` (its traceback and
-frame: objects the garbage collector would walk) alive while it waits.
-"""
+"""Memory-stream hand-offs for the actors' hot loops (`put`, `take`: from
+`storage.handoff`, which the committer uses too), and the agents' pool of turns."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-_T = TypeVar("_T")
+from mams.storage.handoff import put as put
+from mams.storage.handoff import take as take
 
 Job = Callable[[], Awaitable[None]]
-
-
-async def put(stream: MemoryObjectSendStream[_T], item: _T) -> None:
-    """Send `item`, waiting only if the stream is full."""
-    try:
-        stream.send_nowait(item)
-        return
-    except anyio.WouldBlock:
-        pass
-    await stream.send(item)
-
-
-async def take(stream: MemoryObjectReceiveStream[_T]) -> _T:
-    """Receive an item, waiting only if the stream is empty."""
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        pass
-    return await stream.receive()
 
 
 class TurnPool:

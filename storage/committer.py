@@ -36,6 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mams.storage.errors import DatabaseUnavailable, StorageError
 from mams.storage.eventstore import EventStore, PipelinedStore, PreparedAppend
+from mams.storage.handoff import put, take
 from mams.storage.model import NewEvent
 from mams.storage.retry import retrying
 
@@ -146,11 +147,11 @@ class Committer:
         barrier every lane reaches first. Waits only while a lane's queue is full."""
         lanes = self._lanes
         if batch.nid is not None:
-            await _put(lanes[batch.nid.int % len(lanes)].send, batch)
+            await put(lanes[batch.nid.int % len(lanes)].send, batch)
         else:
             barrier = _Barrier(batch, waiting=len(lanes))
             for lane in lanes:
-                await _put(lane.send, barrier)
+                await put(lane.send, barrier)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run every lane's writer until cancelled (then call `drain`). A database still
@@ -294,7 +295,7 @@ class Committer:
 
     async def _take_batches(self, lane: _Lane) -> list[Batch] | _Barrier:
         # What queued in this lane, merged into one commit, up to its next barrier.
-        first = lane.held if lane.held is not None else await _take(lane.receive)
+        first = lane.held if lane.held is not None else await take(lane.receive)
         lane.held = None
         if isinstance(first, _Barrier):
             return first
@@ -370,22 +371,3 @@ class Committer:
                 if isinstance(exc, DatabaseUnavailable):
                     raise
                 log.error("broker.stream_not_recorded", negotiation_id=str(nid), error=str(exc))
-
-
-# The same hand-offs as actors.queues (storage imports no actor): they yield only when the
-# stream is full or empty, so work that piled up meanwhile is written in one go.
-async def _put(stream: MemoryObjectSendStream[_T], item: _T) -> None:
-    try:
-        stream.send_nowait(item)
-        return
-    except anyio.WouldBlock:
-        pass
-    await stream.send(item)
-
-
-async def _take(stream: MemoryObjectReceiveStream[_T]) -> _T:
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        pass
-    return await stream.receive()
