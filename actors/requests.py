@@ -10,13 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Protocol
 from uuid import UUID
 
-from mams.domain.bounds import (
-    MAX_ROOMS_PER_REQUEST,
-    MAX_ROUNDS_LIMIT,
-    MAX_SEED,
-    ROUND_TIMEOUT_MAX,
-    ROUND_TIMEOUT_MIN,
-)
+from mams.domain.bounds import MAX_ROOMS_PER_REQUEST, room_option_problem
 from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
 from mams.domain.events import NegotiationStarted
 from mams.domain.messages import OpenRooms
@@ -48,21 +42,14 @@ MAX_RUNS = MAX_ROOMS_PER_REQUEST  # runs one open_rooms may ask for (and runs x 
 
 def check_room_options(request: OpenRooms) -> None:
     """Refuse room options one agent could use to cost the market without bound."""
-    if not 2 <= request.max_rounds <= MAX_ROUNDS_LIMIT:
-        raise RefusedError(
-            f"max_rounds must be from 2 to {MAX_ROUNDS_LIMIT} (got {request.max_rounds})"
-        )
-    # Written so that NaN fails too.
-    if not ROUND_TIMEOUT_MIN <= request.round_timeout <= ROUND_TIMEOUT_MAX:
-        raise RefusedError(
-            f"round_timeout must be from {ROUND_TIMEOUT_MIN} to {ROUND_TIMEOUT_MAX:.0f} "
-            f"seconds (got {request.round_timeout})"
-        )
-    if not 1 <= request.runs <= MAX_RUNS:
-        raise RefusedError(f"runs must be from 1 to {MAX_RUNS} (got {request.runs})")
+    for name in ("max_rounds", "round_timeout", "runs"):
+        value = getattr(request, name)
+        if (problem := room_option_problem(name, value)) is not None:
+            raise RefusedError(f"{name} {problem} (got {value})")
     seeds = [request.seed, *(seed for _, seed in request.skip)]
-    if any(seed is not None and not -MAX_SEED <= seed <= MAX_SEED for seed in seeds):
-        raise RefusedError(f"seeds must be from {-MAX_SEED} to {MAX_SEED}")
+    for seed in seeds:
+        if seed is not None and (problem := room_option_problem("seed", seed)) is not None:
+            raise RefusedError(f"seeds {problem}")
 
 
 async def plan_rooms(

@@ -60,13 +60,7 @@ from mams.cli_render import (
     untrusted_text,
 )
 from mams.creds import add_creds_parser, cmd_creds
-from mams.domain.bounds import (
-    MAX_ROOMS_PER_REQUEST,
-    MAX_ROUNDS_LIMIT,
-    MAX_SEED,
-    ROUND_TIMEOUT_MAX,
-    ROUND_TIMEOUT_MIN,
-)
+from mams.domain.bounds import room_option_problem
 from mams.domain.config import (
     BuyerItem,
     Scenario,
@@ -182,22 +176,11 @@ def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[BuyerItem]:
 
 def _check_plan(args: argparse.Namespace) -> None:
     """The plan's flags that are given (not None) are in range."""
-    if args.max_rounds is not None and not 2 <= args.max_rounds <= MAX_ROUNDS_LIMIT:
-        raise UsageError(
-            f"--max-rounds must be from 2 to {MAX_ROUNDS_LIMIT}, got {args.max_rounds}"
-        )
-    # Written so that NaN fails too.
-    if args.round_timeout is not None and not (
-        ROUND_TIMEOUT_MIN <= args.round_timeout <= ROUND_TIMEOUT_MAX
-    ):
-        raise UsageError(
-            f"--round-timeout must be from {ROUND_TIMEOUT_MIN:g} to {ROUND_TIMEOUT_MAX:.0f} "
-            f"seconds, got {args.round_timeout}"
-        )
-    if args.runs is not None and not 1 <= args.runs <= MAX_ROOMS_PER_REQUEST:
-        raise UsageError(f"--runs must be from 1 to {MAX_ROOMS_PER_REQUEST}, got {args.runs}")
-    if args.seed is not None and not -MAX_SEED <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be from {-MAX_SEED} to {MAX_SEED}, got {args.seed}")
+    for name in ("max_rounds", "round_timeout", "runs", "seed"):
+        value = getattr(args, name)
+        if value is not None and (problem := room_option_problem(name, value)) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {problem}, got {value}")
     if args.rooms_at_once is not None and args.rooms_at_once < 1:
         raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
 

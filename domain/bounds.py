@@ -69,6 +69,29 @@ ROUND_TIMEOUT_MAX = 86_400.0  # ... and at most a day (a person may play the buy
 MAX_ROOMS_PER_REQUEST = 10_000  # runs x items of one open_rooms
 MAX_SEED = 2**62  # seed + run index must stay inside bigint
 
+# The range of each room option, whoever sets it (an agent's open_rooms, `mams run`'s flags).
+ROOM_OPTION_RANGES: dict[str, tuple[int | float, int | float]] = {
+    "max_rounds": (2, MAX_ROUNDS_LIMIT),
+    "round_timeout": (ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX),
+    "runs": (1, MAX_ROOMS_PER_REQUEST),
+    "seed": (-MAX_SEED, MAX_SEED),
+}
+
+
+def room_option_problem(name: str, value: float) -> str | None:
+    """None if room option `name` (a key of ROOM_OPTION_RANGES) may be `value`, else
+    what it must be (`"must be from 2 to 100"`). NaN is never in range."""
+    low, high = ROOM_OPTION_RANGES[name]
+    if low <= value <= high:
+        return None
+    unit = " seconds" if name == "round_timeout" else ""
+    return f"must be from {_number(low)} to {_number(high)}{unit}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 # -- sizes of what an agent sends -----------------------------------------------------------
 # NATS's default max_payload is 1 MiB; the broker drops anything larger before decoding.
 MAX_PAYLOAD = 1000 * 1024

@@ -325,3 +325,15 @@ def test_a_deep_raw_scenario_is_refused_without_recursion() -> None:
     with pytest.raises(ScenarioError) as info:
         parse_scenario({"name": raw}, source="open_rooms.scenario")
     assert str(info.value).endswith("scenario: nests deeper than 8 levels")
+
+
+def test_room_options_have_one_range_whoever_sets_them() -> None:
+    assert bounds.room_option_problem("max_rounds", 2) is None
+    assert bounds.room_option_problem("max_rounds", 101) == "must be from 2 to 100"
+    assert bounds.room_option_problem("round_timeout", 0.1) is None
+    assert bounds.room_option_problem("round_timeout", float("nan")) == (
+        "must be from 0.1 to 86400 seconds"
+    )
+    assert bounds.room_option_problem("runs", 10_001) == "must be from 1 to 10000"
+    assert bounds.room_option_problem("seed", -(2**62)) is None
+    assert bounds.room_option_problem("seed", 2**63) == f"must be from {-(2**62)} to {2**62}"
