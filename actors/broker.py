@@ -1,10 +1,10 @@
 """The broker actor: the only publisher to agent inboxes, and the log's only writer.
 
-It reads every agent's outbox, takes the sender from the subject (never the payload),
-asks the pure state machine what the turn means, and hands the resulting events, with
-each agent's own view (visibility policy) and what observers see, to the group committer
-(`storage.committer`): it appends them to the log and only after the commit calls back
-the broker's `_deliver`, which publishes them. The committer owns the commit pipeline
+It reads every agent's outbox, takes the sender from the subject, never the payload
+(`actors.inbound`), asks the pure state machine what the turn means, and hands the
+resulting events, with each agent's own view (visibility policy) and what observers see,
+to the group committer (`storage.committer`): it appends them to the log and only after
+the commit calls back the broker's `_deliver`, which publishes them. The committer owns the commit pipeline
 (group commits, `commit_lanes` lanes, two by default, `mams broker --commit-lanes`;
 barriers for deliveries-only messages such as welcome, catch-up and rooms.opened;
 retries while the database is away; the drain on shutdown); when the database refuses
@@ -19,11 +19,11 @@ its current phase a fresh deadline (the full round_timeout from now). With `leas
 opens before the room's first commit, and `resume()` takes only rooms whose broker is gone
 (its database connection ended), never those a live broker on the same database serves.
 Agents that say
-hello again are welcomed with their open rooms and caught up (`catch_up`: the room views,
-the sellers' answers to the buyer's last message, which a crash between commit and publish
-may have kept from the buyer, and the owed turns); the agent processes re-say hello every
-few seconds as a keepalive (re-sent only their owed turns), so they notice a restarted
-broker on their own.
+hello again are welcomed with their open rooms and caught up (`actors.greeting`: the room
+views, the sellers' answers to the buyer's last message, which a crash between commit and
+publish may have kept from the buyer, and the owed turns); the agent processes re-say hello
+every few seconds as a keepalive (re-sent only their owed turns), so they notice a
+restarted broker on their own.
 A turn published while no broker was listening is lost on the bus, never in the log: when
 the next broker re-sends the turn the agent still owes, the agent publishes the same turn
 again (same message id); an agent that does not (PROTOCOL.md asks it to) is closed out by
@@ -53,15 +53,17 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mams.actors.deadlines import Deadlines
+from mams.actors.greeting import RESEND_AFTER, Greeting, greet, recall, redelivery
 from mams.actors.hellos import HelloGates
 from mams.actors.ids import RandomIds
+from mams.actors.inbound import Control, Dropped, Reader, Refusal
 from mams.actors.queues import put, take
 from mams.actors.requests import MAX_RUNS as MAX_RUNS  # tests import it here
 from mams.actors.requests import RefusedError, SessionStore, plan_rooms
 from mams.actors.tuning import tune_gc
 from mams.bus._buffer import BufferedSubscription
 from mams.bus.base import Bus, Message
-from mams.bus.subjects import AgentId, SubjectError, Subjects
+from mams.bus.subjects import AgentId, Subjects
 from mams.domain.events import (
     BuyerSaid,
     Event,
@@ -73,16 +75,13 @@ from mams.domain.events import (
     event_type,
 )
 from mams.domain.messages import (
-    MAX_PAYLOAD,
     MAX_TEXT,
     Hello,
     InboxMessage,
     OpenRooms,
     Rejected,
     RoomsOpened,
-    Welcome,
     committed_prefix,
-    decode_outbox,
     encode,
     encode_committed_json,
 )
@@ -101,7 +100,7 @@ from mams.domain.negotiation import (
     evolve,
     replay,
 )
-from mams.domain.visibility import catch_up, route
+from mams.domain.visibility import route
 from mams.storage.committer import Batch, Committer
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, read_in_chunks
@@ -113,21 +112,7 @@ from mams.storage.retry import retrying
 log = structlog.get_logger("mams.broker")
 
 
-# The events a recap is made of (`visibility.recap`): what `_recall` reads of the log.
-_RECAP_TYPES = ("buyer.said", "seller.replied")
-
-
 _MAX_ANSWERED = 10_000  # open_rooms replies remembered (request_id -> reply), for repeats
-
-
-@dataclass(frozen=True, slots=True)
-class _Control:
-    """A control message (hello, open rooms) from `agent` (taken from the subject). A
-    hello waits in the broker's `HelloGates` (merged with any that arrive meanwhile) until its
-    turn: `message` is None then."""
-
-    agent: str
-    message: OpenRooms | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,44 +131,7 @@ class _Forget:
     rooms: list[UUID]
 
 
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    """An open_rooms request refused before it could be decoded: answered all the same."""
-
-    agent: str
-    request_id: UUID
-    reason: str
-
-
-class _RequestHead(msgspec.Struct, tag="open_rooms"):
-    request_id: UUID
-
-
-_request_head = msgspec.json.Decoder(_RequestHead)
-
-
-def _request_id_of(data: bytes) -> UUID | None:
-    """The request_id of an open_rooms the full decoder refused, if it has one."""
-    if b'"open_rooms"' not in data:
-        return None
-    try:
-        return _request_head.decode(data).request_id
-    except Exception:  # too deep, malformed, no id: nobody to answer
-        return None
-
-
-_Item = tuple[UUID, Command] | _Control | _Resync | _Forget | _Refusal
-
-
-# A keepalive hello (an agent the broker knows, saying it is still there) re-sends the
-# turns the agent owes, in case a delivery was lost; only those owed for at least this
-# many seconds. An agent behind on its turns (a model's latency, a burst of rooms) is
-# still at the newer ones, and each re-sent turn it had already answered comes back as
-# a duplicate answer: re-sending every owed turn on every keepalive made 4,000 resumed
-# rooms cost a storm of repeats. Agents say a keepalive every 5 s (processes.REHELLO_EVERY),
-# so a lost delivery is re-sent within about 15 s, well inside a round's deadline.
-RESEND_AFTER = 10.0
-_MAX_SENDERS = 100_000  # outbox subjects remembered (only valid ones; NATS permits them)
+_Item = tuple[UUID, Command] | Control | Refusal | _Resync | _Forget
 
 
 @dataclass(slots=True)
@@ -249,7 +197,7 @@ class Broker:
         # go, oldest first: a broker serving forever holds its open rooms plus these.
         self.keep_ended = keep_ended
         self._ended: deque[UUID] = deque()
-        self.resend_after = RESEND_AFTER
+        self.resend_after = RESEND_AFTER  # a keepalive's re-sends (actors.greeting)
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
         # The commit pipeline (storage.committer): it commits what this broker decides and
@@ -266,9 +214,9 @@ class Broker:
         )
         self._deadlines = Deadlines()
         self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
-        self._senders: dict[str, str] = {}  # outbox subject -> agent id
         self._event_ids = RandomIds()
         self.hellos = HelloGates()  # each agent's hello rate limit (actors.hellos)
+        self.reader = Reader(subjects, self.hellos)  # outbox message -> command
         self._answered: dict[UUID, tuple[str, RoomsOpened]] = {}  # request_id -> reply
         self._broken: set[UUID] = set()  # rooms whose batch the database refused
 
@@ -387,36 +335,13 @@ class Broker:
                 await put(send, parsed)
 
     def _parse(self, msg: Message) -> _Item | None:
-        agent = self._senders.get(msg.subject)
-        if agent is None:
-            try:
-                agent = str(self.subjects.agent_of_outbox(msg.subject))
-            except SubjectError as exc:
-                self._drop(None, None, f"bad subject: {exc}")
-                return None
-            if len(self._senders) >= _MAX_SENDERS:
-                self._senders.clear()
-            self._senders[msg.subject] = agent  # parsed and validated once per agent
-        if len(msg.data) > MAX_PAYLOAD:
-            self._drop(None, agent, f"payload of {len(msg.data)} bytes exceeds {MAX_PAYLOAD}")
-            return None
-        try:
-            turn = decode_outbox(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._drop(None, agent, f"malformed message: {exc}")
-            request_id = _request_id_of(msg.data)
-            if request_id is None:
-                return None
-            # A request refused at the boundary is still answered: its sender waits.
-            return _Refusal(agent, request_id, f"malformed open_rooms: {exc}")
-        if isinstance(turn, Hello):
-            dropped = self.hellos.dropped
-            queued = self.hellos.offer(agent, turn, msg.subject, time.monotonic())
-            self.stats.dropped += self.hellos.dropped - dropped
-            return _Control(agent=agent, message=None) if queued else None
-        if isinstance(turn, OpenRooms):
-            return _Control(agent=agent, message=turn)
-        return turn.negotiation_id, FromAgent(agent=agent, turn=turn)
+        hellos_dropped = self.hellos.dropped
+        parsed = self.reader.parse(msg.subject, msg.data, time.monotonic())
+        self.stats.dropped += self.hellos.dropped - hellos_dropped
+        if isinstance(parsed, Dropped):
+            self._drop(None, parsed.agent, parsed.reason)
+            return parsed.then
+        return parsed
 
     def _admit(self, subject: str, data: bytes) -> bool:
         # The bus's first look at a message: a muted agent's hellos go unread (hellos.py).
@@ -448,11 +373,11 @@ class Broker:
                 return
             while self._broken:  # rooms the database refused a batch of: re-read first
                 await self._reload(self._broken.pop())
-            if isinstance(item, _Control):
+            if isinstance(item, Control):
                 for control_batch in await self._control(item):
                     await self.committer.submit(control_batch)
                 continue
-            if isinstance(item, _Refusal):
+            if isinstance(item, Refusal):
                 reply = Rejected(request_id=item.request_id, reason=item.reason[:MAX_TEXT])
                 await self.committer.submit(self._deliver_only([(item.agent, reply)]))
                 continue
@@ -480,7 +405,7 @@ class Broker:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._commands[0].send(_Forget(rooms))
 
-    async def _control(self, item: _Control) -> list[Batch]:
+    async def _control(self, item: Control) -> list[Batch]:
         """Hello and open-rooms requests: not about one room, answered on the inbox."""
         request = item.message
         if request is None:
@@ -512,74 +437,36 @@ class Broker:
     def _redeliver(self) -> Batch:
         """Every agent's catch-up for every open room, without waiting for its hello."""
         rooms = self.running()
-        messages: list[tuple[str, InboxMessage]] = []
-        for nid in rooms:
-            state = self.rooms[nid].state
-            for agent in state.agents:  # none for a room whose opening was refused
-                messages += catch_up(state, agent, rejoin=True)
+        messages = redelivery(self.rooms[nid].state for nid in rooms)
         log.info("broker.redelivered", rooms=len(rooms), messages=len(messages))
         return self._deliver_only(messages)
 
     def _hello(self, agent: str, hello: Hello) -> list[Batch]:
-        again = agent in self.brains
+        known = agent in self.brains
         self.brains[agent] = hello.brain[:200] or "unannounced"
         self._joined.set()
         self._joined = anyio.Event()
-        rooms = [
-            nid
-            for nid, room in self.rooms.items()
-            if room.state.phase != "ended" and agent in room.state.agents
-        ]
-        welcome: list[tuple[str, InboxMessage]] = [
-            (agent, Welcome(agent_id=agent, rooms=tuple(rooms)))
-        ]
-        rejoin = hello.catch_up or not again  # a keepalive is enough only if we know it
-        states = {nid: self.rooms[nid].state for nid in rooms}
-        (log.debug if again else log.info)(
+        now = anyio.current_time()
+        greeting = greet(
+            agent, hello, self.rooms, known=known, now=now, resend_after=self.resend_after
+        )
+        (log.debug if known else log.info)(
             "broker.agent_joined",
             agent=agent,
             role=hello.role,
             brain=hello.brain,
-            open_rooms=len(rooms),
+            open_rooms=len(greeting.rooms),
         )
-        if hello.catch_up and hello.recap and states:
-            # The agent may have restarted and lost its conversation: each room's lines
-            # it said or was told go first (visibility.recap), read from the log once every
-            # lane has committed what was decided before this hello.
+        if greeting.recap is not None:
+            # The agent may have restarted and lost its conversation: the recap is read
+            # from the log once every lane has committed what was decided before this hello.
             batch = self._deliver_only([])
-            batch.late = partial(self._recall, agent, welcome, states)
+            batch.late = partial(self._recall, greeting)
             return [batch]
-        messages = list(welcome)
-        if not rejoin:  # a keepalive: re-send only turns owed for a while (see RESEND_AFTER)
-            now = anyio.current_time()
-            states = {
-                nid: state
-                for nid, state in states.items()
-                if now - self.rooms[nid].since >= self.resend_after
-            }
-        for state in states.values():
-            messages += catch_up(state, agent, rejoin=rejoin)
-        return [self._deliver_only(messages)]
+        return [self._deliver_only(greeting.messages)]
 
-    async def _recall(
-        self,
-        agent: str,
-        welcome: list[tuple[str, InboxMessage]],
-        states: dict[UUID, NegotiationState],
-    ) -> list[tuple[str, bytes]]:
-        """Welcome, then per room its catch-up with the recap of its log (without, if the
-        log cannot be read)."""
-        logged: dict[UUID, list[Event]] | None = None
-        try:  # only the lines a recap can hold, every room in one read
-            stored = await self.store.read_streams(list(states), types=_RECAP_TYPES)
-            logged = {nid: [decode_event(e.data) for e in es] for nid, es in stored.items()}
-        except Exception as exc:  # the recap is a courtesy: never hold the room for it
-            log.warning("broker.recap_failed", agent=agent, rooms=len(states), error=repr(exc))
-        messages = list(welcome)
-        for nid, state in states.items():
-            room_log = None if logged is None else logged.get(nid, [])
-            messages += catch_up(state, agent, rejoin=True, log=room_log)
-        return [(self._inbox(a), encode(m)) for a, m in messages]
+    async def _recall(self, greeting: Greeting) -> list[tuple[str, bytes]]:
+        return [(self._inbox(a), encode(m)) for a, m in await recall(self.store, greeting)]
 
     async def _open_rooms(self, agent: str, request: OpenRooms) -> list[Batch]:
         """Open the rooms a buyer asks for. Idempotent by `request_id`: the session and
