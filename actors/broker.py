@@ -4,12 +4,12 @@ It reads every agent's outbox, takes the sender from the subject, never the payl
 (`actors.inbound`), asks the pure state machine what the turn means, and hands the
 resulting events, with each agent's own view (visibility policy) and what observers see,
 to the group committer (`storage.committer`): it appends them to the log and only after
-the commit calls back the broker's `_deliver`, which publishes them. The committer owns the commit pipeline
-(group commits, `commit_lanes` lanes, two by default, `mams broker --commit-lanes`;
-barriers for deliveries-only messages such as welcome, catch-up and rooms.opened;
-retries while the database is away; the drain on shutdown); when the database refuses
-one command of a group, it says which (`_refused`) and the broker re-reads that room
-from the log before its next command.
+the commit calls back the broker's `_deliver`, which publishes them. The committer owns
+the commit pipeline (group commits, `commit_lanes` lanes, two by default, `mams broker
+--commit-lanes`; barriers for deliveries-only messages such as welcome, catch-up and
+rooms.opened; retries while the database is away; the drain on shutdown); when the
+database refuses one command of a group, it says which (`_refused`) and the broker
+re-reads that room from the log before its next command.
 
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
