@@ -18,9 +18,13 @@ built (`import anthropic` alone is over a second of CPU); providers of one proce
 one SDK client per (SDK, base URL, key, timeout, event loop), so its TLS context
 (certificate bundle) and connection pool are built once, not once per agent; and both
 wire formats' responses are read by msgspec into the few fields we use rather than into
-the SDKs' pydantic models. OpenAI requests go through the client's `post` with the body
-as is: `chat.completions.create` walks every value of the body through its type-directed
-transform (1-3 ms a call with a tool schema), which changes nothing in ours.
+the SDKs' pydantic models. Requests go through the SDK client's own `post` (its auth,
+headers, timeouts and error classes) with the body already encoded by msgspec as
+`content`: `chat.completions.create` walks every value of the body through its
+type-directed transform (1-3 ms a call with a tool schema), `messages.create` opens a
+tracing span and both copy the body value by value and encode it with `json`, none of
+which changes anything in ours. (So the SDK's own `DeprecationWarning` for a deprecated
+model and its OpenTelemetry call spans are not emitted.)
 """
 
 from __future__ import annotations
@@ -533,6 +537,7 @@ class _ChatCompletion(msgspec.Struct):
     usage: _OpenAIUsage | None = None
 
 
+_JSON = msgspec.json.Encoder()
 _ANTHROPIC_DECODER = msgspec.json.Decoder(_AnthropicMessage)
 _OPENAI_DECODER = msgspec.json.Decoder(_ChatCompletion)
 
@@ -569,6 +574,7 @@ class AnthropicProvider(_RetryingProvider):
             max_backoff=max_backoff,
         )
         import anthropic  # here: a process without an Anthropic brain never loads the SDK
+        import httpx2  # the SDK's HTTP library, already loaded with it
 
         self._errors = _SdkErrors(
             anthropic.APIError,
@@ -576,6 +582,7 @@ class AnthropicProvider(_RetryingProvider):
             anthropic.APITimeoutError,
             anthropic.APIConnectionError,
         )
+        self._raw_response = httpx2.Response
         # An explicit base URL: the SDK would otherwise read ANTHROPIC_BASE_URL from the
         # process environment behind provider_for's back.
         url = base_url or _ANTHROPIC_BASE_URL
@@ -611,9 +618,13 @@ class AnthropicProvider(_RetryingProvider):
         return params
 
     async def _send(self, request: LLMRequest) -> _Exchange:
-        raw = await self._client.messages.with_raw_response.create(**self.params(request))
-        request_body = _body_of(raw.http_request)
-        response_body = await raw.text()
+        # The client's own `post`, the body encoded by us (see the module docstring); the
+        # SDK still adds auth and its headers, and raises its errors for a failed status.
+        raw = await self._client.post(
+            "/v1/messages", content=_JSON.encode(self.params(request)), cast_to=self._raw_response
+        )
+        request_body = _body_of(raw.request)
+        response_body: str = raw.text
         try:
             message = _ANTHROPIC_DECODER.decode(response_body)
         except msgspec.DecodeError as exc:  # not JSON, or not shaped like a message
@@ -742,11 +753,11 @@ class OpenAIProvider(_RetryingProvider):
         return params
 
     async def _send(self, request: LLMRequest) -> _Exchange:
-        # The client's own `post`, the body as is (see the module docstring); the SDK still
-        # adds auth and its headers, and raises its errors for a failed status.
+        # The client's own `post`, the body encoded by us (see the module docstring); the
+        # SDK still adds auth and its headers, and raises its errors for a failed status.
         raw = await self._client.post(
             "/chat/completions",
-            body=self.params(request),
+            content=_JSON.encode(self.params(request)),
             cast_to=self._raw_response,
             options={"security": {"bearer_auth": True}},
         )
