@@ -41,6 +41,29 @@ from mams.domain.negotiation import NegotiationState
 
 Delivery = tuple[str, RoomMessage]
 
+# The events carrying a participant's words: the buyer's message, a seller's reply, the
+# buyer's deal and its walking away (a row each in the messages read model).
+MessageEvent = BuyerSaid | SellerReplied | DealClosed | BuyerWalkedAway
+
+
+def told(started: NegotiationStarted, event: MessageEvent) -> tuple[str, ...]:
+    """Who an event's words are for, by agent id: the sellers a buyer message names; the
+    buyer, for a seller's reply (sellers never see each other's); the seller a deal is
+    closed with; every seller of the room, when the buyer walks away.
+
+    The one rule: `route` delivers by it (a deal's or walk-away's words ride on each told
+    seller's `RoomClosed`) and the messages read model records it as the recipients.
+    """
+    match event:
+        case BuyerSaid(to=to):
+            return to
+        case SellerReplied():
+            return (started.buyer.agent_id,)
+        case DealClosed(seller=seller):
+            return (seller,)
+        case BuyerWalkedAway():
+            return tuple(s.agent_id for s in started.sellers)
+
 
 def route(state: NegotiationState, event: Event) -> list[Delivery]:
     """The deliveries an event causes, as (recipient agent id, message) pairs.
@@ -64,11 +87,11 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
                     ),
                 )
             ]
-        case BuyerSaid(to=to, round=n, message_id=mid, text=text, counter_price=counter):
+        case BuyerSaid(round=n, message_id=mid, text=text, counter_price=counter):
             msg = BuyerMessage(
                 negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter
             )
-            return [(seller, msg) for seller in to]
+            return [(seller, msg) for seller in told(started, event)]
         case SellerReplied():
             return _seller_message(state, event)
         case NegotiationEnded():
@@ -88,7 +111,7 @@ def _seller_message(state: NegotiationState, event: SellerReplied) -> list[Deliv
     """A seller's reply, to the buyer: its words and offer under its handle."""
     assert state.started is not None
     message = _as_seller_message(state, event)
-    return [] if message is None else [(state.started.buyer.agent_id, message)]
+    return [] if message is None else [(a, message) for a in told(state.started, event)]
 
 
 def _as_seller_message(state: NegotiationState, event: SellerReplied) -> SellerMessage | None:
@@ -172,7 +195,7 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
     for s in state.started.sellers:
         won = event.outcome.type == "deal" and event.outcome.seller == s.agent_id
         text = ""
-        if (isinstance(closing, DealClosed) and won) or isinstance(closing, BuyerWalkedAway):
+        if closing is not None and s.agent_id in told(state.started, closing):
             text = closing.text
         out.append(
             (
@@ -267,7 +290,7 @@ def recap(events: Iterable[Event], state: NegotiationState, agent: str) -> list[
     for event in events:
         match event:
             case BuyerSaid(round=n, message_id=mid, to=to, text=text, counter_price=counter):
-                if agent != buyer and agent not in to:
+                if agent != buyer and agent not in told(started, event):
                     continue
                 message = BuyerMessage(
                     negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter

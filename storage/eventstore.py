@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -56,7 +56,7 @@ class PreparedAppend(msgspec.Struct, frozen=True):
 
 
 # mams_append's SQLSTATE when a stream's first link in the batch does not continue the
-# stored chain (migration 0005).
+# stored chain (migration 0005; `mams_append` is defined now by migration 0010).
 _STALE_CHAIN = "MA001"
 
 
@@ -81,10 +81,16 @@ class PipelinedStore(EventStore, Protocol):
 class Projector(Protocol):
     """Computes read-model rows for a batch; the store writes them with the events."""
 
-    def rows(self, events: Sequence[NewEvent]) -> bytes | None:
+    async def rows(
+        self,
+        events: Sequence[NewEvent],
+        read_first: Callable[[Sequence[UUID]], Awaitable[Mapping[UUID, bytes]]],
+    ) -> bytes | None:
         """The read-model rows of `events` as the JSON document `mams_append` takes
-        (migration 0005); None writes no read models at all. The store writes the rows of
-        only those events it actually inserts, in the same statement as the events."""
+        (migration 0010); None writes no read models at all. The store writes the rows of
+        only those events it actually inserts, in the same statement as the events.
+        `read_first(stream_ids)` gives the data of those streams' first events (a room's
+        opening, for rooms the batch does not open), absent streams left out."""
         ...
 
 
@@ -234,7 +240,7 @@ class InMemoryEventStore:
         return max(self._streams.get(stream_id, {}), default=0)
 
 
-# One round trip per batch: `mams_append` (migration 0005) inserts the events (ON CONFLICT
+# One round trip per batch: `mams_append` (migration 0010) inserts the events (ON CONFLICT
 # makes re-appends no-ops) and the projector's read-model rows of those it inserted, in one
 # implicit transaction. It returns NULL when every event was new, else the inserted ids.
 _APPEND = "SELECT mams_append($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -246,6 +252,9 @@ FROM events e
 JOIN unnest($1::uuid[], $2::int4[]) AS p(stream_id, seq)
   ON e.stream_id = p.stream_id AND e.seq = p.seq
 """
+
+# The first event of each of some streams (a room's opening), for the projector.
+_FIRST = "SELECT stream_id, data FROM events WHERE stream_id = ANY ($1::uuid[]) AND seq = 1"
 
 _FIND_TAKEN = """
 SELECT e.stream_id, e.seq
@@ -362,12 +371,21 @@ class PostgresEventStore:
             links = _chain(batch, known)
         except msgspec.DecodeError as exc:
             raise StorageError(f"event data is not valid JSON: {exc}") from exc
+        models = None
+        if self._projector is not None:  # before the tips move: it may read, and fail
+            models = await self._projector.rows(batch, self._first_events)
         for event, (_, own) in zip(batch, links, strict=True):
             ahead = tip.get(event.stream_id)
             if ahead is None or event.seq > ahead[0]:
                 tip[event.stream_id] = (event.seq, own)
-        models = self._projector.rows(batch) if self._projector is not None else None
         return PreparedAppend(batch, links, models)
+
+    async def _first_events(self, stream_ids: Sequence[UUID]) -> dict[UUID, bytes]:
+        # Only for a batch's messages in rooms the projector does not remember (after a
+        # restart): a round trip of its own, once per such room.
+        with translating(self._dsn):
+            rows = await self._pool.fetch(_FIRST, list(stream_ids))
+        return {r["stream_id"]: r["data"] for r in rows}
 
     async def commit(self, prepared: PreparedAppend) -> None:
         """Commit a batch from `prepare`: events and read-model rows in one statement."""

@@ -9,10 +9,10 @@ committed. Session configurations are written once by
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
@@ -20,12 +20,17 @@ import msgspec
 
 from mams.domain.config import Scenario, parse_scenario, scenario_to_raw
 from mams.domain.events import (
+    BuyerSaid,
+    BuyerWalkedAway,
+    DealClosed,
     NegotiationEnded,
     NegotiationStarted,
     RoundOpened,
+    SellerReplied,
     decode_event,
 )
 from mams.domain.opening import scenario_of
+from mams.domain.visibility import MessageEvent, told
 from mams.storage.errors import translating
 from mams.storage.model import NewEvent
 
@@ -35,34 +40,74 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Queries = asyncpg.Pool | Conn
 
 
-# The event types behind negotiation_runs and outcomes rows; message rows `mams_append`
-# derives from the message events' own data, one per event (keyed by room and seq; a
-# message id is unique within its room only: migration 0009).
-_PROJECTED = frozenset(
-    str(t.__struct_config__.tag) for t in (NegotiationStarted, RoundOpened, NegotiationEnded)
+# The event types with read-model rows: a room's opening (negotiation_runs), its rounds,
+# its end (negotiation_runs and outcomes) and every message event (a `messages` row each,
+# keyed by room and seq; a message id is unique within its room only: migration 0009).
+_OPENING = str(NegotiationStarted.__struct_config__.tag)
+_MESSAGES = frozenset(str(t.__struct_config__.tag) for t in get_args(MessageEvent))
+_PROJECTED = (
+    frozenset(
+        str(t.__struct_config__.tag) for t in (NegotiationStarted, RoundOpened, NegotiationEnded)
+    )
+    | _MESSAGES
 )
+
+# How many rooms' openings a projector remembers (a room is forgotten once it ends). A
+# message of a room it does not remember costs the store a read of the room's first event
+# (after a broker's restart, once per room), in a round trip of its own.
+OPENINGS_REMEMBERED = 10_000
+
+# Reads the first events of some streams: {stream_id: that event's data}, absent streams
+# left out (`PostgresEventStore` passes its own).
+ReadFirst = Callable[[Sequence[UUID]], Awaitable[Mapping[UUID, bytes]]]
 
 
 class ReadModelProjector:
     """Projects committed events into negotiation_runs, messages and outcomes.
 
-    `rows` turns a batch into the run and outcome rows `mams_append` (migration 0005)
-    writes in the same statement as the events, for those events it actually inserted;
-    with any document (even an empty one) it also writes their message rows.
+    `rows` turns a batch into the rows `mams_append` (migration 0010) writes in the same
+    statement as the events, for those events it actually inserted. Every row comes from
+    the typed events (`decode_event`), in this one place. A message row's sender and
+    recipients need the room's opening (who the buyer and the sellers are): from the
+    batch, from the projector's memory of the rooms it projected, or else the stream's
+    first event, read through `read_first`. Who receives a message is the visibility
+    policy's own rule (`domain.visibility.told`).
     """
 
-    def rows(self, events: Sequence[NewEvent]) -> bytes:
-        """The read-model rows of a batch, as the JSON document `mams_append` takes."""
+    def __init__(self) -> None:
+        self._openings: dict[UUID, NegotiationStarted] = {}
+
+    async def rows(self, events: Sequence[NewEvent], read_first: ReadFirst) -> bytes:
+        """The read-model rows of a batch, as the JSON document `mams_append` takes.
+
+        A message of a room whose opening is nowhere (its stream does not begin with a
+        negotiation.started) gets no row, as a room without a run row had none before."""
+        # What this batch needs, taken from memory now: other batches' projections while
+        # the read below awaits may forget rooms, never change this batch's rows.
+        opened = {e.stream_id for e in events if e.type == _OPENING}
+        wanted = {e.stream_id for e in events if e.type in _MESSAGES} - opened
+        known = {n: o for n in wanted if (o := self._openings.get(n)) is not None}
+        if missing := [n for n in wanted if n not in known]:
+            for nid, data in (await read_first(missing)).items():
+                first = decode_event(data)
+                if isinstance(first, NegotiationStarted):
+                    known[nid] = self._remember(nid, first)
+        return self._rows(events, known)
+
+    def _rows(self, events: Sequence[NewEvent], openings: dict[UUID, NegotiationStarted]) -> bytes:
         runs: list[dict[str, Any]] = []
         rounds: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
         ends: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
+        ended: list[UUID] = []
         for stored in events:
             if stored.type not in _PROJECTED:
-                continue  # messages are derived in SQL; observations stay in their stream
+                continue  # rounds closing, private events; observations stay in their stream
             nid, e_id = stored.stream_id, stored.event_id
             match decode_event(stored.data):
                 case NegotiationStarted() as e:
+                    openings[nid] = self._remember(nid, e)
                     brains = sorted({e.buyer.brain, *(s.brain for s in e.sellers)})
                     runs.append(
                         {
@@ -79,7 +124,12 @@ class ReadModelProjector:
                     )
                 case RoundOpened(round=n):
                     rounds.append({"e": e_id, "nid": nid, "round": n})
+                case BuyerSaid() | SellerReplied() | DealClosed() | BuyerWalkedAway() as e:
+                    opening = openings.get(nid)
+                    if opening is not None:
+                        messages.append(_message_row(opening, e, e_id, nid, stored.seq))
                 case NegotiationEnded(status=status, outcome=o):
+                    ended.append(nid)
                     ends.append({"e": e_id, "nid": nid, "status": status, "rounds": o.rounds})
                     outcomes.append(
                         {
@@ -95,14 +145,58 @@ class ReadModelProjector:
                     )
                 case _:
                     pass
+        for nid in ended:  # no more messages; a late re-append reads the opening again
+            self._openings.pop(nid, None)
         tables = {
             "runs": runs,
             "rounds": rounds,
+            "messages": messages,
             "ends": ends,
             "outcomes": outcomes,
         }
         present = {name: rows for name, rows in tables.items() if rows}  # mams_append skips
         return _json.encode(present)
+
+    def _remember(self, nid: UUID, opening: NegotiationStarted) -> NegotiationStarted:
+        remembered = self._openings
+        remembered.pop(nid, None)  # most recent last: the oldest is forgotten first
+        remembered[nid] = opening
+        while len(remembered) > OPENINGS_REMEMBERED:
+            del remembered[next(iter(remembered))]
+        return opening
+
+
+def _message_row(
+    opening: NegotiationStarted, event: MessageEvent, e_id: UUID, nid: UUID, seq: int
+) -> dict[str, Any]:
+    """A message event's `messages` row: who said it (the seller replying, else the
+    buyer), who it is for (`told`), its words and any price and quantity it names."""
+    price: Decimal | None = None
+    quantity: int | None = None
+    sender = opening.buyer.agent_id
+    match event:
+        case BuyerSaid(counter_price=counter):
+            price = counter
+        case SellerReplied(seller=seller, offer=offer):
+            sender = seller
+            if offer is not None:
+                price, quantity = offer.unit_price, offer.quantity
+        case DealClosed(unit_price=unit_price, quantity=qty):
+            price, quantity = unit_price, qty
+        case BuyerWalkedAway():
+            pass
+    return {
+        "e": e_id,
+        "nid": nid,
+        "seq": seq,
+        "mid": event.message_id,
+        "round": event.round,
+        "sender": sender,
+        "to": told(opening, event),
+        "text": event.text,
+        "price": price,
+        "qty": quantity,
+    }
 
 
 async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None:
