@@ -13,21 +13,20 @@ re-reads that room from the log before its next command.
 
 Crashes and restarts. The log is the truth, so a broker holds nothing the log does not:
 `resume()` (call it before `run`) loads every stream whose last event is not
-negotiation.ended, rebuilds each room's state with `replay`, continues its seq, and gives
-its current phase a fresh deadline (the full round_timeout from now). With `leases`
-(`storage.leases`; `mams broker` and `mams run` pass them), a broker claims every room it
-opens before the room's first commit, and `resume()` takes only rooms whose broker is gone
-(its database connection ended), never those a live broker on the same database serves.
-Agents that say
-hello again are welcomed with their open rooms and caught up (`actors.greeting`: the room
-views, the sellers' answers to the buyer's last message, which a crash between commit and
-publish may have kept from the buyer, and the owed turns); the agent processes re-say hello
-every few seconds as a keepalive (re-sent only their owed turns), so they notice a
-restarted broker on their own.
-A turn published while no broker was listening is lost on the bus, never in the log: when
-the next broker re-sends the turn the agent still owes, the agent publishes the same turn
-again (same message id); an agent that does not (PROTOCOL.md asks it to) is closed out by
-the round's deadline, so no room is left stuck.
+negotiation.ended, rebuilds each room's state with `replay` (`actors.rooms`), continues
+its seq, and gives its current phase a fresh deadline (the full round_timeout from now).
+With `leases` (`storage.leases`; `mams broker` and `mams run` pass them), a broker claims
+every room it opens before the room's first commit, and `resume()` takes only rooms whose
+broker is gone (its database connection ended), never those a live broker on the same
+database serves. Agents that say hello again are welcomed with their open rooms and caught
+up (`actors.greeting`: the room views, the sellers' answers to the buyer's last message,
+which a crash between commit and publish may have kept from the buyer, and the owed
+turns); the agent processes re-say hello every few seconds as a keepalive (re-sent only
+their owed turns), so they notice a restarted broker on their own. A turn published while
+no broker was listening is lost on the bus, never in the log: when the next broker
+re-sends the turn the agent still owes, the agent publishes the same turn again (same
+message id); an agent that does not (PROTOCOL.md asks it to) is closed out by the round's
+deadline, so no room is left stuck.
 
 Shutdown. Whatever was decided (queued or in flight in the committer: `Committer.drain`)
 is always committed on the way out. Then, with `abort_on_shutdown=True` (the default;
@@ -40,14 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from uuid import UUID
 
 import anyio
-import msgspec
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -55,25 +52,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mams.actors.deadlines import Deadlines
 from mams.actors.greeting import RESEND_AFTER, Greeting, greet, recall, redelivery
 from mams.actors.hellos import HelloGates
-from mams.actors.ids import RandomIds
 from mams.actors.inbound import Control, Dropped, Reader, Refusal
 from mams.actors.queues import put, take
 from mams.actors.requests import MAX_RUNS as MAX_RUNS  # tests import it here
 from mams.actors.requests import RefusedError, SessionStore, plan_rooms
+from mams.actors.rooms import Rooms
 from mams.actors.tuning import tune_gc
 from mams.bus._buffer import BufferedSubscription
 from mams.bus.base import Bus, Message
 from mams.bus.subjects import AgentId, Subjects
-from mams.domain.events import (
-    BuyerSaid,
-    Event,
-    NegotiationEnded,
-    NegotiationStarted,
-    RoundOpened,
-    decode_event,
-    encode_event,
-    event_type,
-)
+from mams.domain.events import NegotiationStarted, decode_event
 from mams.domain.messages import (
     MAX_TEXT,
     Hello,
@@ -81,31 +69,13 @@ from mams.domain.messages import (
     OpenRooms,
     Rejected,
     RoomsOpened,
-    committed_prefix,
     encode,
-    encode_committed_json,
 )
-from mams.domain.negotiation import (
-    DUPLICATE,
-    INITIAL,
-    Abort,
-    Command,
-    Deadline,
-    Drop,
-    FromAgent,
-    NegotiationState,
-    Open,
-    Phase,
-    decide,
-    evolve,
-    replay,
-)
-from mams.domain.visibility import route
+from mams.domain.negotiation import Abort, Command, Deadline, FromAgent, Open, Phase
 from mams.storage.committer import Batch, Committer
 from mams.storage.errors import StorageError
 from mams.storage.eventstore import EventStore, read_in_chunks
 from mams.storage.leases import Leases
-from mams.storage.model import NewEvent, StoredEvent
 from mams.storage.resume import open_stream_ids as open_stream_ids  # cmd/ and tests import it here
 from mams.storage.retry import retrying
 
@@ -132,17 +102,6 @@ class _Forget:
 
 
 _Item = tuple[UUID, Command] | Control | Refusal | _Resync | _Forget
-
-
-@dataclass(slots=True)
-class _Room:
-    committed: bytes  # committed_prefix of its id: observers' messages start so
-    state: NegotiationState = INITIAL
-    seq: int = 0
-    since: float = 0.0  # when its current phase began (anyio clock): turns owed since
-    # Bumped when the room is re-read from the log (the database refused one of its
-    # batches): batches decided on the state before that are stale and never committed.
-    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -192,11 +151,17 @@ class Broker:
         self.max_batch = max_batch
         self.retry_timeout = retry_timeout
         self.stats = BrokerStats()
-        self.rooms: dict[UUID, _Room] = {}
-        # Ended rooms stay a while (late or repeated turns are dropped as "ended"), then
-        # go, oldest first: a broker serving forever holds its open rooms plus these.
-        self.keep_ended = keep_ended
-        self._ended: deque[UUID] = deque()
+        self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
+        # The rooms, their states moved on by commands and rebuilt from the log
+        # (actors.rooms); ended ones stay a while (`keep_ended`), then go, oldest first.
+        self.table = Rooms(
+            subjects,
+            self._inbox,
+            keep_ended=keep_ended,
+            drop=self._drop,
+            phase_began=self._push_deadline,
+        )
+        self.rooms = self.table.rooms  # by id
         self.resend_after = RESEND_AFTER  # a keepalive's re-sends (actors.greeting)
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
@@ -208,17 +173,14 @@ class Broker:
             lanes=commit_lanes,
             max_batch=max_batch,
             retry_timeout=retry_timeout,
-            stale=self._stale,
+            stale=self.table.stale,
             on_refused=self._refused,
             claim=None if leases is None else leases.claim,
         )
         self._deadlines = Deadlines()
-        self._inboxes: dict[str, str] = {}  # agent id -> inbox subject
-        self._event_ids = RandomIds()
         self.hellos = HelloGates()  # each agent's hello rate limit (actors.hellos)
         self.reader = Reader(subjects, self.hellos)  # outbox message -> command
         self._answered: dict[UUID, tuple[str, RoomsOpened]] = {}  # request_id -> reply
-        self._broken: set[UUID] = set()  # rooms whose batch the database refused
 
     # -- public API --------------------------------------------------------------------
     async def open(self, started: NegotiationStarted) -> None:
@@ -244,7 +206,7 @@ class Broker:
 
     def running(self) -> list[UUID]:
         """Negotiations open and not yet ended."""
-        return [nid for nid, room in self.rooms.items() if room.state.phase != "ended"]
+        return self.table.running()
 
     async def resume(
         self, candidates: Sequence[UUID] | None = None, *, resync: bool = True
@@ -269,34 +231,10 @@ class Broker:
             fresh = ours
         resumed: list[UUID] = []
         async for read in read_in_chunks(self.store, fresh):
-            resumed += self._resume_streams(read)
+            resumed += self.table.restore(read)
         if resumed and resync:  # first in the queue: before anything `run` decides
             await self._commands[0].send(_Resync())
         log.info("broker.resumed", rooms=len(resumed), streams=len(streams))
-        return resumed
-
-    def _resume_streams(self, streams: list[tuple[UUID, list[StoredEvent]]]) -> list[UUID]:
-        resumed: list[UUID] = []
-        for nid, stored in streams:
-            if not stored or stored[0].type != "negotiation.started":
-                continue  # not a negotiation (an observer's companion stream)
-            try:
-                events = [decode_event(e.data) for e in stored]
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.error("broker.resume_skipped", negotiation_id=str(nid), reason=str(exc))
-                continue
-            if isinstance(events[-1], NegotiationEnded):
-                continue
-            state = replay(events)
-            if state.started is None:
-                log.warning("broker.resume_skipped", negotiation_id=str(nid), reason="no start")
-                continue
-            self.rooms[nid] = _Room(
-                state=state, seq=stored[-1].seq, committed=committed_prefix(nid)
-            )
-            if state.phase in ("buyer_turn", "sellers_turn"):
-                self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
-            resumed.append(nid)
         return resumed
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -371,8 +309,8 @@ class Broker:
                 item = await take(receive)
             except anyio.EndOfStream:
                 return
-            while self._broken:  # rooms the database refused a batch of: re-read first
-                await self._reload(self._broken.pop())
+            while self.table.broken:  # rooms the database refused a batch of: re-read first
+                await self._reload(self.table.broken.pop())
             if isinstance(item, Control):
                 for control_batch in await self._control(item):
                     await self.committer.submit(control_batch)
@@ -396,7 +334,7 @@ class Broker:
                 agent = command.agent if isinstance(command, FromAgent) else None
                 self._drop(nid, agent, f"could not be applied: {exc!r}")
                 log.exception("broker.apply_failed", negotiation_id=str(nid))
-                self._broken.add(nid)  # its state may be half-evolved: re-read it
+                self.table.broken.add(nid)  # its state may be half-evolved: re-read it
                 continue
             if batch is not None:
                 await self.committer.submit(batch)
@@ -504,68 +442,16 @@ class Broker:
         return [*batches, self._deliver_only([(agent, reply)])]
 
     def _apply(self, nid: UUID, command: Command) -> Batch | None:
-        room = self.rooms.get(nid)
-        if room is None:
-            if not isinstance(command, Open):
-                agent = command.agent if isinstance(command, FromAgent) else None
-                self._drop(nid, agent, "no such negotiation")
-                return None
-            room = self.rooms[nid] = _Room(committed=committed_prefix(nid))
-        result = decide(room.state, command)
-        if isinstance(result, Drop):
-            agent = command.agent if isinstance(command, FromAgent) else None
-            if not isinstance(command, Deadline):  # stale deadlines are routine
-                self._drop(nid, agent, result.reason, routine=result.reason == DUPLICATE)
-            return None
-        batch = Batch(events=[], deliveries=[], observed=[], nid=nid, generation=room.generation)
-        events_subject = self.subjects.events(nid)
-        for event in result:
-            room.state = evolve(room.state, event)
-            room.seq += 1
-            stored = encode_event(event)
-            batch.events.append(
-                NewEvent(
-                    stream_id=nid,
-                    seq=room.seq,
-                    event_id=self._event_ids.new(),
-                    type=event_type(event),
-                    data=stored,
-                )
-            )
-            batch.observed.append(
-                (events_subject, encode_committed_json(room.committed, room.seq, stored))
-            )
-            sent: object = None
-            data = b""
-            for agent_id, message in route(room.state, event):
-                if message is not sent:  # a buyer message goes to many sellers: encode once
-                    sent, data = message, encode(message)
-                batch.deliveries.append((self._inbox(agent_id), data))
-            self._schedule(nid, room.state, event)
-        self.stats.events += len(result)
-        if room.state.phase == "ended":
-            self._retire(nid)
+        batch = self.table.apply(nid, command)
+        if batch is not None:
+            self.stats.events += len(batch.events)
         return batch
-
-    def _retire(self, nid: UUID) -> None:
-        """Remember an ended room among the last `keep_ended`; forget the oldest beyond."""
-        self._ended.append(nid)
-        while len(self._ended) > self.keep_ended:
-            self.rooms.pop(self._ended.popleft(), None)
 
     def _inbox(self, agent_id: str) -> str:
         subject = self._inboxes.get(agent_id)
         if subject is None:  # validated once per agent, not per delivery
             subject = self._inboxes[agent_id] = self.subjects.inbox(AgentId(agent_id))
         return subject
-
-    def _schedule(self, nid: UUID, state: NegotiationState, event: Event) -> None:
-        # Type checks, not isinstance(event, A | B): that builds a union per event.
-        kind = type(event)
-        if state.started is None or (kind is not RoundOpened and kind is not BuyerSaid):
-            return
-        phase: Phase = "buyer_turn" if kind is RoundOpened else "sellers_turn"
-        self._push_deadline(nid, state.round, phase, state.started.round_timeout)
 
     def _push_deadline(self, nid: UUID, round_: int, phase: Phase, timeout: float) -> None:
         now = anyio.current_time()
@@ -579,23 +465,10 @@ class Broker:
             await self._commands[0].send((nid, Deadline(round=round_, phase=phase)))
 
     # -- outbound: the committer's callbacks ----------------------------------------------
-    def _stale(self, batch: Batch) -> bool:
-        # Decided on a room state the log never got (the database refused a batch of that
-        # room before it): never committed, never delivered; the room is re-read.
-        if batch.nid is None:
-            return False
-        room = self.rooms.get(batch.nid)
-        stale = batch.nid in self._broken or (
-            room is not None and room.generation != batch.generation
-        )
-        if stale:
-            self._drop(batch.nid, None, "decided on a state the database refused; re-read")
-        return stale
-
     def _refused(self, nid: UUID, reason: str) -> None:
         # The committer split a refused group down to this room's command: only it is
         # lost; the room is re-read from the log before its next command (`_reload`).
-        self._broken.add(nid)
+        self.table.broken.add(nid)
         self._drop(nid, None, reason)
         # Wake the command loop (it re-reads broken rooms first) even if no agent
         # speaks: a full queue means it is awake anyway.
@@ -606,8 +479,7 @@ class Broker:
         """Re-read one room from the log after the database refused a batch of it: its
         state and seq become the log's again, and what was decided on the refused state
         is stale (never committed)."""
-        room = self.rooms.get(nid)
-        if room is None:
+        if nid not in self.rooms:
             return
         try:
             stored = await retrying(
@@ -619,17 +491,7 @@ class Broker:
         except Exception as exc:  # cannot re-read: leave the room to its deadlines
             log.exception("broker.reload_failed", negotiation_id=str(nid), error=repr(exc))
             return
-        if not events:  # its opening was refused: there is no room
-            self.rooms.pop(nid, None)
-            log.warning("broker.room_not_opened", negotiation_id=str(nid))
-            return
-        room.state = replay(events)
-        room.seq = stored[-1].seq
-        room.generation += 1
-        state = room.state
-        if state.started is not None and state.phase in ("buyer_turn", "sellers_turn"):
-            self._push_deadline(nid, state.round, state.phase, state.started.round_timeout)
-        log.warning("broker.room_reloaded", negotiation_id=str(nid), seq=room.seq)
+        self.table.reload(nid, events, stored[-1].seq if stored else 0)
 
     async def _deliver(self, batches: Sequence[Batch]) -> None:
         for b in batches:
