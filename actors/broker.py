@@ -166,7 +166,8 @@ class Broker:
         self._commands: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
         self._commands = anyio.create_memory_object_stream[_Item](10_000)
         # The commit pipeline (storage.committer): it commits what this broker decides and
-        # calls back `_deliver` once committed, `_stale` and `_refused` for refused rooms.
+        # calls back `_deliver` once committed, `Rooms.stale` and `_refused` for refused
+        # rooms.
         self.committer = Committer(
             store,
             self._deliver,
