@@ -21,7 +21,10 @@ With `--cli ROOMS`, it then runs what a user runs, `mams run` as a child process
 ROOMS rooms (the market's items `ROOMS / items` times), once in-process and once with
 `--processes`, and prints each run's whole CPU (the child and every process it waited
 for: broker, sellers, buyer; start-up and imports included) per LLM call and the ratio
-of the two. Prints figures; asserts nothing.
+of the two (CPU and wall), with what start-ups and SDK imports account for (each process
+of `--processes` starts afresh and each agent imports the SDK, which the in-process run
+does once) and what a child forked from a warm parent costs instead. Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -293,12 +296,51 @@ def run_cli(
         anyio.run(schema_sql, f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def child_cpu(argv: list[str], n: int = 3) -> float:
+    """Median CPU seconds of `n` runs of `python -P argv` (fresh interpreters)."""
+    samples = []
+    for _ in range(n):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-P", *argv], stdout=subprocess.DEVNULL, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        samples.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    return statistics.median(samples)
+
+
 def start_cpu() -> float:
     """CPU seconds of one `python -m mams --help` (what every child process starts with)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "mams", "--help"], stdout=subprocess.DEVNULL, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return child_cpu(["-m", "mams", "--help"])
+
+
+def sdk_import_cpu(provider: str) -> float:
+    """CPU seconds a fresh interpreter spends importing `provider`'s SDK, beyond its own
+    start (what each agent process of `--processes` pays once, before its first call)."""
+    return child_cpu(["-c", f"import {provider}"]) - child_cpu(["-c", "pass"])
+
+
+def forked_cpu(provider: str, n: int = 3) -> float:
+    """CPU seconds of a child forked from a process that has already imported the CLI and
+    `provider`'s SDK, building its provider and exiting: what a child would cost if
+    `--processes` forked its children from a warm parent instead of starting them afresh."""
+    code = (
+        "import os, resource, statistics, mams.cli\n"
+        "from mams.actors.brains.llm.providers import provider_for\n"
+        f"provider_for({MODELS[provider]!r}, {provider_env(provider, 'http://127.0.0.1:9')!r})\n"
+        "samples = []\n"
+        f"for _ in range({n}):\n"
+        "    b = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "    if (pid := os.fork()) == 0:\n"
+        f"        provider_for({MODELS[provider]!r}, {provider_env(provider, 'http://127.0.0.1:9')!r})\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    a = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "    samples.append(a.ru_utime - b.ru_utime + a.ru_stime - b.ru_stime)\n"
+        "print(statistics.median(samples))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 async def in_process(args: argparse.Namespace, fake: FakeLLMServer) -> None:
@@ -358,11 +400,17 @@ async def in_process(args: argparse.Namespace, fake: FakeLLMServer) -> None:
 
 def cli_runs(args: argparse.Namespace, fake: FakeLLMServer) -> None:
     start = start_cpu()
+    sdk = sdk_import_cpu(args.provider)
+    forked = forked_cpu(args.provider)
     results = {}
     for processes in (False, True):
         results[processes] = run_cli(args.provider, fake, args.cli, processes, args.nats, args.dsn)
+    scenario = load_scenario(SCENARIO)
+    agents = 1 + len(scenario.sellers)  # each an LLM brain: each imports the SDK
     print(f"`mams run` over {args.cli} rooms, {MODELS[args.provider]} on the instant model")
     print(f"  `python -m mams --help` start-up {start:8.2f} CPU-s")
+    label = f"`import {args.provider}` (the SDK)"
+    print(f"  {label:<32} {sdk:8.2f} CPU-s   (once in each process with an LLM brain)")
     for processes, (cpu, wall, calls) in results.items():
         label = "--processes" if processes else "in-process"
         print(
@@ -370,7 +418,19 @@ def cli_runs(args: argparse.Namespace, fake: FakeLLMServer) -> None:
             f"{cpu * 1000 / max(1, calls):6.2f} ms CPU per call (start-up included)"
         )
     ratio = results[True][0] / results[False][0]
-    print(f"  --processes / in-process CPU      {ratio:6.2f}x")
+    wall_ratio = results[True][1] / results[False][1]
+    print(f"  --processes / in-process CPU      {ratio:6.2f}x   (wall {wall_ratio:.2f}x)")
+    # --processes starts the broker, each seller and the buyer afresh: each pays the
+    # start-up, and each agent the SDK import, that the in-process run pays once.
+    extra = (agents + 1) * start + (agents - 1) * sdk
+    print(
+        f"    of which start-ups and SDK imports {extra:6.2f} CPU-s   "
+        f"({agents + 1} more start-ups, {agents - 1} more SDK imports than in-process)"
+    )
+    print(
+        f"  a child forked from a warm parent {forked:6.3f} CPU-s   "
+        "(the CLI and SDK already imported: what a child would cost if forked)"
+    )
 
 
 async def main() -> None:
