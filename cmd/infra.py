@@ -11,16 +11,17 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
-import asyncpg
 
 from mams.bus.base import redact_url
-from mams.bus.embedded import EmbeddedNats
-from mams.storage.embedded import EmbeddedPostgres
-from mams.storage.eventstore import PostgresEventStore
-from mams.storage.pg import open_store
-from mams.storage.readmodels import ReadModelProjector
+
+if TYPE_CHECKING:  # imported by `servers`: a process that uses no server never loads them
+    import asyncpg
+
+    from mams.storage.embedded import EmbeddedPostgres
+    from mams.storage.eventstore import PostgresEventStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,13 @@ class Servers:
 async def servers(*, need_bus: bool, durable: bool = True) -> AsyncIterator[Servers]:
     """Connect to (or start) the servers a command needs; stop embedded ones on exit.
     `durable=False`: the store's commits do not wait for the disk (`open_store`)."""
+    # Here, not at the top: every process imports this module with the CLI, and only the
+    # ones that use servers (not an agent's) need asyncpg and the embedded servers.
+    from mams.bus.embedded import EmbeddedNats
+    from mams.storage.embedded import EmbeddedPostgres
+    from mams.storage.pg import open_store
+    from mams.storage.readmodels import ReadModelProjector
+
     database_url = os.environ.get("DATABASE_URL")
     embedded_pg: EmbeddedPostgres | None = None
     if database_url:
