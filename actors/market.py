@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import anyio
 import structlog
+from msgspec.structs import replace
 
 from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BASELINE_LABEL, BuyerBrain, SellerBrain
@@ -35,7 +36,8 @@ from mams.domain.config import (
 from mams.domain.events import Event, NegotiationStarted
 from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
-from mams.domain.opening import RoomOptions, opening, study_seeds
+from mams.domain.opening import opening
+from mams.domain.plan import PlanOptions, Window, plan_rooms
 from mams.storage.eventstore import EventStore
 from mams.storage.leases import Leases
 
@@ -47,19 +49,19 @@ Connect = Callable[[str], Awaitable[Bus]]
 OnEvent = Callable[[UUID, int, Event, NegotiationState], None]
 
 
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """Knobs of a run: round limit, seed for baseline brains, per-round deadline, and
-    model overrides for the buyer and for every seller ("baseline", "auto" or
-    "provider:model")."""
+class RunOptions(PlanOptions, frozen=True, kw_only=True):
+    """A run's plan (`PlanOptions`: round limit, deadline, seed, runs, rooms at once, with
+    their defaults) and who plays it: model overrides for the buyer and for every seller
+    ("baseline", "auto" or "provider:model"), and whether the quality monitor grades each
+    room live (its flags land in the log)."""
 
-    max_rounds: int = 8
-    seed: int | None = None
-    round_timeout: float = 30.0
     buyer_model: str | None = None
     seller_model: str | None = None
-    # Grade each room live with the quality monitor (flags land in the log).
     monitor: bool = False
+
+    def plan_options(self) -> PlanOptions:
+        """The plan part alone (what an `open_rooms` carries)."""
+        return PlanOptions(**{f: getattr(self, f) for f in PlanOptions.__struct_fields__})
 
 
 @dataclass(slots=True)
@@ -136,17 +138,9 @@ def build_started(
     models = models if models is not None else resolve_models(scenario, options)
     if stockists is None:
         stockists = stock_index(scenario).get(item_key(item.item_name), ())
-    room = RoomOptions(
-        max_rounds=options.max_rounds, seed=options.seed, round_timeout=options.round_timeout
-    )
     labels = {agent: brain_label(model) for agent, model in models.items()}
+    room = options.for_room(options.seed)
     return opening(scenario, session_id, item, room, labels, negotiation_id, stockists)
-
-
-def run_seeds(options: RunOptions, runs: int) -> list[RunOptions]:
-    """The options of each of `runs` runs: the same, but run r's seed is seed + r (from 0
-    without a seed). One run keeps `options` as given."""
-    return [replace(options, seed=seed) for seed in study_seeds(options.seed, runs)]
 
 
 def prepare_brains(
@@ -217,25 +211,22 @@ async def run_market(
     on_opened: Callable[[list[RoomResult]], None] | None = None,
     subjects: Subjects | None = None,
     on_flag: OnFlag | None = None,
-    runs: int = 1,
-    max_open: int | None = None,
     skip: Collection[tuple[str, int | None]] = (),
     leases: Leases | None = None,
     resume: Sequence[UUID] = (),
 ) -> list[RoomResult]:
-    """Run every item's negotiation concurrently; return when all have ended.
+    """Run the rooms `domain.plan` plans for these items; return when all have ended.
 
-    With `runs` > 1, each item is negotiated that many times, all at once, in rooms of
-    their own; run r (from 0) has seed `options.seed + r` (0 + r without a seed), so the
-    runs differ and each can be rerun alone. Rooms come back run by run, items in order.
-    With `max_open`, at most that many rooms are open at once (`run_rooms`). Rooms whose
-    (item name, seed) is in `skip` are left out (those a study already completed).
-    `resume` and `leases`: see `run_rooms`.
+    With `options.runs` > 1, each item is negotiated that many times, in rooms of their
+    own; run r (from 0) has seed `options.seed + r` (0 + r without a seed), so the runs
+    differ and each can be rerun alone. Rooms come back run by run, items in order. With
+    `options.rooms_at_once`, at most that many rooms are open at once (`run_rooms`). Rooms
+    whose (item name, seed) is in `skip` are left out (those a study already completed).
+    `resume` and `leases`: see `run_rooms`. Raises PlanError for options out of range.
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
+    plan = plan_rooms([i.item_name for i in items], options, skip)
     models, brains = prepare_brains(scenario, items, options)
     index = stock_index(scenario)
     try:
@@ -243,15 +234,13 @@ async def run_market(
             build_started(
                 scenario,
                 session_id,
-                item,
-                run_options,
+                scenario.buyer_item(room.item_name),
+                replace(options, seed=room.seed, runs=1),
                 None,
                 models,
-                index.get(item_key(item.item_name), ()),
+                index.get(item_key(room.item_name), ()),
             )
-            for run_options in run_seeds(options, runs)
-            for item in items
-            if (item.item_name, run_options.seed) not in skip
+            for room in plan.rooms
         ]
         return await run_rooms(
             starts,
@@ -263,7 +252,7 @@ async def run_market(
             subjects=subjects,
             monitor=options.monitor,
             on_flag=on_flag,
-            max_open=max_open,
+            max_open=options.rooms_at_once,
             leases=leases,
             resume=resume,
         )
@@ -357,10 +346,9 @@ async def run_rooms(
             # Open rooms only once every agent has said hello (and so is subscribed).
             with anyio.fail_after(JOIN_TIMEOUT):
                 await broker.joined({*buyers, *sellers})
-            waiting = list(reversed(starts))  # the next to open last
-            room_for = len(starts) if max_open is None else max(0, max_open - len(resumed))
-            for _ in range(min(room_for, len(starts))):
-                await broker.open(waiting.pop())
+            window = Window(starts, max_open, already_open=len(resumed))
+            for started in window.open_now():
+                await broker.open(started)
             if on_opened is not None:
                 on_opened(rooms)
             open_rooms = set(by_id)
@@ -374,8 +362,8 @@ async def run_rooms(
                     on_event(result.negotiation_id, committed.seq, committed.event, result.state)
                 if result.state.phase == "ended" and result.negotiation_id in open_rooms:
                     open_rooms.discard(result.negotiation_id)
-                    if waiting:
-                        await broker.open(waiting.pop())
+                    for started in window.ended():
+                        await broker.open(started)
                     if not open_rooms:
                         break
             if grader is not None:

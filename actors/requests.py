@@ -14,7 +14,9 @@ from mams.domain.bounds import MAX_ROOMS_PER_REQUEST, room_option_problem
 from mams.domain.config import Scenario, ScenarioError, item_key, parse_scenario, stock_index
 from mams.domain.events import NegotiationStarted
 from mams.domain.messages import OpenRooms
-from mams.domain.opening import RoomOptions, opening, study_seeds
+from mams.domain.opening import opening
+from mams.domain.plan import PlanError, PlanOptions, pick_items
+from mams.domain.plan import plan_rooms as plan_study
 
 
 class SessionStore(Protocol):
@@ -40,16 +42,16 @@ class RefusedError(Exception):
 MAX_RUNS = MAX_ROOMS_PER_REQUEST  # runs one open_rooms may ask for (and runs x items)
 
 
-def check_room_options(request: OpenRooms) -> None:
-    """Refuse room options one agent could use to cost the market without bound."""
-    for name in ("max_rounds", "round_timeout", "runs"):
-        value = getattr(request, name)
-        if (problem := room_option_problem(name, value)) is not None:
-            raise RefusedError(f"{name} {problem} (got {value})")
-    seeds = [request.seed, *(seed for _, seed in request.skip)]
-    for seed in seeds:
-        if seed is not None and (problem := room_option_problem("seed", seed)) is not None:
-            raise RefusedError(f"seeds {problem}")
+def check_room_options(request: OpenRooms) -> PlanOptions:
+    """The plan options of a request, refused if one agent could use them to cost the
+    market without bound (seeds in `skip` included)."""
+    options = request.options()
+    for problem in options.problems():
+        raise RefusedError(f"{problem.path} {problem.message}")
+    for _, seed in request.skip:
+        if seed is not None and (wrong := room_option_problem("seed", seed)) is not None:
+            raise RefusedError(f"seeds in skip {wrong}, got {seed}")
+    return options
 
 
 async def plan_rooms(
@@ -61,8 +63,9 @@ async def plan_rooms(
 ) -> tuple[UUID, list[NegotiationStarted]]:
     """The session and the rooms `agent`'s request opens (ids derived from its
     request_id, so a request sent again plans the same rooms), storing a scenario it
-    carries as a new session. Raises RefusedError with the reason to send back."""
-    check_room_options(request)
+    carries as a new session. The rooms are `domain.plan`'s, as every runtime plans them.
+    Raises RefusedError with the reason to send back."""
+    options = check_room_options(request)
     session_id = request.session_id
     if request.scenario is not None:
         if agent not in configurers:
@@ -85,20 +88,12 @@ async def plan_rooms(
         raise RefusedError("open_rooms needs a session_id or a scenario")
     if scenario.buyer.agent_id != agent:
         raise RefusedError(f"only the session's buyer ({scenario.buyer.handle}) may open its rooms")
-    wanted = {item_key(i) for i in request.items}
-    items = [i for i in scenario.buyer.items if not wanted or item_key(i.item_name) in wanted]
-    missing = wanted - {item_key(i.item_name) for i in items}
-    if missing or not items:
-        known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
-        raise RefusedError(f"unknown item(s) {sorted(missing)}; the session's items: {known}")
-    if request.runs * len(items) > MAX_ROOMS_PER_REQUEST:
-        raise RefusedError(
-            f"{request.runs} run(s) x {len(items)} item(s) is more than "
-            f"{MAX_ROOMS_PER_REQUEST} rooms in one request; ask in several"
-        )
-    skip = {(item_key(name), seed) for name, seed in request.skip}
-    seeds = study_seeds(request.seed, request.runs)
-    if all((item_key(i.item_name), s) in skip for s in seeds for i in items):
+    try:
+        items = pick_items(scenario, request.items)
+        plan = plan_study([i.item_name for i in items], options, request.skip)
+    except PlanError as exc:
+        raise RefusedError(str(exc)) from None
+    if not plan.rooms:
         raise RefusedError("every room asked for is in skip: nothing to open")
     if request.scenario is not None and await sessions.load(session_id) is None:
         await sessions.save(session_id, scenario)
@@ -107,24 +102,17 @@ async def plan_rooms(
         a: brains.get(a, "unannounced")
         for a in [scenario.buyer.agent_id, *(s.agent_id for s in scenario.sellers)]
     }
-    rooms: list[NegotiationStarted] = []
     index = stock_index(scenario)
-    for seed in seeds:
-        options = RoomOptions(
-            max_rounds=request.max_rounds, seed=seed, round_timeout=request.round_timeout
+    by_key = {item_key(i.item_name): i for i in items}
+    return session_id, [
+        opening(
+            scenario,
+            session_id,
+            by_key[item_key(room.item_name)],
+            options.for_room(room.seed),
+            labels,
+            uuid.uuid5(request.request_id, f"{item_key(room.item_name)}\x00{room.seed}"),
+            index.get(item_key(room.item_name), ()),
         )
-        for item in items:
-            key = item_key(item.item_name)
-            if (key, seed) in skip:
-                continue
-            started = opening(
-                scenario,
-                session_id,
-                item,
-                options,
-                labels,
-                uuid.uuid5(request.request_id, f"{key}\x00{seed}"),
-                index.get(key, ()),
-            )
-            rooms.append(started)
-    return session_id, rooms
+        for room in plan.rooms
+    ]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import logging
 import os
 import sys
 import uuid
 from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -31,9 +31,7 @@ from mams.actors.market import (
     RunOptions,
     brain_label,
     check_brains,
-    resolve_models,
     run_market,
-    run_seeds,
 )
 from mams.actors.monitor import grade_events, stored_flags
 from mams.analyze import add_parsers as add_analyze_parsers
@@ -60,18 +58,26 @@ from mams.cli_render import (
     untrusted_text,
 )
 from mams.creds import add_creds_parser, cmd_creds
-from mams.domain.bounds import room_option_problem
 from mams.domain.config import (
     BuyerItem,
     Scenario,
     ScenarioError,
     check_model,
-    item_key,
     load_scenario,
 )
 from mams.domain.errors import ConfigError, MamsError
 from mams.domain.events import Event, QualityFlagged, decode_event
 from mams.domain.negotiation import NegotiationState, replay
+from mams.domain.plan import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUND_TIMEOUT,
+    LLM_ROOMS_AT_ONCE,
+    LLM_ROUND_TIMEOUT,
+    Plan,
+    PlanError,
+    pick_items,
+    plan_rooms,
+)
 from mams.domain.transcript import Renderer, render
 from mams.infra import Servers, servers
 from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
@@ -92,24 +98,18 @@ from mams.storage.readmodels import (
     save_session,
 )
 from mams.study import (
-    DEFAULT_MAX_ROUNDS,
     Progress,
-    fill_defaults,
+    StudyFlags,
     last_plan,
-    plan_of,
+    merge,
     progress_of,
+    run_options,
     save_plan,
-    take_plan,
 )
 from mams.telemetry import init_sentry, report
 from mams.version import __version__
 
 _json = msgspec.json.Encoder(decimal_format="number")
-LLM_ROUND_TIMEOUT = 120.0
-# Rooms a run with LLM agents opens at once by default: each round of a room asks the
-# model 1 + S times, and MAMS_LLM_CONCURRENCY (default 8) calls run at a time; 20 rooms of
-# 3 sellers keep a round's wait for the model well inside LLM_ROUND_TIMEOUT.
-LLM_ROOMS_AT_ONCE = 20
 LIST_LIMIT = 50  # rows `mams sessions` and `mams negotiations` list unless --limit
 
 
@@ -147,241 +147,218 @@ def _shown_in_log(
 
 
 # -- run -------------------------------------------------------------------------------------
-async def _scenario_for(args: argparse.Namespace, conn: Conn) -> tuple[Scenario, UUID, bool]:
-    """The scenario to run and its session id; True if it is a new session to store."""
-    if args.session:
-        session_id = _parse_uuid(args.session, "--session")
-        scenario = await load_session(conn, session_id)
-        if scenario is None:
-            raise UsageError(f"no session {session_id}; `mams sessions` lists stored sessions")
-        return scenario, session_id, False
-    assert args.scenario is not None
-    return load_scenario(Path(args.scenario)), uuid.uuid4(), True
+@dataclass(frozen=True, slots=True)
+class RunCommand:
+    """`mams run`'s command line, parsed and checked: what `run_study` runs."""
+
+    scenario: Path | None
+    session: UUID | None
+    resume: bool = False
+    processes: bool = False
+    json: bool = False
+    transcript: bool = False
+    durability: str = DURABLE
+    flags: StudyFlags = field(default_factory=StudyFlags)
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> RunCommand:
+        """The command these arguments give; UsageError for a combination that cannot run
+        or a flag out of range (nothing is read or written yet)."""
+        if not args.scenario and not args.session:
+            raise UsageError(
+                "give a scenario file (mams run examples/phone-accessories.toml) "
+                "or --session SESSION_ID"
+            )
+        if args.scenario and args.session:
+            raise UsageError("give a scenario file or --session, not both")
+        if args.resume and not args.session:
+            raise UsageError(
+                "--resume needs --session SESSION_ID: the study to complete (`mams sessions` "
+                "lists them)"
+            )
+        flags = StudyFlags(**{name: getattr(args, name) for name in StudyFlags.__struct_fields__})
+        for flag, value in (
+            ("--buyer-model", flags.buyer_model),
+            ("--seller-model", flags.seller_model),
+        ):
+            if value is not None:
+                try:
+                    check_model(value)
+                except ValueError as exc:
+                    raise UsageError(f"{flag}: {exc}") from None
+        _check_options(run_options(flags), given=flags)
+        return cls(
+            scenario=Path(args.scenario) if args.scenario else None,
+            session=_parse_uuid(args.session, "--session") if args.session else None,
+            resume=args.resume,
+            processes=args.processes,
+            json=args.json,
+            transcript=args.transcript,
+            durability=args.durability,
+            flags=flags,
+        )
+
+
+def _check_options(options: RunOptions, given: StudyFlags | None = None) -> None:
+    """UsageError naming the flag of each plan option out of range (of those `given`, if
+    named: a --resume checks the rest once it has read the stored plan)."""
+    for problem in options.problems():
+        if given is not None and getattr(given, problem.path) is None:
+            continue
+        raise UsageError(f"--{problem.path.replace('_', '-')} {problem.message}")
 
 
 def _pick_items(scenario: Scenario, names: Sequence[str]) -> list[BuyerItem]:
-    if not names:
-        return list(scenario.buyer.items)
-    wanted = {item_key(n): n for n in names}
-    items = [i for i in scenario.buyer.items if item_key(i.item_name) in wanted]
-    missing = set(wanted) - {item_key(i.item_name) for i in items}
-    if missing:
-        known = ", ".join(repr(i.item_name) for i in scenario.buyer.items)
-        raise UsageError(
-            f"--item {', '.join(repr(wanted[m]) for m in sorted(missing))}: "
-            f"not in this scenario; its items are {known}"
+    try:
+        return pick_items(scenario, names)
+    except PlanError as exc:
+        raise UsageError(f"--item {exc.problems[0].message}") from None
+
+
+@dataclass(slots=True)
+class _Study:
+    """What a `mams run` runs, once read from the database: the scenario and session, the
+    items, the options, every agent's model, the rooms planned and what the session
+    already has of them."""
+
+    scenario: Scenario
+    session_id: UUID
+    items: list[BuyerItem]
+    options: RunOptions
+    models: dict[str, str]
+    plan: Plan
+    progress: Progress
+
+    @property
+    def labels(self) -> set[str]:
+        return {brain_label(m) for m in self.models.values()}
+
+
+async def _open_study(
+    command: RunCommand, scenario_file: Scenario | None, conn: Conn, out: Console
+) -> _Study:
+    """Read (or store) the session, merge a --resume's flags with the study's stored plan,
+    plan the rooms and find what the session already has of them; store the plan the next
+    --resume completes."""
+    flags = command.flags
+    if scenario_file is not None:
+        scenario, session_id, new = scenario_file, uuid.uuid4(), True
+    else:
+        assert command.session is not None
+        session_id, new = command.session, False
+        stored_scenario = await load_session(conn, session_id)
+        if stored_scenario is None:
+            raise UsageError(f"no session {session_id}; `mams sessions` lists stored sessions")
+        scenario = stored_scenario
+    if command.resume:  # the flags not given are the study's, as last planned
+        stored = await last_plan(conn, session_id)
+        if stored is None:
+            out.print("[dim]no plan stored for this session: using the flags given[/dim]")
+        else:
+            flags, taken = merge(flags, stored[0])
+            _check_options(run_options(flags))
+            if taken:
+                when = stored[1].strftime("%Y-%m-%d %H:%M")
+                out.print(f"[dim]the study as planned on {when}:[/dim] {' '.join(taken)}")
+    items = _pick_items(scenario, flags.item or [])
+    # Fail fast (nothing written) if a model's provider is not configured. A check only:
+    # the brains are built once, where they run (here or in the processes).
+    models = check_brains(scenario, items, run_options(flags))
+    options = run_options(flags, llm={brain_label(m) for m in models.values()} != {BASELINE_LABEL})
+    plan = plan_rooms([i.item_name for i in items], options)
+    if new:
+        await save_session(conn, session_id, scenario)
+    progress = Progress()
+    if command.resume:
+        progress = await progress_of(
+            conn, session_id, [(r.item_name, r.seed) for r in plan.planned]
         )
-    return items
-
-
-def _check_plan(args: argparse.Namespace) -> None:
-    """The plan's flags that are given (not None) are in range."""
-    for name in ("max_rounds", "round_timeout", "runs", "seed"):
-        value = getattr(args, name)
-        if value is not None and (problem := room_option_problem(name, value)) is not None:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} {problem}, got {value}")
-    if args.rooms_at_once is not None and args.rooms_at_once < 1:
-        raise UsageError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
-
-
-def _options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(
-        max_rounds=args.max_rounds,
-        seed=args.seed,
-        round_timeout=args.round_timeout or 30.0,
-        buyer_model=args.buyer_model,
-        seller_model=args.seller_model,
-        monitor=not args.no_monitor,
-    )
+    if progress.elsewhere:
+        raise UsageError(
+            f"{progress.elsewhere} room(s) of session {session_id} are still being run "
+            "by another live process (a mams run or mams broker on this database); "
+            "let it finish or stop it, then run --resume again"
+        )
+    # What the next --resume completes: given flags, and the study's for the rest.
+    await save_plan(conn, session_id, flags)
+    plan = plan_rooms(plan.items, options, progress.skip)
+    return _Study(scenario, session_id, items, options, models, plan, progress)
 
 
 async def cmd_run(args: argparse.Namespace, out: Console) -> int:
-    if not args.scenario and not args.session:
-        raise UsageError(
-            "give a scenario file (mams run examples/phone-accessories.toml) "
-            "or --session SESSION_ID"
-        )
-    if args.scenario and args.session:
-        raise UsageError("give a scenario file or --session, not both")
-    if args.resume and not args.session:
-        raise UsageError(
-            "--resume needs --session SESSION_ID: the study to complete (`mams sessions` "
-            "lists them)"
-        )
-    _check_plan(args)
+    command = RunCommand.of(args)
+
+    def running(session_id: UUID) -> None:
+        args.session_running = session_id  # for the interrupted message
+
+    return await run_study(command, out, on_session=running)
+
+
+async def run_study(
+    command: RunCommand, out: Console, *, on_session: Callable[[UUID], None] | None = None
+) -> int:
+    """Run a study as `mams run` does: in this process or as processes, printing its
+    transcript or progress and then its outcomes (or one JSON object)."""
     # Validate the file before touching any server: a bad scenario writes nothing.
-    scenario_file = load_scenario(Path(args.scenario)) if args.scenario else None
-    for flag, value in (("--buyer-model", args.buyer_model), ("--seller-model", args.seller_model)):
-        if value is not None:
-            try:
-                check_model(value)
-            except ValueError as exc:
-                raise UsageError(f"{flag}: {exc}") from None
-    given = plan_of(args)  # before defaults: what this command line asks for
-    if not args.resume:  # else once the study's plan is read
-        fill_defaults(args)
-        options = _options(args)
+    scenario_file = load_scenario(command.scenario) if command.scenario else None
     if scenario_file is not None:
-        # Fail fast (nothing written) if a model's provider is not configured. A check
-        # only: the brains are built once, where they run (here or in the processes).
-        check_brains(scenario_file, _pick_items(scenario_file, args.item), options)
+        items = _pick_items(scenario_file, command.flags.item or [])
+        check_brains(scenario_file, items, run_options(command.flags))
     out.print("[dim]starting servers...[/dim]")
-    async with servers(need_bus=True, durable=args.durability == DURABLE) as srv:
+    async with servers(need_bus=True, durable=command.durability == DURABLE) as srv:
         out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
         async with srv.pool.acquire() as conn:
-            if scenario_file is not None:
-                scenario, session_id, new = scenario_file, uuid.uuid4(), True
-            else:
-                scenario, session_id, new = await _scenario_for(args, conn)
-            args.session_running = session_id  # for the interrupted message
-            if args.resume:  # the flags not given are the study's, as last planned
-                stored = await last_plan(conn, session_id)
-                taken = take_plan(args, stored[0]) if stored is not None else []
-                fill_defaults(args)
-                _check_plan(args)
-                options = _options(args)
-                if stored is None:
-                    out.print("[dim]no plan stored for this session: using the flags given[/dim]")
-                elif taken:
-                    when = stored[1].strftime("%Y-%m-%d %H:%M")
-                    out.print(f"[dim]the study as planned on {when}:[/dim] {' '.join(taken)}")
-            items = _pick_items(scenario, args.item)
-            if scenario_file is None:  # a stored session: check its providers now
-                check_brains(scenario, items, options)
-            models = resolve_models(scenario, options)
-            if new:
-                await save_session(conn, session_id, scenario)
-            planned = [(i.item_name, r.seed) for r in run_seeds(options, args.runs) for i in items]
-            study = Progress()
-            if args.resume:
-                study = await progress_of(conn, session_id, planned)
-            if study.elsewhere:
-                raise UsageError(
-                    f"{study.elsewhere} room(s) of session {session_id} are still being run "
-                    "by another live process (a mams run or mams broker on this database); "
-                    "let it finish or stop it, then run --resume again"
-                )
-            # What the next --resume completes: given flags, and the study's for the rest.
-            await save_plan(conn, session_id, given if not args.resume else plan_of(args))
-        labels = {brain_label(m) for m in models.values()}
-        if args.round_timeout is None and labels != {BASELINE_LABEL}:
-            # Models take seconds per call, and a repair round doubles that.
-            options = dataclasses.replace(options, round_timeout=LLM_ROUND_TIMEOUT)
-        brain = " / ".join(sorted(labels))
-        out.print(f"[dim]session:[/dim] {session_id}  [dim]brains:[/dim] {untrusted(brain)}")
-        if labels == {BASELINE_LABEL}:
+            study = await _open_study(command, scenario_file, conn, out)
+        if on_session is not None:
+            on_session(study.session_id)
+        options, plan, progress = study.options, study.plan, study.progress
+        brain = " / ".join(sorted(study.labels))
+        out.print(f"[dim]session:[/dim] {study.session_id}  [dim]brains:[/dim] {untrusted(brain)}")
+        if study.labels == {BASELINE_LABEL}:
             out.print(
                 "[dim]   rule-based negotiators, no LLM. To run on Claude: "
                 "export ANTHROPIC_API_KEY=... (or OPENROUTER_API_KEY, OPENAI_API_KEY / "
                 "OPENAI_BASE_URL)[/dim]"
             )
-        nats_url = srv.nats_url
-        assert nats_url is not None
-
-        async def connect(name: str) -> Bus:
-            return await NatsBus.connect(nats_url, name=f"mams-{name}")
-
-        tags: dict[UUID, Any] = {}
-        renderers: dict[UUID, Renderer] = {}
-        new_rooms = sum(room not in study.skip for room in planned)
-        total = new_rooms + len(study.interrupted)
-        if args.resume:
-            out.print(f"[dim]resuming:[/dim] {study.describe(len(planned), new_rooms)}")
+        total = len(plan.rooms) + len(progress.interrupted)
+        if command.resume:
+            described = progress.describe(len(plan.planned), len(plan.rooms))
+            out.print(f"[dim]resuming:[/dim] {described}")
             if total == 0:
                 out.print("nothing to run: every room of these runs is done")
-                if args.json:
-                    _dump({"session_id": str(session_id), "brain": brain, "negotiations": []})
+                if command.json:
+                    _dump({"session_id": str(study.session_id), "brain": brain, "negotiations": []})
                 return 0
-        transcript = args.transcript or total <= TRANSCRIPT_ROOMS
-        if args.runs > 1:
+        transcript = command.transcript or total <= TRANSCRIPT_ROOMS
+        if options.runs > 1:
             base = options.seed or 0
-            out.print(f"[dim]runs:[/dim] {args.runs} (seeds {base}..{base + args.runs - 1})")
-        at_once = args.rooms_at_once
-        if at_once is None and labels != {BASELINE_LABEL}:
-            at_once = LLM_ROOMS_AT_ONCE
+            out.print(f"[dim]runs:[/dim] {options.runs} (seeds {base}..{base + options.runs - 1})")
+        at_once = options.rooms_at_once
         if at_once is not None and at_once < total:
             out.print(f"[dim]rooms at once:[/dim] {at_once} of {total}, the next as one ends")
+        else:
+            options = msgspec.structs.replace(options, rooms_at_once=None)
         # With --processes the buyer process prints what it hears, or with a progress bar
         # says as each room ends.
-        progress = None if transcript else RunProgress(out, total)
-
-        def on_opened(rooms: list[RoomResult]) -> None:
-            if progress is not None:
-                return
-            for i, room in enumerate(rooms):
-                tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None
-                renderers[room.negotiation_id] = Renderer()
-                item = untrusted(room.item_name)
-                out.print(f"[dim]negotiation {room.negotiation_id}: {item}[/dim]")
-
+        progress_bar = None if transcript else RunProgress(out, total)
         usage = LLMUsage()
-
-        def on_event(nid: UUID, seq: int, event: Event, state: NegotiationState) -> None:
-            usage.add(event)
-            if progress is not None:
-                progress.event(event)
-                return
-            for entry in renderers[nid].entries(event):
-                print_entry(out, entry, tags.get(nid))
-
-        flags: dict[UUID, list[QualityFlagged]]
-        if args.processes:
-            with progress if progress is not None else contextlib.nullcontext():
+        with progress_bar if progress_bar is not None else contextlib.nullcontext():
+            if command.processes:
                 rooms, flags = await _run_as_processes(
                     srv,
-                    scenario,
-                    session_id,
-                    items,
-                    args,
-                    out,
                     study,
-                    opening=new_rooms > 0,
-                    at_once=at_once if at_once is not None and at_once < total else None,
-                    on_ended=None if progress is None else progress.room_ended,
-                    grade=options.monitor,
+                    options,
+                    command.durability,
+                    out,
+                    on_ended=None if progress_bar is None else progress_bar.room_ended,
                 )
-        else:
-            async with PgLeases(srv.pool, srv.dsn) as leases:
-                with progress if progress is not None else contextlib.nullcontext():
-                    rooms = await run_market(
-                        scenario,
-                        session_id,
-                        items,
-                        connect=connect,
-                        store=srv.store,
-                        options=options,
-                        on_event=on_event,
-                        on_opened=on_opened,
-                        on_flag=None
-                        if progress is not None
-                        else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
-                        runs=args.runs,
-                        max_open=at_once,
-                        skip=study.skip,
-                        leases=leases,
-                        resume=study.interrupted,
-                    )
-            # What the live monitor recorded of each room.
-            flags = {}
-            for room in rooms if options.monitor else []:
-                flags[room.negotiation_id] = await stored_flags(srv.store, room.negotiation_id)
-    out.print()
-    if args.runs == 1 and len(rooms) <= TABLE_ROOMS:
-        out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
-    else:
-        out.print(items_table([(r.item_name, r.state) for r in rooms]))
-        out.print(f"[dim]every room:[/dim] mams negotiations --session {session_id}")
-        out.print(f"[dim]figures:[/dim]    mams report --session {session_id}")
-    if usage.calls:
-        out.print(f"[dim]LLM:[/dim] {usage.summary()}")
-    if options.monitor:
-        out.print(f"[dim]quality:[/dim] {quality_summary(flags)}")
-    out.print(f"[dim]replay one with:[/dim] mams replay {rooms[0].negotiation_id}")
-    if args.json:
+            else:
+                rooms, flags = await _run_in_process(srv, study, options, out, progress_bar, usage)
+    _print_outcomes(out, study, options, rooms, flags, usage)
+    if command.json:
         _dump(
             {
-                "session_id": str(session_id),
+                "session_id": str(study.session_id),
                 "brain": brain,
                 "negotiations": [
                     {
@@ -399,42 +376,118 @@ async def cmd_run(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+async def _run_in_process(
+    srv: Servers,
+    study: _Study,
+    options: RunOptions,
+    out: Console,
+    progress: RunProgress | None,
+    usage: LLMUsage,
+) -> tuple[list[RoomResult], dict[UUID, list[QualityFlagged]]]:
+    """The study's rooms as actors of this process (`run_market`), printing every message
+    (no `progress` bar) as it is committed; and what the live monitor recorded of each."""
+    nats_url = srv.nats_url
+    assert nats_url is not None
+    tags: dict[UUID, Any] = {}
+    renderers: dict[UUID, Renderer] = {}
+
+    async def connect(name: str) -> Bus:
+        return await NatsBus.connect(nats_url, name=f"mams-{name}")
+
+    def on_opened(rooms: list[RoomResult]) -> None:
+        if progress is not None:
+            return
+        for i, room in enumerate(rooms):
+            tags[room.negotiation_id] = room_tag(room.item_name, i) if len(rooms) > 1 else None
+            renderers[room.negotiation_id] = Renderer()
+            item = untrusted(room.item_name)
+            out.print(f"[dim]negotiation {room.negotiation_id}: {item}[/dim]")
+
+    def on_event(nid: UUID, seq: int, event: Event, state: NegotiationState) -> None:
+        usage.add(event)
+        if progress is not None:
+            progress.event(event)
+            return
+        for entry in renderers[nid].entries(event):
+            print_entry(out, entry, tags.get(nid))
+
+    async with PgLeases(srv.pool, srv.dsn) as leases:
+        rooms = await run_market(
+            study.scenario,
+            study.session_id,
+            study.items,
+            connect=connect,
+            store=srv.store,
+            options=options,
+            on_event=on_event,
+            on_opened=on_opened,
+            on_flag=None
+            if progress is not None
+            else lambda flag: print_flag(out, flag, tags.get(flag.negotiation_id)),
+            skip=study.progress.skip,
+            leases=leases,
+            resume=study.progress.interrupted,
+        )
+    flags: dict[UUID, list[QualityFlagged]] = {}
+    for room in rooms if options.monitor else []:
+        flags[room.negotiation_id] = await stored_flags(srv.store, room.negotiation_id)
+    return rooms, flags
+
+
+def _print_outcomes(
+    out: Console,
+    study: _Study,
+    options: RunOptions,
+    rooms: list[RoomResult],
+    flags: dict[UUID, list[QualityFlagged]],
+    usage: LLMUsage,
+) -> None:
+    out.print()
+    if options.runs == 1 and len(rooms) <= TABLE_ROOMS:
+        out.print(outcomes_table([(r.item_name, r.state) for r in rooms]))
+    else:
+        out.print(items_table([(r.item_name, r.state) for r in rooms]))
+        out.print(f"[dim]every room:[/dim] mams negotiations --session {study.session_id}")
+        out.print(f"[dim]figures:[/dim]    mams report --session {study.session_id}")
+    if usage.calls:
+        out.print(f"[dim]LLM:[/dim] {usage.summary()}")
+    if options.monitor:
+        out.print(f"[dim]quality:[/dim] {quality_summary(flags)}")
+    out.print(f"[dim]replay one with:[/dim] mams replay {rooms[0].negotiation_id}")
+
+
 async def _run_as_processes(
     srv: Servers,
-    scenario: Scenario,
-    session_id: UUID,
-    items: list[BuyerItem],
-    args: argparse.Namespace,
+    study: _Study,
+    options: RunOptions,
+    durability: str,
     out: Console,
-    study: Progress,
     *,
-    opening: bool,
-    at_once: int | None,
     on_ended: Callable[[bool], None] | None,
-    grade: bool,
 ) -> tuple[list[RoomResult], dict[UUID, list[QualityFlagged]]]:
     """Broker, sellers and buyer as OS processes; the outcomes read back from the log: the
-    rooms it opened and, resuming, the interrupted ones it went on with. With `grade`,
-    each room's quality flags too, graded from the same read and recorded (no monitor
+    rooms it opened and, resuming, the interrupted ones it went on with. With the monitor
+    on, each room's quality flags too, graded from the same read and recorded (no monitor
     watched them live)."""
     from mams.processes import supervise
 
     assert srv.nats_url is not None  # servers(need_bus=True) started or found one
+    session_id, progress = study.session_id, study.progress
     started_after = await database_now(srv.pool)
     await supervise(
-        scenario=scenario,
+        scenario=study.scenario,
         session_id=session_id,
-        items=[i.item_name for i in items],
+        items=[i.item_name for i in study.items],
         nats_url=srv.nats_url,
         dsn=srv.dsn,
-        args=args,
+        options=options,
+        durability=durability,
         out=out,
-        resume=bool(study.interrupted),
-        skip=study.skip if opening else None,
-        at_once=at_once,
+        resume=bool(progress.interrupted),
+        skip=progress.skip if study.plan.rooms else None,
         on_ended=on_ended,
     )
-    runs = await runs_started_since(srv.pool, session_id, started_after, study.interrupted)
+    runs = await runs_started_since(srv.pool, session_id, started_after, progress.interrupted)
     item_of = dict(runs)
     rooms = []
     flags: dict[UUID, list[QualityFlagged]] = {}
@@ -442,7 +495,7 @@ async def _run_as_processes(
         for nid, stored in streams:
             events = [decode_event(e.data) for e in stored]
             rooms.append(RoomResult(nid, item_of[nid], replay(events)))
-            if grade:
+            if options.monitor:
                 flags[nid] = await grade_events(srv.store, nid, events)
     return rooms, flags
 
@@ -651,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--round-timeout",
         type=float,
         default=None,
-        help=f"seconds each side has per round (default 30, or {LLM_ROUND_TIMEOUT:.0f} "
+        help=f"seconds each side has per round (default {DEFAULT_ROUND_TIMEOUT:g}, or "
+        f"{LLM_ROUND_TIMEOUT:g} "
         "when any agent is an LLM)",
     )
     run.add_argument(

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -37,7 +37,7 @@ from rich.text import Text
 
 from mams.actors.agent import AgentActor
 from mams.actors.broker import Broker, open_stream_ids
-from mams.actors.market import make_buyer_brain, make_seller_brain, resolve_model
+from mams.actors.market import RunOptions, make_buyer_brain, make_seller_brain, resolve_model
 from mams.actors.monitor import QualityMonitor, galileo_hook
 from mams.bus.auth import Credentials
 from mams.bus.base import BusError, redact_url
@@ -45,7 +45,7 @@ from mams.bus.embedded import EmbeddedNats
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
 from mams.cli_render import untrusted
-from mams.domain.config import Scenario, item_key, load_scenario, scenario_to_raw
+from mams.domain.config import Scenario, load_scenario, scenario_to_raw
 from mams.domain.errors import ConfigError
 from mams.domain.messages import (
     BuyerRoomOpened,
@@ -62,7 +62,16 @@ from mams.domain.messages import (
     encode,
 )
 from mams.domain.money import fmt
-from mams.domain.opening import study_seeds
+from mams.domain.plan import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUND_TIMEOUT,
+    DEFAULT_RUNS,
+    PlanError,
+    PlanOptions,
+    Window,
+    pick_items,
+    plan_rooms,
+)
 from mams.domain.transcript import describe_outcome
 from mams.infra import servers
 from mams.storage.leases import PgLeases
@@ -458,9 +467,9 @@ class _Rooms:
         self.round_timeout = 30.0
         self.join_hint = "mams seller --scenario FILE"
 
-    def open_now(self) -> int:
-        """Rooms open or being opened (a request is one room when opening a few at once)."""
-        return len(self.ours - self.closed.keys() - self.ended_unseen) + len(self.pending)
+    def ended(self) -> set[UUID]:
+        """Our rooms that have ended (heard closed, or ended while the broker restarted)."""
+        return self.ours & (self.closed.keys() | self.ended_unseen)
 
     def finished(self) -> bool:
         return bool(self.rejected) or (
@@ -580,68 +589,91 @@ def _closed_json(nid: UUID, closed: RoomClosed) -> dict[str, Any]:
     return {"negotiation_id": str(nid), "outcome": outcome, "status": closed.status}
 
 
-def _requests(args: argparse.Namespace, scenario: Scenario | None) -> list[OpenRooms]:
-    """The open_rooms to send: one for every room, or with --rooms-at-once one per (item,
-    seed) (`_open_all` sends them as rooms end). Only the first carries an inline
-    scenario: its answer names the session the others then use. Raises ConfigError."""
-    skip = read_skip_file(Path(args.skip_file)) if args.skip_file else ()
-    session = UUID(args.session) if args.session else None
+def open_requests(
+    options: PlanOptions,
+    *,
+    scenario: Scenario | None,
+    session_id: UUID | None,
+    items: Sequence[str] = (),
+    skip: Collection[tuple[str, int | None]] = (),
+) -> list[OpenRooms]:
+    """The open_rooms a buyer sends for this plan: one for every room (the broker plans
+    it), or with `options.rooms_at_once` one per room of the plan (`domain.plan`, as the
+    broker would plan it), which `_open_all` sends as rooms end. Only the first carries an
+    inline `scenario`: its answer names the session the others then use. Raises
+    ConfigError (a flag out of range, an item unknown, or no items to plan with)."""
+    for problem in options.problems():
+        raise ConfigError(f"--{problem.path.replace('_', '-')} {problem.message}")
     inline = scenario_to_raw(scenario) if scenario else None
-    shape = {"max_rounds": args.max_rounds, "round_timeout": args.round_timeout}
-    if args.rooms_at_once is None:
+    if options.rooms_at_once is None:
         request = OpenRooms(
             request_id=uuid.uuid4(),
-            session_id=session,
+            session_id=session_id,
             scenario=inline,
-            items=tuple(args.item),
-            seed=args.seed,
-            runs=args.runs,
-            skip=skip,
-            **shape,
+            items=tuple(items),
+            seed=options.seed,
+            runs=options.runs,
+            skip=tuple(skip),
+            max_rounds=options.max_rounds,
+            round_timeout=options.round_timeout,
         )
         return [request]
-    if args.rooms_at_once < 1:
-        raise ConfigError(f"--rooms-at-once must be at least 1, got {args.rooms_at_once}")
-    items = list(args.item) or ([i.item_name for i in scenario.buyer.items] if scenario else [])
-    if not items:
-        raise ConfigError(
-            "--rooms-at-once with --session needs the items named: --item NAME for each "
-            "(or give --scenario FILE)"
-        )
-    had = {(item_key(name), seed) for name, seed in skip}
-    seeds = study_seeds(args.seed, args.runs)
-    pairs = [(i, s) for s in seeds for i in items if (item_key(i), s) not in had]
+    try:
+        if scenario is not None:
+            items = [i.item_name for i in pick_items(scenario, items)]
+        elif not items:
+            raise ConfigError(
+                "--rooms-at-once with --session needs the items named: --item NAME for each "
+                "(or give --scenario FILE)"
+            )
+        plan = plan_rooms(items, options, skip)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
     return [
         OpenRooms(
             request_id=uuid.uuid4(),
-            session_id=session,
+            session_id=session_id,
             scenario=inline if n == 0 else None,
-            items=(item,),
-            seed=seed,
+            items=(room.item_name,),
+            seed=room.seed,
             runs=1,
-            **shape,
+            max_rounds=options.max_rounds,
+            round_timeout=options.round_timeout,
         )
-        for n, (item, seed) in enumerate(pairs)
+        for n, room in enumerate(plan.rooms)
     ]
 
 
 async def _open_all(
     actor: AgentActor, requests: list[OpenRooms], at_once: int | None, rooms: _Rooms
 ) -> None:
-    """Send the requests: all at once, or keeping at most `at_once` rooms open."""
-    for n, request in enumerate(requests):
-        if n > 0 and request.session_id is None:  # the session the first one stored
-            while rooms.session_id is None and not rooms.rejected:
-                await rooms.changed.wait()
-            request = msgspec.structs.replace(request, session_id=rooms.session_id)
-        while at_once is not None and rooms.open_now() >= at_once and not rooms.rejected:
+    """Send the requests: all at once, or keeping at most `at_once` rooms open (the rooms
+    taken back from a crashed buyer process count), the next as one ends."""
+    window = Window(requests, at_once, already_open=len(rooms.ours))
+    ended = len(rooms.ended())
+    due = window.open_now()
+    while due:
+        for request in due:
+            if request.session_id is None and request.scenario is None:
+                # The session the first request stored.
+                while rooms.session_id is None and not rooms.rejected:
+                    await rooms.changed.wait()
+                request = msgspec.structs.replace(request, session_id=rooms.session_id)
+            if rooms.rejected:
+                return
+            rooms.sent.add(request.request_id)
+            rooms.pending.add(request.request_id)
+            rooms.requests[request.request_id] = request
+            await actor.bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+        due = []
+        while window.waiting and not due:
             await rooms.changed.wait()
-        if rooms.rejected:
-            return
-        rooms.sent.add(request.request_id)
-        rooms.pending.add(request.request_id)
-        rooms.requests[request.request_id] = request
-        await actor.bus.publish(actor.subjects.outbox(actor.agent), encode(request))
+            if rooms.rejected:
+                return
+            now_ended = len(rooms.ended())
+            for _ in range(now_ended - ended):
+                due += window.ended()
+            ended = now_ended
     rooms.all_sent = True
     rooms.touch()
 
@@ -702,12 +734,25 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     outcomes, exit."""
     if bool(args.scenario) == bool(args.session):
         raise ConfigError("give --scenario FILE or --session SESSION_ID (one of them)")
-    if args.runs < 1:
-        raise ConfigError(f"--runs must be at least 1, got {args.runs}")
+    options = PlanOptions(
+        max_rounds=args.max_rounds,
+        round_timeout=args.round_timeout,
+        seed=args.seed,
+        runs=args.runs,
+        rooms_at_once=args.rooms_at_once,
+    )
     resuming = bool(args.resume)
     scenario = load_scenario(Path(args.scenario)) if args.scenario else None
     opening = not resuming or args.skip_file is not None
-    requests = _requests(args, scenario) if opening else []
+    requests = []
+    if opening:
+        requests = open_requests(
+            options,
+            scenario=scenario,
+            session_id=args.session,
+            items=args.item,
+            skip=read_skip_file(Path(args.skip_file)) if args.skip_file else (),
+        )
     model = args.model or (scenario.buyer.model if scenario else "auto")
     agent_id = scenario.buyer.agent_id if scenario else args.agent
     url = _nats_url(args)
@@ -715,7 +760,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
     bus = await NatsBus.connect(url, name=f"{args.market}-{agent_id}")
     welcomed = anyio.Event()
     rooms = _Rooms(resuming=resuming, stream=args.stream)
-    rooms.session_id = UUID(args.session) if args.session else None
+    rooms.session_id = args.session
 
     orphan = anyio.Event()  # set if the supervising mams run --processes is gone
 
@@ -745,7 +790,7 @@ async def cmd_buyer(args: argparse.Namespace, out: Console) -> int:
 
             tg.start_soon(watch)
             tg.start_soon(_watch_silent, rooms, out)
-            tg.start_soon(_open_all, actor, requests, args.rooms_at_once, rooms)
+            tg.start_soon(_open_all, actor, requests, options.rooms_at_once, rooms)
             tg.start_soon(_send_again, actor, rooms)
             while not (rooms.finished() or orphan.is_set()):
                 await rooms.changed.wait()
@@ -840,17 +885,17 @@ def add_parsers(sub: Any) -> None:
     u = sub.add_parser("buyer", help="run the buyer: open the rooms, negotiate, print outcomes")
     common(u)
     u.add_argument("--scenario", help="scenario file (stored by the broker as a new session)")
-    u.add_argument("--session", help="a stored session's id")
+    u.add_argument("--session", type=_session_id, help="a stored session's id")
     u.add_argument("--agent", default="buyer", help="the buyer's agent id with --session")
     u.add_argument("--item", action="append", default=[], help="only this item (repeatable)")
     u.add_argument("--model", help="brain override: baseline, auto or provider:model")
-    u.add_argument("--max-rounds", type=int, default=8)
-    u.add_argument("--round-timeout", type=float, default=30.0)
+    u.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS)
+    u.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT)
     u.add_argument("--seed", type=int, default=None)
     u.add_argument(
         "--runs",
         type=int,
-        default=1,
+        default=DEFAULT_RUNS,
         metavar="N",
         help="negotiate every item N times at once, run r with seed + r (default 1)",
     )
@@ -953,11 +998,11 @@ async def supervise(
     items: list[str],
     nats_url: str,
     dsn: str,
-    args: argparse.Namespace,
+    options: RunOptions,
     out: Console,
+    durability: str = DURABLE,
     resume: bool = False,
     skip: Collection[tuple[str, int | None]] | None = None,
-    at_once: int | None = None,
     on_ended: Callable[[bool], None] | None = None,
 ) -> None:
     """Run broker, sellers and buyer as separate OS processes on one market; return when
@@ -966,7 +1011,8 @@ async def supervise(
     `resume`: the broker first takes over the session's interrupted rooms (no live broker)
     and the buyer takes them back. `skip`: (item, seed) pairs the session already has, not
     opened again; None opens nothing new (with `resume`: only go on with the interrupted).
-    `at_once`: the buyer keeps at most that many rooms open, the next as one ends.
+    `options`: the plan the buyer asks for (with `rooms_at_once`, it keeps at most that
+    many rooms open, the next as one ends) and the models' overrides.
     `on_ended`: called (deal or not) as each room ends, instead of printing what the buyer
     hears (`mams buyer --stream`).
 
@@ -1009,8 +1055,8 @@ async def supervise(
             handle = seller_config.handle
             argv = ["seller", "--scenario", str(scenario_file), "--handle", handle]
             argv += ["--market", market]
-            if args.seller_model:
-                argv += ["--model", args.seller_model]
+            if options.seller_model:
+                argv += ["--model", options.seller_model]
             seller = await spawn(handle, *argv, nats=seller_urls[seller_config.agent_id])
             with anyio.fail_after(READY_TIMEOUT):
                 await seller.wait_for_line("ready")
@@ -1024,20 +1070,20 @@ async def supervise(
             "--market",
             market,
             "--max-rounds",
-            str(args.max_rounds),
+            str(options.max_rounds),
             "--round-timeout",
-            str(args.round_timeout or 30.0),
+            repr(options.round_timeout),
+            "--runs",
+            str(options.runs),
         ]
         for item in items:
             argv += ["--item", item]
-        if args.seed is not None:
-            argv += ["--seed", str(args.seed)]
-        if args.runs > 1:
-            argv += ["--runs", str(args.runs)]
-        if args.buyer_model:
-            argv += ["--model", args.buyer_model]
-        if at_once is not None:
-            argv += ["--rooms-at-once", str(at_once)]
+        if options.seed is not None:
+            argv += ["--seed", str(options.seed)]
+        if options.buyer_model:
+            argv += ["--model", options.buyer_model]
+        if options.rooms_at_once is not None:
+            argv += ["--rooms-at-once", str(options.rooms_at_once)]
         if on_ended is not None:
             argv.append("--stream")
         if resume:
@@ -1070,7 +1116,7 @@ async def supervise(
                 "--abort-on-exit",
                 *(["--resume-session", str(session_id)] if resume else ["--no-resume"]),
                 "--durability",
-                args.durability,
+                durability,
                 nats=broker_url,
                 database=dsn,
             )

@@ -2,29 +2,30 @@
 that `mams run --session ID --resume` completes it as planned without the flags given
 again, and what a session already has of it (completed, interrupted, live elsewhere).
 
-The plan's flags parse to None when not given; `take_plan` fills those from the stored
-plan (the session's newest, table `studies`, migration 0008), `fill_defaults` the rest.
+`StudyFlags` holds the flags as given (None: not given); `merge` fills those not given
+from the stored plan (the session's newest, table `studies`, migration 0008), and
+`run_options` gives the `RunOptions` they make, defaults from `domain.plan` for the rest.
+Nothing here sees argparse.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
 import msgspec
 
+from mams.actors.market import RunOptions
+from mams.domain.plan import LLM_ROOMS_AT_ONCE, LLM_ROUND_TIMEOUT, PlanOptions
 from mams.storage import readmodels
 from mams.storage.leases import live_rooms
 from mams.storage.readmodels import Queries
 
-DEFAULT_MAX_ROUNDS = 8
-DEFAULT_RUNS = 1
 
-
-class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """The flags of one `mams run` that shape its rooms (None: not given, the default)."""
+class StudyFlags(msgspec.Struct, frozen=True, kw_only=True):
+    """The flags of one `mams run` that shape its rooms (None: not given), stored as the
+    session's plan (their JSON is the table's)."""
 
     runs: int | None = None
     seed: int | None = None
@@ -37,59 +38,63 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     rooms_at_once: int | None = None
 
 
-_FLAGS = tuple(Plan.__struct_fields__)
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def plan_of(args: argparse.Namespace) -> Plan:
-    """The plan these parsed arguments give (before defaults: None stays None)."""
-    return Plan(**{name: getattr(args, name) for name in _FLAGS})
-
-
-def take_plan(args: argparse.Namespace, stored: Plan) -> list[str]:
-    """Fill the flags not given with the stored plan's; the flags so taken, as text."""
+def merge(given: StudyFlags, stored: StudyFlags) -> tuple[StudyFlags, list[str]]:
+    """The flags given, with those not given taken from the stored plan; and the flags so
+    taken, as text (`--runs 100`, one `--item 'X'` per item)."""
     taken: list[str] = []
-    for name in _FLAGS:
-        value = getattr(stored, name)
-        if getattr(args, name) is not None or value is None:
+    values: dict[str, object] = {}
+    for name in StudyFlags.__struct_fields__:
+        mine, theirs = getattr(given, name), getattr(stored, name)
+        if mine is not None or theirs is None:
             continue
-        setattr(args, name, value)
-        if isinstance(value, bool):
+        values[name] = theirs
+        if isinstance(theirs, bool):
             taken.append(_flag(name))
-        elif isinstance(value, list):
-            taken += [f"{_flag(name)} {v!r}" for v in value]
+        elif isinstance(theirs, list):
+            taken += [f"{_flag(name)} {v!r}" for v in theirs]
         else:
-            taken.append(f"{_flag(name)} {value}")
-    return taken
+            taken.append(f"{_flag(name)} {theirs}")
+    return msgspec.structs.replace(given, **values), taken
 
 
-def fill_defaults(args: argparse.Namespace) -> None:
-    """The defaults of the plan's flags that are still None."""
-    if args.runs is None:
-        args.runs = DEFAULT_RUNS
-    if args.max_rounds is None:
-        args.max_rounds = DEFAULT_MAX_ROUNDS
-    if args.item is None:
-        args.item = []
-    if args.no_monitor is None:
-        args.no_monitor = False
+def run_options(flags: StudyFlags, *, llm: bool = False) -> RunOptions:
+    """The run these flags ask for; what is not given takes `PlanOptions`' default, or
+    with `llm` (an agent is an LLM) the round deadline and rooms at once models need."""
+    plan = PlanOptions()
+    round_timeout = flags.round_timeout
+    if round_timeout is None:
+        round_timeout = LLM_ROUND_TIMEOUT if llm else plan.round_timeout
+    rooms_at_once = flags.rooms_at_once
+    if rooms_at_once is None and llm:
+        rooms_at_once = LLM_ROOMS_AT_ONCE
+    return RunOptions(
+        max_rounds=plan.max_rounds if flags.max_rounds is None else flags.max_rounds,
+        round_timeout=round_timeout,
+        seed=flags.seed,
+        runs=plan.runs if flags.runs is None else flags.runs,
+        rooms_at_once=rooms_at_once,
+        buyer_model=flags.buyer_model,
+        seller_model=flags.seller_model,
+        monitor=not flags.no_monitor,
+    )
 
 
-async def save_plan(conn: Queries, session_id: UUID, plan: Plan) -> None:
+async def save_plan(conn: Queries, session_id: UUID, plan: StudyFlags) -> None:
     """Record a run's plan as the session's newest."""
     await readmodels.save_plan(conn, session_id, msgspec.json.encode(plan))
 
 
-async def last_plan(conn: Queries, session_id: UUID) -> tuple[Plan, datetime] | None:
+async def last_plan(conn: Queries, session_id: UUID) -> tuple[StudyFlags, datetime] | None:
     """The session's newest plan and when it was made, or None (no run recorded one)."""
     stored = await readmodels.last_plan(conn, session_id)
     if stored is None:
         return None
     plan, created_at = stored
-    return msgspec.json.decode(plan, type=Plan), created_at
+    return msgspec.json.decode(plan, type=StudyFlags), created_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from mams.domain.bounds import MAX_PAYLOAD as MAX_PAYLOAD
 from mams.domain.bounds import MAX_TEXT as MAX_TEXT
 from mams.domain.bounds import BoundsError, check_committed, check_outbox
 from mams.domain.events import Event, LLMCall, Offer, Outcome, Status
+from mams.domain.plan import DEFAULT_MAX_ROUNDS, DEFAULT_ROUND_TIMEOUT, DEFAULT_RUNS, PlanOptions
 
 
 class Peer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -269,11 +270,20 @@ class OpenRooms(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="open_r
     session_id: UUID | None = None
     scenario: dict[str, Any] | None = None
     items: tuple[str, ...] = ()
-    max_rounds: int = 8
-    round_timeout: float = 30.0
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
     seed: int | None = None
-    runs: int = 1
+    runs: int = DEFAULT_RUNS
     skip: tuple[tuple[str, int | None], ...] = ()
+
+    def options(self) -> PlanOptions:
+        """The plan options it asks for (checked by `PlanOptions.problems`)."""
+        return PlanOptions(
+            max_rounds=self.max_rounds,
+            round_timeout=self.round_timeout,
+            seed=self.seed,
+            runs=self.runs,
+        )
 
 
 OutboxMessage = BuyerTurn | SellerTurn | Hello | OpenRooms

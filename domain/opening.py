@@ -1,11 +1,11 @@
 """Opening a room: the `negotiation.started` event for one buyer item of a scenario (and
-back: the scenario a session's opening events show)."""
+back: the scenario a session's opening events show). Which rooms a study opens is
+`domain.plan`'s."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -20,36 +20,22 @@ from mams.domain.config import (
     stock_index,
 )
 from mams.domain.events import BuyerTerms, NegotiationStarted, SellerTerms
-
-
-@dataclass(frozen=True, slots=True)
-class RoomOptions:
-    """Per-room knobs: round limit, seed (baseline brains), round deadline in seconds."""
-
-    max_rounds: int = 8
-    seed: int | None = None
-    round_timeout: float = 30.0
-
-
-def study_seeds(seed: int | None, runs: int) -> list[int | None]:
-    """The seed of each of `runs` runs of a study: run r is seeded `seed` + r (0 + r
-    without a seed); a single run keeps `seed` as given (None stays None)."""
-    if runs == 1:
-        return [seed]
-    return [(seed or 0) + r for r in range(runs)]
+from mams.domain.plan import PlanOptions
 
 
 def opening(
     scenario: Scenario,
     session_id: UUID,
     item: BuyerItem,
-    options: RoomOptions,
+    options: PlanOptions,
     brains: Mapping[str, str],
     negotiation_id: UUID | None = None,
     stockists: Stockists | None = None,
 ) -> NegotiationStarted:
     """The room for one buyer item, with every private fact the log keeps: the buyer's
-    range, and each stocking seller's style, weights, cost, asking price and floor.
+    range, and each stocking seller's style, weights, cost, asking price and floor. Its
+    round limit, deadline and seed are `options`' (for a room of a plan of several runs:
+    `options.for_room(seed)`).
 
     `brains` maps agent ids to the label of the brain each runs (for the log);
     `stockists` (from `stock_index`) saves a search when opening many rooms.

@@ -27,7 +27,8 @@ from mams.domain.config import (
     scenario_to_raw,
 )
 from mams.domain.errors import MamsError
-from mams.domain.opening import RoomOptions, opening, scenario_of
+from mams.domain.opening import opening, scenario_of
+from mams.domain.plan import PlanOptions
 
 D = Decimal
 
@@ -776,7 +777,7 @@ def test_a_sessions_openings_give_back_its_scenario(raw: dict[str, Any]) -> None
     # description and models, which no opening event carries.
     scenario = parse_scenario(raw)
     session = uuid.uuid4()
-    rooms = [opening(scenario, session, item, RoomOptions(), {}) for item in scenario.buyer.items]
+    rooms = [opening(scenario, session, item, PlanOptions(), {}) for item in scenario.buyer.items]
     rebuilt = scenario_of([*rooms, rooms[0]], name="imported")  # a repeated item: once
     r = msgspec.structs.replace
     assert rebuilt == r(
@@ -791,7 +792,7 @@ def test_a_sessions_openings_give_back_its_scenario(raw: dict[str, Any]) -> None
 def test_rooms_of_two_buyers_make_no_scenario() -> None:
     scenario = parse_scenario_text(TOML, fmt="toml")
     item = scenario.buyer.items[0]
-    mine = opening(scenario, uuid.uuid4(), item, RoomOptions(), {})
+    mine = opening(scenario, uuid.uuid4(), item, PlanOptions(), {})
     theirs = msgspec.structs.replace(mine, buyer=msgspec.structs.replace(mine.buyer, handle="@B2"))
     with pytest.raises(ScenarioError, match="several buyers"):
         scenario_of([mine, theirs], name="x")

@@ -140,8 +140,8 @@ LIMITS = {
     "timeout_tiny": ({"round_timeout": 0.001}, "round_timeout must be from"),
     # JSON has no infinity, but 1e999 decodes to one.
     "timeout_infinite": ({"round_timeout": 7.25}, "round_timeout"),
-    "seed_bigint": ({"seed": 2**62 + 1, "runs": 2}, "seeds must be from"),
-    "too_many_rooms": ({"runs": 6000}, "more than 10000 rooms in one request"),
+    "seed_bigint": ({"seed": 2**62 + 1, "runs": 2}, "seed must be from"),
+    "too_many_rooms": ({"runs": 6000}, "more than 10000 rooms in one plan"),
 }
 
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from mams.actors.broker import MAX_RUNS
-from mams.actors.market import RoomResult, RunOptions, run_market, run_seeds
+from mams.actors.market import RoomResult, RunOptions, run_market
 from mams.bus.base import Bus
 from mams.bus.memory import InMemoryBus
 from mams.bus.subjects import AgentId, Subjects
@@ -25,7 +25,12 @@ from tests.integration.test_broker_robustness import BUYER, Store
 
 
 async def in_memory(
-    scenario: Scenario, items: Sequence[BuyerItem], **kwargs: Any
+    scenario: Scenario,
+    items: Sequence[BuyerItem],
+    *,
+    runs: int = 1,
+    max_open: int | None = None,
+    **kwargs: Any,
 ) -> list[RoomResult]:
     """run_market over an in-memory bus and log, seed 1, 6 rounds at most."""
     bus = InMemoryBus()
@@ -39,15 +44,11 @@ async def in_memory(
         items,
         connect=connect,
         store=InMemoryEventStore(),
-        options=RunOptions(seed=1, max_rounds=6, round_timeout=10),
+        options=RunOptions(
+            seed=1, max_rounds=6, round_timeout=10, runs=runs, rooms_at_once=max_open
+        ),
         **kwargs,
     )
-
-
-def test_run_r_has_seed_plus_r() -> None:
-    assert run_seeds(RunOptions(seed=7), 1) == [RunOptions(seed=7)]
-    assert [o.seed for o in run_seeds(RunOptions(seed=7), 3)] == [7, 8, 9]
-    assert [o.seed for o in run_seeds(RunOptions(), 2)] == [0, 1]
 
 
 @pytest.mark.parametrize(("max_open", "peak"), [(2, 2), (None, 6)])
