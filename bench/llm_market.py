@@ -189,10 +189,15 @@ async def one_run(
         scenario.buyer.items,
         connect=connect,
         store=store,
-        options=RunOptions(seed=1, round_timeout=30, buyer_model=model, seller_model=model),
+        options=RunOptions(
+            seed=1,
+            round_timeout=30,
+            runs=max(1, math.ceil(n_rooms / len(scenario.buyer.items))),
+            rooms_at_once=20,
+            buyer_model=model,
+            seller_model=model,
+        ),
         on_event=on_event,
-        runs=max(1, math.ceil(n_rooms / len(scenario.buyer.items))),
-        max_open=20,
     )
     cpu = time.thread_time() - cpu
     out = []
