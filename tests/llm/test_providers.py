@@ -435,6 +435,17 @@ def test_router_prefix_and_longest_match() -> None:
     assert direct == routed == pytest.approx(0.25)
 
 
+async def test_a_deprecated_anthropic_model_still_warns(fake_anthropic: FakeAnthropic) -> None:
+    """Requests skip `messages.create`, which warned of a deprecated model at each call;
+    the provider warns instead, once, when it is built (and the call still works)."""
+    deprecated = sorted(DEPRECATED_MODELS)[0]
+    fake_anthropic.queue(anthropic_tool_use(OFFER.name, ARGS))
+    with pytest.warns(DeprecationWarning, match=deprecated):
+        provider = AnthropicProvider(deprecated, api_key="test-key", base_url=fake_anthropic.url)
+    async with provider:
+        assert (await provider.complete(REQUEST)).tool_input == ARGS
+
+
 def test_default_models_are_not_deprecated() -> None:
     for model in DEFAULT_MODELS.values():
         assert model.rsplit("/", 1)[-1] not in DEPRECATED_MODELS

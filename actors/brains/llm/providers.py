@@ -23,8 +23,9 @@ headers, timeouts and error classes) with the body already encoded by msgspec as
 `content`: `chat.completions.create` walks every value of the body through its
 type-directed transform (1-3 ms a call with a tool schema), `messages.create` opens a
 tracing span and both copy the body value by value and encode it with `json`, none of
-which changes anything in ours. (So the SDK's own `DeprecationWarning` for a deprecated
-model and its OpenTelemetry call spans are not emitted.)
+which changes anything in ours. The Anthropic SDK's `DeprecationWarning` for a deprecated
+model is given once, when its provider is built; the SDK's OpenTelemetry call spans are
+not emitted (MAMS configures no tracing).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import os
 import random
 import time
 import urllib.parse
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, Self
@@ -575,7 +577,16 @@ class AnthropicProvider(_RetryingProvider):
         )
         import anthropic  # here: a process without an Anthropic brain never loads the SDK
         import httpx2  # the SDK's HTTP library, already loaded with it
+        from anthropic._data import DEPRECATED_MODELS
 
+        if model in DEPRECATED_MODELS:  # what messages.create would warn at each call
+            warnings.warn(
+                f"The model {model!r} is deprecated and will reach end-of-life on "
+                f"{DEPRECATED_MODELS[model]}. Please migrate to a newer model: see "
+                "https://docs.anthropic.com/en/docs/resources/model-deprecations",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self._errors = _SdkErrors(
             anthropic.APIError,
             anthropic.APIStatusError,
