@@ -46,10 +46,11 @@ Delivery = tuple[str, RoomMessage]
 MessageEvent = BuyerSaid | SellerReplied | DealClosed | BuyerWalkedAway
 
 
-def told(started: NegotiationStarted, event: MessageEvent) -> tuple[str, ...]:
+def told(agents: tuple[str, ...], event: MessageEvent) -> tuple[str, ...]:
     """Who an event's words are for, by agent id: the sellers a buyer message names; the
     buyer, for a seller's reply (sellers never see each other's); the seller a deal is
-    closed with; every seller of the room, when the buyer walks away.
+    closed with; every seller of the room, when the buyer walks away. `agents` is the
+    room's agent ids, the buyer first (`NegotiationState.agents`).
 
     The one rule: `route` delivers by it (a deal's or walk-away's words ride on each told
     seller's `RoomClosed`) and the messages read model records it as the recipients.
@@ -58,11 +59,11 @@ def told(started: NegotiationStarted, event: MessageEvent) -> tuple[str, ...]:
         case BuyerSaid(to=to):
             return to
         case SellerReplied():
-            return (started.buyer.agent_id,)
+            return agents[:1]
         case DealClosed(seller=seller):
             return (seller,)
         case BuyerWalkedAway():
-            return tuple(s.agent_id for s in started.sellers)
+            return agents[1:]
 
 
 def route(state: NegotiationState, event: Event) -> list[Delivery]:
@@ -91,7 +92,7 @@ def route(state: NegotiationState, event: Event) -> list[Delivery]:
             msg = BuyerMessage(
                 negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter
             )
-            return [(seller, msg) for seller in told(started, event)]
+            return [(seller, msg) for seller in told(state.agents, event)]
         case SellerReplied():
             return _seller_message(state, event)
         case NegotiationEnded():
@@ -111,7 +112,7 @@ def _seller_message(state: NegotiationState, event: SellerReplied) -> list[Deliv
     """A seller's reply, to the buyer: its words and offer under its handle."""
     assert state.started is not None
     message = _as_seller_message(state, event)
-    return [] if message is None else [(a, message) for a in told(state.started, event)]
+    return [] if message is None else [(a, message) for a in told(state.agents, event)]
 
 
 def _as_seller_message(state: NegotiationState, event: SellerReplied) -> SellerMessage | None:
@@ -181,6 +182,7 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
     assert state.started is not None
     nid = state.started.negotiation_id
     closing = state.closing
+    told_closing = () if closing is None else told(state.agents, closing)
     out: list[Delivery] = [
         (
             state.started.buyer.agent_id,
@@ -195,7 +197,7 @@ def _room_closed(state: NegotiationState, event: NegotiationEnded) -> list[Deliv
     for s in state.started.sellers:
         won = event.outcome.type == "deal" and event.outcome.seller == s.agent_id
         text = ""
-        if closing is not None and s.agent_id in told(state.started, closing):
+        if closing is not None and s.agent_id in told_closing:
             text = closing.text
         out.append(
             (
@@ -290,7 +292,7 @@ def recap(events: Iterable[Event], state: NegotiationState, agent: str) -> list[
     for event in events:
         match event:
             case BuyerSaid(round=n, message_id=mid, to=to, text=text, counter_price=counter):
-                if agent != buyer and agent not in told(started, event):
+                if agent != buyer and agent not in told(state.agents, event):
                     continue
                 message = BuyerMessage(
                     negotiation_id=nid, round=n, message_id=mid, text=text, counter_price=counter

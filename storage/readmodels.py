@@ -52,10 +52,11 @@ _PROJECTED = (
     | _MESSAGES
 )
 
-# How many rooms' openings a projector remembers (a room is forgotten once it ends). A
-# message of a room it does not remember costs the store a read of the room's first event
-# (after a broker's restart, once per room), in a round trip of its own.
-OPENINGS_REMEMBERED = 10_000
+# How many rooms' casts (agent ids, the buyer first: under 1 kB for ten sellers) a
+# projector remembers, the least recently used forgotten first; a room is forgotten once
+# it ends. A message of a room it does not remember costs the store a read of the room's
+# first event (after a broker's restart, once per room), in a round trip of its own.
+ROOMS_REMEMBERED = 10_000
 
 # Reads the first events of some streams: {stream_id: that event's data}, absent streams
 # left out (`PostgresEventStore` passes its own).
@@ -75,7 +76,7 @@ class ReadModelProjector:
     """
 
     def __init__(self) -> None:
-        self._openings: dict[UUID, NegotiationStarted] = {}
+        self._casts: dict[UUID, tuple[str, ...]] = {}  # room -> agent ids, buyer first
 
     async def rows(self, events: Sequence[NewEvent], read_first: ReadFirst) -> bytes:
         """The read-model rows of a batch, as the JSON document `mams_append` takes.
@@ -86,7 +87,7 @@ class ReadModelProjector:
         # the read below awaits may forget rooms, never change this batch's rows.
         opened = {e.stream_id for e in events if e.type == _OPENING}
         wanted = {e.stream_id for e in events if e.type in _MESSAGES} - opened
-        known = {n: o for n in wanted if (o := self._openings.get(n)) is not None}
+        known = {n: cast for n in wanted if (cast := self._recall(n)) is not None}
         if missing := [n for n in wanted if n not in known]:
             for nid, data in (await read_first(missing)).items():
                 first = decode_event(data)
@@ -94,7 +95,7 @@ class ReadModelProjector:
                     known[nid] = self._remember(nid, first)
         return self._rows(events, known)
 
-    def _rows(self, events: Sequence[NewEvent], openings: dict[UUID, NegotiationStarted]) -> bytes:
+    def _rows(self, events: Sequence[NewEvent], casts: dict[UUID, tuple[str, ...]]) -> bytes:
         runs: list[dict[str, Any]] = []
         rounds: list[dict[str, Any]] = []
         messages: list[dict[str, Any]] = []
@@ -107,7 +108,7 @@ class ReadModelProjector:
             nid, e_id = stored.stream_id, stored.event_id
             match decode_event(stored.data):
                 case NegotiationStarted() as e:
-                    openings[nid] = self._remember(nid, e)
+                    casts[nid] = self._remember(nid, e)
                     brains = sorted({e.buyer.brain, *(s.brain for s in e.sellers)})
                     runs.append(
                         {
@@ -125,9 +126,9 @@ class ReadModelProjector:
                 case RoundOpened(round=n):
                     rounds.append({"e": e_id, "nid": nid, "round": n})
                 case BuyerSaid() | SellerReplied() | DealClosed() | BuyerWalkedAway() as e:
-                    opening = openings.get(nid)
-                    if opening is not None:
-                        messages.append(_message_row(opening, e, e_id, nid, stored.seq))
+                    cast = casts.get(nid)
+                    if cast is not None:
+                        messages.append(_message_row(cast, e, e_id, nid, stored.seq))
                 case NegotiationEnded(status=status, outcome=o):
                     ended.append(nid)
                     ends.append({"e": e_id, "nid": nid, "status": status, "rounds": o.rounds})
@@ -146,7 +147,7 @@ class ReadModelProjector:
                 case _:
                     pass
         for nid in ended:  # no more messages; a late re-append reads the opening again
-            self._openings.pop(nid, None)
+            self._casts.pop(nid, None)
         tables = {
             "runs": runs,
             "rounds": rounds,
@@ -157,23 +158,29 @@ class ReadModelProjector:
         present = {name: rows for name, rows in tables.items() if rows}  # mams_append skips
         return _json.encode(present)
 
-    def _remember(self, nid: UUID, opening: NegotiationStarted) -> NegotiationStarted:
-        remembered = self._openings
-        remembered.pop(nid, None)  # most recent last: the oldest is forgotten first
-        remembered[nid] = opening
-        while len(remembered) > OPENINGS_REMEMBERED:
-            del remembered[next(iter(remembered))]
-        return opening
+    def _recall(self, nid: UUID) -> tuple[str, ...] | None:
+        cast = self._casts.pop(nid, None)
+        if cast is not None:
+            self._casts[nid] = cast  # most recently used last
+        return cast
+
+    def _remember(self, nid: UUID, opening: NegotiationStarted) -> tuple[str, ...]:
+        casts = self._casts
+        casts.pop(nid, None)
+        cast = casts[nid] = (opening.buyer.agent_id, *(s.agent_id for s in opening.sellers))
+        while len(casts) > ROOMS_REMEMBERED:
+            del casts[next(iter(casts))]  # the least recently used
+        return cast
 
 
 def _message_row(
-    opening: NegotiationStarted, event: MessageEvent, e_id: UUID, nid: UUID, seq: int
+    cast: tuple[str, ...], event: MessageEvent, e_id: UUID, nid: UUID, seq: int
 ) -> dict[str, Any]:
     """A message event's `messages` row: who said it (the seller replying, else the
-    buyer), who it is for (`told`), its words and any price and quantity it names."""
+    buyer: `cast[0]`), who it is for (`told`), its words and any price and quantity."""
     price: Decimal | None = None
     quantity: int | None = None
-    sender = opening.buyer.agent_id
+    sender = cast[0]
     match event:
         case BuyerSaid(counter_price=counter):
             price = counter
@@ -192,7 +199,7 @@ def _message_row(
         "mid": event.message_id,
         "round": event.round,
         "sender": sender,
-        "to": told(opening, event),
+        "to": told(cast, event),
         "text": event.text,
         "price": price,
         "qty": quantity,

@@ -7,6 +7,8 @@ rows the projector computed from the typed events, and reads no event field by n
 - Every field of every message event lands in its column: a field renamed or added in
   `domain/events.py` fails here, as does a key of the projector's document that the SQL
   reads under another name (it would be NULL).
+- A room's cast is read from the log only when the projector does not remember it (one
+  round trip per batch otherwise).
 """
 
 from __future__ import annotations
@@ -261,3 +263,45 @@ async def test_the_projector_writes_the_keys_mams_append_reads(
     for table, rows in document.items():
         for row in rows:
             assert set(row) == reads[table], table
+
+
+class Reads:
+    """A `read_first` over a fixed log, counting the reads."""
+
+    def __init__(self, events: Sequence[NewEvent]) -> None:
+        self.first = {e.stream_id: e.data for e in events if e.seq == 1}
+        self.asked: list[list[uuid.UUID]] = []
+
+    async def __call__(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        self.asked.append(list(ids))
+        return {i: self.first[i] for i in ids if i in self.first}
+
+
+async def test_a_room_is_read_once_then_remembered_until_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deal, walk = rooms()
+    reads = Reads(deal + walk)
+    projector = ReadModelProjector()
+    # The batch opens the room: nothing read, then or for the room's next batches.
+    await projector.rows(deal[:1], reads)
+    await projector.rows(deal[1:5], reads)
+    assert reads.asked == []
+    # A projector new to the room (a restarted broker) reads its first event once.
+    fresh = ReadModelProjector()
+    document = msgspec.json.decode(await fresh.rows(walk[2:5], reads))
+    assert reads.asked == [[walk[0].stream_id]]
+    assert [m["sender"] for m in document["messages"]] == ["buyer", "alpha"]
+    await fresh.rows(walk[5:8], reads)
+    assert len(reads.asked) == 1
+    # Once the room ended it is forgotten: a late re-append reads it again.
+    await fresh.rows(walk[8:], reads)
+    await fresh.rows(walk[2:3], reads)
+    assert len(reads.asked) == 2
+    # Only so many rooms are remembered, the least recently used forgotten first.
+    monkeypatch.setattr("mams.storage.readmodels.ROOMS_REMEMBERED", 1)
+    bounded = ReadModelProjector()
+    await bounded.rows(deal[:1], reads)
+    await bounded.rows(walk[:1], reads)
+    await bounded.rows(deal[2:3], reads)
+    assert reads.asked[2:] == [[deal[0].stream_id]]
