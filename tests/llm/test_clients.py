@@ -194,6 +194,27 @@ print({SDKS})
     assert run_python(code, {"ANTHROPIC_API_KEY": "k"}) == {"anthropic": True, "openai": False}
 
 
+def test_an_sdk_is_imported_with_the_garbage_collector_paused() -> None:
+    """Importing an SDK and making its client build thousands of classes; the collections
+    their allocations would trigger free nothing, so none runs meanwhile (but the odd
+    youngest-generation one around them), and the collector is back on (or left off, if it
+    was) once the provider is built."""
+    code = """
+import gc, json
+from mams.actors.brains.llm.providers import AnthropicProvider, OpenAIProvider
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info))
+AnthropicProvider("claude-sonnet-5", api_key="k", base_url="http://127.0.0.1:9")
+OpenAIProvider("gpt-5.5", api_key="k", base_url="http://127.0.0.1:9/v1")
+during = sum(1 for info in collections if info["generation"] > 0)
+enabled = gc.isenabled()
+gc.disable()
+AnthropicProvider("claude-sonnet-5", api_key="k", base_url="http://127.0.0.1:9")
+print(json.dumps({"during": during, "enabled": enabled, "left_off": not gc.isenabled()}))
+"""
+    assert run_python(code) == {"during": 0, "enabled": True, "left_off": True}
+
+
 def test_checking_a_runs_models_builds_nothing() -> None:
     """`mams run` checks every provider before it starts anything, and builds the brains
     once, where they run: the check imports no SDK (with --processes the parent never
