@@ -98,7 +98,7 @@ class ReadModelProjector:
     def _rows(self, events: Sequence[NewEvent], casts: dict[UUID, tuple[str, ...]]) -> bytes:
         runs: list[dict[str, Any]] = []
         rounds: list[dict[str, Any]] = []
-        messages: list[dict[str, Any]] = []
+        messages: list[_MessageRow] = []
         ends: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
         ended: list[UUID] = []
@@ -107,6 +107,10 @@ class ReadModelProjector:
                 continue  # rounds closing, private events; observations stay in their stream
             nid, e_id = stored.stream_id, stored.event_id
             match decode_event(stored.data):
+                case BuyerSaid() | SellerReplied() | DealClosed() | BuyerWalkedAway() as e:
+                    cast = casts.get(nid)  # the most frequent case first
+                    if cast is not None:
+                        messages.append(_message_row(cast, e, e_id, nid, stored.seq))
                 case NegotiationStarted() as e:
                     casts[nid] = self._remember(nid, e)
                     brains = sorted({e.buyer.brain, *(s.brain for s in e.sellers)})
@@ -125,10 +129,6 @@ class ReadModelProjector:
                     )
                 case RoundOpened(round=n):
                     rounds.append({"e": e_id, "nid": nid, "round": n})
-                case BuyerSaid() | SellerReplied() | DealClosed() | BuyerWalkedAway() as e:
-                    cast = casts.get(nid)
-                    if cast is not None:
-                        messages.append(_message_row(cast, e, e_id, nid, stored.seq))
                 case NegotiationEnded(status=status, outcome=o):
                     ended.append(nid)
                     ends.append({"e": e_id, "nid": nid, "status": status, "rounds": o.rounds})
@@ -173,37 +173,49 @@ class ReadModelProjector:
         return cast
 
 
+class _MessageRow(msgspec.Struct, gc=False):
+    """A `messages` row in the projector's document: its field names are the columns
+    mams_append's recordset reads (tests/storage/test_projection.py checks they agree)."""
+
+    e: UUID  # the event it comes from
+    nid: UUID
+    seq: int
+    mid: UUID
+    round: int
+    sender: str
+    to: tuple[str, ...]
+    text: str
+    price: Decimal | None = None
+    qty: int | None = None
+
+
 def _message_row(
     cast: tuple[str, ...], event: MessageEvent, e_id: UUID, nid: UUID, seq: int
-) -> dict[str, Any]:
+) -> _MessageRow:
     """A message event's `messages` row: who said it (the seller replying, else the
     buyer: `cast[0]`), who it is for (`told`), its words and any price and quantity."""
-    price: Decimal | None = None
-    quantity: int | None = None
-    sender = cast[0]
+    row = _MessageRow(
+        e=e_id,
+        nid=nid,
+        seq=seq,
+        mid=event.message_id,
+        round=event.round,
+        sender=cast[0],
+        to=told(cast, event),
+        text=event.text,
+    )
     match event:
         case BuyerSaid(counter_price=counter):
-            price = counter
+            row.price = counter
         case SellerReplied(seller=seller, offer=offer):
-            sender = seller
+            row.sender = seller
             if offer is not None:
-                price, quantity = offer.unit_price, offer.quantity
+                row.price, row.qty = offer.unit_price, offer.quantity
         case DealClosed(unit_price=unit_price, quantity=qty):
-            price, quantity = unit_price, qty
+            row.price, row.qty = unit_price, qty
         case BuyerWalkedAway():
             pass
-    return {
-        "e": e_id,
-        "nid": nid,
-        "seq": seq,
-        "mid": event.message_id,
-        "round": event.round,
-        "sender": sender,
-        "to": told(cast, event),
-        "text": event.text,
-        "price": price,
-        "qty": quantity,
-    }
+    return row
 
 
 async def save_session(conn: Conn, session_id: UUID, scenario: Scenario) -> None:
