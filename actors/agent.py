@@ -32,18 +32,17 @@ from mams.actors.queues import Job, TurnPool
 from mams.actors.tuning import tune_gc
 from mams.bus.base import Bus
 from mams.bus.subjects import AgentId, Subjects
-from mams.domain.bounds import BoundsError, check_offer, check_price, fit_label, fit_turn
+from mams.domain.bounds import BoundsError, check_offer, fit_label, fit_turn
 from mams.domain.events import LLMCall
 from mams.domain.guardrails import (
     Violation,
-    buyer_action_violations,
     buyer_fallback,
+    buyer_turn_violations,
     seller_fallback,
     seller_offer_violations,
 )
 from mams.domain.messages import (
     ROOM_MESSAGES,
-    Accept,
     BuyerMessage,
     BuyerRoomOpened,
     BuyerTurn,
@@ -340,26 +339,7 @@ class AgentActor:
 
     # -- buyer ---------------------------------------------------------------------------
     def _buyer_problems(self, view: BuyerView, decision: BuyerDecision) -> list[Violation]:
-        problems = buyer_action_violations(
-            decision.action,
-            max_price=view.max_price,
-            quantity=view.quantity,
-            sellers=frozenset(p.agent_id for p in view.sellers),
-            offers=view.offers,
-        )
-        if problems:
-            return problems
-        # What the broker would drop (domain.bounds), caught here so it can be repaired.
-        action = decision.action
-        price = action.unit_price if isinstance(action, Accept) else None
-        if isinstance(action, Say):
-            price = action.counter_price
-        try:
-            if price is not None:
-                check_price(price, "price")
-        except BoundsError as exc:
-            return [Violation(rule="price_out_of_bounds", detail=str(exc))]
-        return []
+        return buyer_turn_violations(view, decision.action)
 
     async def _buyer_turn(self, view: BuyerView) -> None:
         brain: BuyerBrain = self.brain  # type: ignore[assignment]

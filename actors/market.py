@@ -144,16 +144,26 @@ def build_started(
 
 
 def prepare_brains(
-    scenario: Scenario, items: Sequence[BuyerItem], options: RunOptions
+    scenario: Scenario,
+    items: Sequence[BuyerItem],
+    options: RunOptions,
+    given: Mapping[str, BuyerBrain | SellerBrain] | None = None,
 ) -> tuple[dict[str, str], dict[str, BuyerBrain | SellerBrain]]:
-    """Resolve every agent's model and build its brain. Call it before writing anything:
-    a provider that is not configured raises ProviderConfigError naming what to set."""
+    """Resolve every agent's model and build its brain, but for the agents `given` one
+    (a person as the buyer: `actors.human.HumanBuyer`), whose label is their brain's.
+    Call it before writing anything: a provider that is not configured raises
+    ProviderConfigError naming what to set."""
+    given = given or {}
     models = resolve_models(scenario, options)
-    brains: dict[str, BuyerBrain | SellerBrain] = {
-        scenario.buyer.agent_id: make_buyer_brain(models[scenario.buyer.agent_id])
-    }
+    buyer = scenario.buyer.agent_id
+    brains: dict[str, BuyerBrain | SellerBrain] = dict(given)
+    if buyer not in brains:
+        brains[buyer] = make_buyer_brain(models[buyer])
     for agent_id in involved_ids(scenario, items):
-        brains[agent_id] = make_seller_brain(models[agent_id])
+        if agent_id not in brains:
+            brains[agent_id] = make_seller_brain(models[agent_id])
+    for agent_id, brain in given.items():
+        models[agent_id] = brain.label
     return models, brains
 
 
@@ -214,6 +224,7 @@ async def run_market(
     skip: Collection[tuple[str, int | None]] = (),
     leases: Leases | None = None,
     resume: Sequence[UUID] = (),
+    brains: Mapping[str, BuyerBrain | SellerBrain] | None = None,
 ) -> list[RoomResult]:
     """Run the rooms `domain.plan` plans for these items; return when all have ended.
 
@@ -222,12 +233,14 @@ async def run_market(
     differ and each can be rerun alone. Rooms come back run by run, items in order. With
     `options.rooms_at_once`, at most that many rooms are open at once (`run_rooms`). Rooms
     whose (item name, seed) is in `skip` are left out (those a study already completed).
-    `resume` and `leases`: see `run_rooms`. Raises PlanError for options out of range.
+    `resume` and `leases`: see `run_rooms`. `brains` replace the brains of those agents
+    (a person as the buyer). Raises PlanError for options out of range.
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
     plan = plan_rooms([i.item_name for i in items], options, skip)
-    models, brains = prepare_brains(scenario, items, options)
+    models, cast = prepare_brains(scenario, items, options, brains)
+    built = {a: b for a, b in cast.items() if brains is None or a not in brains}
     index = stock_index(scenario)
     try:
         starts = [
@@ -244,7 +257,7 @@ async def run_market(
         ]
         return await run_rooms(
             starts,
-            brains,
+            cast,
             connect=connect,
             store=store,
             on_event=on_event,
@@ -258,7 +271,7 @@ async def run_market(
         )
     finally:
         with anyio.CancelScope(shield=True):
-            await close_brains(brains)
+            await close_brains(built)
 
 
 async def run_rooms(

@@ -51,6 +51,7 @@ from mams.domain.negotiation import (
     Phase,
     decide,
     evolve,
+    phase_timeout,
     replay,
 )
 from mams.domain.visibility import route
@@ -164,12 +165,13 @@ class Rooms:
         if state.started is None or (kind is not RoundOpened and kind is not BuyerSaid):
             return
         phase: Phase = "buyer_turn" if kind is RoundOpened else "sellers_turn"
-        self._phase_began(nid, state.round, phase, state.started.round_timeout)
+        self._phase_began(nid, state.round, phase, phase_timeout(state.started, phase))
 
     def _phase_resumed(self, nid: UUID, state: NegotiationState) -> None:
         # A room rebuilt from the log: its current phase gets the full round_timeout again.
         if state.started is not None and state.phase in ("buyer_turn", "sellers_turn"):
-            self._phase_began(nid, state.round, state.phase, state.started.round_timeout)
+            timeout = phase_timeout(state.started, state.phase)
+            self._phase_began(nid, state.round, state.phase, timeout)
 
     # -- rebuilt from the log ------------------------------------------------------------
     def restore(self, streams: Iterable[tuple[UUID, Sequence[StoredEvent]]]) -> list[UUID]:

@@ -78,6 +78,9 @@ class NegotiationStarted(
     max_rounds: int
     round_timeout: float
     seed: int | None = None
+    # The buyer's turn's own deadline, when it is not round_timeout: a person playing the
+    # buyer (`mams serve`, `mams play`) has no short deadline; the sellers keep theirs.
+    buyer_timeout: float | None = None
 
 
 class RoundOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="round.opened"):

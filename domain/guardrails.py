@@ -12,10 +12,11 @@ from decimal import Decimal
 
 import msgspec
 
-from mams.domain.bounds import GUARDRAIL_PRICE_LIMIT
+from mams.domain.bounds import GUARDRAIL_PRICE_LIMIT, BoundsError, check_price
 from mams.domain.events import Offer
 from mams.domain.messages import Accept, BuyerAction, Say, WalkAway
 from mams.domain.money import fmt
+from mams.domain.views import BuyerView
 
 HOLD_TEXT = "Let me think about the offers so far."
 PRICE_LIMIT = GUARDRAIL_PRICE_LIMIT  # one limit, stated in bounds
@@ -153,6 +154,30 @@ def buyer_action_violations(
         case WalkAway():
             pass
     return problems
+
+
+def buyer_turn_violations(view: BuyerView, action: BuyerAction) -> list[Violation]:
+    """Problems with a buyer action in its turn of `view`: its limits and the standing
+    offers (`buyer_action_violations`), then what the log cannot hold (`domain.bounds`),
+    so an agent can repair it, and a person playing the buyer is told why."""
+    problems = buyer_action_violations(
+        action,
+        max_price=view.max_price,
+        quantity=view.quantity,
+        sellers=frozenset(p.agent_id for p in view.sellers),
+        offers=view.offers,
+    )
+    if problems:
+        return problems
+    price = action.unit_price if isinstance(action, Accept) else None
+    if isinstance(action, Say):
+        price = action.counter_price
+    try:
+        if price is not None:
+            check_price(price, "price")
+    except BoundsError as exc:
+        return [Violation(rule="price_out_of_bounds", detail=str(exc))]
+    return []
 
 
 def seller_fallback(

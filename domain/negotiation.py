@@ -183,6 +183,14 @@ def replay(events: Iterable[Event], state: NegotiationState = INITIAL) -> Negoti
     return state
 
 
+def phase_timeout(started: NegotiationStarted, phase: Phase) -> float:
+    """Seconds a phase of this room may last: the buyer's turn its `buyer_timeout` when
+    set (a person playing), every other phase `round_timeout`."""
+    if phase == "buyer_turn" and started.buyer_timeout is not None:
+        return started.buyer_timeout
+    return started.round_timeout
+
+
 def decide(state: NegotiationState, command: Command) -> list[Event] | Drop:
     """The events a command produces in this state, or a Drop saying why it produced none."""
     match command:

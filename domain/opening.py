@@ -74,6 +74,7 @@ def opening(
         max_rounds=options.max_rounds,
         round_timeout=options.round_timeout,
         seed=options.seed,
+        buyer_timeout=options.buyer_timeout,
     )
 
 

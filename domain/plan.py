@@ -47,6 +47,8 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
     runs: int = DEFAULT_RUNS
     rooms_at_once: int | None = None
+    # The buyer's turn's own deadline (None: round_timeout): a person playing the buyer.
+    buyer_timeout: float | None = None
 
     def problems(self) -> list[Problem]:
         """What is out of range, each named by its option (empty: all in range)."""
@@ -62,6 +64,9 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
             elif (problem := room_option_problem("seed", last)) is not None:
                 said = f"{problem} for every run (the last run's would be {last})"
                 found.append(Problem("seed", f"{said}, got {self.seed}"))
+        timeout = self.buyer_timeout
+        if timeout is not None and (problem := room_option_problem("round_timeout", timeout)):
+            found.append(Problem("buyer_timeout", f"{problem}, got {timeout}"))
         if self.rooms_at_once is not None and self.rooms_at_once < 1:
             found.append(Problem("rooms_at_once", f"must be at least 1, got {self.rooms_at_once}"))
         return found
