@@ -84,6 +84,8 @@ from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_m
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
 from mams.report import cmd_report
+from mams.serve import add_parser as add_serve_parser
+from mams.serve import cmd_serve
 from mams.storage.eventstore import read_in_chunks
 from mams.storage.leases import PgLeases
 from mams.storage.readmodels import (
@@ -789,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_analyze_parsers(sub)
     add_report_parsers(sub)
     add_creds_parser(sub)
+    add_serve_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes, newest first")
     neg.add_argument("--session", help="only this session's")
@@ -824,6 +827,7 @@ _COMMANDS = {
     "report": cmd_report,
     "export": cmd_export,
     "import": cmd_import,
+    "serve": cmd_serve,
 }
 
 

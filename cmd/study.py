@@ -17,7 +17,7 @@ from uuid import UUID
 import msgspec
 
 from mams.actors.market import RunOptions
-from mams.domain.plan import LLM_ROOMS_AT_ONCE, LLM_ROUND_TIMEOUT, PlanOptions
+from mams.domain.plan import PlanOptions, default_rooms_at_once, default_round_timeout
 from mams.storage import readmodels
 from mams.storage.leases import live_rooms
 from mams.storage.readmodels import Queries
@@ -67,10 +67,10 @@ def run_options(flags: StudyFlags, *, llm: bool = False) -> RunOptions:
     plan = PlanOptions()
     round_timeout = flags.round_timeout
     if round_timeout is None:
-        round_timeout = LLM_ROUND_TIMEOUT if llm else plan.round_timeout
+        round_timeout = default_round_timeout(llm=llm)
     rooms_at_once = flags.rooms_at_once
-    if rooms_at_once is None and llm:
-        rooms_at_once = LLM_ROOMS_AT_ONCE
+    if rooms_at_once is None:
+        rooms_at_once = default_rooms_at_once(llm=llm)
     return RunOptions(
         max_rounds=plan.max_rounds if flags.max_rounds is None else flags.max_rounds,
         round_timeout=round_timeout,

@@ -266,6 +266,34 @@ def parse_scenario(raw: object, *, source: str = "scenario", default_name: str =
     return scenario
 
 
+def _part(raw: object, source: str, read: Callable[[_Validator, object], _P | None]) -> _P:
+    try:
+        check_nesting(raw, "", depth=MAX_SCENARIO_DEPTH, values=MAX_SCENARIO_VALUES)
+    except BoundsError as exc:
+        raise ScenarioError([Problem(source, exc.reason)], source) from None
+    v = _Validator()
+    part = read(v, raw)
+    if v.problems or part is None:
+        # Paths from the part's root: the validator's `.field` of an empty path drops its dot.
+        problems = [Problem(p.path.removeprefix("."), p.message) for p in v.problems]
+        raise ScenarioError(problems, source)
+    return part
+
+
+def parse_seller(raw: object, *, source: str = "seller") -> SellerConfig:
+    """One seller as a scenario's `[[sellers]]` entry holds it, validated as scenario files
+    are (problems' paths from the entry: `inventory[0].least_price`); raises
+    ScenarioError with every problem."""
+    return _part(raw, source, lambda v, r: v.seller(r, ""))
+
+
+def parse_buyer(raw: object, *, source: str = "buyer") -> BuyerConfig:
+    """The buyer as a scenario's `[buyer]` table holds it (`items` not empty), validated as
+    scenario files are (paths from the table: `items[0].max_price`); raises ScenarioError
+    with every problem."""
+    return _part(raw, source, lambda v, r: v.buyer(r, ""))
+
+
 def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
     """The scenario as a JSON-able mapping that `parse_scenario` reads back identically."""
     # Through JSON, so tuples become lists (which `parse_scenario` requires for arrays)
@@ -275,6 +303,7 @@ def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
 
 
 _T = TypeVar("_T")
+_P = TypeVar("_P", SellerConfig, BuyerConfig)
 _Named = TypeVar("_Named", BuyerItem, InventoryItem)
 
 
@@ -351,14 +380,15 @@ class _Validator:
         found: list[_Named] = []
         seen: dict[str, int] = {}
         for i, raw in enumerate(self.array(table, path, key)):
-            entry = parse(raw, f"{path}.{key}[{i}]")
+            at = f"{path}.{key}" if path else key
+            entry = parse(raw, f"{at}[{i}]")
             if entry is None:
                 continue
             name = item_key(entry.item_name)
             if name in seen:
                 self.bad(
-                    f"{path}.{key}[{i}].item_name",
-                    f"duplicate of {path}.{key}[{seen[name]}] ({entry.item_name!r})",
+                    f"{at}[{i}].item_name",
+                    f"duplicate of {at}[{seen[name]}] ({entry.item_name!r})",
                 )
                 continue
             seen[name] = i

@@ -33,6 +33,18 @@ LLM_ROOMS_AT_ONCE = 20
 
 T = TypeVar("T")
 
+HUMAN_TURN_TIMEOUT = 86_400.0  # a person playing the buyer: a day per turn
+
+
+def default_round_timeout(*, llm: bool) -> float:
+    """A round's deadline when none is given: longer when an agent is an LLM."""
+    return LLM_ROUND_TIMEOUT if llm else DEFAULT_ROUND_TIMEOUT
+
+
+def default_rooms_at_once(*, llm: bool) -> int | None:
+    """Rooms open at once when not given: all, or LLM_ROOMS_AT_ONCE with LLM agents."""
+    return LLM_ROOMS_AT_ONCE if llm else None
+
 
 class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What shapes a study's rooms, with the defaults every runtime uses.

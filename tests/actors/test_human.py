@@ -73,10 +73,8 @@ async def test_a_person_says_then_accepts_the_cheapest_offer_and_the_log_has_it(
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(market)
-            nid = None
-            while nid is None:  # the room's id: the first turn waiting
-                await anyio.lowlevel.checkpoint()
-                nid = next(iter(human._seats), None)
+            await told.wait()
+            [nid] = opened
             view = await human.next_turn(nid)
             assert view is not None
             assert view.round == 1
@@ -106,7 +104,7 @@ async def test_a_person_says_then_accepts_the_cheapest_offer_and_the_log_has_it(
     assert started.buyer_timeout == 86_400
     assert started.round_timeout == 30
     with anyio.fail_after(5):
-        assert await human.next_turn(nid, after=2) is None  # the room is gone
+        assert await human.next_turn(opened[0], after=2) is None  # the room is gone
 
 
 async def test_a_person_who_never_acts_loses_the_turn_at_their_own_deadline() -> None:
@@ -132,10 +130,8 @@ async def test_the_final_round_takes_only_accept_or_walk_away() -> None:
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(market)
-            nid = None
-            while nid is None:
-                await anyio.lowlevel.checkpoint()
-                nid = next(iter(human._seats), None)
+            await told.wait()
+            [nid] = opened
             assert await human.next_turn(nid) is not None
             human.act(nid, Say(text="Offers, please."))
             view = await human.next_turn(nid, after=1)

@@ -1,0 +1,769 @@
+"""The HTTP API (`mams serve`): the specification's endpoints over the one runtime.
+
+Sessions are assembled (or posted whole) as drafts and frozen into a stored session when
+their first room opens; rooms open through `actors.live.Live`, i.e. `run_market`, with
+the buyer an agent or the caller (`actors.human.HumanBuyer`). Every body is read by
+`api.bodies` (422 with every problem and its JSON path, nothing written), unknown ids are
+404, a wrong state 409, each with a sentence a person can act on.
+
+Starlette gives the routing, requests and responses; the bodies and the OpenAPI document
+are the msgspec types of `api.bodies`, so there is no second set of models.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any, NoReturn, TypeVar
+from uuid import UUID
+
+import msgspec
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from mams.actors.human import ActionRefusedError, HumanBuyer, NotYourTurnError
+from mams.actors.live import Live, LiveRoom, StartError
+from mams.actors.market import RunOptions, check_brains
+from mams.api.auth import OPEN, Viewer
+from mams.api.bodies import (
+    BodyError,
+    BuyerConfigBody,
+    DealSummary,
+    DecideBody,
+    Decided,
+    MessageAnswered,
+    MessageBody,
+    NewSeller,
+    NewSession,
+    OfferOut,
+    SellerAdded,
+    SellerResponse,
+    SessionCreated,
+    StartBody,
+    Started,
+    decode_json,
+    read,
+    seller_path,
+    seller_raw,
+)
+from mams.domain.analysis import NegotiationAnalysis, analyze
+from mams.domain.config import (
+    BASELINE_MODEL,
+    Problem,
+    Scenario,
+    ScenarioError,
+    item_key,
+    parse_buyer,
+    parse_scenario,
+    parse_seller,
+    scenario_to_raw,
+)
+from mams.domain.debrief import debrief
+from mams.domain.errors import ConfigError
+from mams.domain.events import (
+    AnalystReviewed,
+    BuyerSaid,
+    Event,
+    NegotiationEnded,
+    NegotiationStarted,
+    QualityFlagged,
+    RoundClosed,
+    decode_event,
+)
+from mams.domain.messages import Accept, Say, SellerMessage, WalkAway
+from mams.domain.negotiation import INITIAL, NegotiationState, evolve, replay
+from mams.domain.plan import (
+    HUMAN_TURN_TIMEOUT,
+    PlanError,
+    PlanOptions,
+    default_rooms_at_once,
+    default_round_timeout,
+    pick_items,
+)
+from mams.domain.quality import check
+from mams.domain.views import BuyerView
+from mams.domain.visibility import route
+from mams.storage.drafts import (
+    DraftFrozenError,
+    change_draft,
+    create_draft,
+    freeze_draft,
+    get_draft,
+    list_session_summaries,
+)
+from mams.storage.eventstore import EventStore
+from mams.storage.observations import load_observations
+from mams.storage.readmodels import list_runs, load_session
+
+log = structlog.get_logger("mams.api")
+
+_json = msgspec.json.Encoder(decimal_format="number")
+T = TypeVar("T")
+LIST_LIMIT = 50
+MAX_LIST = 500
+
+
+class ApiError(Exception):
+    """An answer other than success: its status, a sentence, and problems with paths."""
+
+    def __init__(self, status: int, message: str, problems: Sequence[Problem] = ()) -> None:
+        self.status = status
+        self.message = message
+        self.problems = list(problems)
+        super().__init__(message)
+
+
+def not_found(what: str) -> NoReturn:
+    raise ApiError(404, what)
+
+
+def conflict(message: str, problems: Sequence[Problem] = ()) -> NoReturn:
+    raise ApiError(409, message, problems)
+
+
+def invalid(message: str, problems: Sequence[Problem]) -> NoReturn:
+    raise ApiError(422, message, problems)
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(_json.encode(body), status_code=status, media_type="application/json")
+
+
+def error_response(exc: ApiError) -> Response:
+    body = {
+        "error": exc.message,
+        "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
+    }
+    return json_response(body, exc.status)
+
+
+Authenticate = Callable[[Request], Awaitable[Viewer]]
+
+
+async def open_access(request: Request) -> Viewer:
+    """No token configured (loopback only): every caller is the operator."""
+    return OPEN
+
+
+def _uuid(text: str, what: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        not_found(f"no {what} {text!r}: not an id like 3f2b6c1e-8d4a-4b7e-9c1d-2a5e6f7a8b9c")
+
+
+def _new_config(description: str) -> dict[str, Any]:
+    return {
+        "name": "api session",
+        "description": description,
+        "buyer": {"handle": "@Buyer", "items": []},
+        "sellers": [],
+    }
+
+
+def _prefixed(prefix: str, problems: Sequence[Problem]) -> list[Problem]:
+    return [Problem(f"{prefix}.{p.path}" if p.path else prefix, p.message) for p in problems]
+
+
+class Api:
+    """The API's handlers over one database (pool, store) and one `Live` runtime."""
+
+    def __init__(
+        self,
+        pool: Any,
+        store: EventStore,
+        live: Live,
+        *,
+        authenticate: Authenticate = open_access,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.live = live
+        self.authenticate = authenticate
+
+    # -- plumbing -------------------------------------------------------------------------
+    def routes(self) -> list[BaseRoute]:
+        h = self._handler
+        return [
+            Route("/api/sessions", h(self.create_session), methods=["POST"]),
+            Route("/api/sessions", h(self.list_sessions), methods=["GET"]),
+            Route("/api/sessions/{session_id}", h(self.get_session), methods=["GET"]),
+            Route(
+                "/api/sessions/{session_id}/buyer-config", h(self.buyer_config), methods=["POST"]
+            ),
+            Route("/api/sessions/{session_id}/sellers", h(self.add_seller), methods=["POST"]),
+            Route("/api/negotiations/start", h(self.start), methods=["POST"]),
+            Route("/api/negotiations", h(self.list_negotiations), methods=["GET"]),
+            Route("/api/negotiations/{nid}", h(self.get_negotiation), methods=["GET"]),
+            Route("/api/negotiations/{nid}/message", h(self.message), methods=["POST"]),
+            Route("/api/negotiations/{nid}/decide", h(self.decide), methods=["POST"]),
+            Route("/api/negotiations/{nid}/analytics", h(self.analytics), methods=["GET"]),
+            Route("/api/negotiations/{nid}/replay", h(self.replay), methods=["GET"]),
+        ]
+
+    def _handler(
+        self, method: Callable[[Request, Viewer], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                viewer = await self.authenticate(request)
+                return await method(request, viewer)
+            except ApiError as exc:
+                return error_response(exc)
+            except BodyError as exc:
+                return error_response(ApiError(422, exc.message, exc.problems))
+
+        endpoint.__name__ = method.__name__
+        return endpoint
+
+    @staticmethod
+    async def _body(request: Request, kind: type[T]) -> T:
+        return read(decode_json(await request.body()), kind)
+
+    @staticmethod
+    def _require(viewer: Viewer, *roles: str) -> None:
+        if viewer.role not in roles:
+            raise ApiError(
+                403, f"a {viewer.role} token may not do this; it needs: {', '.join(roles)}"
+            )
+
+    @staticmethod
+    def _require_session(viewer: Viewer, session_id: UUID) -> None:
+        """Operators and observers see every session; a player only its own."""
+        if not viewer.sees_everything and viewer.session_id != session_id:
+            raise ApiError(403, "this token belongs to another session")
+
+    # -- sessions --------------------------------------------------------------------------
+    async def create_session(self, request: Request, viewer: Viewer) -> Response:
+        self._require(viewer, "operator")
+        raw = decode_json(await request.body())
+        body = read(raw, NewSession)
+        if body.scenario is not None:
+            try:
+                scenario = parse_scenario(body.scenario, source="scenario")
+            except ScenarioError as exc:
+                invalid("the scenario is not valid", _prefixed("scenario", exc.problems))
+            config = scenario_to_raw(scenario)
+            if body.description:
+                config["description"] = body.description
+        else:
+            config = _new_config(body.description)
+        draft = await create_draft(self.pool, uuid.uuid4(), body.description, config)
+        created = SessionCreated(session_id=draft.session_id, created_at=draft.created_at)
+        return json_response(created, 201)
+
+    async def list_sessions(self, request: Request, viewer: Viewer) -> Response:
+        self._require(viewer, "operator", "observer")
+        limit, offset = _paging(request)
+        rows = await list_session_summaries(self.pool, limit=limit + 1, offset=offset)
+        return json_response(
+            {
+                "sessions": rows[:limit],
+                "next_offset": offset + limit if len(rows) > limit else None,
+            }
+        )
+
+    async def get_session(self, request: Request, viewer: Viewer) -> Response:
+        sid = _uuid(request.path_params["session_id"], "session")
+        self._require_session(viewer, sid)
+        draft = await get_draft(self.pool, sid)
+        if draft is not None:
+            config, description = draft.config, draft.description
+            created_at, frozen = draft.created_at, draft.frozen_at is not None
+        else:
+            stored = await load_session(self.pool, sid)
+            if stored is None:
+                not_found(f"no session {sid}; GET /api/sessions lists them")
+            config, description = scenario_to_raw(stored), stored.description
+            created_at, frozen = None, True
+        sellers = config.get("sellers", [])
+        if not viewer.sees_everything:  # a player sees the sellers' handles, never terms
+            sellers = [{"handle": s.get("handle")} for s in sellers]
+        return json_response(
+            {
+                "session_id": sid,
+                "description": description,
+                "created_at": created_at,
+                "frozen": frozen,
+                "buyer": config.get("buyer"),
+                "sellers": sellers,
+            }
+        )
+
+    async def buyer_config(self, request: Request, viewer: Viewer) -> Response:
+        self._require(viewer, "operator")
+        sid = _uuid(request.path_params["session_id"], "session")
+        raw = decode_json(await request.body())
+        read(raw, BuyerConfigBody)  # the shape, every field's type
+        try:
+            buyer = parse_buyer(raw)
+        except ScenarioError as exc:
+            invalid("the buyer's configuration is not valid", exc.problems)
+        part = _plain(buyer)
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            return {**config, "buyer": part}
+
+        await self._change(sid, change)
+        return json_response({"session_id": sid, "items": len(buyer.items)})
+
+    async def add_seller(self, request: Request, viewer: Viewer) -> Response:
+        self._require(viewer, "operator")
+        sid = _uuid(request.path_params["session_id"], "session")
+        raw = decode_json(await request.body())
+        entry = seller_raw(raw)
+        try:
+            seller = parse_seller(entry)
+        except ScenarioError as exc:
+            problems = [Problem(seller_path(p.path), p.message) for p in exc.problems]
+            invalid("the seller is not valid", problems)
+        read(raw, NewSeller)  # the rest of the shape (the validator has the messages)
+        part = _plain(seller)
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            sellers = list(config.get("sellers", []))
+            taken = {item_key(str(s.get("handle", "")).lstrip("@")) for s in sellers}
+            buyer = str(config.get("buyer", {}).get("handle", "@Buyer"))
+            if seller.agent_id in taken or seller.agent_id == item_key(buyer.lstrip("@")):
+                conflict(f"the session already has an agent with handle {seller.handle}")
+            return {**config, "sellers": [*sellers, part]}
+
+        await self._change(sid, change)
+        added = SellerAdded(seller_id=seller.agent_id, handle=seller.handle)
+        return json_response(added, 201)
+
+    async def _change(self, sid: UUID, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        async with self.pool.acquire() as conn:
+            try:
+                draft = await change_draft(conn, sid, change)
+            except DraftFrozenError as exc:
+                conflict(str(exc))
+        if draft is None:
+            if await load_session(self.pool, sid) is not None:
+                conflict(f"session {sid} was stored whole (mams run): its configuration is fixed")
+            not_found(f"no session {sid}; POST /api/sessions creates one")
+
+    async def _scenario(self, sid: UUID) -> Scenario:
+        """The session's scenario, freezing its draft (validated whole) if it is one."""
+
+        def validate(config: dict[str, Any]) -> Scenario:
+            return parse_scenario(config, source=f"session {sid}")
+
+        async with self.pool.acquire() as conn:
+            try:
+                scenario = await freeze_draft(conn, sid, validate)
+            except ScenarioError as exc:
+                conflict(
+                    f"session {sid} is not ready to negotiate: complete its configuration "
+                    "(buyer-config, sellers)",
+                    exc.problems,
+                )
+        if scenario is None:
+            not_found(f"no session {sid}; GET /api/sessions lists them")
+        return scenario
+
+    # -- negotiations ----------------------------------------------------------------------
+    async def start(self, request: Request, viewer: Viewer) -> Response:
+        body = await self._body(request, StartBody)
+        if body.buyer == "agent":
+            self._require(viewer, "operator")
+        else:
+            self._require(viewer, "operator", "buyer")
+            self._require_session(viewer, body.session_id)
+        scenario = await self._scenario(body.session_id)
+        try:
+            items = pick_items(scenario, [body.item_name] if body.item_name else [])
+        except PlanError as exc:
+            invalid("no such item", [Problem("item_name", p.message) for p in exc.problems])
+        human = body.buyer == "human"
+        if human and (len(items) != 1 or body.runs != 1):
+            invalid(
+                "a person plays one room at a time",
+                [Problem("item_name", "name the one item to play, with runs 1")],
+            )
+        options = RunOptions(
+            seller_model=body.seller_model,
+            buyer_model=body.buyer_model if not human else BASELINE_MODEL,
+            monitor=body.monitor,
+        )
+        try:
+            models = check_brains(scenario, items, options)
+        except ConfigError as exc:
+            field = "seller_model" if body.seller_model else "buyer_model"
+            invalid("a model's provider is not configured", [Problem(field, str(exc))])
+        agents = {a: m for a, m in models.items() if not (human and a == scenario.buyer.agent_id)}
+        llm = any(m != BASELINE_MODEL for m in agents.values())
+        options = msgspec.structs.replace(
+            options,
+            max_rounds=body.max_rounds or PlanOptions().max_rounds,
+            round_timeout=body.round_timeout or default_round_timeout(llm=llm),
+            seed=body.seed,
+            runs=body.runs,
+            rooms_at_once=body.rooms_at_once or default_rooms_at_once(llm=llm),
+            buyer_timeout=HUMAN_TURN_TIMEOUT if human else None,
+        )
+        if problems := options.problems():
+            invalid("the room options are out of range", problems)
+        seat = HumanBuyer() if human else None
+        try:
+            rooms = await self.live.start(scenario, body.session_id, items, options, human=seat)
+        except StartError as exc:
+            conflict(f"the rooms could not start: {exc}")
+        handles = sorted(
+            {s.handle for i in items for s in scenario.sellers if s.stock(i.item_name)}
+        )
+        started = Started(
+            negotiation_id=rooms[0].negotiation_id,
+            negotiation_ids=[r.negotiation_id for r in rooms],
+            status="in_progress",
+            available_sellers=handles,
+            buyer=body.buyer,
+        )
+        return json_response(started, 201)
+
+    async def list_negotiations(self, request: Request, viewer: Viewer) -> Response:
+        session = request.query_params.get("session_id")
+        sid = _uuid(session, "session") if session else None
+        if not viewer.sees_everything:
+            if sid is None:
+                sid = viewer.session_id
+            assert sid is not None
+            self._require_session(viewer, sid)
+        limit, offset = _paging(request)
+        rows = await list_runs(self.pool, session_id=sid, limit=limit + offset + 1)
+        page = rows[offset : offset + limit]
+        return json_response(
+            {
+                "negotiations": page,
+                "next_offset": offset + limit if len(rows) > offset + limit else None,
+            }
+        )
+
+    async def _events(self, nid: UUID) -> list[tuple[int, Event, NegotiationState]]:
+        """A room's events with the state after each: live if this process runs it, else
+        read from the log."""
+        room = self.live.room(nid)
+        if room is not None:
+            return list(room.events)
+        stored = await self.store.read(nid)
+        out: list[tuple[int, Event, NegotiationState]] = []
+        state: NegotiationState | None = None
+        for row in stored:
+            event = decode_event(row.data)
+            state = evolve(INITIAL if state is None else state, event)
+            out.append((row.seq, event, state))
+        return out
+
+    async def _started(self, nid: UUID, viewer: Viewer) -> tuple[NegotiationStarted, list[Any]]:
+        events = await self._events(nid)
+        if not events or not isinstance(events[0][1], NegotiationStarted):
+            not_found(f"no negotiation {nid}; GET /api/negotiations lists them")
+        started = events[0][1]
+        self._require_session(viewer, started.session_id)
+        return started, events
+
+    async def get_negotiation(self, request: Request, viewer: Viewer) -> Response:
+        nid = _uuid(request.path_params["nid"], "negotiation")
+        started, events = await self._started(nid, viewer)
+        state = events[-1][2]
+        room = self.live.room(nid)
+        body: dict[str, Any] = {
+            "negotiation_id": nid,
+            "session_id": started.session_id,
+            "item_name": started.item_name,
+            "status": "ended" if state.phase == "ended" else "in_progress",
+            "phase": state.phase,
+            "round": state.round,
+            "max_rounds": started.max_rounds,
+            "sellers": [s.handle for s in started.sellers],
+            "buyer": "human" if room is not None and room.human is not None else "agent",
+            "outcome": _plain(state.outcome) if state.outcome else None,
+        }
+        if room is not None and room.human is not None:
+            body["your_turn"] = room.human.waiting(nid) is not None
+        return json_response(body)
+
+    async def _turn(
+        self, request: Request, viewer: Viewer, kind: type[T]
+    ) -> tuple[UUID, LiveRoom, HumanBuyer, BuyerView, T]:
+        """The room the caller plays, its body, and the turn waiting for the person."""
+        nid, room, human = self._played(request, viewer)
+        body = await self._body(request, kind)
+        view = human.waiting(nid)
+        if view is None:
+            conflict("it is not the buyer's turn: the sellers are still answering")
+        return nid, room, human, view, body
+
+    def _played(self, request: Request, viewer: Viewer) -> tuple[UUID, LiveRoom, HumanBuyer]:
+        nid = _uuid(request.path_params["nid"], "negotiation")
+        room = self.live.room(nid)
+        if room is None:
+            not_found(f"no live room {nid} in this server; GET /api/negotiations lists rooms")
+        self._require(viewer, "operator", "buyer")
+        self._require_session(viewer, room.session_id)
+        if room.human is None:
+            conflict('this room\'s buyer is an agent; start one with "buyer": "human" to play')
+        if room.ended:
+            conflict(f"negotiation {nid} has ended; GET its analytics for the debrief")
+        return nid, room, room.human
+
+    async def message(self, request: Request, viewer: Viewer) -> Response:
+        nid, room, human, view, body = await self._turn(request, viewer, MessageBody)
+        problems: list[Problem] = []
+        if not body.text.strip():
+            problems.append(Problem("text", "is required: what you say to the sellers"))
+        to: list[str] = []
+        for i, name in enumerate(body.recipients):
+            if name == "all":
+                continue
+            agent = _seller_id(view, name)
+            if agent is None:
+                known = ", ".join(p.handle for p in view.sellers)
+                problems.append(Problem(f"recipients[{i}]", f"no seller {name!r}; here: {known}"))
+            else:
+                to.append(agent)
+        if problems:
+            invalid("the message is not valid", problems)
+        action = Say(text=body.text, to=tuple(to), counter_price=body.counter_price)
+        seq = room.events[-1][0] if room.events else 0
+        self._act(human, nid, action)
+        said_round = view.round
+        events = await _until(room, seq, lambda e: _closes_round(e, said_round))
+        return json_response(_answered(room, events, said_round))
+
+    async def decide(self, request: Request, viewer: Viewer) -> Response:
+        nid, room, human, view, body = await self._turn(request, viewer, DecideBody)
+        if body.decision == "walk_away":
+            action: Accept | WalkAway = WalkAway(text=body.text)
+        else:
+            assert body.seller_id is not None
+            assert body.price is not None
+            assert body.quantity is not None
+            wanted = item_key(body.seller_id.lstrip("@"))
+            seller = next(
+                (
+                    p.agent_id
+                    for p in view.sellers
+                    if wanted in (p.agent_id, item_key(p.handle.lstrip("@")))
+                ),
+                None,
+            )
+            if seller is None:
+                known = ", ".join(p.handle for p in view.sellers)
+                invalid(
+                    "no such seller", [Problem("seller_id", f"not in this room; here: {known}")]
+                )
+            action = Accept(
+                seller=seller, unit_price=body.price, quantity=body.quantity, text=body.text
+            )
+        seq = room.events[-1][0] if room.events else 0
+        self._act(human, nid, action)
+        await _until(room, seq, lambda e: isinstance(e, NegotiationEnded))
+        events = [e for _, e, _ in room.events]
+        state = room.state
+        assert state.outcome is not None
+        assert state.started is not None
+        summary = None
+        if state.outcome.type == "deal" and state.outcome.seller is not None:
+            assert state.outcome.unit_price is not None
+            assert state.outcome.quantity is not None
+            summary = DealSummary(
+                seller=_handle(state.started, state.outcome.seller),
+                final_price=state.outcome.unit_price,
+                quantity=state.outcome.quantity,
+                reasoning=body.text,
+            )
+        analysis = analyze(events)
+        decided = Decided(
+            outcome_id=uuid.uuid5(nid, "outcome"),
+            status=state.ended.status if state.ended else "completed",
+            outcome=_plain(state.outcome),
+            deal_summary=summary,
+            analysis=_plain(debrief(analysis, state.started)),
+        )
+        return json_response(decided)
+
+    @staticmethod
+    def _act(human: HumanBuyer, nid: UUID, action: Say | Accept | WalkAway) -> None:
+        try:
+            human.act(nid, action)
+        except NotYourTurnError as exc:
+            conflict(str(exc))
+        except ActionRefusedError as exc:
+            conflict(
+                "the guardrails refuse this action; nothing was sent",
+                [Problem(p.rule, p.detail) for p in exc.problems],
+            )
+
+    async def analytics(self, request: Request, viewer: Viewer) -> Response:
+        nid = _uuid(request.path_params["nid"], "negotiation")
+        started, _ = await self._started(nid, viewer)
+        stored = await self.store.read(nid)
+        events = [decode_event(r.data) for r in stored]
+        state = replay(events)
+        if not viewer.sees_everything and state.phase != "ended":
+            conflict("a player sees the analytics (and every hidden fact) once the room has ended")
+        observed = await load_observations(self.store, nid)
+        flags = list(
+            dict.fromkeys([*(o for o in observed if isinstance(o, QualityFlagged)), *check(events)])
+        )
+        reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
+        analysis = analyze(events, flags, reviews, [r.recorded_at for r in stored])
+        body = _analytics(analysis)
+        if state.phase == "ended":
+            body["debrief"] = _plain(debrief(analysis, started))
+        return json_response(body)
+
+    async def replay(self, request: Request, viewer: Viewer) -> Response:
+        nid = _uuid(request.path_params["nid"], "negotiation")
+        started, events = await self._started(nid, viewer)
+        out = [
+            {"seq": seq, **item}
+            for seq, event, state in events
+            for item in visible(viewer, started, state, event)
+        ]
+        return json_response({"negotiation_id": nid, "events": out})
+
+
+def visible(
+    viewer: Viewer, started: NegotiationStarted, state: NegotiationState, event: Event
+) -> list[dict[str, Any]]:
+    """What of one committed event this viewer may see: every event whole for an operator
+    or observer; for a player, the messages the broker delivers to its agent for it
+    (`domain.visibility.route`), as the agent itself receives them."""
+    if viewer.sees_everything:
+        return [_plain(event)]
+    agent = started.buyer.agent_id if viewer.role == "buyer" else viewer.agent
+    return [_plain(msg) for to, msg in route(state, event) if to == agent]
+
+
+def _plain(value: object) -> Any:
+    """A struct as JSON-able builtins, decimals kept as numbers (the API's money)."""
+    return msgspec.to_builtins(value, builtin_types=(Decimal,))
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    problems: list[Problem] = []
+    values = {"limit": LIST_LIMIT, "offset": 0}
+    for name in values:
+        text = request.query_params.get(name)
+        if text is None:
+            continue
+        if not text.isdigit():
+            problems.append(Problem(name, f"must be a whole number, got {text!r}"))
+            continue
+        values[name] = int(text)
+    if not 1 <= values["limit"] <= MAX_LIST:
+        problems.append(Problem("limit", f"must be from 1 to {MAX_LIST}"))
+    if problems:
+        invalid("the query is not valid", problems)
+    return values["limit"], values["offset"]
+
+
+async def _until(
+    room: LiveRoom, seq: int, done: Callable[[Event], bool]
+) -> list[tuple[int, Event, NegotiationState]]:
+    """The room's events after `seq` up to the first `done` (or its end)."""
+    seen: list[tuple[int, Event, NegotiationState]] = []
+    while True:
+        newer = await room.after(seq)
+        if not newer:
+            return seen
+        for item in newer:
+            seen.append(item)
+            if done(item[1]) or isinstance(item[1], NegotiationEnded):
+                return seen
+        seq = newer[-1][0]
+
+
+def _seller_id(view: BuyerView, name: str) -> str | None:
+    """The agent id of a seller of the room named by handle (`@TechMart`, any case) or id."""
+    wanted = item_key(name.lstrip("@"))
+    for peer in view.sellers:
+        if wanted in (peer.agent_id, item_key(peer.handle.lstrip("@"))):
+            return peer.agent_id
+    return None
+
+
+def _closes_round(event: Event, round_: int) -> bool:
+    return isinstance(event, RoundClosed) and event.round == round_
+
+
+def _handle(started: NegotiationStarted, agent: str) -> str:
+    return next((s.handle for s in started.sellers if s.agent_id == agent), agent)
+
+
+def _answered(
+    room: LiveRoom, events: list[tuple[int, Event, NegotiationState]], round_: int
+) -> MessageAnswered:
+    """What the buyer heard for its message of `round_`: each seller's reply (as the
+    broker delivered it to the buyer), who did not answer, and the end if it came."""
+    started = room.state.started
+    assert started is not None
+    buyer = started.buyer.agent_id
+    message_id = None
+    responses: list[SellerResponse] = []
+    unanswered: list[str] = []
+    for _, event, state in events:
+        if isinstance(event, BuyerSaid) and event.round == round_:
+            message_id = event.message_id
+        if isinstance(event, RoundClosed) and event.round == round_:
+            unanswered = [_handle(started, a) for a in event.unanswered]
+        for to, msg in route(state, event):
+            if to == buyer and isinstance(msg, SellerMessage) and msg.round == round_:
+                offer = msg.offer
+                responses.append(
+                    SellerResponse(
+                        seller_id=msg.seller.agent_id,
+                        handle=msg.seller.handle,
+                        response=msg.text,
+                        offer=OfferOut(unit_price=offer.unit_price, quantity=offer.quantity)
+                        if offer is not None
+                        else None,
+                    )
+                )
+    ended = room.state.phase == "ended"
+    outcome = room.state.outcome
+    return MessageAnswered(
+        message_id=message_id,
+        round=round_,
+        seller_responses=responses,
+        unanswered=unanswered,
+        status="ended" if ended else "in_progress",
+        outcome=_plain(outcome) if ended and outcome is not None else None,
+    )
+
+
+def _analytics(analysis: NegotiationAnalysis) -> dict[str, Any]:
+    """The specification's analytics figures, named for what MAMS measures, and the whole
+    analysis (`mams analyze --json`'s shape) under `analysis`."""
+    deal = analysis.deal
+    flags = sum(analysis.flags_by_kind.values())
+    return {
+        "negotiation_id": analysis.negotiation_id,
+        "rounds": analysis.rounds,
+        "messages": analysis.messages,
+        "response_times_ms": {
+            a.handle: {"mean": a.latency_ms_mean, "max": a.latency_ms_max} for a in analysis.agents
+        }
+        if analysis.latency_measured
+        else None,
+        "outcome": analysis.outcome,
+        "savings_vs_first_ask": deal.saving_vs_first_ask if deal else None,
+        "within_budget": deal.unit_price <= analysis.buyer_max_price if deal else None,
+        "quality": {
+            "flags": flags,
+            "flags_by_kind": analysis.flags_by_kind,
+            "flags_per_message": round(flags / analysis.messages, 4) if analysis.messages else 0.0,
+        },
+        "analysis": _plain(analysis),
+    }
+
+
+def create_app(api: Api, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI application over `api`."""
+    return Starlette(routes=[*api.routes(), *extra_routes])
