@@ -65,17 +65,15 @@ from mams.domain.config import (
 from mams.domain.debrief import debrief
 from mams.domain.errors import ConfigError
 from mams.domain.events import (
-    AnalystReviewed,
     BuyerSaid,
     Event,
     NegotiationEnded,
     NegotiationStarted,
-    QualityFlagged,
     RoundClosed,
     decode_event,
 )
 from mams.domain.messages import Accept, Say, SellerMessage, WalkAway
-from mams.domain.negotiation import INITIAL, NegotiationState, evolve, replay
+from mams.domain.negotiation import INITIAL, NegotiationState, evolve
 from mams.domain.plan import (
     HUMAN_TURN_TIMEOUT,
     PlanError,
@@ -84,9 +82,10 @@ from mams.domain.plan import (
     default_round_timeout,
     pick_items,
 )
-from mams.domain.quality import check
+from mams.domain.report import build_report
 from mams.domain.views import BuyerView
 from mams.domain.visibility import route
+from mams.storage.analyses import analyses_of, analysis_of
 from mams.storage.drafts import (
     DraftFrozenError,
     change_draft,
@@ -96,14 +95,14 @@ from mams.storage.drafts import (
     list_session_summaries,
 )
 from mams.storage.eventstore import EventStore
-from mams.storage.observations import load_observations
-from mams.storage.readmodels import list_runs, load_session
+from mams.storage.readmodels import list_runs, load_session, negotiation_ids
 
 log = structlog.get_logger("mams.api")
 
 _json = msgspec.json.Encoder(decimal_format="number")
 T = TypeVar("T")
 LIST_LIMIT = 50
+REPORT_CHUNK = 200  # negotiations read and analysed at a time for a session's report
 MAX_LIST = 500
 
 
@@ -187,6 +186,8 @@ class Api:
 
     # -- plumbing -------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
+        from mams.api.stream import events_endpoint  # it imports this module
+
         h = self._handler
         return [
             Route("/api/sessions", h(self.create_session), methods=["POST"]),
@@ -196,6 +197,7 @@ class Api:
                 "/api/sessions/{session_id}/buyer-config", h(self.buyer_config), methods=["POST"]
             ),
             Route("/api/sessions/{session_id}/sellers", h(self.add_seller), methods=["POST"]),
+            Route("/api/sessions/{session_id}/report", h(self.report), methods=["GET"]),
             Route("/api/negotiations/start", h(self.start), methods=["POST"]),
             Route("/api/negotiations", h(self.list_negotiations), methods=["GET"]),
             Route("/api/negotiations/{nid}", h(self.get_negotiation), methods=["GET"]),
@@ -203,6 +205,7 @@ class Api:
             Route("/api/negotiations/{nid}/decide", h(self.decide), methods=["POST"]),
             Route("/api/negotiations/{nid}/analytics", h(self.analytics), methods=["GET"]),
             Route("/api/negotiations/{nid}/replay", h(self.replay), methods=["GET"]),
+            Route("/api/negotiations/{nid}/events", h(events_endpoint(self)), methods=["GET"]),
         ]
 
     def _handler(
@@ -601,21 +604,27 @@ class Api:
 
     async def analytics(self, request: Request, viewer: Viewer) -> Response:
         nid = _uuid(request.path_params["nid"], "negotiation")
-        started, _ = await self._started(nid, viewer)
-        stored = await self.store.read(nid)
-        events = [decode_event(r.data) for r in stored]
-        state = replay(events)
-        if not viewer.sees_everything and state.phase != "ended":
+        started, events = await self._started(nid, viewer)
+        ended = events[-1][2].phase == "ended"
+        if not viewer.sees_everything and not ended:
             conflict("a player sees the analytics (and every hidden fact) once the room has ended")
-        observed = await load_observations(self.store, nid)
-        flags = list(
-            dict.fromkeys([*(o for o in observed if isinstance(o, QualityFlagged)), *check(events)])
-        )
-        reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
-        analysis = analyze(events, flags, reviews, [r.recorded_at for r in stored])
+        analysis = await analysis_of(self.store, nid)
         body = _analytics(analysis)
-        if state.phase == "ended":
+        if ended:
             body["debrief"] = _plain(debrief(analysis, started))
+        return json_response(body)
+
+    async def report(self, request: Request, viewer: Viewer) -> Response:
+        self._require(viewer, "operator", "observer")
+        sid = _uuid(request.path_params["session_id"], "session")
+        if await get_draft(self.pool, sid) is None and await load_session(self.pool, sid) is None:
+            not_found(f"no session {sid}; GET /api/sessions lists them")
+        ids = await negotiation_ids(self.pool, sid)
+        analysed = []
+        for start in range(0, len(ids), REPORT_CHUNK):
+            analysed += await analyses_of(self.store, ids[start : start + REPORT_CHUNK])
+        body = _plain(build_report(analysed))
+        body["session_id"] = str(sid)
         return json_response(body)
 
     async def replay(self, request: Request, viewer: Viewer) -> Response:

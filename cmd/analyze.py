@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -72,14 +71,12 @@ from mams.domain.errors import ConfigError
 from mams.domain.events import (
     AnalystReviewed,
     Event,
-    NegotiationStarted,
     QualityFlagged,
-    decode_event,
 )
 from mams.domain.money import fmt
 from mams.infra import servers
+from mams.storage.analyses import merge_flags, negotiation_of
 from mams.storage.eventstore import EventStore
-from mams.storage.model import StoredEvent
 from mams.storage.observations import load_observations, record_observations
 
 _json = msgspec.json.Encoder(decimal_format="number")
@@ -109,31 +106,9 @@ def dump(obj: object) -> None:
     sys.stdout.flush()
 
 
-def merge_flags(stored: list[QualityFlagged], fresh: list[QualityFlagged]) -> list[QualityFlagged]:
-    """Stored findings plus this run's, each once (findings are equal by content)."""
-    return list(dict.fromkeys([*stored, *fresh]))
-
-
 async def load_negotiation(store: EventStore, nid: UUID) -> tuple[list[Event], list[Any]]:
     """A negotiation's decoded events and their commit times; bad ids say what to do."""
     return negotiation_of(nid, await store.read(nid))
-
-
-def negotiation_of(nid: UUID, stored: Sequence[StoredEvent]) -> tuple[list[Event], list[Any]]:
-    """The decoded events of a negotiation's stored rows and their commit times; raises
-    AnalyzeUsageError, saying what to do, when they are not a negotiation's."""
-    if not stored:
-        raise AnalyzeUsageError(f"no events for negotiation {nid}; `mams negotiations` lists them")
-    try:
-        events = [decode_event(row.data) for row in stored]
-    except msgspec.ValidationError:
-        events = []
-    if not events or not isinstance(events[0], NegotiationStarted):
-        raise AnalyzeUsageError(
-            f"stream {nid} is not a negotiation (no negotiation.started first); "
-            "`mams negotiations` lists negotiation ids"
-        )
-    return events, [row.recorded_at for row in stored]
 
 
 async def _review(

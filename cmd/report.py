@@ -46,15 +46,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from mams.analyze import AnalyzeUsageError, dump, merge_flags, negotiation_of
+from mams.analyze import AnalyzeUsageError, dump
 from mams.cli_render import untrusted
-from mams.domain.analysis import NegotiationAnalysis, analyze
-from mams.domain.events import AnalystReviewed, QualityFlagged, observation_stream_id
+from mams.domain.analysis import NegotiationAnalysis
 from mams.domain.money import fmt
 from mams.domain.report import GroupRow, Report, build_report
 from mams.infra import servers
-from mams.storage.eventstore import EventStore
-from mams.storage.observations import observations_of
+from mams.storage.analyses import analyses_of
 from mams.storage.parallel import default_jobs, map_streams
 from mams.storage.readmodels import Queries, has_session, interrupted_by_session, negotiation_ids
 
@@ -82,26 +80,6 @@ def add_parsers(sub: Any) -> None:
         help="analyse in N processes (default: one per core, at most 8, for large logs)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-async def analyses_of(
-    store: EventStore, ids: list[UUID], _: object = None
-) -> list[NegotiationAnalysis]:
-    """The analysis of each negotiation of `ids`, in order, from one read of their streams
-    and their companions: the quality checks run on the log, merged with the flags and
-    reviews recorded (`mams.storage.parallel` runs this over chunks of a whole log)."""
-    from mams.domain.quality import check
-
-    companions = [observation_stream_id(nid) for nid in ids]
-    streams = await store.read_streams([*ids, *companions])
-    out: list[NegotiationAnalysis] = []
-    for nid, companion in zip(ids, companions, strict=True):
-        events, times = negotiation_of(nid, streams.get(nid, []))
-        observed = observations_of(streams.get(companion, []))
-        flags = merge_flags([o for o in observed if isinstance(o, QualityFlagged)], check(events))
-        reviews = [o for o in observed if isinstance(o, AnalystReviewed)]
-        out.append(analyze(events, flags, reviews, times))
-    return out
 
 
 async def _ids(conn: Queries, session: UUID | None) -> list[UUID]:

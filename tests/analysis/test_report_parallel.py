@@ -6,9 +6,8 @@ import uuid
 
 import pytest
 
-from mams.analyze import AnalyzeUsageError
 from mams.domain.analysis import NegotiationAnalysis
-from mams.report import analyses_of
+from mams.storage.analyses import NotANegotiationError, analyses_of
 from mams.storage.parallel import map_streams
 from tests.analysis import logs
 from tests.analysis.conftest import KnownLog
@@ -51,5 +50,5 @@ async def test_a_missing_negotiation_is_named_from_a_worker(
     known_log: KnownLog, database_url: str
 ) -> None:
     gone = uuid.uuid4()
-    with pytest.raises(AnalyzeUsageError, match=f"no events for negotiation {gone}"):
+    with pytest.raises(NotANegotiationError, match=f"no events for negotiation {gone}"):
         await in_workers(known_log, database_url, [*logs.ROOMS, gone])
