@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import anyio
@@ -20,8 +21,6 @@ from msgspec.structs import replace
 from mams.actors.agent import AgentActor
 from mams.actors.brains.base import BASELINE_LABEL, BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
-from mams.actors.broker import Broker
-from mams.actors.monitor import OnFlag, QualityMonitor, galileo_hook
 from mams.bus.base import Bus
 from mams.bus.subjects import Subjects
 from mams.domain.config import (
@@ -38,8 +37,11 @@ from mams.domain.messages import decode_committed
 from mams.domain.negotiation import INITIAL, NegotiationState, evolve
 from mams.domain.opening import opening
 from mams.domain.plan import PlanOptions, Window, plan_rooms
-from mams.storage.eventstore import EventStore
-from mams.storage.leases import Leases
+
+if TYPE_CHECKING:  # the broker and the monitor are imported by the runs that start them
+    from mams.actors.monitor import OnFlag
+    from mams.storage.eventstore import EventStore
+    from mams.storage.leases import Leases
 
 log = structlog.get_logger("mams.market")
 
@@ -307,6 +309,9 @@ async def run_rooms(
         raise ValueError(f"max_open must be at least 1, got {max_open}")
     if not starts and not resume:
         return []
+    from mams.actors.broker import Broker
+    from mams.actors.monitor import QualityMonitor, galileo_hook
+
     subjects = subjects or Subjects(prefix=market_prefix())
     buses: list[Bus] = []
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import anyio
@@ -36,12 +36,9 @@ from rich.console import Console
 from rich.text import Text
 
 from mams.actors.agent import AgentActor
-from mams.actors.broker import Broker, open_stream_ids
 from mams.actors.market import RunOptions, make_buyer_brain, make_seller_brain, resolve_model
-from mams.actors.monitor import QualityMonitor, galileo_hook
 from mams.bus.auth import Credentials
 from mams.bus.base import BusError, redact_url
-from mams.bus.embedded import EmbeddedNats
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import AgentId, Subjects
 from mams.cli_render import untrusted
@@ -73,9 +70,10 @@ from mams.domain.plan import (
     plan_rooms,
 )
 from mams.domain.transcript import describe_outcome
-from mams.infra import servers
-from mams.storage.leases import PgLeases
-from mams.storage.readmodels import load_session, save_session
+
+if TYPE_CHECKING:  # imported where used: an agent process never loads the broker's modules
+    from mams.actors.broker import Broker
+    from mams.actors.monitor import QualityMonitor
 
 log = structlog.get_logger("mams.processes")
 HELLO_EVERY = 1.0
@@ -92,11 +90,15 @@ class PgSessions:
 
     async def load(self, session_id: UUID) -> Scenario | None:
         """The scenario of a stored session, or None."""
+        from mams.storage.readmodels import load_session
+
         async with self.pool.acquire() as conn:
             return await load_session(conn, session_id)
 
     async def save(self, session_id: UUID, scenario: Scenario) -> None:
         """Store a scenario as a new session."""
+        from mams.storage.readmodels import save_session
+
         async with self.pool.acquire() as conn:
             await save_session(conn, session_id, scenario)
 
@@ -202,6 +204,8 @@ async def _serve(
     line; what it enters on the stack is left after the actor stops), run it until
     SIGTERM/SIGINT (then `on_signal`, before the actor stops) or until its supervisor is
     gone, then close the connection."""
+    from mams.infra import servers
+
     if args.nats:
         os.environ["NATS_URL"] = args.nats
     durable = getattr(args, "durability", DURABLE) == DURABLE
@@ -232,6 +236,8 @@ async def _serve(
 def _say_how_to_join(out: Console, nats_url: str, market: str) -> None:
     """On an embedded nats-server (locked to this process's users), say how an agent gets
     credentials of its own to join: the owner's URL is never handed out."""
+    from mams.bus.embedded import EmbeddedNats
+
     embedded = EmbeddedNats.serving(nats_url)
     users = embedded.users_path if embedded is not None else None
     if embedded is None or users is None:
@@ -275,6 +281,9 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
     """Serve a market until SIGTERM/SIGINT (or its supervisor is gone)."""
     if args.no_resume and args.resume_session:
         raise ConfigError("give --no-resume or --resume-session, not both")
+    from mams.actors.broker import Broker, open_stream_ids
+    from mams.storage.leases import PgLeases
+
     brokers: list[Broker] = []
 
     def signalled() -> None:
@@ -311,6 +320,8 @@ async def cmd_broker(args: argparse.Namespace, out: Console) -> int:
 
 async def cmd_monitor(args: argparse.Namespace, out: Console) -> int:
     """Grade every negotiation of a market live until SIGTERM/SIGINT (an observer)."""
+    from mams.actors.monitor import QualityMonitor, galileo_hook
+
     monitors: list[QualityMonitor] = []
 
     async def build(bus: NatsBus, srv: Any, stack: contextlib.AsyncExitStack) -> tuple[Runner, str]:
@@ -947,6 +958,8 @@ async def _child_nats_urls(
     nats-server this run started, each gets a user of its own with its role's permissions
     (`mams.bus.auth`), so a child can do only what its role may; on a server named by
     NATS_URL, that URL serves all (its users are the operator's, `mams creds`)."""
+    from mams.bus.embedded import EmbeddedNats
+
     server = EmbeddedNats.serving(nats_url)
     if server is None:
         return nats_url, nats_url, dict.fromkeys(sellers, nats_url)
