@@ -21,6 +21,7 @@ from uuid import UUID
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from mams.actors.human import ActionRefusedError, HumanBuyer, NotYourTurnError
 from mams.actors.live import Live, LiveRoom, StartError
 from mams.actors.market import RunOptions, check_brains
-from mams.api.auth import OPEN, Viewer
+from mams.api.auth import OPEN, AuthError, TokenBody, TokenMinted, Viewer
 from mams.api.bodies import (
     BodyError,
     BuyerConfigBody,
@@ -50,12 +51,14 @@ from mams.api.bodies import (
     seller_path,
     seller_raw,
 )
+from mams.api.limits import BodyLimit, RateLimits
 from mams.domain.analysis import NegotiationAnalysis, analyze
 from mams.domain.config import (
     BASELINE_MODEL,
     Problem,
     Scenario,
     ScenarioError,
+    agent_id_of,
     item_key,
     parse_buyer,
     parse_scenario,
@@ -96,6 +99,7 @@ from mams.storage.drafts import (
 )
 from mams.storage.eventstore import EventStore
 from mams.storage.readmodels import list_runs, load_session, negotiation_ids
+from mams.storage.tokens import mint_token
 
 log = structlog.get_logger("mams.api")
 
@@ -109,10 +113,17 @@ MAX_LIST = 500
 class ApiError(Exception):
     """An answer other than success: its status, a sentence, and problems with paths."""
 
-    def __init__(self, status: int, message: str, problems: Sequence[Problem] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        problems: Sequence[Problem] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.status = status
         self.message = message
         self.problems = list(problems)
+        self.headers = headers
         super().__init__(message)
 
 
@@ -137,7 +148,9 @@ def error_response(exc: ApiError) -> Response:
         "error": exc.message,
         "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
     }
-    return json_response(body, exc.status)
+    response = json_response(body, exc.status)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 Authenticate = Callable[[Request], Awaitable[Viewer]]
@@ -178,11 +191,13 @@ class Api:
         live: Live,
         *,
         authenticate: Authenticate = open_access,
+        limits: RateLimits | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
         self.live = live
         self.authenticate = authenticate
+        self.limits = limits
 
     # -- plumbing -------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -197,6 +212,9 @@ class Api:
                 "/api/sessions/{session_id}/buyer-config", h(self.buyer_config), methods=["POST"]
             ),
             Route("/api/sessions/{session_id}/sellers", h(self.add_seller), methods=["POST"]),
+            Route("/api/sessions/{session_id}/tokens", h(self.mint), methods=["POST"]),
+            Route("/api/tokens", h(self.mint), methods=["POST"]),
+            Route("/api/openapi.json", h(self.openapi), methods=["GET"]),
             Route("/api/sessions/{session_id}/report", h(self.report), methods=["GET"]),
             Route("/api/negotiations/start", h(self.start), methods=["POST"]),
             Route("/api/negotiations", h(self.list_negotiations), methods=["GET"]),
@@ -214,7 +232,20 @@ class Api:
         async def endpoint(request: Request) -> Response:
             try:
                 viewer = await self.authenticate(request)
+                if self.limits is not None:
+                    wait = await self.limits.retry_after(viewer.token_id)
+                    if wait is not None:
+                        raise ApiError(
+                            429,
+                            f"too many requests with this token (at most {self.limits.spec}); "
+                            f"try again in {wait} s",
+                            headers={"Retry-After": str(wait)},
+                        )
                 return await method(request, viewer)
+            except AuthError as exc:
+                return error_response(
+                    ApiError(401, exc.message, headers={"WWW-Authenticate": "Bearer"})
+                )
             except ApiError as exc:
                 return error_response(exc)
             except BodyError as exc:
@@ -236,8 +267,9 @@ class Api:
 
     @staticmethod
     def _require_session(viewer: Viewer, session_id: UUID) -> None:
-        """Operators and observers see every session; a player only its own."""
-        if not viewer.sees_everything and viewer.session_id != session_id:
+        """The operator and unbound observers see every session; a token minted for a
+        session only that one."""
+        if not viewer.may_see(session_id):
             raise ApiError(403, "this token belongs to another session")
 
     # -- sessions --------------------------------------------------------------------------
@@ -261,6 +293,10 @@ class Api:
 
     async def list_sessions(self, request: Request, viewer: Viewer) -> Response:
         self._require(viewer, "operator", "observer")
+        if viewer.session_id is not None:
+            raise ApiError(
+                403, f"this token reads one session: GET /api/sessions/{viewer.session_id}"
+            )
         limit, offset = _paging(request)
         rows = await list_session_summaries(self.pool, limit=limit + 1, offset=offset)
         return json_response(
@@ -369,6 +405,69 @@ class Api:
             not_found(f"no session {sid}; GET /api/sessions lists them")
         return scenario
 
+    # -- tokens ---------------------------------------------------------------------------
+    async def mint(self, request: Request, viewer: Viewer) -> Response:
+        """A token for a player or an observer of one session (`/api/sessions/{id}/tokens`)
+        or, for an observer only, of every session (`/api/tokens`)."""
+        self._require(viewer, "operator")
+        body = await self._body(request, TokenBody)
+        text = request.path_params.get("session_id")
+        if text is None:
+            if body.role != "observer":
+                invalid(
+                    f"a {body.role} token is for one session",
+                    [Problem("role", "POST /api/sessions/{id}/tokens mints it")],
+                )
+            token, stored = await mint_token(self.pool, "observer", None, None)
+        else:
+            sid = _uuid(text, "session")
+            buyer, sellers = await self._cast(sid)
+            agent: str | None = None
+            if body.role in ("buyer", "seller"):
+                known = [buyer] if body.role == "buyer" else sellers
+                names = ", ".join(known) or "none yet"
+                if body.handle is None and body.role == "seller":
+                    invalid(
+                        "a seller token views as one seller",
+                        [Problem("handle", f"is required: one of {names}")],
+                    )
+                handle = body.handle or buyer
+                agent = next((agent_id_of(h) for h in known if _same_handle(h, handle)), None)
+                if agent is None:
+                    invalid(
+                        f"no {body.role} {handle!r} in session {sid}",
+                        [Problem("handle", f"must be one of: {names}")],
+                    )
+            elif body.handle is not None:
+                invalid("an observer reads every party", [Problem("handle", "leave it out")])
+            token, stored = await mint_token(self.pool, body.role, sid, agent)
+        log.info("api.token_minted", token_id=stored.token_id, role=stored.role)
+        minted = TokenMinted(
+            token=token,
+            token_id=stored.token_id,
+            role=stored.role,
+            session_id=stored.session_id,
+            agent=stored.agent,
+        )
+        return json_response(minted, 201)
+
+    async def _cast(self, sid: UUID) -> tuple[str, list[str]]:
+        """The handles of a session's buyer and sellers (a draft's as assembled so far)."""
+        draft = await get_draft(self.pool, sid)
+        if draft is not None:
+            buyer = str(draft.config.get("buyer", {}).get("handle", "@Buyer"))
+            return buyer, [str(s.get("handle")) for s in draft.config.get("sellers", [])]
+        stored = await load_session(self.pool, sid)
+        if stored is None:
+            not_found(f"no session {sid}; GET /api/sessions lists them")
+        return stored.buyer.handle, [s.handle for s in stored.sellers]
+
+    async def openapi(self, request: Request, viewer: Viewer) -> Response:
+        """The OpenAPI 3.1 document of this API (`api.openapi`)."""
+        from mams.api.openapi import document  # it reads this module's routes
+
+        return json_response(document())
+
     # -- negotiations ----------------------------------------------------------------------
     async def start(self, request: Request, viewer: Viewer) -> Response:
         body = await self._body(request, StartBody)
@@ -431,10 +530,8 @@ class Api:
     async def list_negotiations(self, request: Request, viewer: Viewer) -> Response:
         session = request.query_params.get("session_id")
         sid = _uuid(session, "session") if session else None
-        if not viewer.sees_everything:
-            if sid is None:
-                sid = viewer.session_id
-            assert sid is not None
+        if viewer.session_id is not None:
+            sid = sid or viewer.session_id
             self._require_session(viewer, sid)
         limit, offset = _paging(request)
         rows = await list_runs(self.pool, session_id=sid, limit=limit + offset + 1)
@@ -689,6 +786,10 @@ async def _until(
         seq = newer[-1][0]
 
 
+def _same_handle(a: str, b: str) -> bool:
+    return a.lstrip("@").casefold() == b.lstrip("@").casefold()
+
+
 def _seller_id(view: BuyerView, name: str) -> str | None:
     """The agent id of a seller of the room named by handle (`@TechMart`, any case) or id."""
     wanted = item_key(name.lstrip("@"))
@@ -775,4 +876,4 @@ def _analytics(analysis: NegotiationAnalysis) -> dict[str, Any]:
 
 def create_app(api: Api, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The ASGI application over `api`."""
-    return Starlette(routes=[*api.routes(), *extra_routes])
+    return Starlette(routes=[*api.routes(), *extra_routes], middleware=[Middleware(BodyLimit)])

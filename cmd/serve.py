@@ -1,13 +1,19 @@
 """`mams serve`: the HTTP API (`mams.api`) on a real ASGI server (uvicorn), over the same
 servers as `mams run` (embedded NATS and PostgreSQL when NATS_URL / DATABASE_URL are
 unset). Binds 127.0.0.1 unless told otherwise; prints the URL once it is listening.
+
+The operator's API token comes from `--token-file FILE` or the environment's
+MAMS_API_TOKEN, never from the command line (any local user can read a process's argv in
+/proc). Without one, only a loopback address may be bound. docs/API.md says how to call it.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
+import stat
 import sys
 from typing import Any
 
@@ -20,6 +26,8 @@ from mams.domain.errors import ConfigError
 log = structlog.get_logger("mams.serve")
 
 DEFAULT_PORT = 8000
+DEFAULT_RATE = "20/second"  # requests per token (api.limits)
+MIN_TOKEN = 24  # characters of the operator's token (api.auth.MIN_OPERATOR_TOKEN)
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +42,47 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_PORT,
         help=f"port to bind (default {DEFAULT_PORT}; 0 picks a free one)",
     )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the operator's API token (or set MAMS_API_TOKEN); with a token, "
+        "every request needs 'Authorization: Bearer <token>', and any --host may be bound",
+    )
+    p.add_argument(
+        "--rate-limit",
+        default=DEFAULT_RATE,
+        metavar="RATE",
+        help=f"requests per token in a moving window (default {DEFAULT_RATE}; e.g. "
+        "20/second;600/minute)",
+    )
+
+
+def operator_token(path: str | None, env: dict[str, str] | os._Environ[str]) -> str | None:
+    """The operator's token from `--token-file` or MAMS_API_TOKEN (one of them), or None."""
+    from_env = env.get("MAMS_API_TOKEN") or None
+    if path is None:
+        return from_env.strip() if from_env else None
+    if from_env is not None:
+        raise ConfigError("both --token-file and MAMS_API_TOKEN are set: use one")
+    try:
+        mode = os.stat(path).st_mode
+        text = open(path, encoding="utf-8").read().strip()  # noqa: SIM115 - read at once
+    except OSError as exc:
+        raise ConfigError(f"cannot read --token-file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"--token-file {path} is empty; put the operator's token in it")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("serve.token_file_readable", path=path, hint=f"chmod 600 {path}")
+    return text
+
+
+def check_token(token: str) -> None:
+    """ConfigError for an operator token too short to be a secret."""
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(
+            f"the API token is {len(token)} characters; use at least {MIN_TOKEN} random ones, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > token"
+        )
 
 
 def loopback(host: str) -> bool:
@@ -52,6 +101,8 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
 
     from mams.actors.live import Live
     from mams.api.app import Api, create_app
+    from mams.api.auth import TokenAuth
+    from mams.api.limits import parse_rate
     from mams.bus.base import Bus
     from mams.bus.nats import NatsBus
     from mams.infra import servers
@@ -59,7 +110,14 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, got {args.port}")
-    if not loopback(args.host):
+    token = operator_token(args.token_file, os.environ)
+    if token is not None:
+        check_token(token)
+    try:
+        limits = parse_rate(args.rate_limit)
+    except ValueError as exc:
+        raise ConfigError(f"--rate-limit: {exc}") from None
+    if token is None and not loopback(args.host):
         raise ConfigError(
             f"--host {args.host} is not loopback, and no API token is configured: anyone who "
             "can reach it could run markets and read every private term. Bind 127.0.0.1, "
@@ -84,13 +142,22 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
 
         async with PgLeases(srv.pool, srv.dsn) as leases:
             live = Live(connect, srv.store, leases)
-            app = create_app(Api(srv.pool, srv.store, live))
+            auth = TokenAuth(srv.pool, token)
+            app = create_app(Api(srv.pool, srv.store, live, authenticate=auth, limits=limits))
             config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
                 await tg.start(live.run)
                 sock.listen(1024)  # connections wait in the backlog until uvicorn accepts
                 out.print(f"[dim]bus:[/dim] {srv.nats_note}\n[dim]log:[/dim] {srv.db_note}")
+                out.print(
+                    "[dim]auth:[/dim] "
+                    + (
+                        f"bearer tokens, at most {limits.spec} each"
+                        if token is not None
+                        else "none: every caller is the operator (loopback only)"
+                    )
+                )
                 host = f"[{args.host}]" if ":" in args.host else args.host
                 out.print(f"serving the API on http://{host}:{port}/api", soft_wrap=True)
                 sys.stdout.flush()
