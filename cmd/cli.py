@@ -25,6 +25,7 @@ import msgspec
 import structlog
 from rich.console import Console
 
+from mams import benchmodels
 from mams.actors.brains.base import BASELINE_LABEL
 from mams.actors.market import (
     RoomResult,
@@ -792,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parsers(sub)
     add_creds_parser(sub)
     add_serve_parser(sub)
+    benchmodels.add_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes, newest first")
     neg.add_argument("--session", help="only this session's")
@@ -827,6 +829,7 @@ _COMMANDS = {
     "report": cmd_report,
     "export": cmd_export,
     "import": cmd_import,
+    "bench-models": benchmodels.cmd_bench_models,
     "serve": cmd_serve,
 }
 
