@@ -81,6 +81,8 @@ from mams.domain.plan import (
 )
 from mams.domain.transcript import Renderer, render
 from mams.infra import Servers, servers
+from mams.play import add_parser as add_play_parser
+from mams.play import cmd_play
 from mams.processes import DURABLE, add_durability, cmd_broker, cmd_buyer, cmd_monitor, cmd_seller
 from mams.processes import add_parsers as add_process_parsers
 from mams.report import add_parsers as add_report_parsers
@@ -794,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_creds_parser(sub)
     add_serve_parser(sub)
     benchmodels.add_parser(sub)
+    add_play_parser(sub)
 
     neg = sub.add_parser("negotiations", help="list negotiations and their outcomes, newest first")
     neg.add_argument("--session", help="only this session's")
@@ -831,6 +834,7 @@ _COMMANDS = {
     "import": cmd_import,
     "bench-models": benchmodels.cmd_bench_models,
     "serve": cmd_serve,
+    "play": cmd_play,
 }
 
 
