@@ -35,6 +35,11 @@ and a summary line (`--each`: a line for every stream); `--json` lists every str
 flags and analyst reviews (its id is then the stream's; chain, seq and decoding are
 checked). `mams audit ID` audits both the negotiation and, once graded, its companion.
 
+`mams export ... --format parquet|csv -o OUT_DIR` writes tables for analysis instead (rooms
+and messages; `mams.export_table` says what each column holds), of a negotiation, a
+session (`--session`), an experiment (`--experiment`) or every room (no selector, or
+`--all`); `mams import` does not read them.
+
 `mams export NEGOTIATION_ID --format jsonl [-o FILE]` writes the session of its rooms (its
 name, time and scenario, one line each, first) then the stream and its companion
 (when it has one), one JSON object per line (`mams.storage.export`), to FILE (written as
@@ -158,9 +163,24 @@ def add_parsers(sub: Any) -> None:
     )
     exp.add_argument("negotiation_id", nargs="?", help="negotiation id (or its first characters)")
     exp.add_argument("--session", metavar="SESSION_ID", help="every negotiation of a session")
+    exp.add_argument(
+        "--experiment",
+        metavar="EXPERIMENT_ID",
+        help="every room of an experiment (--format parquet or csv)",
+    )
     exp.add_argument("--all", action="store_true", help="every stream of the log")
-    exp.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (the default)")
-    exp.add_argument("-o", "--output", help="write to this file instead of stdout")
+    exp.add_argument(
+        "--format",
+        choices=["jsonl", "parquet", "csv"],
+        default="jsonl",
+        help="jsonl: the event streams, an archive `mams import` reads (the default); "
+        "parquet or csv: tables of rooms and messages for analysis, into -o OUT_DIR",
+    )
+    exp.add_argument(
+        "-o",
+        "--output",
+        help="write to this file instead of stdout (parquet, csv: this directory)",
+    )
 
     imp = sub.add_parser("import", help="append an exported stream file into the log")
     imp.add_argument("file", help="a file written by `mams export` (- for stdin)")
@@ -360,7 +380,14 @@ def _print_report(out: Console, r: StreamReport) -> None:
 
 
 async def cmd_export(args: argparse.Namespace, out: Console) -> int:
-    """Write streams as JSON Lines to a file or stdout: one negotiation, a session's or all."""
+    """Write streams as JSON Lines to a file or stdout: one negotiation, a session's or all
+    (with --format parquet or csv, tables for analysis: `mams.export_table`)."""
+    if args.format != "jsonl":
+        from mams.export_table import export_tables
+
+        return await export_tables(args, out)
+    if args.experiment:
+        raise AuditUsageError("--experiment exports tables: add --format parquet or csv")
     chosen = sum(bool(x) for x in (args.negotiation_id, args.session, args.all))
     if chosen != 1:
         raise AuditUsageError("give a negotiation id, --session SESSION_ID or --all (one of them)")
