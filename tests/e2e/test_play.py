@@ -11,6 +11,7 @@ bounded: for text on the terminal, or for the process to exit.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -18,12 +19,18 @@ import signal
 import struct
 import subprocess
 import termios
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
 import anyio
 import pytest
+from rich.console import Console
 
+from mams.domain.events import Offer
+from mams.domain.messages import Accept, Peer, Say, WalkAway
+from mams.domain.views import BuyerView
+from mams.play import UnclearLineError, parse
 from tests.processes.conftest import dsn
 from tests.processes.helpers import mams_command, process_env
 
@@ -249,3 +256,63 @@ async def test_ctrl_c_at_the_prompt_walks_away_and_the_room_is_recorded(
     [room] = stored_rooms(env, tmp_path)
     assert room["status"] == "completed"  # ended by the walk-away, not aborted
     assert room["outcome"] == "no_deal"
+
+
+# -- what a typed line asks for (no servers) ---------------------------------------------------
+def _view() -> BuyerView:
+    return BuyerView(
+        negotiation_id=uuid.uuid4(),
+        item_name="USB-C cable",
+        quantity=3,
+        min_price=Decimal("4.00"),
+        max_price=Decimal("9.00"),
+        sellers=(
+            Peer(agent_id="techmart", handle="@TechMart"),
+            Peer(agent_id="cableking", handle="@CableKing"),
+        ),
+        max_rounds=8,
+        seed=None,
+        round=2,
+        offers={"cableking": Offer(unit_price=Decimal("6.81"), quantity=3)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "action"),
+    [
+        ("Best price for 3?", Say(text="Best price for 3?")),
+        ("@techmart @CableKing  hello", Say(text="hello", to=("techmart", "cableking"))),
+        (
+            "@CableKing counter $4.50 Could you?",
+            Say(text="Could you?", to=("cableking",), counter_price=Decimal("4.50")),
+        ),
+        ("COUNTER 5", Say(text="I can pay 5 per unit.", counter_price=Decimal("5"))),
+        (
+            "accept @cableking thanks",
+            Accept(seller="cableking", unit_price=Decimal("6.81"), quantity=3, text="thanks"),
+        ),
+        ("walk  too dear", WalkAway(text="too dear")),
+        ("offers", None),
+        ("help", None),
+        ("   ", None),
+    ],
+)
+def test_a_typed_line_is_the_action_it_names(line: str, action: object) -> None:
+    assert parse(line, _view(), Console(file=io.StringIO())) == action
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("@Nobody hello", "no seller @Nobody in this room; here: @TechMart, @CableKing"),
+        ("accept @TechMart", "@TechMart has no standing offer to accept"),
+        ("accept", "accept whom?"),
+        ("counter cheap please", "counter needs a price per unit"),
+        ("counter NaN please", "counter needs a price per unit"),
+        ("@TechMart", "say something to them"),
+        ("x" * 4001, "4001 characters exceed 4000"),
+    ],
+)
+def test_a_line_it_cannot_take_says_why_and_sends_nothing(line: str, why: str) -> None:
+    with pytest.raises(UnclearLineError, match=re.escape(why)):
+        parse(line, _view(), Console(file=io.StringIO()))
