@@ -5,9 +5,9 @@ and the leaderboard row `mams bench-models` prints for each model (and for the h
 listings the project carries (`examples/craigslist/listings.jsonl`, 56 phone and
 electronics listings) and the human dialogues (`dialogues-valid.jsonl`, for the buyers'
 targets) into one `Scenario` with a buyer item per room. Version `BENCHSET_VERSION` with
-the same seed gives the same scenario byte for byte (`encode_benchset`); the version pins
-the data too (`DATA_SHA256`): other listing or dialogue files are refused rather than
-quietly giving another set under the same name.
+the same seed gives the same scenario byte for byte (`encode_benchset`: every draw); the
+version pins the data too (`DATA_SHA256`): other listing or dialogue files are refused
+rather than quietly giving another set under the same name.
 
 How a room is drawn (version 1), each room from its own generator (`random.Random` seeded
 with the text `mams-benchset:1:<seed>:<room>`), so the first N rooms of a set are the same
@@ -44,6 +44,7 @@ spend and the spend per deal. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -51,13 +52,15 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import msgspec
 
 from mams.domain.analysis import NegotiationAnalysis
-from mams.domain.config import STYLES, Scenario, parse_scenario
+from mams.domain.config import STYLES, Scenario, item_key, parse_scenario, stock_index
 from mams.domain.craigslist import parse_dialogue
 from mams.domain.report import build_report
 
 BENCHSET_VERSION = 1
 DEFAULT_ROOMS = 30  # three rooms of each seller count, 1 to 10
-MAX_ROOMS = 1000
+# Rooms have 1 to 10 sellers, 5.5 on average: 180 rooms seat 990, within a scenario's
+# 1000 (domain.bounds.MAX_SCENARIO_SELLERS); every seller sits in one room.
+MAX_ROOMS = 180
 MAX_SELLERS = 10
 # sha256 over the listing lines then the dialogue lines the version-1 set is built from
 # (each line as given, stripped of its line end, followed by "\n"; blank lines skipped).
@@ -126,7 +129,6 @@ class LeaderRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _listing = msgspec.json.Decoder(Listing, float_hook=lambda f: Decimal(repr(f)))
-_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def _lines(lines: Iterable[str | bytes]) -> list[str]:
@@ -275,8 +277,41 @@ def build_benchset(
 
 
 def encode_benchset(benchset: BenchSet) -> bytes:
-    """The set as canonical JSON (prices as strings): equal sets, equal bytes."""
-    return _encoder.encode(benchset)
+    """What the set drew, as canonical JSON (sorted keys, prices as strings): each room's
+    origin, the buyer's range and each seller's handle, style, weights and prices. Equal
+    draws, equal bytes; fields the scenario gains later (with their defaults) leave it
+    unchanged, so a digest of it pins the version's draws."""
+    items = {item_key(i.item_name): i for i in benchset.scenario.buyer.items}
+    index = stock_index(benchset.scenario)
+    rooms = []
+    for room in benchset.rooms:
+        item = items[item_key(room.item_name)]
+        rooms.append(
+            {
+                **msgspec.to_builtins(room),
+                "min_price": str(item.min_price),
+                "max_price": str(item.max_price),
+                "stock": [
+                    {
+                        "handle": seller.handle,
+                        "style": seller.style,
+                        "customer_retention_weight": str(seller.customer_retention_weight),
+                        "profit_maximization_weight": str(seller.profit_maximization_weight),
+                        "cost_price": str(entry.cost_price),
+                        "selling_price": str(entry.selling_price),
+                        "least_price": str(entry.least_price),
+                    }
+                    for seller, entry in index[item_key(room.item_name)]
+                ],
+            }
+        )
+    document = {
+        "version": benchset.version,
+        "seed": benchset.seed,
+        "data_sha256": benchset.data_sha256,
+        "rooms": rooms,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
 def leaderboard_row(label: str, analyses: Iterable[NegotiationAnalysis]) -> LeaderRow:

@@ -13,12 +13,14 @@ from mams.domain.analysis import analyze
 from mams.domain.benchset import (
     BENCHSET_VERSION,
     DATA_SHA256,
+    MAX_ROOMS,
     BenchsetError,
     build_benchset,
     encode_benchset,
     leaderboard_row,
     target_ratios,
 )
+from mams.domain.bounds import MAX_SCENARIO_SELLERS
 from mams.domain.config import STYLES, item_key, stock_index
 from mams.domain.craigslist import dialogues_to_events
 from mams.domain.quality import check
@@ -29,7 +31,7 @@ DIALOGUES = (DATA / "dialogues-valid.jsonl").read_text(encoding="utf-8").splitli
 
 # Version 1, seed 0, the default 30 rooms: if this changes, the set changed; bump
 # BENCHSET_VERSION (old leaderboards were measured on the old set) and pin the new digest.
-V1_SEED0_SHA256 = "d94e99e868d30f56dc14214a92111415e07a160bc42dc2055cfbe69c716a8f68"
+V1_SEED0_SHA256 = "8272f7b34d724efebca2eef6dac98a0c612fa99bef16cb64dfc1fd1366e47311"
 
 
 def test_same_version_and_seed_give_the_same_set_byte_for_byte() -> None:
@@ -94,6 +96,14 @@ def test_more_rooms_than_listings_repeat_titles_under_distinct_names() -> None:
     names = [item_key(i.item_name) for i in bench.scenario.buyer.items]
     assert len(names) == len(set(names))
     assert bench.rooms[-1].item_name.endswith(" (2)")
+
+
+def test_the_largest_set_is_a_valid_scenario() -> None:
+    bench = build_benchset(LISTINGS, DIALOGUES, seed=0, rooms=MAX_ROOMS)
+    assert len(bench.rooms) == MAX_ROOMS
+    assert len(bench.scenario.sellers) <= MAX_SCENARIO_SELLERS
+    with pytest.raises(BenchsetError, match="rooms must be between"):
+        build_benchset(LISTINGS, DIALOGUES, seed=0, rooms=MAX_ROOMS + 1)
 
 
 def test_the_human_row_scores_the_dialogues_with_the_report_figures() -> None:
