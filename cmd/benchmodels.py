@@ -8,7 +8,9 @@ draw, `--rooms N` its first N rooms, 30 by default: 1 to 10 sellers, three style
 runs every room through `run_market`, the one runtime of `mams run`, with that model as the
 buyer and baseline sellers (`--agents buyer`, the default: every model meets the same
 sellers), or with that model as every agent (`--agents all`). Rooms are seeded with
-`--seed` too, so a baseline leaderboard is the same on every run with the same seed.
+`--seed` too, so a baseline leaderboard is the same on every run with the same seed. Round
+deadlines and rooms at once default as `mams run`'s do (`domain.plan`: longer deadlines
+and at most LLM_ROOMS_AT_ONCE rooms for an LLM model).
 
 Each row is `domain.benchset.leaderboard_row` over the model's ended rooms, analysed as
 `mams report` does (`storage.analyses`: the quality checks on the log): rooms, deals, deal
@@ -64,7 +66,14 @@ from mams.domain.benchset import (
 from mams.domain.config import BASELINE_MODEL, check_model
 from mams.domain.craigslist import dialogues_to_events
 from mams.domain.errors import ConfigError
-from mams.domain.plan import PlanOptions
+from mams.domain.plan import (
+    DEFAULT_ROUND_TIMEOUT,
+    LLM_ROOMS_AT_ONCE,
+    LLM_ROUND_TIMEOUT,
+    PlanOptions,
+    default_rooms_at_once,
+    default_round_timeout,
+)
 from mams.domain.quality import check
 from mams.infra import servers
 from mams.storage.analyses import analyses_of
@@ -108,9 +117,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--rooms-at-once",
         type=int,
-        default=10,
         metavar="N",
-        help="rooms open at once (default 10)",
+        help=f"rooms open at once (default: all, or {LLM_ROOMS_AT_ONCE} for an LLM model)",
     )
     p.add_argument(
         "--max-rounds",
@@ -121,8 +129,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--round-timeout",
         type=float,
-        default=PlanOptions().round_timeout,
-        help=f"seconds a round waits for its turns (default {PlanOptions().round_timeout:g})",
+        metavar="S",
+        help=f"seconds a round waits for its turns (default {DEFAULT_ROUND_TIMEOUT:g}, or "
+        f"{LLM_ROUND_TIMEOUT:g} for an LLM model)",
     )
     p.add_argument(
         "--data",
@@ -160,11 +169,16 @@ def human_row(dialogue_lines: list[str]) -> LeaderRow:
 
 
 def _options(args: argparse.Namespace, model: str) -> RunOptions:
+    llm = model != BASELINE_MODEL  # as `mams run` chooses its defaults
     options = RunOptions(
         max_rounds=args.max_rounds,
-        round_timeout=args.round_timeout,
+        round_timeout=(
+            args.round_timeout if args.round_timeout is not None else default_round_timeout(llm=llm)
+        ),
         seed=args.seed,
-        rooms_at_once=args.rooms_at_once,
+        rooms_at_once=(
+            args.rooms_at_once if args.rooms_at_once is not None else default_rooms_at_once(llm=llm)
+        ),
         buyer_model=model,
         seller_model=model if args.agents == "all" else BASELINE_MODEL,
     )
