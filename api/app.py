@@ -108,6 +108,7 @@ T = TypeVar("T")
 LIST_LIMIT = 50
 REPORT_CHUNK = 200  # negotiations read and analysed at a time for a session's report
 MAX_LIST = 500
+MAX_OFFSET = 1_000_000
 
 
 class ApiError(Exception):
@@ -759,12 +760,14 @@ def _paging(request: Request) -> tuple[int, int]:
         text = request.query_params.get(name)
         if text is None:
             continue
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             problems.append(Problem(name, f"must be a whole number, got {text!r}"))
             continue
         values[name] = int(text)
     if not 1 <= values["limit"] <= MAX_LIST:
         problems.append(Problem("limit", f"must be from 1 to {MAX_LIST}"))
+    if values["offset"] > MAX_OFFSET:
+        problems.append(Problem("offset", f"must be at most {MAX_OFFSET}"))
     if problems:
         invalid("the query is not valid", problems)
     return values["limit"], values["offset"]

@@ -116,6 +116,15 @@ _ANALYTICS = _object(
     },
     {"debrief": _OBJ},
 )
+# One Server-Sent Event: `id` the event's seq, `event` its type, `data` its JSON.
+_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 _REPLAY = _object(
     {
         "negotiation_id": _UUID,
@@ -266,7 +275,8 @@ ROUTES: dict[tuple[str, str], Op] = {
         summary="Server-Sent Events of committed events, as this token may see them",
         roles="operator, observer, the session's players (their own view)",
         stream=True,
-        errors=(401, 403, 404, 429),
+        query=("after",),
+        errors=(401, 403, 404, 422, 429),
     ),
 }
 
@@ -274,6 +284,7 @@ _QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
     "offset": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 0},
     "session_id": _UUID,
+    "after": {"type": "integer", "minimum": 0, "description": "resume after this seq"},
 }
 _DECIMAL = {"type": "string", "format": "decimal"}
 
@@ -306,7 +317,7 @@ def _operation(path: str, op: Op) -> dict[str, Any]:
         for name in op.query
     ]
     if op.stream:
-        content = {"text/event-stream": {"schema": {"type": "string"}}}
+        content = {"text/event-stream": {"schema": _EVENT}}
         params.append(
             {
                 "name": "Last-Event-ID",

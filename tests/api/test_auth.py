@@ -129,8 +129,8 @@ async def test_minted_tokens_have_their_role_and_session_and_only_a_hash_is_stor
     assert mine_["sellers"] == [{"handle": s["handle"]} for s in SELLERS]
     assert "inventory" in ok(await as_(watcher, "GET", f"/api/sessions/{sid}"))["sellers"][0]
     # The observer minted without a session reads every session, and configures nothing.
-    listed = ok(await as_(everyone, "GET", "/api/sessions"))
-    assert {sid, other} <= {s["session_id"] for s in listed["sessions"]}
+    seen = ok(await as_(everyone, "GET", "/api/sessions"))
+    assert {sid, other} <= {s["session_id"] for s in seen["sessions"]}
     ok(await as_(everyone, "GET", f"/api/sessions/{other}"))
     # A human-buyer room of the buyer's own session: the buyer token may start it, not
     # another session's, and the seller token may not start one at all.
