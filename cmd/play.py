@@ -41,7 +41,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mams.cli_render import outcome_json, untrusted, untrusted_text
-from mams.domain.errors import ConfigError
+from mams.domain.errors import ConfigError, MamsError
 
 if TYPE_CHECKING:  # imported where used: `mams --help` and the other commands never load them
     from mams.actors.human import HumanBuyer
@@ -120,7 +120,7 @@ class _Game:
 async def cmd_play(args: argparse.Namespace, out: Console) -> int:
     """Play each chosen item's room in turn; 130 if interrupted."""
     from mams.actors.human import HumanBuyer
-    from mams.actors.live import Live
+    from mams.actors.live import Live, StartError
     from mams.actors.market import RunOptions, check_brains
     from mams.bus.base import Bus
     from mams.bus.nats import NatsBus
@@ -197,7 +197,10 @@ async def cmd_play(args: argparse.Namespace, out: Console) -> int:
                     out.print(
                         f"\n[bold]item {n + 1} of {len(items)}:[/bold] {untrusted(item.item_name)}"
                     )
-                [room] = await live.start(scenario, session_id, [item], options, human=human)
+                try:
+                    [room] = await live.start(scenario, session_id, [item], options, human=human)
+                except StartError as exc:
+                    raise MamsError(f"the room could not start: {exc}") from exc
                 await _play_room(game, room, human)
             tg.cancel_scope.cancel()
     if args.json:
@@ -250,6 +253,7 @@ async def _play_room(game: _Game, room: LiveRoom, human: HumanBuyer) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_follow, out, room, shown)
         while view is not None:
+            asked = human.turns(nid)  # this turn's number
             await shown.reached(view.round)  # what led to this turn is on screen first
             while True:
                 action = await _next_action(game, view)
@@ -265,7 +269,7 @@ async def _play_room(game: _Game, room: LiveRoom, human: HumanBuyer) -> None:
                 except NotYourTurnError as exc:
                     out.print(f"[yellow]{untrusted(str(exc))}[/yellow]")
                 break
-            view = await human.next_turn(nid, after=human.turns(nid))
+            view = await human.next_turn(nid, after=asked)
     _print_end(game, room)
 
 
