@@ -14,6 +14,7 @@ import msgspec
 
 from mams.domain.analysis import NegotiationAnalysis
 from mams.domain.events import NegotiationStarted
+from mams.domain.money import fmt
 
 
 class SellerRevealed(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,9 +91,10 @@ def debrief(analysis: NegotiationAnalysis, started: NegotiationStarted) -> Debri
         for s in analysis.sellers
     )
     surplus = analysis.surplus
+    handles = {s.agent_id: s.handle for s in started.sellers}
     zone = Zone(
         floor=surplus.floor,
-        floor_seller=surplus.floor_seller,
+        floor_seller=handles.get(surplus.floor_seller, surplus.floor_seller),
         ceiling=surplus.ceiling,
         empty=surplus.empty,
         note=surplus.note,
@@ -135,12 +137,12 @@ def _lesson(analysis: NegotiationAnalysis, deal: YourDeal | None, zone: Zone) ->
     if deal is None:
         if zone.empty:
             return (
-                f"No deal was possible: the lowest floor ({zone.floor} from {zone.floor_seller}) "
-                f"was above your maximum ({zone.ceiling})."
+                f"No deal was possible: the lowest floor ({fmt(zone.floor)} from "
+                f"{zone.floor_seller}) was above your maximum ({fmt(zone.ceiling)})."
             )
         return (
-            f"A deal was possible: {zone.floor_seller} would have gone as low as {zone.floor} "
-            f"per unit, within your maximum of {zone.ceiling}."
+            f"A deal was possible: {zone.floor_seller} would have gone as low as "
+            f"{fmt(zone.floor)} per unit, within your maximum of {fmt(zone.ceiling)}."
         )
     parts = []
     if deal.position is not None:
@@ -149,10 +151,10 @@ def _lesson(analysis: NegotiationAnalysis, deal: YourDeal | None, zone: Zone) ->
             f"{deal.seller}'s floor and your maximum"
         )
     if deal.took_cheapest is False and deal.cheapest_offer is not None:
-        parts.append(f"a cheaper offer ({deal.cheapest_offer}) was on the table")
+        parts.append(f"a cheaper offer ({fmt(deal.cheapest_offer)}) was on the table")
     if deal.above_lowest_floor_per_unit:
         parts.append(
-            f"the lowest floor in the room was {deal.above_lowest_floor_per_unit} per unit "
-            "below your price"
+            f"the lowest floor in the room was {fmt(deal.above_lowest_floor_per_unit)} per "
+            "unit below your price"
         )
     return ("Deal: " + "; ".join(parts) + ".") if parts else "Deal at the best price possible."
