@@ -40,6 +40,7 @@ from mams.domain.plan import PlanOptions, Window, plan_rooms
 
 if TYPE_CHECKING:  # the broker and the monitor are imported by the runs that start them
     from mams.actors.monitor import OnFlag
+    from mams.actors.voice import VoiceOptions
     from mams.storage.eventstore import EventStore
     from mams.storage.leases import Leases
 
@@ -227,6 +228,7 @@ async def run_market(
     leases: Leases | None = None,
     resume: Sequence[UUID] = (),
     brains: Mapping[str, BuyerBrain | SellerBrain] | None = None,
+    voice: VoiceOptions | None = None,
 ) -> list[RoomResult]:
     """Run the rooms `domain.plan` plans for these items; return when all have ended.
 
@@ -236,7 +238,8 @@ async def run_market(
     `options.rooms_at_once`, at most that many rooms are open at once (`run_rooms`). Rooms
     whose (item name, seed) is in `skip` are left out (those a study already completed).
     `resume` and `leases`: see `run_rooms`. `brains` replace the brains of those agents
-    (a person as the buyer). Raises PlanError for options out of range.
+    (a person as the buyer). `voice`: see `run_rooms`. Raises PlanError for options out
+    of range.
 
     Cancelling (Ctrl-C) records open rooms as aborted before returning the cancellation.
     """
@@ -270,6 +273,7 @@ async def run_market(
             max_open=options.rooms_at_once,
             leases=leases,
             resume=resume,
+            voice=voice,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -290,6 +294,7 @@ async def run_rooms(
     max_open: int | None = None,
     leases: Leases | None = None,
     resume: Sequence[UUID] = (),
+    voice: VoiceOptions | None = None,
 ) -> list[RoomResult]:
     """Run these rooms with these brains (by agent id) until every room has ended.
 
@@ -304,6 +309,10 @@ async def run_rooms(
     `leases`, never a room a live broker serves), and they come first among the rooms
     returned, counted among the open ones. Their agents need brains here too. With
     `leases`, the broker claims every room it opens (`storage.leases`).
+
+    With `voice`, a `VoiceObserver` (`actors/voice.py`) reads each seller's line aloud
+    off the rounds' path; once the rooms have ended this waits up to `voice.drain`
+    seconds for the lines still queued.
     """
     if max_open is not None and max_open < 1:
         raise ValueError(f"max_open must be at least 1, got {max_open}")
@@ -350,6 +359,12 @@ async def run_rooms(
                     on_flag=on_flag,
                 )
                 await tg.start(grader.run)
+            speaker = None
+            if voice is not None:
+                from mams.actors.voice import VoiceObserver
+
+                speaker = VoiceObserver(await bus_for("voice"), store, subjects, voice)
+                await tg.start(speaker.run)
             await tg.start(broker.run)
             for agent_id in sorted(buyers):
                 actor = AgentActor(
@@ -386,6 +401,8 @@ async def run_rooms(
                         break
             if grader is not None:
                 await grader.settle(by_id)
+            if speaker is not None and voice is not None:
+                await speaker.settle(wait=voice.drain)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -36,6 +36,7 @@ from mams.domain.bounds import MAX_SELLERS_PER_ITEM as MAX_SELLERS_PER_ITEM
 from mams.domain.errors import MamsError
 from mams.domain.ids import AgentId, AgentIdError
 from mams.domain.money import parse_price
+from mams.domain.voices import check_voice
 
 Style = Literal["rude", "neutral", "sweet"]
 STYLES: tuple[Style, ...] = ("rude", "neutral", "sweet")
@@ -63,6 +64,9 @@ class SellerConfig(msgspec.Struct, frozen=True, kw_only=True):
     profit_maximization_weight: Decimal
     inventory: tuple[InventoryItem, ...]
     model: str = AUTO_MODEL
+    # The voice its lines are read in (`domain.voices.VOICES`); None: chosen from its style
+    # and handle (`domain.voices.cast_voices`).
+    voice: str | None = None
 
     @property
     def agent_id(self) -> str:
@@ -299,6 +303,9 @@ def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
     # Through JSON, so tuples become lists (which `parse_scenario` requires for arrays)
     # and decimals become exact strings.
     raw: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(scenario))
+    for seller in raw["sellers"]:
+        if seller.get("voice") is None:  # not set: the file had no voice either
+            seller.pop("voice", None)
     return raw
 
 
@@ -453,6 +460,7 @@ class _Validator:
                 "inventory",
                 "model",
                 "name",
+                "voice",
             ),
         )
         if t is None:
@@ -462,6 +470,7 @@ class _Validator:
         retention = self.field(t, path, "customer_retention_weight", _weight)
         profit = self.field(t, path, "profit_maximization_weight", _weight)
         model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
+        voice = self.field(t, path, "voice", _voice, required=False)
         if retention is not None and profit is not None and retention + profit != 1:
             self.bad(
                 f"{path}.profit_maximization_weight",
@@ -481,6 +490,7 @@ class _Validator:
             customer_retention_weight=retention,
             profit_maximization_weight=profit,
             inventory=tuple(inventory),
+            voice=voice,
         )
 
     def inventory_item(self, raw: object, path: str) -> InventoryItem | None:
@@ -605,6 +615,10 @@ def _style(raw: object) -> Style:
         if raw == style:
             return style
     raise ValueError(f"must be one of {', '.join(STYLES)}, got {raw!r}")
+
+
+def _voice(raw: object) -> str | None:
+    return None if raw is None else check_voice(raw)  # null in JSON: not set
 
 
 def check_model(raw: object) -> str:

@@ -276,8 +276,36 @@ class AnalystReviewed(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="
     call: LLMCall | None = None
 
 
-Observation = QualityFlagged | AnalystReviewed
-OBSERVATION_TYPES: tuple[type[Observation], ...] = (QualityFlagged, AnalystReviewed)
+class VoiceSynthesized(
+    msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="voice.synthesized"
+):
+    """A line of a negotiation read aloud (`actors/voice.py`), or the attempt that failed.
+
+    `message_id` is the message's (a seller's reply), `agent` who wrote it, `voice` its
+    name in `domain.voices.VOICES`, `engine` and `model` what rendered it (`"espeak-ng"`
+    is the local engine, no network). `audio` is the content hash the audio is stored
+    under (voice, model and text hashed; `storage/audio.py`) and `seconds` its length;
+    with `status` "failed", `audio` is empty and `error` says why.
+    """
+
+    negotiation_id: UUID
+    message_id: UUID
+    agent: str
+    voice: str
+    engine: str
+    model: str
+    audio: str = ""
+    seconds: float = 0.0
+    status: Literal["ok", "failed"] = "ok"
+    error: str = ""
+
+
+Observation = QualityFlagged | AnalystReviewed | VoiceSynthesized
+OBSERVATION_TYPES: tuple[type[Observation], ...] = (
+    QualityFlagged,
+    AnalystReviewed,
+    VoiceSynthesized,
+)
 OBSERVATION_TAGS = frozenset(str(t.__struct_config__.tag) for t in OBSERVATION_TYPES)
 
 _OBSERVATION_NS = UUID("6d616d73-6f62-7365-7276-6174696f6e73")
