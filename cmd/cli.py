@@ -80,6 +80,8 @@ from mams.domain.plan import (
     plan_rooms,
 )
 from mams.domain.transcript import Renderer, render
+from mams.experiment import add_parsers as add_experiment_parsers
+from mams.experiment import cmd_compare, cmd_experiment
 from mams.infra import Servers, servers
 from mams.play import add_parser as add_play_parser
 from mams.play import cmd_play
@@ -795,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parsers(sub)
     add_creds_parser(sub)
     add_serve_parser(sub)
+    add_experiment_parsers(sub)
     benchmodels.add_parser(sub)
     add_play_parser(sub)
 
@@ -834,6 +837,8 @@ _COMMANDS = {
     "import": cmd_import,
     "bench-models": benchmodels.cmd_bench_models,
     "serve": cmd_serve,
+    "experiment": cmd_experiment,
+    "compare": cmd_compare,
     "play": cmd_play,
 }
 
