@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -36,6 +37,16 @@ from mams.domain.bounds import MAX_SELLERS_PER_ITEM as MAX_SELLERS_PER_ITEM
 from mams.domain.errors import MamsError
 from mams.domain.ids import AgentId, AgentIdError
 from mams.domain.money import parse_price
+from mams.domain.strategies import (
+    BUILTINS,
+    DEFAULT,
+    SIDES,
+    Side,
+    Strategy,
+    builtin_names,
+    find,
+    split_label,
+)
 from mams.domain.voices import check_voice
 
 Style = Literal["rude", "neutral", "sweet"]
@@ -64,6 +75,9 @@ class SellerConfig(msgspec.Struct, frozen=True, kw_only=True):
     profit_maximization_weight: Decimal
     inventory: tuple[InventoryItem, ...]
     model: str = AUTO_MODEL
+    # The strategy it plays (`domain.strategies`): a built-in's or the scenario's own name,
+    # optionally `name@version`.
+    strategy: str = DEFAULT
     # The voice its lines are read in (`domain.voices.VOICES`); None: chosen from its style
     # and handle (`domain.voices.cast_voices`).
     voice: str | None = None
@@ -97,6 +111,7 @@ class BuyerConfig(msgspec.Struct, frozen=True, kw_only=True):
     items: tuple[BuyerItem, ...]
     handle: str = "@Buyer"
     model: str = AUTO_MODEL
+    strategy: str = DEFAULT  # as SellerConfig.strategy
 
     @property
     def agent_id(self) -> str:
@@ -111,6 +126,15 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     buyer: BuyerConfig
     sellers: tuple[SellerConfig, ...]
     description: str = ""
+    # The strategies the scenario defines (`[strategies.<name>]`), beside the built-ins.
+    strategies: tuple[Strategy, ...] = ()
+
+    def strategy(self, side: Side, name: str) -> Strategy:
+        """The strategy `name` (as an agent's `strategy` field holds it) for `side`."""
+        found = find(side, name, self.strategies)
+        if found is None:  # parse_scenario refuses such a name
+            raise ScenarioError([Problem("strategy", f"no {side} strategy {name!r}")])
+        return found
 
     def sellers_of(self, item_name: str) -> tuple[SellerConfig, ...]:
         """The sellers stocking an item, in scenario order."""
@@ -303,6 +327,22 @@ def scenario_to_raw(scenario: Scenario) -> dict[str, Any]:
     # Through JSON, so tuples become lists (which `parse_scenario` requires for arrays)
     # and decimals become exact strings.
     raw: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(scenario))
+    # A default strategy, and no strategies of its own, are left out, as a file has them.
+    for agent in (raw["buyer"], *raw["sellers"]):
+        if agent.get("strategy") == DEFAULT:
+            del agent["strategy"]
+    del raw["strategies"]
+    if scenario.strategies:
+        raw["strategies"] = {
+            s.name: {
+                "side": s.side,
+                "version": s.version,
+                "prompt": s.prompt,
+                "base": s.base,
+                **({"description": s.description} if s.description else {}),
+            }
+            for s in scenario.strategies
+        }
     for seller in raw["sellers"]:
         if seller.get("voice") is None:  # not set: the file had no voice either
             seller.pop("voice", None)
@@ -319,6 +359,9 @@ class _Validator:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        # The scenario's own strategies, and every name its [strategies] table gives.
+        self.defined: tuple[Strategy, ...] = ()
+        self.defined_names: set[str] = set()
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -404,9 +447,10 @@ class _Validator:
 
     # -- the scenario ------------------------------------------------------------------
     def scenario(self, raw: object, default_name: str) -> Scenario | None:
-        top = self.table(raw, "", ("name", "description", "buyer", "sellers"))
+        top = self.table(raw, "", ("name", "description", "buyer", "sellers", "strategies"))
         if top is None:
             return None
+        self.defined = self.strategies(top["strategies"]) if "strategies" in top else ()
         name = self.field(top, "", "name", _text, required=False) or default_name or "scenario"
         description = self.field(top, "", "description", _any_text, required=False) or ""
         buyer = self.buyer(top.get("buyer"), "buyer") if "buyer" in top else None
@@ -420,18 +464,106 @@ class _Validator:
         self.cross_checks(buyer, sellers, top.get("sellers"))
         if buyer is None or self.problems:
             return None
-        return Scenario(name=name, description=description, buyer=buyer, sellers=sellers)
+        return Scenario(
+            name=name,
+            description=description,
+            buyer=buyer,
+            sellers=sellers,
+            strategies=self.defined,
+        )
+
+    def strategies(self, raw: object) -> tuple[Strategy, ...]:
+        """The `[strategies.<name>]` tables: each a side, version, prompt and base."""
+        if not isinstance(raw, Mapping):
+            self.bad("strategies", "must be a table of [strategies.<name>] tables")
+            return ()
+        if len(raw) > MAX_SCENARIO_ITEMS:
+            self.bad("strategies", f"has {len(raw)} entries; at most {MAX_SCENARIO_ITEMS}")
+            return ()
+        found: list[Strategy] = []
+        for name, entry in raw.items():
+            at = f"strategies.{name}"
+            self.defined_names.add(str(name))
+            ok = True
+            if not isinstance(name, str) or not _STRATEGY_NAME.fullmatch(name):
+                self.bad(at, "a strategy's name is 1-40 letters, digits, '_' or '-'")
+                ok = False
+            elif any(s.name == name for s in BUILTINS):
+                self.bad(at, f"{name!r} is a built-in strategy's name; choose another")
+                ok = False
+            t = self.table(entry, at, ("side", "version", "prompt", "base", "description"))
+            if t is None:
+                continue
+            side = self.field(t, at, "side", _side)
+            version = self.field(t, at, "version", _version, default=1, required=False)
+            prompt = self.field(t, at, "prompt", _prompt)
+            description = self.field(t, at, "description", _any_text, default="", required=False)
+            base = None
+            if side is not None:
+                raw_base = t.get("base", DEFAULT)
+                base = find(side, raw_base) if isinstance(raw_base, str) else None
+                if base is None:
+                    names = ", ".join(builtin_names(side))
+                    self.bad(
+                        f"{at}.base",
+                        f"must name a built-in {side} strategy ({names}), got {raw_base!r}",
+                    )
+            if not ok or side is None or version is None or prompt is None or base is None:
+                continue
+            found.append(
+                Strategy(
+                    name=name,
+                    version=version,
+                    description=description or "",
+                    prompt=prompt,
+                    rules=base.rules,
+                    base=base.label,
+                )
+            )
+        return tuple(found)
+
+    def strategy(self, t: Mapping[str, object], path: str, side: Side) -> str | None:
+        """An agent's `strategy` field: a built-in's or the scenario's own strategy of its
+        side (`name` or `name@version`); unknown names get a did-you-mean."""
+        full = f"{path}.strategy" if path else "strategy"
+        raw = t.get("strategy", DEFAULT)
+        if not isinstance(raw, str) or not raw.strip():
+            self.bad(full, f'must name a strategy, e.g. "{DEFAULT}", got {raw!r}')
+            return None
+        if find(side, raw, self.defined) is not None:
+            return raw
+        try:
+            name, version = split_label(raw)
+        except ValueError as exc:
+            self.bad(full, str(exc))
+            return None
+        if name in self.defined_names:
+            return None  # its definition's problems are reported at strategies.<name>
+        names = (*builtin_names(side), *(s.name for s in self.defined if s.side == side))
+        other = next(s for s in SIDES if s != side)
+        if version is not None and name in names:
+            self.bad(full, f"{side} strategy {name!r} has no version {version}")
+        elif find(other, raw, self.defined) is not None:
+            self.bad(full, f"{raw!r} is a {other} strategy; {side} strategies: {', '.join(names)}")
+        else:
+            hint = difflib.get_close_matches(name, names, n=1)
+            did = f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(names)}"
+            self.bad(full, f"unknown {side} strategy {raw!r}{did}")
+        return None
 
     def buyer(self, raw: object, path: str) -> BuyerConfig | None:
-        t = self.table(raw, path, ("handle", "model", "items", "name"))
+        t = self.table(raw, path, ("handle", "model", "items", "name", "strategy"))
         if t is None:
             return None
         handle = self.field(t, path, "handle", _handle, default="@Buyer", required=False)
         model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
+        strategy = self.strategy(t, path, "buyer")
         items = self.unique_items(t, path, "items", self.buyer_item)
-        if handle is None or model is None:
+        if handle is None or model is None or strategy is None:
             return None
-        return BuyerConfig(handle=display_handle(handle), model=model, items=tuple(items))
+        return BuyerConfig(
+            handle=display_handle(handle), model=model, items=tuple(items), strategy=strategy
+        )
 
     def buyer_item(self, raw: object, path: str) -> BuyerItem | None:
         t = self.table(raw, path, ("item_name", "quantity", "min_price", "max_price"))
@@ -460,6 +592,7 @@ class _Validator:
                 "inventory",
                 "model",
                 "name",
+                "strategy",
                 "voice",
             ),
         )
@@ -469,6 +602,7 @@ class _Validator:
         style = self.field(t, path, "style", _style)
         retention = self.field(t, path, "customer_retention_weight", _weight)
         profit = self.field(t, path, "profit_maximization_weight", _weight)
+        strategy = self.strategy(t, path, "seller")
         model = self.field(t, path, "model", _model, default=AUTO_MODEL, required=False)
         voice = self.field(t, path, "voice", _voice, required=False)
         if retention is not None and profit is not None and retention + profit != 1:
@@ -479,7 +613,7 @@ class _Validator:
             )
             retention = None
         inventory = self.unique_items(t, path, "inventory", self.inventory_item)
-        if handle is None or style is None or model is None:
+        if handle is None or style is None or model is None or strategy is None:
             return None
         if retention is None or profit is None:
             return None
@@ -487,6 +621,7 @@ class _Validator:
             handle=display_handle(handle),
             style=style,
             model=model,
+            strategy=strategy,
             customer_retention_weight=retention,
             profit_maximization_weight=profit,
             inventory=tuple(inventory),
@@ -619,6 +754,29 @@ def _style(raw: object) -> Style:
 
 def _voice(raw: object) -> str | None:
     return None if raw is None else check_voice(raw)  # null in JSON: not set
+
+
+_STRATEGY_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def _side(raw: object) -> Side:
+    for side in SIDES:
+        if raw == side:
+            return side
+    raise ValueError(f"must be one of {', '.join(SIDES)}, got {raw!r}")
+
+
+def _version(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 1_000_000:
+        raise ValueError(f"must be a whole number from 1 to 1000000, got {raw!r}")
+    return raw
+
+
+def _prompt(raw: object) -> str:
+    text = _any_text(raw)
+    if not text.strip():
+        raise ValueError("must be a non-empty string (the paragraph an LLM agent is given)")
+    return text
 
 
 def check_model(raw: object) -> str:

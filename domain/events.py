@@ -23,8 +23,12 @@ class Offer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     quantity: int
 
 
-class BuyerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """The buyer's private facts for one item (only the buyer and the log see them)."""
+class BuyerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
+    """The buyer's private facts for one item (only the buyer and the log see them).
+
+    `strategy` is the label of the strategy it plays (`domain.strategies`); for one a
+    scenario defined, `strategy_prompt` and `strategy_base` (its rules' built-in) too.
+    Left out of the encoding when default, so a default room's event is as before."""
 
     agent_id: str
     handle: str
@@ -32,10 +36,14 @@ class BuyerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     min_price: Decimal
     max_price: Decimal
     brain: str
+    strategy: str = "default"
+    strategy_prompt: str = ""
+    strategy_base: str = ""
 
 
-class SellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """One seller's private facts for one item (only that seller and the log see them)."""
+class SellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
+    """One seller's private facts for one item (only that seller and the log see them);
+    `strategy*` as in BuyerTerms."""
 
     agent_id: str
     handle: str
@@ -46,6 +54,9 @@ class SellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     selling_price: Decimal
     least_price: Decimal
     brain: str
+    strategy: str = "default"
+    strategy_prompt: str = ""
+    strategy_base: str = ""
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False, kw_only=True):

@@ -39,6 +39,11 @@ class OwnSellerTerms(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     cost_price: Decimal
     selling_price: Decimal
     least_price: Decimal
+    # The strategy it plays: its label, and a scenario-defined one's prompt and base
+    # (`domain.strategies.resolve`).
+    strategy: str = "default"
+    strategy_prompt: str = ""
+    strategy_base: str = ""
 
 
 # -- broker -> agent -----------------------------------------------------------------------
@@ -54,6 +59,9 @@ class BuyerRoomOpened(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="
     max_rounds: int
     round_timeout: float
     seed: int | None = None
+    strategy: str = "default"  # the strategy the buyer plays, as OwnSellerTerms'
+    strategy_prompt: str = ""
+    strategy_base: str = ""
 
 
 class SellerRoomOpened(

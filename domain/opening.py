@@ -21,6 +21,28 @@ from mams.domain.config import (
 )
 from mams.domain.events import BuyerTerms, NegotiationStarted, SellerTerms
 from mams.domain.plan import PlanOptions
+from mams.domain.strategies import Side, Strategy, resolve
+
+
+def _played(scenario: Scenario, side: Side, name: str) -> dict[str, str]:
+    """The terms' strategy fields for the strategy `name` of `side`: its label, and for
+    one the scenario defined, its prompt and its base (the log alone then reruns it)."""
+    strategy = scenario.strategy(side, name)
+    if strategy.builtin:
+        return {"strategy": strategy.label}
+    return {
+        "strategy": strategy.label,
+        "strategy_prompt": strategy.prompt,
+        "strategy_base": strategy.base,
+    }
+
+
+def _defined(side: Side, label: str, prompt: str, base: str) -> tuple[str, Strategy | None]:
+    """A room's strategy as a scenario names it, and its definition if the scenario's own."""
+    if not base:
+        return label, None
+    strategy = resolve(side, label, prompt, base)
+    return strategy.name, strategy
 
 
 def opening(
@@ -33,7 +55,8 @@ def opening(
     stockists: Stockists | None = None,
 ) -> NegotiationStarted:
     """The room for one buyer item, with every private fact the log keeps: the buyer's
-    range, and each stocking seller's style, weights, cost, asking price and floor. Its
+    range, and each stocking seller's style, weights, cost, asking price and floor; the
+    strategy each plays (its label, and a scenario-defined one's prompt and base). Its
     round limit, deadline and seed are `options`' (for a room of a plan of several runs:
     `options.for_room(seed)`).
 
@@ -56,6 +79,7 @@ def opening(
                 selling_price=stock.selling_price,
                 least_price=stock.least_price,
                 brain=brains.get(s.agent_id, "unannounced"),
+                **_played(scenario, "seller", s.strategy),
             )
         )
     return NegotiationStarted(
@@ -69,6 +93,7 @@ def opening(
             min_price=item.min_price,
             max_price=item.max_price,
             brain=brains.get(buyer.agent_id, "unannounced"),
+            **_played(scenario, "buyer", buyer.strategy),
         ),
         sellers=tuple(sellers),
         max_rounds=options.max_rounds,
@@ -81,13 +106,22 @@ def opening(
 def scenario_of(rooms: Sequence[NegotiationStarted], *, name: str) -> Scenario:
     """As much of a session's scenario as its rooms' opening events show: the buyer's items
     and, for each seller, its style, weights and terms for those items (the inverse of
-    `opening`, for a session known only from its log, e.g. an imported archive). An item
-    opened twice keeps its first room's terms. Raises ScenarioError if the rooms do not
+    `opening`, for a session known only from its log, e.g. an imported archive), with the
+    strategies each agent played (a scenario-defined one's definition from the terms). An
+    item opened twice keeps its first room's terms. Raises ScenarioError if the rooms do not
     make a valid scenario (they all must share one buyer)."""
     if not rooms:
         raise ScenarioError([Problem("rooms", "no room to rebuild a scenario from")])
     items: dict[str, dict[str, str | int]] = {}
     sellers: dict[str, dict[str, Any]] = {}
+    defined: dict[str, Strategy] = {}
+
+    def play(side: Side, label: str, prompt: str, base: str) -> dict[str, str]:
+        name, strategy = _defined(side, label, prompt, base)
+        if strategy is not None:
+            defined.setdefault(strategy.name, strategy)
+        return {} if name == "default" else {"strategy": name}
+
     for room in rooms:
         key = item_key(room.item_name)
         if key in items:
@@ -108,6 +142,7 @@ def scenario_of(rooms: Sequence[NegotiationStarted], *, name: str) -> Scenario:
                     "customer_retention_weight": str(s.customer_retention_weight),
                     "profit_maximization_weight": str(s.profit_maximization_weight),
                     "inventory": [],
+                    **play("seller", s.strategy, s.strategy_prompt, s.strategy_base),
                 },
             )
             seller["inventory"].append(
@@ -122,9 +157,19 @@ def scenario_of(rooms: Sequence[NegotiationStarted], *, name: str) -> Scenario:
     if len(handles) > 1:
         problem = Problem("buyer.handle", f"the rooms have several buyers: {sorted(handles)}")
         raise ScenarioError([problem])
-    raw = {
+    b = rooms[0].buyer
+    raw: dict[str, Any] = {
         "name": name,
-        "buyer": {"handle": rooms[0].buyer.handle, "items": list(items.values())},
+        "buyer": {
+            "handle": b.handle,
+            "items": list(items.values()),
+            **play("buyer", b.strategy, b.strategy_prompt, b.strategy_base),
+        },
         "sellers": list(sellers.values()),
     }
+    if defined:
+        raw["strategies"] = {
+            s.name: {"side": s.side, "version": s.version, "prompt": s.prompt, "base": s.base}
+            for s in defined.values()
+        }
     return parse_scenario(raw, source=name)

@@ -59,6 +59,10 @@ class BuyerView(msgspec.Struct, frozen=True, gc=False):
     unanswered: tuple[str, ...] = ()
     history: tuple[Line, ...] = ()
     closed: RoomClosed | None = None
+    # The strategy it plays, as its room-opened message says (`domain.strategies.resolve`).
+    strategy: str = "default"
+    strategy_prompt: str = ""
+    strategy_base: str = ""
 
     def handle(self, agent_id: str) -> str:
         """A seller's handle by agent id (the id itself if unknown)."""
@@ -95,6 +99,9 @@ def open_buyer_view(msg: BuyerRoomOpened) -> BuyerView:
         sellers=msg.sellers,
         max_rounds=msg.max_rounds,
         seed=msg.seed,
+        strategy=msg.strategy,
+        strategy_prompt=msg.strategy_prompt,
+        strategy_base=msg.strategy_base,
     )
 
 

@@ -146,6 +146,9 @@ def _room_opened(event: NegotiationStarted) -> list[Delivery]:
                 max_rounds=event.max_rounds,
                 round_timeout=event.round_timeout,
                 seed=event.seed,
+                strategy=b.strategy,
+                strategy_prompt=b.strategy_prompt,
+                strategy_base=b.strategy_base,
             ),
         )
     ]
@@ -158,6 +161,9 @@ def _room_opened(event: NegotiationStarted) -> list[Delivery]:
             cost_price=s.cost_price,
             selling_price=s.selling_price,
             least_price=s.least_price,
+            strategy=s.strategy,
+            strategy_prompt=s.strategy_prompt,
+            strategy_base=s.strategy_base,
         )
         out.append(
             (

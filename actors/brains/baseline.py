@@ -5,6 +5,10 @@ same seed gives the same transcript. Sellers concede toward their floor at a pac
 by their weights (retention-minded sellers concede faster) and word replies by style;
 the buyer opens to all, compares offers, counters along a rising target and accepts
 inside its range, or walks away on its final turn.
+
+Each plays its strategy's rule variant (`domain.strategies`: `BuyerRules`,
+`SellerRules`, from the strategy its room's opening names); the `default` variant is the
+behaviour above, draw for draw.
 """
 
 from __future__ import annotations
@@ -12,13 +16,34 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import lru_cache
 
 from mams.actors.brains.base import BASELINE_LABEL, BuyerDecision, SellerDecision
 from mams.domain.events import Offer
 from mams.domain.guardrails import Violation, buyer_fallback
 from mams.domain.messages import Accept, Say, WalkAway
 from mams.domain.money import cents, cents_down, cents_up, fmt
+from mams.domain.strategies import BuyerRules, SellerRules, Side, resolve
 from mams.domain.views import BuyerView, SellerView
+
+
+@lru_cache(maxsize=256)
+def _rules(side: Side, label: str, base: str) -> BuyerRules | SellerRules:
+    return resolve(side, label, "", base).rules
+
+
+def buyer_rules(view: BuyerView) -> BuyerRules:
+    """The rule variant of the strategy the buyer plays in this room."""
+    rules = _rules("buyer", view.strategy, view.strategy_base)
+    assert isinstance(rules, BuyerRules)
+    return rules
+
+
+def seller_rules(view: SellerView) -> SellerRules:
+    """The rule variant of the strategy a seller plays in this room."""
+    rules = _rules("seller", view.terms.strategy, view.terms.strategy_base)
+    assert isinstance(rules, SellerRules)
+    return rules
 
 
 class _Draws:
@@ -86,6 +111,7 @@ class BaselineSeller:
     async def decide(self, view: SellerView) -> SellerDecision:
         """Reply to the buyer's latest message."""
         t = view.terms
+        rules = seller_rules(view)
         rng = _rng(view.seed, "seller", view.me, view.item_name, view.round)
         style = t.style if t.style in _OPEN else "neutral"
         current = view.my_offer.unit_price if view.my_offer else None
@@ -94,8 +120,15 @@ class BaselineSeller:
         # Retention-minded sellers give up more of the gap each round; profit-minded less.
         rate = Decimal("0.15") + Decimal("0.5") * retention
         rate += Decimal(rng.randint(-5, 5)) / 100
+        if rules.concession != 1:
+            rate *= rules.concession
         if current is None:
             opening = t.selling_price - (t.selling_price - t.least_price) * retention / 10
+            if rules.opening != 1:
+                opening = (
+                    t.selling_price
+                    - (t.selling_price - t.least_price) * retention * rules.opening / 10
+                )
             price = max(t.least_price, cents_up(opening))
             templates, why = _OPEN[style], "opening near my asking price"
         elif counter is not None and counter >= current:
@@ -103,7 +136,10 @@ class BaselineSeller:
         else:
             step = (current - t.least_price) * (rate if counter is not None else rate / 2)
             price = max(t.least_price, cents_up(current - step))
-            if counter is not None and t.least_price <= counter and counter >= price - step / 2:
+            meet = rules.meet == "floor" or (
+                rules.meet == "close" and counter is not None and counter >= price - step / 2
+            )
+            if counter is not None and t.least_price <= counter and meet:
                 price, templates, why = counter, _MEET[style], "buyer's counter is close enough"
             elif price == t.least_price:
                 templates, why = _FLOOR[style], "at my floor"
@@ -157,17 +193,35 @@ class BaselineBuyer:
                 reasoning="opening: ask every seller for a price",
             )
         best_id, best = offers[0]
-        span = view.max_price - view.min_price
+        rules = buyer_rules(view)
+        # The target starts at min_price (less the anchor's discount) and rises to
+        # max_price over the rounds; the default's numbers are computed as they always were.
+        low = view.min_price
+        if rules.opening_discount:
+            low = max(Decimal("0.01"), cents_down(low * (1 - rules.opening_discount)))
+        span = view.max_price - low
         progress = Decimal(view.round - 1) / Decimal(max(1, view.max_rounds - 1))
         jitter = Decimal(rng.randint(-3, 3)) / 100
-        target = cents_down(
-            view.min_price + span * min(Decimal(1), max(Decimal(0), progress + jitter))
-        )
+        share = min(Decimal(1), max(Decimal(0), progress + jitter))
+        if rules.pace != 1:
+            share **= rules.pace
+        target = cents_down(low + span * share)
         asked = view.my_counters.get(best_id)
         name = view.handle(best_id)
+        if best.unit_price <= view.max_price and rules.accept == "first":
+            return BuyerDecision(
+                action=Accept(
+                    seller=best_id,
+                    unit_price=best.unit_price,
+                    quantity=view.quantity,
+                    text=f"{name}, you have a deal at {fmt(best.unit_price)} per unit.",
+                ),
+                reasoning=f"the first offer within my max: {fmt(best.unit_price)} from {name} "
+                f"(max {fmt(view.max_price)})",
+            )
         if best.unit_price <= view.max_price and (
             best.unit_price <= target
-            or (asked is not None and best.unit_price <= asked)
+            or (rules.accept_asked and asked is not None and best.unit_price <= asked)
             or view.final
         ):
             return BuyerDecision(
@@ -185,14 +239,33 @@ class BaselineBuyer:
                 action=WalkAway(text="Thanks, but the prices are too high for me."),
                 reasoning=f"final turn; best offer {fmt(best.unit_price)} above my max",
             )
-        counter = max(view.min_price, min(target, cents(best.unit_price - Decimal("0.01"))))
+        below_best = cents(best.unit_price - Decimal("0.01"))
+        text_ask = "Can you do {c} per unit for {q}?"
+        if rules.counter == "split":
+            last = asked if asked is not None else low
+            counter = max(
+                low, min(view.max_price, below_best, cents_down((last + best.unit_price) / 2))
+            )
+            lead = f"You are at {fmt(best.unit_price)}, I was at {fmt(last)}. Let's meet halfway."
+        elif rules.counter == "beat":
+            beat = cents_down(best.unit_price * Decimal("0.97"))
+            counter = max(low, min(view.max_price, below_best, beat))
+            lead = (
+                f"I have a standing offer of {fmt(best.unit_price)} per unit. "
+                "Beat it and the deal is yours."
+            )
+        else:
+            counter = max(low, min(target, below_best))
+            lead = f"The best offer I have is {fmt(best.unit_price)}."
+        threat = ""
+        if rules.threat_rounds and view.round >= view.max_rounds - rules.threat_rounds:
+            threat = " If the price does not come down, I will walk away without a deal."
         bidders = tuple(sid for sid, _ in offers)
         return BuyerDecision(
             action=Say(
                 to=bidders,
                 counter_price=counter,
-                text=f"The best offer I have is {fmt(best.unit_price)}. "
-                f"Can you do {fmt(counter)} per unit for {view.quantity}?",
+                text=f"{lead} " + text_ask.format(c=fmt(counter), q=view.quantity) + threat,
             ),
             reasoning=f"best {fmt(best.unit_price)} from {name}; target {fmt(target)}; "
             f"countering {fmt(counter)}",

@@ -481,7 +481,7 @@ def test_sellers_must_be_a_non_empty_array_of_tables() -> None:
             "top",
             "zzz",
             "zzz",
-            "unknown field; allowed: name, description, buyer, sellers",
+            "unknown field; allowed: name, description, buyer, sellers, strategies",
         ),
     ],
 )
@@ -565,7 +565,7 @@ def test_every_problem_is_reported_at_once_in_document_order() -> None:
     raw["sellers"][1]["handle"] = "@techmart"
     raw["sellers"][1]["profit_maximization_weight"] = D("0.6")
     assert as_pairs(problems_of(raw)) == [
-        ("colour", "unknown field; allowed: name, description, buyer, sellers"),
+        ("colour", "unknown field; allowed: name, description, buyer, sellers, strategies"),
         ("buyer.items[0].quantity", "must be between 1 and 1000000, got 0"),
         ("buyer.items[1].max_price", "must be at least min_price (10.00)"),
         ("sellers[0].style", "must be one of rude, neutral, sweet, got 'grumpy'"),

@@ -3,7 +3,9 @@
 Prompts are built from the agent's own view alone, so a model can never be handed what
 its agent may not see (docs/DESIGN.md invariant 1). The system prompt holds what is stable
 for a negotiation (persona, private facts, rules) so providers can cache it; the user
-message holds the conversation so far and the turn's instruction. Answers come back as
+message holds the conversation so far and the turn's instruction. The strategy the agent
+plays adds its paragraph to the system prompt (`strategy_paragraph`; none for the
+default), so the prompt, and its digest, differ by strategy. Answers come back as
 one forced tool call, parsed strictly; anything unusable raises `OutputError` with a
 reason the model can act on.
 """
@@ -18,6 +20,7 @@ from mams.domain.errors import MamsError
 from mams.domain.events import Offer
 from mams.domain.messages import Accept, BuyerAction, Say, WalkAway
 from mams.domain.money import fmt
+from mams.domain.strategies import Side, prompt_paragraph, resolve
 from mams.domain.views import BuyerView, Line, SellerView
 
 STYLE_GUIDE = {
@@ -91,6 +94,12 @@ class OutputError(MamsError):
         super().__init__(detail)
 
 
+def strategy_paragraph(side: Side, label: str, prompt: str = "", base: str = "") -> str:
+    """The system prompt's paragraph for the strategy an agent plays (as its room's terms
+    name it): empty for the default."""
+    return prompt_paragraph(resolve(side, label, prompt, base))
+
+
 # -- buyer -----------------------------------------------------------------------------------
 def buyer_system(view: BuyerView) -> str:
     """The buyer's stable instructions: its need, its private limits, the rules."""
@@ -112,7 +121,7 @@ def buyer_system(view: BuyerView) -> str:
         "- walk_away: leave without a deal.\n"
         "Aim for the lowest price you can get; accept only an offer a seller actually made, "
         "at or below your maximum. Prices are in dollars with at most 2 decimals."
-    )
+    ) + strategy_paragraph("buyer", view.strategy, view.strategy_prompt, view.strategy_base)
 
 
 def _line(line: Line, me: str) -> str:
@@ -240,7 +249,7 @@ def seller_system(view: SellerView) -> str:
         "Each turn, call the seller_reply tool exactly once with your reply text and your "
         "committed unit price for the requested quantity (or null to make no offer). "
         "Prices are in dollars with at most 2 decimals."
-    )
+    ) + strategy_paragraph("seller", t.strategy, t.strategy_prompt, t.strategy_base)
 
 
 def seller_user(view: SellerView) -> str:
