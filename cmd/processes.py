@@ -35,8 +35,15 @@ import structlog
 from rich.console import Console
 from rich.text import Text
 
+from mams import forkserver
 from mams.actors.agent import AgentActor
-from mams.actors.market import RunOptions, make_buyer_brain, make_seller_brain, resolve_model
+from mams.actors.market import (
+    RunOptions,
+    make_buyer_brain,
+    make_seller_brain,
+    resolve_model,
+    resolve_models,
+)
 from mams.bus.auth import Credentials
 from mams.bus.base import BusError, redact_url
 from mams.bus.nats import NatsBus
@@ -70,6 +77,7 @@ from mams.domain.plan import (
     plan_rooms,
 )
 from mams.domain.transcript import describe_outcome
+from mams.forkserver import ForkServer
 
 if TYPE_CHECKING:  # imported where used: an agent process never loads the broker's modules
     from mams.actors.broker import Broker
@@ -1029,22 +1037,65 @@ async def supervise(
     `on_ended`: called (deal or not) as each room ends, instead of printing what the buyer
     hears (`mams buyer --stream`).
 
+    Each child is `mams broker|seller|buyer ...`, forked from a warm fork server that has
+    imported the CLI and the study's SDKs (`mams.forkserver`: a fork instead of an
+    interpreter start and an SDK import per child; still this process's child, in a
+    session of its own), or started afresh as `python -P -m mams ...` with
+    MAMS_FORK_SERVER=0 or where fork servers are not available (anything but Linux).
     Credentials reach each child in its environment, never its argv (world-readable in
     /proc): NATS_URL with its own user (see `_child_nats_urls`), and DATABASE_URL for the
     broker alone. If the broker process dies while the run goes on, the other children are
     stopped and `ConfigError` names the command that resumes the session's open rooms."""
+    async with contextlib.AsyncExitStack() as stack:
+        await _supervise(
+            stack,
+            scenario=scenario,
+            session_id=session_id,
+            items=items,
+            nats_url=nats_url,
+            dsn=dsn,
+            options=options,
+            out=out,
+            durability=durability,
+            resume=resume,
+            skip=skip,
+            on_ended=on_ended,
+        )
+
+
+async def _supervise(
+    stack: contextlib.AsyncExitStack,
+    *,
+    scenario: Scenario,
+    session_id: UUID,
+    items: list[str],
+    nats_url: str,
+    dsn: str,
+    options: RunOptions,
+    out: Console,
+    durability: str,
+    resume: bool,
+    skip: Collection[tuple[str, int | None]] | None,
+    on_ended: Callable[[bool], None] | None,
+) -> None:
     market = f"mams-{uuid.uuid4().hex[:8]}"
     wanted = set(items)
     sellers = [s for s in scenario.sellers if any(s.stock(i) is not None for i in wanted)]
-    broker_url, buyer_url, seller_urls = await _child_nats_urls(
-        nats_url, Subjects(prefix=market), scenario.buyer.agent_id, [s.agent_id for s in sellers]
-    )
     common = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     common.update(
         {
             "MAMS_LOG_LEVEL": os.environ.get("MAMS_LOG_LEVEL", "warning"),
             SUPERVISOR_ENV: str(os.getpid()),
         }
+    )
+    # The fork server first: it imports while credentials are issued and the broker starts.
+    forks: list[ForkServer] = []
+    if forkserver.available():
+        preload = forkserver.preload_for(resolve_models(scenario, options).values())
+        room = 8192 + len(dsn) + sum(len(i) + 8 for i in items)
+        forks.append(await stack.enter_async_context(forkserver.fork_server(preload, common, room)))
+    broker_url, buyer_url, seller_urls = await _child_nats_urls(
+        nats_url, Subjects(prefix=market), scenario.buyer.agent_id, [s.agent_id for s in sellers]
     )
     exe = [sys.executable, "-P", "-m", "mams"]  # -P: never the cwd first on sys.path
     children: list[_Child] = []
@@ -1056,9 +1107,17 @@ async def supervise(
         # Its own session: a Ctrl-C at the terminal reaches the supervisor alone, which
         # stops the children in order (buyer, sellers, then the broker, which records
         # the open rooms as aborted while the bus and the database are still up).
-        process = await anyio.open_process(
-            [*exe, *argv], env=env, stdout=-1, stderr=None, start_new_session=True
-        )
+        process: anyio.abc.Process | None = None
+        if forks:  # forked warm (mams.forkserver), else started afresh
+            try:
+                process = await forks[0].spawn(argv, env)
+            except forkserver.ForkServerError as exc:
+                log.warning("processes.fork_server_failed", error=str(exc), then="exec")
+                forks.clear()
+        if process is None:
+            process = await anyio.open_process(
+                [*exe, *argv], env=env, stdout=-1, stderr=None, start_new_session=True
+            )
         child = _Child(name, process)
         children.append(child)
         return child
