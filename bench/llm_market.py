@@ -18,13 +18,16 @@ fake answers on threads of its own, so its CPU is not counted), beside the same 
 CPU for a bare HTTP round trip to the fake (the floor: what any client pays).
 
 With `--cli ROOMS`, it then runs what a user runs, `mams run` as a child process over
-ROOMS rooms (the market's items `ROOMS / items` times), once in-process and once with
-`--processes`, and prints each run's whole CPU (the child and every process it waited
-for: broker, sellers, buyer; start-up and imports included) per LLM call and the ratio
-of the two (CPU and wall), with what start-ups and SDK imports account for (each process
-of `--processes` starts afresh and each agent imports the SDK, which the in-process run
-does once) and what a child forked from a warm parent costs instead. Prints figures;
-asserts nothing.
+ROOMS rooms (the market's items `ROOMS / items` times), three ways interleaved `--runs`
+times (at least once): in-process, `--processes` with its children forked from the warm
+fork server (`mams.forkserver`, the default), and `--processes` with every child started
+afresh (MAMS_FORK_SERVER=0, as before the fork server). It prints each way's whole CPU
+(the child and every process it waited for: fork server, broker, sellers, buyer;
+start-up and imports included; the median of the runs) per LLM call and each
+`--processes` way's ratio to in-process (CPU and wall), with what start-ups and SDK
+imports account for when children start afresh (each process starts the interpreter and
+each agent imports the SDK, which the in-process run does once) and what a child forked
+from a warm parent costs instead. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from mams.bus.nats import NatsBus
 from mams.domain.config import load_scenario
 from mams.domain.events import Event, LLMCalled, NegotiationEnded, decode_event
 from mams.domain.negotiation import NegotiationState
+from mams.forkserver import FORK_SERVER_ENV
 from mams.storage.pg import open_store
 from mams.storage.readmodels import ReadModelProjector, save_session
 from tests.llm.fakes import (
@@ -252,10 +256,19 @@ async def bare_http_cpu_ms(fake: FakeLLMServer, n: int = 200) -> float:
 
 
 def run_cli(
-    provider: str, fake: FakeLLMServer, rooms: int, processes: bool, nats: str, dsn: str
+    provider: str,
+    fake: FakeLLMServer,
+    rooms: int,
+    processes: bool,
+    nats: str,
+    dsn: str,
+    *,
+    fork: bool = True,
 ) -> tuple[float, float, int]:
     """`mams run` over `rooms` rooms as a child process, in a schema of its own: (CPU
-    seconds of the child and every process it waited for, wall seconds, LLM calls)."""
+    seconds of the child and every process it waited for, wall seconds, LLM calls).
+    `fork`: with `processes`, children forked from the fork server (else started
+    afresh)."""
     items = len(load_scenario(SCENARIO).buyer.items)
     runs = max(1, math.ceil(rooms / items))
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -270,6 +283,7 @@ def run_cli(
         "NATS_URL": nats,
         # asyncpg passes unknown DSN parameters on as server settings.
         "DATABASE_URL": f"{dsn}{sep}search_path={schema}",
+        FORK_SERVER_ENV: "1" if fork else "0",
     }
     cmd = [sys.executable, "-m", "mams", "run", str(SCENARIO), "--runs", str(runs)]
     cmd += ["--buyer-model", model, "--seller-model", model, "--seed", "1"]
@@ -403,44 +417,72 @@ async def in_process(args: argparse.Namespace, fake: FakeLLMServer) -> None:
         )
 
 
+CLI_WAYS = {"in-process": (False, False), "forked": (True, True), "afresh": (True, False)}
+
+
 def cli_runs(args: argparse.Namespace, fake: FakeLLMServer) -> None:
     start = start_cpu()
     sdk = sdk_import_cpu(args.provider)
     forked = forked_cpu(args.provider)
-    results = {}
-    for processes in (False, True):
-        results[processes] = run_cli(args.provider, fake, args.cli, processes, args.nats, args.dsn)
+    samples: dict[str, list[tuple[float, float, int]]] = {way: [] for way in CLI_WAYS}
+    for _ in range(max(1, args.runs)):  # interleaved: each way sees the same machine
+        for way, (processes, fork) in CLI_WAYS.items():
+            samples[way].append(
+                run_cli(args.provider, fake, args.cli, processes, args.nats, args.dsn, fork=fork)
+            )
+    results = {
+        way: tuple(statistics.median(s[i] for s in runs) for i in range(3))
+        for way, runs in samples.items()
+    }
     scenario = load_scenario(SCENARIO)
     agents = 1 + len(scenario.sellers)  # each an LLM brain: each imports the SDK
-    print(f"`mams run` over {args.cli} rooms, {MODELS[args.provider]} on the instant model")
+    n = len(samples["in-process"])
+    print(
+        f"`mams run` over {args.cli} rooms, {MODELS[args.provider]} on the instant model "
+        f"(median of {n} interleaved run(s) each)"
+    )
     print(f"  `python -m mams --help` start-up {start:8.2f} CPU-s")
     label = f"`import {args.provider}` (the SDK)"
     print(f"  {label:<32} {sdk:8.2f} CPU-s   (once in each process with an LLM brain)")
-    for processes, (cpu, wall, calls) in results.items():
-        label = "--processes" if processes else "in-process"
+    labels = {
+        "in-process": "in-process",
+        "forked": "--processes (forked, default)",
+        "afresh": "--processes (afresh, MAMS_FORK_SERVER=0)",
+    }
+    for way, (cpu, wall, calls) in results.items():
+        cpus = ", ".join(f"{s[0]:.2f}" for s in samples[way])
         print(
-            f"  {label:<12} {cpu:7.2f} CPU-s  {wall:6.1f} s wall  {calls:5d} LLM calls  "
-            f"{cpu * 1000 / max(1, calls):6.2f} ms CPU per call (start-up included)"
+            f"  {labels[way]:<41} {cpu:7.2f} CPU-s  {wall:6.1f} s wall  {calls:5.0f} LLM calls  "
+            f"{cpu * 1000 / max(1, calls):6.2f} ms CPU per call (start-up included; runs: {cpus})"
         )
-    ratio = results[True][0] / results[False][0]
-    wall_ratio = results[True][1] / results[False][1]
-    print(f"  --processes / in-process CPU      {ratio:6.2f}x   (wall {wall_ratio:.2f}x)")
-    # --processes starts the broker, each seller and the buyer afresh: each pays the
-    # start-up, and each agent the SDK import, that the in-process run pays once.
+    base_cpu, base_wall, _ = results["in-process"]
+    for way in ("forked", "afresh"):
+        cpu, wall, _ = results[way]
+        print(
+            f"  {labels[way]} / in-process CPU  {cpu / base_cpu:6.2f}x   "
+            f"(wall {wall / base_wall:.2f}x)"
+        )
+    # Started afresh, the broker, each seller and the buyer each pay the start-up, and
+    # each agent the SDK import, that the in-process run pays once.
     extra = (agents + 1) * start + (agents - 1) * sdk
     print(
-        f"    of which start-ups and SDK imports {extra:6.2f} CPU-s   "
+        f"    afresh: start-ups and SDK imports {extra:6.2f} CPU-s   "
         f"({agents + 1} more start-ups, {agents - 1} more SDK imports than in-process)"
     )
     print(
         f"  a child forked from a warm parent {forked:6.3f} CPU-s   "
-        "(the CLI and SDK already imported: what a child would cost if forked)"
+        "(the CLI and SDK already imported: what each forked child costs at start)"
     )
 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runs", type=int, default=5, help="market runs, one after the other")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="market runs, one after the other (with --cli: also how often each way runs)",
+    )
     p.add_argument("--rooms", type=int, default=2, help="rooms per market run")
     p.add_argument("--provider", choices=sorted(MODELS), default="anthropic")
     p.add_argument("--cli", type=int, metavar="ROOMS", help="also time `mams run` over ROOMS")
