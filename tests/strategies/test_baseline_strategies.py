@@ -56,6 +56,12 @@ async def test_the_buyer_rule_variants_play_as_their_definitions_say() -> None:
     assert first[0] is not None
     assert first[0] < Decimal("8.00")
     assert all(s.counter_price is None or s.counter_price >= Decimal("8.00") for s in default)
+
+    # patient: its target rises more slowly, so its first counter is lower than default's.
+    def first_counter(lines: list[BuyerSaid]) -> Decimal:
+        return next(s.counter_price for s in lines if s.counter_price is not None)
+
+    assert first_counter(await said("patient")) < first_counter(default)
     # cite_offers cites the best standing offer and asks to beat it.
     assert any("Beat it" in s.text for s in await said("cite_offers"))
     # split_difference proposes the midpoint.
