@@ -336,7 +336,7 @@ class VoiceOptions:
     on_audio: OnAudio | None = None
     drain: float = 30.0
     queue: int = 256
-    workers: int = 1
+    workers: int = 2
 
 
 @dataclass(slots=True)

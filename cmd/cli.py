@@ -115,6 +115,8 @@ from mams.study import (
 )
 from mams.telemetry import init_sentry, report
 from mams.version import __version__
+from mams.voice import add_parser as add_voice_parser
+from mams.voice import check_engine, cmd_voice, speaking
 
 _json = msgspec.json.Encoder(decimal_format="number")
 LIST_LIMIT = 50  # rows `mams sessions` and `mams negotiations` list unless --limit
@@ -166,6 +168,7 @@ class RunCommand:
     transcript: bool = False
     durability: str = DURABLE
     flags: StudyFlags = field(default_factory=StudyFlags)
+    voice: bool = False
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> RunCommand:
@@ -194,6 +197,10 @@ class RunCommand:
                 except ValueError as exc:
                     raise UsageError(f"{flag}: {exc}") from None
         _check_options(run_options(flags), given=flags)
+        if args.voice:
+            if args.processes:
+                raise UsageError("--voice reads the rooms of this process: not with --processes")
+            check_engine(os.environ)  # no engine (no key, no espeak-ng): say so before a run
         return cls(
             scenario=Path(args.scenario) if args.scenario else None,
             session=_parse_uuid(args.session, "--session") if args.session else None,
@@ -203,6 +210,7 @@ class RunCommand:
             transcript=args.transcript,
             durability=args.durability,
             flags=flags,
+            voice=args.voice,
         )
 
 
@@ -360,7 +368,9 @@ async def run_study(
                     on_ended=None if progress_bar is None else progress_bar.room_ended,
                 )
             else:
-                rooms, flags = await _run_in_process(srv, study, options, out, progress_bar, usage)
+                rooms, flags = await _run_in_process(
+                    srv, study, options, out, progress_bar, usage, voice=command.voice
+                )
     _print_outcomes(out, study, options, rooms, flags, usage)
     if command.json:
         _dump(
@@ -390,9 +400,12 @@ async def _run_in_process(
     out: Console,
     progress: RunProgress | None,
     usage: LLMUsage,
+    *,
+    voice: bool = False,
 ) -> tuple[list[RoomResult], dict[UUID, list[QualityFlagged]]]:
     """The study's rooms as actors of this process (`run_market`), printing every message
-    (no `progress` bar) as it is committed; and what the live monitor recorded of each."""
+    (no `progress` bar) as it is committed; and what the live monitor recorded of each.
+    With `voice`, each seller's line is read aloud as it arrives (`mams.voice.speaking`)."""
     nats_url = srv.nats_url
     assert nats_url is not None
     tags: dict[UUID, Any] = {}
@@ -418,7 +431,10 @@ async def _run_in_process(
         for entry in renderers[nid].entries(event):
             print_entry(out, entry, tags.get(nid))
 
-    async with PgLeases(srv.pool, srv.dsn) as leases:
+    async with (
+        speaking(out, study.scenario, enabled=voice) as voices,
+        PgLeases(srv.pool, srv.dsn) as leases,
+    ):
         rooms = await run_market(
             study.scenario,
             study.session_id,
@@ -434,6 +450,7 @@ async def _run_in_process(
             skip=study.progress.skip,
             leases=leases,
             resume=study.progress.interrupted,
+            voice=voices,
         )
     flags: dict[UUID, list[QualityFlagged]] = {}
     for room in rooms if options.monitor else []:
@@ -763,6 +780,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a progress bar then)",
     )
     add_durability(run)
+    run.add_argument(
+        "--voice",
+        action="store_true",
+        help="read each seller's line aloud as it arrives (ElevenLabs with "
+        "ELEVENLABS_API_KEY, else the local espeak-ng); played when this machine has an "
+        "audio output, else written to the audio store",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     rep = sub.add_parser("replay", help="rebuild a negotiation's transcript from the log")
@@ -797,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parsers(sub)
     add_creds_parser(sub)
     add_serve_parser(sub)
+    add_voice_parser(sub)
     add_experiment_parsers(sub)
     benchmodels.add_parser(sub)
     add_play_parser(sub)
@@ -837,6 +862,7 @@ _COMMANDS = {
     "import": cmd_import,
     "bench-models": benchmodels.cmd_bench_models,
     "serve": cmd_serve,
+    "voice": cmd_voice,
     "experiment": cmd_experiment,
     "compare": cmd_compare,
     "play": cmd_play,
