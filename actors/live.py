@@ -10,6 +10,7 @@ without polling. Each viewer's own view of them is the domain's (`domain.visibil
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from mams.actors.human import HumanBuyer
-from mams.actors.market import Connect, RoomResult, RunOptions, run_market
+from mams.actors.market import Connect, OnEvent, RoomResult, RunOptions, run_market
 from mams.domain.config import BuyerItem, Scenario
 from mams.domain.events import Event, NegotiationEnded
 from mams.domain.negotiation import INITIAL, NegotiationState
@@ -65,10 +66,14 @@ class LiveRoom:
         """The events committed after `seq`, waiting for one if there is none yet; empty
         once the room has ended and nothing follows."""
         while True:
-            newer = [e for e in self.events if e[0] > seq]
+            newer = self.events[bisect_right(self.events, seq, key=_seq) :]
             if newer or self.ended:
                 return newer
             await self._changed.wait()
+
+
+def _seq(committed: tuple[int, Event, NegotiationState]) -> int:
+    return committed[0]
 
 
 class StartError(Exception):
@@ -79,10 +84,21 @@ class Live:
     """The rooms this process runs in the background, until it stops (then open rooms are
     recorded as aborted, as a cancelled `mams run` does)."""
 
-    def __init__(self, connect: Connect, store: EventStore, leases: Leases | None = None) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        store: EventStore,
+        leases: Leases | None = None,
+        *,
+        on_event: OnEvent | None = None,
+    ) -> None:
+        """`on_event`, if given, is told of each committed event of its rooms as the room
+        gets it, before any waiter of `LiveRoom.after` runs (bench/api.py timestamps
+        commits with it)."""
         self._connect = connect
         self._store = store
         self._leases = leases
+        self._on_event = on_event
         self._tg: TaskGroup | None = None
         self._rooms: OrderedDict[UUID, LiveRoom] = OrderedDict()
 
@@ -128,6 +144,8 @@ class Live:
             if room is None:
                 return
             room.add(seq, event, state)
+            if self._on_event is not None:
+                self._on_event(nid, seq, event, state)
             if isinstance(event, NegotiationEnded) and human is not None:
                 human.close(nid)
 

@@ -75,7 +75,9 @@ async def serving(
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    sock = socket.socket()
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it a keep-alive response's second write waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
