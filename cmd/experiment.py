@@ -8,11 +8,12 @@ process through `run_market` (the one plan, `domain.plan`). Rooms go in batches 
 (at most `rooms_at_once` rooms a batch, or BATCH_ROOMS without it), every arm and scenario
 of a batch before the next batch, so the arms stay paired however far a run gets. A
 progress bar shows rooms done of all, the ETA, tokens and estimated spend. With a budget
-(`budget_usd`, or `--budget-usd`, counted over this invocation's model calls), no batch
-opens once the spend reaches it; the rooms open finish. `--resume EXPERIMENT_ID` goes on
-with an interrupted experiment as `mams run --resume` does (`cmd/study.py`'s
-`progress_of`): completed rooms are not run again, rooms a killed run left open go on from
-their log, aborted ones (Ctrl-C) open afresh.
+(`budget_usd`, or `--budget-usd`, counted over this invocation's model calls), no more
+rooms open once the spend reaches it (checked before each arm's rooms of a batch); the
+rooms open finish. `--resume EXPERIMENT_ID` goes on with an interrupted experiment as
+`mams run --resume` does (`cmd/study.py`'s `progress_of`): completed rooms are not run
+again, rooms a killed run left open go on from their log, aborted ones (Ctrl-C) open
+afresh.
 
 `mams compare` reads every completed room of the experiment (`storage.analyses`), takes
 each room's figures (`domain.experiment.room_metrics`), and reports per arm and metric
@@ -105,6 +106,7 @@ from mams.storage.readmodels import Conn, Queries, load_session, run_states
 from mams.study import progress_of
 
 BATCH_ROOMS = 200  # rooms a batch holds without rooms_at_once (baseline brains)
+BATCH = 200  # resamples scipy computes at once: bounds compare's memory on large arms
 _json = msgspec.json.Encoder(decimal_format="number")
 
 
@@ -565,6 +567,7 @@ def mean_ci(
                 n_resamples=resamples,
                 method=method,
                 confidence_level=0.95,
+                batch=BATCH,
                 random_state=np.random.default_rng(seed),
             )
         low, high = res.confidence_interval
@@ -585,16 +588,18 @@ def paired_p(diffs: list[float], *, resamples: int, seed: int) -> float | None:
     if np.all(d == 0):
         return 1.0
 
-    def statistic(x: Any, y: Any, axis: int) -> Any:
-        return np.mean(x - y, axis=axis)
+    def statistic(x: Any, axis: int) -> Any:
+        return np.mean(x, axis=axis)
 
+    # One sample under permutation_type "samples": the null flips each difference's sign.
     res = stats.permutation_test(
-        (d, np.zeros_like(d)),
+        (d,),
         statistic,
         permutation_type="samples",
         vectorized=True,
         n_resamples=resamples,
         alternative="two-sided",
+        batch=BATCH,
         random_state=np.random.default_rng(seed),
     )
     return _finite(float(res.pvalue))

@@ -88,25 +88,33 @@ async def test_an_a_a_experiment_shows_no_significant_difference(srv: Servers) -
 
 
 async def test_a_known_effect_is_detected(srv: Servers) -> None:
-    # A buyer with 2 rounds takes the first offer (its last round: accept what is in
-    # range); with 8 it counters. Taking the first offer saves nothing against it.
+    # A buyer that accepts the first offer in its range (the accept_first strategy) against
+    # one that counters (default); and one whose rooms have 2 rounds, so it must take an
+    # offer in its last round, the first one. Taking the first offer saves nothing on it.
     spec, rooms = await run_experiment(
-        srv, spec_text(("counters", ""), ("accepts-first", "max_rounds = 2"), repeats=15)
+        srv,
+        spec_text(
+            ("counters", ""),
+            ("accepts-first", 'buyer_strategy = "accept_first"'),
+            ("two-rounds", "max_rounds = 2"),
+            repeats=15,
+        ),
     )
     arm_stats, comparisons = compare(spec, rooms, alpha=ALPHA, resamples=2000)
-    effect = _by_metric(comparisons, "accepts-first")
-    for metric in ("savings_pct", "surplus_share", "rounds"):
-        c = effect[metric]
-        assert c.significant, c
-        assert c.mean_difference is not None
-        assert c.mean_difference < 0, c
-        assert c.ci_high is not None
-        assert c.ci_high < 0, c
-        assert c.p_holm is not None
-        assert c.p_holm <= ALPHA
-    assert not effect["tokens"].significant  # no model, no tokens, no difference
     means = {(s.arm, s.metric): s for s in arm_stats}
-    assert means["accepts-first", "savings_pct"].mean == 0.0
+    for arm in ("accepts-first", "two-rounds"):
+        effect = _by_metric(comparisons, arm)
+        for metric in ("savings_pct", "surplus_share", "rounds"):
+            c = effect[metric]
+            assert c.significant, c
+            assert c.mean_difference is not None
+            assert c.mean_difference < 0, c
+            assert c.ci_high is not None
+            assert c.ci_high < 0, c
+            assert c.p_holm is not None
+            assert c.p_holm <= ALPHA
+        assert not effect["tokens"].significant  # no model, no tokens, no difference
+        assert means[arm, "savings_pct"].mean == 0.0
     ci = means["counters", "savings_pct"]
     assert ci.ci_low is not None
     assert ci.ci_high is not None
