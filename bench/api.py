@@ -453,16 +453,19 @@ async def run(
     print(f"\nmessage round trips ({args.rounds} messages per room, baseline sellers):")
     for k in args.rooms:
         nids = [await start(http, sid, "human", args.rounds) for _ in range(k)]
+        cpu = time.process_time()
         secs, lat_http, early = await client.call(
             "messages", srv.base, [str(x) for x in nids], args.rounds
         )
+        cpu_http = time.process_time() - cpu
         nids = [await start(http, sid, "human", args.rounds) for _ in range(k)]
         direct: list[float] = []
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), time.process_time()
         async with anyio.create_task_group() as tg:
             for nid in nids:
                 tg.start_soon(drive, srv, nid, args.rounds, direct)
         secs_direct = time.perf_counter() - t0
+        cpu_direct = time.process_time() - cpu
         added = pct(lat_http, 0.5) - pct(direct, 0.5)
         print(f"  {k} room(s) at once:")
         print(f"    over HTTP    {len(lat_http) / secs:8.0f} messages/s  {ms(lat_http)}")
@@ -470,6 +473,12 @@ async def run(
         print(
             f"    the API adds {added * 1e3:.2f} ms to a round (p50 - p50); "
             f"{early} message(s) sent before the turn was open (409, sent again)"
+        )
+        rounds = k * (args.rounds + 1)  # the messages and the walk-aways
+        print(
+            f"    server CPU per round: {cpu_http / rounds * 1e3:.2f} ms over HTTP, "
+            f"{cpu_direct / rounds * 1e3:.2f} ms in process: the API's own "
+            f"{(cpu_http - cpu_direct) / rounds * 1e3:.2f} ms"
         )
     bare_rtt = await client.call("load", srv.base, "/bench/bare", 500, 1)
     print(f"  bare Starlette round trip, one at a time: {ms(bare_rtt[1])}")
