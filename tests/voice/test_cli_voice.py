@@ -15,7 +15,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.e2e.test_cli import SCENARIO, Cli, base_env, flat, ok, one_json_object, schema_dsn
+from tests.e2e.test_cli import (
+    SCENARIO,
+    Cli,
+    base_env,
+    flat,
+    mams,
+    ok,
+    one_json_object,
+    schema_dsn,
+)
+from tests.voice.fake_elevenlabs import FakeElevenLabs
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +82,16 @@ async def test_run_with_voice_then_render_the_negotiation(cli: Cli, tmp_path: Pa
         seconds = w.getnframes() / w.getframerate()
     assert abs(Decimal(str(seconds)) - doc["seconds"]) < Decimal("0.01")
     assert doc["seconds"] > messages * 0.5
+
+    # With a key, ElevenLabs reads the same negotiation (a loopback server speaking its API).
+    with FakeElevenLabs() as fake:
+        env = {**cli.env, "ELEVENLABS_API_KEY": "k", "ELEVENLABS_BASE_URL": fake.url}
+        again = ok(mams("voice", nid, "-o", str(target), "--json", env=env, cwd=tmp_path))
+    doc = one_json_object(again.stdout)
+    assert (doc["engine"], doc["model"]) == ("elevenlabs", "eleven_flash_v2_5")
+    assert "voice: ElevenLabs eleven_flash_v2_5" in flat(again.stderr)
+    assert len(fake.requests) == messages  # nothing of espeak-ng's audio is reused
+    assert {r.headers["xi-api-key"] for r in fake.requests} == {"k"}
 
 
 def test_voice_is_not_for_processes(cli: Cli, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import asyncpg
 from mams.actors.brains.base import BuyerBrain, SellerBrain
 from mams.actors.brains.baseline import BaselineBuyer, BaselineSeller
 from mams.actors.market import RunOptions, build_started, run_rooms
-from mams.actors.voice import EspeakEngine, Synthesizer, VoiceOptions
+from mams.actors.voice import EspeakEngine, Synthesizer, VoiceObserver, VoiceOptions
 from mams.bus.base import Bus
 from mams.bus.nats import NatsBus
 from mams.bus.subjects import Subjects
@@ -30,6 +30,7 @@ from mams.domain.events import (
     decode_event,
     event_type,
 )
+from mams.domain.messages import CommittedEvent, encode_committed
 from mams.domain.negotiation import NegotiationState
 from mams.domain.voices import Voice, cast_voices
 from mams.storage.audio import AudioStore, audio_for, seconds_of
@@ -165,3 +166,33 @@ async def test_voices_change_no_event_and_never_hold_a_round(
         assert await audio_for(store, nid, uuid.uuid4(), audio=audio) is None
     assert {o.voice for o, _ in seen if o.agent == "gadgethub"} == {"rachel"}
     assert engine.finished == len(seen) == sum(1 for o, _ in seen if o.status == "ok")
+
+
+async def test_a_full_queue_drops_lines_instead_of_waiting(
+    nats_url: str, pg_store: Store, subject_prefix: str, tmp_path: Path
+) -> None:
+    _, store = pg_store
+    engine = HeldEngine()
+    options = VoiceOptions(Synthesizer(engine, AudioStore(tmp_path)), queue=1, workers=1)
+    bus = await NatsBus.connect(nats_url, name="voice")
+    observer = VoiceObserver(bus, store, Subjects(prefix=subject_prefix), options)
+    nid = uuid.uuid4()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(observer.run)
+            for i in range(5):  # as the reader gets them, back to back: it never waits
+                event = SellerReplied(
+                    round=1, message_id=uuid.uuid4(), seller="techmart", text=f"Line {i}."
+                )
+                data = encode_committed(CommittedEvent(negotiation_id=nid, seq=i + 2, event=event))
+                observer._handle("test", data)
+            assert (observer.stats.lines, observer.stats.dropped) == (1, 4)
+            engine.release.set()
+            assert await observer.settle(wait=30)
+            tg.cancel_scope.cancel()
+    finally:
+        await bus.close()
+    assert (engine.finished, observer.stats.spoken, observer.stats.recorded) == (1, 1, 1)
+    (spoken,) = await load_observations(store, nid)
+    assert isinstance(spoken, VoiceSynthesized)
+    assert spoken.status == "ok"
