@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,8 +121,6 @@ class EspeakEngine:
         self.binary = found
         self.model = LOCAL_ENGINE
         try:
-            import subprocess
-
             version = subprocess.run(
                 [found, "--version"], capture_output=True, text=True, timeout=10, check=False
             ).stdout
