@@ -98,7 +98,7 @@ from mams.storage.drafts import (
     list_session_summaries,
 )
 from mams.storage.eventstore import EventStore
-from mams.storage.readmodels import list_runs, load_session, negotiation_ids
+from mams.storage.readmodels import RunRow, list_runs, load_session, negotiation_ids
 from mams.storage.tokens import mint_token
 
 log = structlog.get_logger("mams.api")
@@ -321,15 +321,18 @@ class Api:
             config, description = scenario_to_raw(stored), stored.description
             created_at, frozen = None, True
         sellers = config.get("sellers", [])
+        buyer = config.get("buyer")
         if not viewer.sees_everything:  # a player sees the sellers' handles, never terms
             sellers = [{"handle": s.get("handle")} for s in sellers]
+            if viewer.role != "buyer" and isinstance(buyer, dict):  # nor the buyer's range
+                buyer = {"handle": buyer.get("handle")}
         return json_response(
             {
                 "session_id": sid,
                 "description": description,
                 "created_at": created_at,
                 "frozen": frozen,
-                "buyer": config.get("buyer"),
+                "buyer": buyer,
                 "sellers": sellers,
             }
         )
@@ -537,6 +540,8 @@ class Api:
         limit, offset = _paging(request)
         rows = await list_runs(self.pool, session_id=sid, limit=limit + offset + 1)
         page = rows[offset : offset + limit]
+        if viewer.role == "seller":  # a seller learns only whether it got the deal
+            page = [r if r.seller == viewer.agent else _unwon(r) for r in page]
         return json_response(
             {
                 "negotiations": page,
@@ -582,7 +587,7 @@ class Api:
             "max_rounds": started.max_rounds,
             "sellers": [s.handle for s in started.sellers],
             "buyer": "human" if room is not None and room.human is not None else "agent",
-            "outcome": _plain(state.outcome) if state.outcome else None,
+            "outcome": _plain(state.outcome) if _told(viewer, state) else None,
         }
         if room is not None and room.human is not None:
             body["your_turn"] = room.human.waiting(nid) is not None
@@ -595,6 +600,8 @@ class Api:
         nid, room, human = self._played(request, viewer)
         body = await self._body(request, kind)
         view = human.waiting(nid)
+        if view is None and human.turns(nid) == 0:  # just started: the first turn is coming
+            view = await human.next_turn(nid)
         if view is None:
             conflict("it is not the buyer's turn: the sellers are still answering")
         return nid, room, human, view, body
@@ -702,6 +709,9 @@ class Api:
 
     async def analytics(self, request: Request, viewer: Viewer) -> Response:
         nid = _uuid(request.path_params["nid"], "negotiation")
+        # The debrief reveals every party's terms: the buyer's, once the room has ended;
+        # a seller token reads its own view (replay, events), never the others' terms.
+        self._require(viewer, "operator", "observer", "buyer")
         started, events = await self._started(nid, viewer)
         ended = events[-1][2].phase == "ended"
         if not viewer.sees_everything and not ended:
@@ -787,6 +797,21 @@ async def _until(
             if done(item[1]) or isinstance(item[1], NegotiationEnded):
                 return seen
         seq = newer[-1][0]
+
+
+def _told(viewer: Viewer, state: NegotiationState) -> bool:
+    """Whether the viewer is told the room's outcome: a seller only of its own deal, as
+    the broker tells it (`domain.visibility`: `room.closed`)."""
+    if state.outcome is None:
+        return False
+    return viewer.role != "seller" or state.outcome.seller == viewer.agent
+
+
+def _unwon(row: RunRow) -> RunRow:
+    """A negotiation's row without the outcome of a deal the viewer did not get."""
+    return msgspec.structs.replace(
+        row, outcome=None, seller=None, unit_price=None, quantity=None, total=None
+    )
 
 
 def _same_handle(a: str, b: str) -> bool:

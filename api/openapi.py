@@ -259,7 +259,7 @@ ROUTES: dict[tuple[str, str], Op] = {
     ("GET", "/api/negotiations/{nid}/analytics"): Op(
         id="getAnalytics",
         summary="Figures of a negotiation, and the debrief once it has ended",
-        roles="operator, observer; the session's players once it has ended",
+        roles="operator, observer; the session's buyer token once it has ended",
         answer=_ANALYTICS,
         errors=(401, 403, 404, 409, 429),
     ),
