@@ -13,7 +13,7 @@ rooms open once the spend reaches it (checked before each arm's rooms of a batch
 rooms open finish. `--resume EXPERIMENT_ID` goes on with an interrupted experiment as
 `mams run --resume` does (`cmd/study.py`'s `progress_of`): completed rooms are not run
 again, rooms a killed run left open go on from their log, aborted ones (Ctrl-C) open
-afresh.
+afresh; the spec is the stored one (a SPEC given with it must be the same).
 
 `mams compare` reads every completed room of the experiment (`storage.analyses`), takes
 each room's figures (`domain.experiment.room_metrics`), and reports per arm and metric
@@ -119,7 +119,7 @@ def add_parsers(sub: Any) -> None:
         "--resume",
         metavar="EXPERIMENT_ID",
         help="go on with a stored experiment: completed rooms are not run again (the spec "
-        "is the stored one; SPEC may be left out)",
+        "is the stored one: leave SPEC out, or give the same one)",
     )
     p.add_argument(
         "--budget-usd",
@@ -383,7 +383,13 @@ async def cmd_experiment(args: argparse.Namespace, out: Console) -> int:
         async with srv.pool.acquire() as conn:
             if resume is not None:
                 experiment_id = resume
+                given = spec
                 spec, sessions = await stored_experiment(conn, resume)
+                if given is not None and given != spec:
+                    raise ConfigError(
+                        f"{args.spec} is not the spec experiment {resume} was stored with; "
+                        "leave SPEC out to go on with the stored one"
+                    )
             else:
                 assert spec is not None
                 experiment_id = uuid.uuid4()

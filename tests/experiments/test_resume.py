@@ -98,8 +98,13 @@ async def test_a_killed_experiment_resumes_and_runs_no_room_twice(cli: Cli) -> N
     assert set(per_room.values()) == {1}  # none run twice
     assert {r["seed"] for r in rows} == set(range(1, 1 + REPEATS))
 
-    again = cli.json("experiment", "--resume", experiment_id)
+    again = cli.json("experiment", str(spec), "--resume", experiment_id)  # the same spec
     assert again["rooms_run"] == 0
+    other = cli.cwd / "other.toml"
+    other.write_text(spec.read_text(encoding="utf-8").replace("max_rounds = 3", "max_rounds = 4"))
+    refused = cli("experiment", str(other), "--resume", experiment_id)
+    assert refused.returncode == 2
+    assert "is not the spec experiment" in flat(refused.stderr)
 
     report = cli.cwd / "report.md"
     compared = cli.json(
