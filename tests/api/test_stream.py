@@ -446,3 +446,41 @@ async def test_unknown_rooms_are_404_and_a_bad_resume_point_422(
                 f"/api/negotiations/{nid}/events", headers={HEADER: f"buyer@{uuid.uuid4()}"}
             )
             assert other.status_code == 403
+
+
+async def test_a_server_told_to_stop_ends_its_open_streams_instead_of_waiting_for_the_rooms(
+    nats_url: str, db: tuple[asyncpg.Pool, PostgresEventStore]
+) -> None:
+    """uvicorn waits for open responses before it stops; a stream of a room that waits
+    for a person would keep it forever, but EventSourceResponse ends on shutdown."""
+    pool, store = db
+    live = Live(nats_connect(nats_url), store)
+    api = Api(pool, store, live, authenticate=authenticate)
+    config = uvicorn.Config(create_app(api), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)  # no graceful-shutdown timeout, as mams serve
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stopped = anyio.Event()
+
+    async def serve() -> None:
+        await server.serve([sock])
+        stopped.set()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(live.run)
+            tg.start_soon(serve)
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                sid = await new_session(client)
+                nid = await start(client, sid, "human")  # waits for the person: never ends
+                viewing = Viewing("observer")
+                tg.start_soon(watch, client, nid, viewing)
+                await viewing.first.wait()
+                server.should_exit = True
+                await stopped.wait()
+                await viewing.ended.wait()
+            tg.cancel_scope.cancel()
+    sock.close()
+    assert viewing.got[0].event == "negotiation.started"
