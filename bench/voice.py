@@ -1,14 +1,17 @@
 """Seller voices: the local engine's throughput, and how soon a seller's line is audio.
 
-Usage: python bench/voice.py [--lines 40] [--rooms 4] [--workers 2] [--nats URL] [--dsn DSN]
+Usage: python bench/voice.py [--lines 40] [--repeats 5] [--rooms 4] [--workers 2]
+                             [--nats URL] [--dsn DSN]
 
 1. Throughput of the local engine (espeak-ng, `actors/voice.py`'s EspeakEngine through
    the Synthesizer, a fresh audio store so nothing is cached): `--lines` seller lines read
    one after another, in lines/s and as a real-time factor (seconds spent per second of
-   audio made; below 1 is faster than real time). The same-run baseline is espeak-ng
-   itself on the same lines and voices writing to /dev/null (`-w /dev/null`): what the
-   engine costs alone, without our WAV handling and the store's writes. Then the same
-   lines again through the Synthesizer: every one a cache hit.
+   audio made; below 1 is faster than real time), and the CPU it took (this process and
+   the espeak-ng processes). The same-run baseline is espeak-ng itself on the same lines
+   and voices, its WAV to /dev/null: what the engine costs alone, without our WAV
+   handling and the store's writes. Then the same
+   lines again through the Synthesizer: every one a cache hit. Each of the three is run
+   `--repeats` times, interleaved, and the median printed.
 2. Delay from commit to audio: the phone-accessories market over the real NATS and
    PostgreSQL (NATS_URL / DATABASE_URL, defaults 127.0.0.1; a throwaway schema), `--rooms`
    rooms at once with baseline brains and the voice observer on (`--workers` lines read
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,55 +71,66 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and the children it waited for."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _voices() -> list[str]:
     return [v for pool in STYLE_POOLS.values() for v in pool]
 
 
-async def throughput(n: int) -> None:
+async def throughput(n: int, repeats: int) -> None:
     voices = _voices()
     work = [
         (LINES[i % len(LINES)] + f" (line {i})", VOICES[voices[i % len(voices)]]) for i in range(n)
     ]
     engine = EspeakEngine()
-    # Baseline: espeak-ng alone, to /dev/null.
-    t0 = time.perf_counter()
-    for text, voice in work:
-        await anyio.run_process(
-            [
-                engine.binary,
-                "-v",
-                voice.espeak,
-                "-p",
-                str(voice.pitch),
-                "-s",
-                str(voice.speed),
-                "-w",
-                "/dev/null",
-            ],
-            input=text.encode(),
-        )
-    bare = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        synth = Synthesizer(engine, AudioStore(tmp))
-        t0 = time.perf_counter()
+
+    async def bare() -> tuple[float, float]:
+        """espeak-ng alone on the same lines and voices, its WAV to /dev/null."""
+        t0, c0 = time.perf_counter(), _cpu()
+        for text, voice in work:
+            args = [engine.binary, "-b", "1", "-v", voice.espeak, "-p", str(voice.pitch)]
+            args += ["-s", str(voice.speed), "--stdout"]
+            await anyio.run_process(args, input=text.encode(), stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0, _cpu() - c0
+
+    async def ours(synth: Synthesizer) -> tuple[float, float, float]:
+        t0, c0 = time.perf_counter(), _cpu()
         audio = 0.0
         for text, voice in work:
             audio += (await synth.render(text, voice)).seconds
-        ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for text, voice in work:
-            await synth.render(text, voice)
-        cached = time.perf_counter() - t0
-    print(f"local engine: {engine.label}, {n} lines, {audio:.1f} s of audio")
-    print(f"  espeak-ng alone to /dev/null : {n / bare:7.1f} lines/s   RTF {bare / audio:.3f}")
-    print(
-        f"  Synthesizer (WAV + store)    : {n / ours:7.1f} lines/s   RTF {ours / audio:.3f}"
-        f"   (+{(ours - bare) / n * 1000:.1f} ms a line over the engine)"
-    )
-    print(
-        f"  the same lines again (cached): {n / cached:7.1f} lines/s   "
-        f"{cached / n * 1000:.2f} ms a line"
-    )
+        return time.perf_counter() - t0, _cpu() - c0, audio
+
+    bares: list[tuple[float, float]] = []
+    fresh: list[tuple[float, float]] = []
+    cached: list[tuple[float, float]] = []
+    audio = 0.0
+    for _ in range(repeats):  # interleaved, so a busy moment hurts both alike
+        bares.append(await bare())
+        with tempfile.TemporaryDirectory() as tmp:
+            synth = Synthesizer(engine, AudioStore(tmp))
+            took, cpu, audio = await ours(synth)
+            fresh.append((took, cpu))
+            took, cpu, _ = await ours(synth)
+            cached.append((took, cpu))
+            if (synth.stats.syntheses, synth.stats.cache_hits) != (n, n):
+                raise SystemExit(f"expected {n} syntheses then {n} cache hits: {synth.stats}")
+    print(f"local engine: {engine.label}; {n} lines, {audio:.1f} s of audio; median of {repeats}")
+    for label, runs in (
+        ("espeak-ng alone to /dev/null ", bares),
+        ("Synthesizer (WAV + store)    ", fresh),
+        ("the same lines again (cached)", cached),
+    ):
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        print(
+            f"  {label}: {n / wall:7.1f} lines/s   RTF {wall / audio:.4f}   "
+            f"CPU {cpu / n * 1000:6.2f} ms a line (this process and its children)"
+        )
 
 
 async def delay(nats_url: str, dsn: str, rooms: int, workers: int) -> None:
@@ -203,6 +219,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--lines", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rooms", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
@@ -210,7 +227,7 @@ async def main() -> None:
         "--dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     )
     args = p.parse_args()
-    await throughput(args.lines)
+    await throughput(args.lines, args.repeats)
     await delay(args.nats, args.dsn, args.rooms, args.workers)
 
 
