@@ -277,6 +277,8 @@ BAD_INPUT = {
     "analyze": (["analyze", "zzzzzzzz"], "no negotiation 'zzzzzzzz'"),
     "report": (["report", "--session", "x"], "--session: 'x' is not a session id"),
     "creds": (["creds", "--role", "seller"], "the following arguments are required: --conf"),
+    "experiment": (["experiment"], "give a spec file"),
+    "compare": (["compare", "x"], "EXPERIMENT_ID: 'x' is not an id"),
 }
 
 
