@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "outcomes",
     "room_owners",
     "studies",
+    "experiments",  # 0013
+    "experiment_arms",
 }
 
 
