@@ -1,7 +1,7 @@
 """The HTTP API's costs (`mams serve`'s app, api/): figures, never assertions.
 
-Usage: python bench/api.py [--rooms 1 10] [--rounds 10] [--viewers 100] [--requests 2000]
-                           [--concurrency 8] [--nats URL] [--dsn DSN]
+Usage: python bench/api.py [--rooms 1 10] [--rounds 10] [--viewers 100] [--viewer-processes 1]
+                           [--requests 2000] [--concurrency 8] [--nats URL] [--dsn DSN]
 
 The API (api.app.Api over an actors.live.Live) runs on uvicorn in this process over a real
 NATS and PostgreSQL (NATS_URL / DATABASE_URL, defaults to 127.0.0.1), in a throwaway
@@ -411,6 +411,9 @@ async def main() -> None:
     p.add_argument("--rooms", type=int, nargs="+", default=[1, 10])
     p.add_argument("--rounds", type=int, default=10, help="messages per room")
     p.add_argument("--viewers", type=int, default=100)
+    p.add_argument(
+        "--viewer-processes", type=int, default=1, help="client processes the viewers share"
+    )
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
@@ -489,17 +492,29 @@ async def run(
     await drive(srv, alone, args.rounds, [])
     cpu_alone = time.process_time() - cpu
     nid = await start(http, sid, "human", args.rounds)
-    client.send("viewers", srv.base, str(nid), args.viewers)
-    assert await client.recv() == "ready"
+    # The viewers, split over --viewer-processes client processes (the first is `client`).
+    others = [Client() for _ in range(args.viewer_processes - 1)]
+    readers = [client, *others]
+    shares = [len(range(i, args.viewers, len(readers))) for i in range(len(readers))]
+    for reader, share in zip(readers, shares, strict=True):
+        reader.send("viewers", srv.base, str(nid), share)
+    for reader in readers:
+        assert await reader.recv() == "ready"
     live = srv.live.room(nid)
     assert live is not None
     # Events committed before every viewer was connected are not timed.
     first = live.events[-1][0] if live.events else 0
     cpu = time.process_time()
     await drive(srv, nid, args.rounds, [])
-    arrivals: list[list[tuple[int, float]]]
-    arrivals, cpu_client = await client.recv()
+    arrivals: list[list[tuple[int, float]]] = []
+    cpu_client = 0.0
+    for reader in readers:
+        got, used = await reader.recv()
+        arrivals += got
+        cpu_client += used
     cpu_viewed = time.process_time() - cpu
+    for reader in others:
+        reader.close()
     delays = [t - srv.commits[(nid, seq)] for got in arrivals for seq, t in got if seq > first]
     seqs = max(seq for got in arrivals for seq, _ in got)
     print(
@@ -512,7 +527,10 @@ async def run(
         f"  server CPU per delivery {extra * 1e6:6.1f} us (the room's CPU with the viewers, "
         f"{cpu_viewed:.3f} s, minus without, {cpu_alone:.3f} s, over {len(delays)} deliveries)"
     )
-    print(f"  client CPU per delivery {cpu_client / len(delays) * 1e6:6.1f} us (one process)")
+    print(
+        f"  client CPU per delivery {cpu_client / len(delays) * 1e6:6.1f} us "
+        f"({len(readers)} client process(es))"
+    )
     raw = await nats_delivery(args.nats)
     print(f"  raw NATS pub -> sub   {ms(raw)}")
     print(f"  SSE p50 / NATS p50    {pct(delays, 0.5) / pct(raw, 0.5):8.1f}")
