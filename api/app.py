@@ -99,7 +99,7 @@ from mams.storage.drafts import (
 )
 from mams.storage.eventstore import EventStore
 from mams.storage.readmodels import RunRow, list_runs, load_session, negotiation_ids
-from mams.storage.tokens import mint_token
+from mams.storage.tokens import mint_token, revoke_token
 
 log = structlog.get_logger("mams.api")
 
@@ -215,6 +215,7 @@ class Api:
             Route("/api/sessions/{session_id}/sellers", h(self.add_seller), methods=["POST"]),
             Route("/api/sessions/{session_id}/tokens", h(self.mint), methods=["POST"]),
             Route("/api/tokens", h(self.mint), methods=["POST"]),
+            Route("/api/tokens/{token_id}", h(self.revoke), methods=["DELETE"]),
             Route("/api/openapi.json", h(self.openapi), methods=["GET"]),
             Route("/api/sessions/{session_id}/report", h(self.report), methods=["GET"]),
             Route("/api/negotiations/start", h(self.start), methods=["POST"]),
@@ -454,6 +455,15 @@ class Api:
             agent=stored.agent,
         )
         return json_response(minted, 201)
+
+    async def revoke(self, request: Request, viewer: Viewer) -> Response:
+        """Refuse a minted token from now on (by its public id)."""
+        self._require(viewer, "operator")
+        token_id = request.path_params["token_id"]
+        if not await revoke_token(self.pool, token_id):
+            not_found(f"no live token {token_id!r}: its id is the token_id it was minted with")
+        log.info("api.token_revoked", token_id=token_id)
+        return json_response({"token_id": token_id, "revoked": True})
 
     async def _cast(self, sid: UUID) -> tuple[str, list[str]]:
         """The handles of a session's buyer and sellers (a draft's as assembled so far)."""

@@ -203,6 +203,13 @@ ROUTES: dict[tuple[str, str], Op] = {
         status=201,
         errors=(401, 403, 413, 422, 429),
     ),
+    ("DELETE", "/api/tokens/{token_id}"): Op(
+        id="revokeToken",
+        summary="Revoke a minted token by its token_id: refused from the next request on",
+        roles="operator",
+        answer=_object({"token_id": {"type": "string"}, "revoked": {"const": True}}),
+        errors=(401, 403, 404, 429),
+    ),
     ("GET", "/api/sessions/{session_id}/report"): Op(
         id="getSessionReport",
         summary="The report of a session's negotiations",
@@ -286,6 +293,11 @@ _QUERY: dict[str, dict[str, Any]] = {
     "session_id": _UUID,
     "after": {"type": "integer", "minimum": 0, "description": "resume after this seq"},
 }
+_PATH: dict[str, dict[str, Any]] = {
+    "session_id": _UUID,
+    "nid": _UUID,
+    "token_id": {"type": "string"},
+}
 _DECIMAL = {"type": "string", "format": "decimal"}
 
 
@@ -308,8 +320,8 @@ def _schema(answer: Any) -> dict[str, Any]:
 
 def _operation(path: str, op: Op) -> dict[str, Any]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": _UUID}
-        for name in ("session_id", "nid")
+        {"name": name, "in": "path", "required": True, "schema": _PATH[name]}
+        for name in _PATH
         if "{" + name + "}" in path
     ]
     params += [

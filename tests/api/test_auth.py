@@ -221,3 +221,27 @@ async def test_each_token_has_its_own_rate_limit(procs: Cast, tmp_path: Path) ->
         # Another token has its own budget.
         theirs = await api.get(f"/api/sessions/{sid}", headers=bearer(watcher["token"]))
         ok(theirs)
+
+
+async def test_a_revoked_token_is_refused_from_its_next_request(
+    operator: httpx.AsyncClient,
+) -> None:
+    sid = ok(await operator.post("/api/sessions", json={"description": "revoke"}), 201)
+    watcher = await mint(operator, sid["session_id"], role="observer")
+    other = await mint(operator, None, role="observer")
+    base = str(operator.base_url)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+        path = f"/api/sessions/{sid['session_id']}"
+        ok(await c.get(path, headers=bearer(watcher["token"])))
+        forbidden = await c.delete(
+            f"/api/tokens/{other['token_id']}", headers=bearer(watcher["token"])
+        )
+        assert forbidden.status_code == 403  # only the operator revokes
+        revoked = ok(await operator.delete(f"/api/tokens/{watcher['token_id']}"))
+        assert revoked == {"token_id": watcher["token_id"], "revoked": True}
+        refused = await c.get(path, headers=bearer(watcher["token"]))
+        assert refused.status_code == 401
+        assert "revoked" in refused.json()["error"]
+        again = await operator.delete(f"/api/tokens/{watcher['token_id']}")
+        assert again.status_code == 404
+        ok(await c.get(path, headers=bearer(other["token"])))  # the others still work
