@@ -735,6 +735,7 @@ class Api:
     async def report(self, request: Request, viewer: Viewer) -> Response:
         self._require(viewer, "operator", "observer")
         sid = _uuid(request.path_params["session_id"], "session")
+        self._require_session(viewer, sid)  # an observer of one session reads only its own
         if await get_draft(self.pool, sid) is None and await load_session(self.pool, sid) is None:
             not_found(f"no session {sid}; GET /api/sessions lists them")
         ids = await negotiation_ids(self.pool, sid)

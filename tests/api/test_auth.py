@@ -122,6 +122,8 @@ async def test_minted_tokens_have_their_role_and_session_and_only_a_hash_is_stor
     for player in (buyer, seller, watcher):
         assert (await as_(player, "GET", f"/api/sessions/{other}")).status_code == 403
         assert (await as_(player, "GET", "/api/sessions")).status_code == 403
+        report = await as_(player, "GET", f"/api/sessions/{other}/report")
+        assert report.status_code == 403
         listed = await as_(player, "GET", "/api/negotiations", params={"session_id": other})
         assert listed.status_code == 403
     # A player sees its session's sellers by handle only; an observer sees their terms.
