@@ -648,9 +648,13 @@ class Api:
             invalid("the message is not valid", problems)
         action = Say(text=body.text, to=tuple(to), counter_price=body.counter_price)
         seq = room.events[-1][0] if room.events else 0
+        turns = human.turns(nid)
         self._act(human, nid, action)
         said_round = view.round
         events = await _until(room, seq, lambda e: _closes_round(e, said_round))
+        # Answer once the person may act again (or the room has ended), so a `decide` or
+        # `message` sent on this answer never finds the buyer's turn not yet open.
+        await human.next_turn(nid, after=turns)
         return json_response(_answered(room, events, said_round))
 
     async def decide(self, request: Request, viewer: Viewer) -> Response:

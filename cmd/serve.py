@@ -123,7 +123,10 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
             "can reach it could run markets and read every private term. Bind 127.0.0.1, "
             "or configure a token (see docs/API.md)"
         )
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on a socket that says it is TCP;
+    # without it each keep-alive response waited ~40 ms for the client's delayed ACK.
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
