@@ -350,9 +350,10 @@ def _preload(modules: Sequence[str]) -> None:
         sys.stderr.write(f"mams.forkserver: threads after preloading {list(modules)}\n")
 
 
-def _serve(sock: socket.socket) -> tuple[_Request, int] | None:
+def _serve(sock: socket.socket) -> _Request | None:
     """Answer requests until the supervisor is gone (None). In a forked child, returns
-    what to run and the fd of its stdout."""
+    what to run (`_become` has made it that child)."""
+    server = os.getpid()
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 4)
@@ -370,28 +371,30 @@ def _serve(sock: socket.socket) -> tuple[_Request, int] | None:
             sock.send(msgspec.json.encode(_Reply(error=str(exc))))
             continue
         try:
-            pid = _fork(sock, fds[0])  # which closes fds[0] here
+            pid = _fork(sock, request, fds[0], server)  # which closes fds[0] here
         except OSError as exc:
             sock.send(msgspec.json.encode(_Reply(error=str(exc))))
             continue
         if pid == 0:
-            return request, fds[0]
+            return request
         sock.send(msgspec.json.encode(_Reply(pid=pid)))
 
 
-def _fork(sock: socket.socket, stdout: int) -> int:
+def _fork(sock: socket.socket, request: _Request, stdout: int, server: int) -> int:
     """Fork the child twice removed: 0 in the child, else its pid. The middle process
-    exits at once, so the child is handed to the supervisor (the subreaper); the child
-    goes on only once the middle one has been waited for, so from its first line on its
-    parent is the supervisor."""
+    exits at once, so the child is handed to the supervisor (the subreaper). The child
+    goes on only once the middle one has been waited for (from its first line on, its
+    parent is the supervisor), and the pid is answered only once the child has become
+    what it runs (`_become`: what /proc shows of it included)."""
     sys.stdout.flush()
     sys.stderr.flush()
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     try:
         middle = os.fork()
     except OSError:
-        for fd in (go_r, go_w, pid_r, pid_w, stdout):
+        for fd in (go_r, go_w, pid_r, pid_w, ready_r, ready_w, stdout):
             os.close(fd)
         raise
     if middle == 0:
@@ -402,23 +405,34 @@ def _fork(sock: socket.socket, stdout: int) -> int:
         if child:
             os.write(pid_w, b"%d" % child)
             os._exit(0)
-        for fd in (pid_r, pid_w, go_w):
+        for fd in (pid_r, pid_w, go_w, ready_r):
             os.close(fd)
         sock.close()
         while os.read(go_r, 1):  # until the server closes go_w
             pass
         os.close(go_r)
+        try:
+            _become(request, stdout, server)
+        except BaseException as exc:
+            sys.stderr.write(f"mams.forkserver: could not start mams {request.argv}: {exc!r}\n")
+            os._exit(1)
+        os.close(ready_w)
         return 0
-    os.close(pid_w)
-    os.close(go_r)
+    for fd in (pid_w, go_r, ready_w):
+        os.close(fd)
     try:
         said = b""
         while chunk := os.read(pid_r, 32):
             said += chunk
         os.waitpid(middle, 0)
+        os.close(go_w)
+        go_w = -1
+        while os.read(ready_r, 1):  # until the child closes ready_w (or exits)
+            pass
     finally:
-        for fd in (pid_r, go_w, stdout):
-            os.close(fd)
+        for fd in (pid_r, go_w, ready_r, stdout):
+            if fd >= 0:
+                os.close(fd)
     if not said:
         raise OSError("the middle process could not fork")
     return int(said)
@@ -468,17 +482,11 @@ def _show(argv: Sequence[str], env: Mapping[str, str]) -> None:
             ctypes.memmove(start, text.ljust(end - start, b"\0"), end - start)
 
 
-def _main(argv: Sequence[str]) -> tuple[_Request, int] | None:
+def _main(argv: Sequence[str]) -> _Request | None:
     sock = socket.socket(fileno=int(argv[0]))
     _preload([a for a in argv[1:] if a.strip()])
     os.environ.pop(_ROOM_ENV, None)
-    server = os.getpid()
-    answer = _serve(sock)
-    if answer is None:
-        return None
-    request, stdout = answer
-    _become(request, stdout, server)
-    return request, stdout
+    return _serve(sock)
 
 
 if __name__ == "__main__":
@@ -487,4 +495,4 @@ if __name__ == "__main__":
         sys.exit(0)
     from mams.cli import main
 
-    main(started[0].argv)
+    main(started.argv)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import anyio
 import pytest
 
-from mams.forkserver import FORK_SERVER_ENV, FORKED_ENV, preload_for
+from mams.forkserver import FORK_SERVER_ENV, FORKED_ENV, fork_server, preload_for
 from tests.e2e.test_cli import Cli, cli, scenario_file
 from tests.processes.helpers import mams_command, process_running
 
@@ -110,6 +112,36 @@ async def test_children_are_forked_warm_and_a_killed_child_is_reported_as_before
         if run.returncode is None:
             run.kill()
             await run.wait()
+
+
+async def _all(stream: anyio.abc.ByteReceiveStream | None) -> bytes:
+    assert stream is not None
+    return b"".join([chunk async for chunk in stream])
+
+
+async def test_a_forked_child_prints_ends_and_dies_as_a_started_one(nats_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    env["MAMS_LOG_LEVEL"] = "warning"
+    async with fork_server(preload_for(["anthropic:claude-x"]), env) as server:
+        for argv in (["--version"], ["no-such-command"]):  # exit status 0, then 2
+            forked = await server.spawn(argv, env)
+            started = await anyio.open_process(
+                [sys.executable, "-P", "-m", "mams", *argv], env=env, stderr=subprocess.DEVNULL
+            )
+            with anyio.fail_after(WAIT):
+                assert await _all(forked.stdout) == await _all(started.stdout)
+                assert await forked.wait() == await started.wait()
+            assert forked.returncode == (0 if argv == ["--version"] else 2)
+        # A buyer saying hello on a market with no broker, until killed.
+        argv = ["buyer", "--session", str(uuid.uuid4()), "--market", f"f{uuid.uuid4().hex[:8]}"]
+        forked = await server.spawn(argv, {**env, "NATS_URL": nats_url})
+        assert _ppid(forked.pid) == os.getpid()  # ours, not the server's
+        assert _environ(forked.pid)["NATS_URL"] == nats_url
+        assert _environ(forked.pid)[FORKED_ENV] == str(server.process.pid)
+        forked.kill()
+        with anyio.fail_after(WAIT):
+            assert await forked.wait() == -signal.SIGKILL
+        assert forked.returncode == -signal.SIGKILL
 
 
 def test_the_server_preloads_the_sdks_of_the_studys_providers() -> None:
