@@ -106,6 +106,7 @@ from mams.storage.readmodels import Conn, Queries, load_session, run_states
 from mams.study import progress_of
 
 BATCH_ROOMS = 200  # rooms a batch holds without rooms_at_once (baseline brains)
+_NO_SPEC = ExperimentSpec(name="", control="", arms=())
 BATCH = 200  # resamples scipy computes at once: bounds compare's memory on large arms
 _json = msgspec.json.Encoder(decimal_format="number")
 
@@ -159,6 +160,10 @@ def _uuid(text: str, what: str) -> UUID:
 # -- the spec, whole ---------------------------------------------------------------------------
 def read_spec(path: Path) -> ExperimentSpec:
     """Read and validate a spec file (ExperimentSpecError, with every problem's path)."""
+    return _read(path)[0]
+
+
+def _read(path: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
     source = str(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
@@ -168,7 +173,27 @@ def read_spec(path: Path) -> ExperimentSpec:
         ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ExperimentSpecError([Problem("file", f"not valid TOML: {exc}")], source) from None
-    return parse_spec(raw, source=source)
+    try:
+        return parse_spec(raw, source=source), raw
+    except ExperimentSpecError as exc:
+        # The scenario files named are checked too, so every problem is told at once.
+        named = raw.get("scenarios")
+        if isinstance(named, list) and all(isinstance(n, str) and n.strip() for n in named):
+            listed = msgspec.structs.replace(_NO_SPEC, scenarios=tuple(dict.fromkeys(named)))
+            try:
+                load_scenarios(listed, path.parent, source)
+            except ExperimentSpecError as more:
+                raise ExperimentSpecError([*exc.problems, *more.problems], source) from None
+        raise
+
+
+def check_spec(path: Path) -> tuple[ExperimentSpec, dict[tuple[str, str], Scenario]]:
+    """A spec file with scenario files, validated whole before anything runs: the spec, every
+    scenario file, and every arm applied to every scenario (ExperimentSpecError with every
+    problem's path); each (arm, scenario)'s scenario."""
+    spec, _ = _read(path)
+    files = load_scenarios(spec, path.parent, str(path))
+    return spec, arm_scenarios(spec, files, str(path))
 
 
 def arm_scenarios(
@@ -370,13 +395,12 @@ async def cmd_experiment(args: argparse.Namespace, out: Console) -> int:
         raise ConfigError(f"--budget-usd must be a positive number, got {args.budget_usd}")
     resume = _uuid(args.resume, "--resume") if args.resume else None
     spec: ExperimentSpec | None = None
-    files: dict[str, Scenario] = {}
+    cast: dict[tuple[str, str], Scenario] = {}
     if args.spec:
         path = Path(args.spec)
         spec = read_spec(path)
-        if spec.scenarios and resume is None:
-            files = load_scenarios(spec, path.parent, str(path))
-            cast = arm_scenarios(spec, files, str(path))
+        if resume is None and spec.scenarios:
+            spec, cast = check_spec(path)
             _check_models(spec, cast)
     out.print("[dim]starting servers...[/dim]")
     async with servers(need_bus=True) as srv:
@@ -405,9 +429,8 @@ async def cmd_experiment(args: argparse.Namespace, out: Console) -> int:
                             ],
                             args.spec,
                         )
-                    files = {str(spec.session): stored}
-                cast = arm_scenarios(spec, files, args.spec)
-                _check_models(spec, cast)
+                    cast = arm_scenarios(spec, {str(spec.session): stored}, args.spec)
+                    _check_models(spec, cast)
                 sessions = await store_experiment(conn, experiment_id, spec, cast)
         llm = _check_models(spec, {k: sc for k, (_, sc) in sessions.items()})
         budget = args.budget_usd if args.budget_usd is not None else spec.budget_usd

@@ -18,7 +18,7 @@ from anyio.abc import Process
 
 from mams.domain.experiment import METRICS
 from tests.e2e.test_cli import Cli, cli, flat, ok, one_json_object
-from tests.experiments.helpers import spec_text
+from tests.experiments.helpers import EXAMPLE, spec_text
 from tests.processes.helpers import mams_command
 
 __all__ = ["cli"]  # the fixture, used by name
@@ -125,3 +125,21 @@ async def test_a_killed_experiment_resumes_and_runs_no_room_twice(cli: Cli) -> N
         "plots": [],
         "markdown": None,
     }
+
+
+async def test_an_experiment_over_a_stored_session(cli: Cli) -> None:
+    run = cli.json("run", str(EXAMPLE), "--buyer-model", "baseline", "--seller-model", "baseline")
+    session = run["session_id"]
+    text = spec_text(("a", ""), ("b", 'buyer_strategy = "accept_first"'), repeats=3)
+    spec = cli.cwd / "spec.toml"
+    spec.write_text(text.replace(f'scenarios = ["{EXAMPLE}"]', f'session = "{session}"'))
+    doc = cli.json("experiment", str(spec))
+    assert doc["rooms_planned"] == doc["rooms_completed"] == 2 * 2 * 3
+    assert {(a["arm"], a["scenario"]) for a in doc["arms"]} == {("a", session), ("b", session)}
+    assert session not in {a["session_id"] for a in doc["arms"]}  # a session per arm
+
+    missing = "3f2b6c1e-8d4a-4b7e-9c1d-2a5e6f7a8b9c"
+    spec.write_text(text.replace(f'scenarios = ["{EXAMPLE}"]', f'session = "{missing}"'))
+    refused = cli("experiment", str(spec))
+    assert refused.returncode == 2
+    assert f"session: no session {missing}" in flat(refused.stderr)

@@ -18,7 +18,7 @@ from mams.domain.experiment import (
     arm_field_of,
     parse_spec,
 )
-from mams.experiment import arm_scenarios, load_scenarios, read_spec
+from mams.experiment import arm_scenarios, check_spec, load_scenarios, read_spec
 from tests.e2e.test_cli import flat, one_json_object
 from tests.experiments.helpers import EXAMPLE, spec_text
 from tests.processes.helpers import mams_command
@@ -149,3 +149,18 @@ def test_a_bad_spec_exits_2_naming_the_field_and_writes_nothing(tmp_path: Path) 
     assert "arms[1].seller_style" in flat(proc.stderr)
     assert "starting servers" not in proc.stderr
     assert "arms[1].seller_style" in one_json_object(proc.stdout)["error"]
+
+
+def test_problems_of_the_spec_and_of_its_scenario_files_are_told_together(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bad.toml").write_text('[buyer]\nhandle = "@B"\n', encoding="utf-8")
+    spec_file = tmp_path / "spec.toml"
+    text = spec_text(("a", 'seller_style = "grumpy"'), repeats=0)
+    spec_file.write_text(text.replace(str(EXAMPLE), "bad.toml"), encoding="utf-8")
+    with pytest.raises(ExperimentSpecError) as info:
+        check_spec(spec_file)
+    paths = [p.path for p in info.value.problems]
+    assert "arms[0].seller_style" in paths
+    assert "repeats" in paths
+    assert "scenarios[0]" in paths  # bad.toml's own problems, with the spec's
