@@ -24,7 +24,8 @@ from mams.storage.readmodels import Queries
 
 PlayerRole = Literal["buyer", "seller", "observer"]
 PREFIX = "mams"
-_TOKEN = re.compile(r"^mams_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(r"mams_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,7 +43,7 @@ def _digest(secret: str) -> bytes:
 
 def parse_token(token: str) -> tuple[str, str] | None:
     """(token_id, secret) of a token in the minted shape, or None."""
-    found = _TOKEN.match(token)
+    found = _TOKEN.fullmatch(token)
     return None if found is None else (found.group(1), found.group(2))
 
 
@@ -89,6 +90,8 @@ async def verify_token(db: Queries, token: str) -> StoredToken | None:
 
 async def revoke_token(db: Queries, token_id: str) -> bool:
     """Refuse the token from now on; False if there is no such live token."""
+    if not _TOKEN_ID.fullmatch(token_id):  # never minted (and may hold what text columns refuse)
+        return False
     with translating():
         done = await db.fetchval(
             "UPDATE api_tokens SET revoked_at = now() "

@@ -247,3 +247,9 @@ async def test_a_revoked_token_is_refused_from_its_next_request(
         again = await operator.delete(f"/api/tokens/{watcher['token_id']}")
         assert again.status_code == 404
         ok(await c.get(path, headers=bearer(other["token"])))  # the others still work
+
+
+async def test_a_token_id_that_cannot_be_one_is_404(operator: httpx.AsyncClient) -> None:
+    for token_id in ("%00", "x" * 5000, "%E2%80%AE"):
+        refused = await operator.delete(f"/api/tokens/{token_id}")
+        assert refused.status_code == 404, (token_id, refused.text)
