@@ -15,6 +15,7 @@ from mams.domain.debrief import debrief
 from mams.domain.events import (
     BuyerSaid,
     DealClosed,
+    Event,
     NegotiationEnded,
     NegotiationStarted,
     Offer,
@@ -87,7 +88,7 @@ def test_the_debrief_reveals_every_floor_and_cost_and_where_the_price_fell() -> 
     by_handle = {s.handle: s for s in started.sellers}
     quick = by_handle["@QuickTech"]
     mid = uuid.uuid4
-    events = [
+    events: list[Event] = [
         started,
         RoundOpened(round=1),
         BuyerSaid(

@@ -279,6 +279,9 @@ BAD_INPUT = {
     "creds": (["creds", "--role", "seller"], "the following arguments are required: --conf"),
     "experiment": (["experiment"], "give a spec file"),
     "compare": (["compare", "x"], "EXPERIMENT_ID: 'x' is not an id"),
+    "bench-models": (["bench-models"], "the following arguments are required: --model"),
+    "play": (["play", "/nonexistent.toml"], "cannot read"),
+    "voice": (["voice", "zzzzzzzz"], "no negotiation 'zzzzzzzz'"),
 }
 
 

@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "outcomes",
     "room_owners",
     "studies",
+    "session_drafts",  # 0011
+    "api_tokens",  # 0012
     "experiments",  # 0013
     "experiment_arms",
 }
