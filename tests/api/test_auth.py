@@ -253,3 +253,16 @@ async def test_a_token_id_that_cannot_be_one_is_404(operator: httpx.AsyncClient)
     for token_id in ("%00", "x" * 5000, "%E2%80%AE"):
         refused = await operator.delete(f"/api/tokens/{token_id}")
         assert refused.status_code == 404, (token_id, refused.text)
+
+
+async def test_without_a_token_configured_a_minted_token_still_binds_its_caller(
+    api: httpx.AsyncClient,
+) -> None:
+    sid = await session(api)  # no header: the operator, on loopback
+    buyer = await mint(api, sid, role="buyer")
+    as_buyer = bearer(buyer["token"])
+    forbidden = await api.post("/api/sessions", json={"description": "x"}, headers=as_buyer)
+    assert forbidden.status_code == 403
+    ok(await api.get(f"/api/sessions/{sid}", headers=as_buyer))
+    wrong = await api.get("/api/sessions", headers=bearer("not-a-token"))
+    assert wrong.status_code == 401  # a token sent is checked, configured or not
