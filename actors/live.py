@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import anyio
@@ -27,6 +28,9 @@ from mams.domain.events import Event, NegotiationEnded
 from mams.domain.negotiation import INITIAL, NegotiationState
 from mams.storage.eventstore import EventStore
 from mams.storage.leases import Leases
+
+if TYPE_CHECKING:
+    from mams.actors.voice import VoiceOptions
 
 log = structlog.get_logger("mams.live")
 
@@ -91,10 +95,13 @@ class Live:
         leases: Leases | None = None,
         *,
         on_event: OnEvent | None = None,
+        voice: Callable[[Scenario], VoiceOptions] | None = None,
     ) -> None:
         """`on_event`, if given, is told of each committed event of its rooms as the room
         gets it, before any waiter of `LiveRoom.after` runs (bench/api.py timestamps
-        commits with it)."""
+        commits with it). `voice`, if given, gives each study's voice observer options
+        (`actors.voice`): its sellers' lines are read aloud off the rounds' path."""
+        self._voice = voice
         self._connect = connect
         self._store = store
         self._leases = leases
@@ -108,6 +115,11 @@ class Live:
             self._tg = tg
             task_status.started()
             await anyio.sleep_forever()
+
+    @property
+    def voiced(self) -> bool:
+        """Whether its rooms' seller lines are read aloud."""
+        return self._voice is not None
 
     def room(self, nid: UUID) -> LiveRoom | None:
         """A room this process runs (or ran recently), or None."""
@@ -162,6 +174,7 @@ class Live:
                     on_opened=on_opened,
                     leases=self._leases,
                     brains={scenario.buyer.agent_id: human} if human is not None else None,
+                    voice=self._voice(scenario) if self._voice is not None else None,
                 )
             except Exception as exc:  # reported to the caller, or on the rooms
                 failure.append(exc)

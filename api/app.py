@@ -23,7 +23,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mams.actors.human import ActionRefusedError, HumanBuyer, NotYourTurnError
@@ -73,6 +73,7 @@ from mams.domain.events import (
     NegotiationEnded,
     NegotiationStarted,
     RoundClosed,
+    SellerReplied,
     decode_event,
 )
 from mams.domain.messages import Accept, Say, SellerMessage, WalkAway
@@ -225,6 +226,7 @@ class Api:
             Route("/api/negotiations/{nid}/decide", h(self.decide), methods=["POST"]),
             Route("/api/negotiations/{nid}/analytics", h(self.analytics), methods=["GET"]),
             Route("/api/negotiations/{nid}/replay", h(self.replay), methods=["GET"]),
+            Route("/api/negotiations/{nid}/audio/{message_id}", h(self.audio), methods=["GET"]),
             Route("/api/negotiations/{nid}/events", h(events_endpoint(self)), methods=["GET"]),
         ]
 
@@ -655,7 +657,15 @@ class Api:
         # Answer once the person may act again (or the room has ended), so a `decide` or
         # `message` sent on this answer never finds the buyer's turn not yet open.
         await human.next_turn(nid, after=turns)
-        return json_response(_answered(room, events, said_round))
+        answered = _answered(room, events, said_round)
+        if self.live.voiced:  # where each reply's audio is (or will be once read aloud)
+            base = f"/api/negotiations/{nid}/audio"
+            responses = [
+                msgspec.structs.replace(r, audio_url=f"{base}/{r.message_id}")
+                for r in answered.seller_responses
+            ]
+            answered = msgspec.structs.replace(answered, seller_responses=responses)
+        return json_response(answered)
 
     async def decide(self, request: Request, viewer: Viewer) -> Response:
         nid, room, human, view, body = await self._turn(request, viewer, DecideBody)
@@ -749,6 +759,30 @@ class Api:
         body = _plain(build_report(analysed))
         body["session_id"] = str(sid)
         return json_response(body)
+
+    async def audio(self, request: Request, viewer: Viewer) -> Response:
+        """A seller reply read aloud (`mams serve --voice`): its WAV file, once made."""
+        nid = _uuid(request.path_params["nid"], "negotiation")
+        mid = _uuid(request.path_params["message_id"], "message")
+        _, events = await self._started(nid, viewer)
+        said = {
+            e.message_id: e.seller
+            for _, e, _ in events
+            if isinstance(e, SellerReplied) and e.message_id == mid
+        }
+        if mid not in said or (viewer.role == "seller" and said[mid] != viewer.agent):
+            not_found(f"no seller reply {mid} in negotiation {nid} for this token")
+        from mams.storage.audio import audio_for
+
+        path = await audio_for(self.store, nid, mid)
+        if path is None:
+            raise ApiError(
+                404,
+                "this reply has no audio yet: it is read aloud off the round's path, a "
+                "moment after it is said (or the server runs without --voice); ask again",
+                headers={"Retry-After": "1"},
+            )
+        return FileResponse(path, media_type="audio/wav")
 
     async def replay(self, request: Request, viewer: Viewer) -> Response:
         nid = _uuid(request.path_params["nid"], "negotiation")
@@ -874,6 +908,7 @@ def _answered(
                         seller_id=msg.seller.agent_id,
                         handle=msg.seller.handle,
                         response=msg.text,
+                        message_id=msg.message_id,
                         offer=OfferOut(unit_price=offer.unit_price, quantity=offer.quantity)
                         if offer is not None
                         else None,

@@ -141,6 +141,7 @@ class NewSeller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     priorities: Priorities
     inventory: list[InventoryEntry]
     model: str | None = None
+    voice: str | None = None  # a voice name (domain.voices); default: from style and handle
 
 
 class NeedEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -249,6 +250,7 @@ class SellerResponse(msgspec.Struct, frozen=True, kw_only=True):
     handle: str
     response: str
     offer: OfferOut | None
+    message_id: UUID | None = None  # the reply's id (its SSE event and its audio name it)
     audio_url: str | None = None
     quality: list[str] = msgspec.field(default_factory=list)
 

@@ -63,6 +63,7 @@ class Op:
     query: tuple[str, ...] = ()
     errors: tuple[int, ...] = (401, 403, 429)
     stream: bool = False
+    media: str | None = None  # a file answered as is (its media type), not JSON
 
 
 _ID = ("path",)
@@ -277,6 +278,14 @@ ROUTES: dict[tuple[str, str], Op] = {
         answer=_REPLAY,
         errors=(401, 403, 404, 429),
     ),
+    ("GET", "/api/negotiations/{nid}/audio/{message_id}"): Op(
+        id="getReplyAudio",
+        summary="A seller's reply read aloud (mams serve --voice), once it has been made; "
+        "404 with Retry-After until then",
+        roles="operator, observer, the session's buyer, the seller who said it",
+        media="audio/wav",
+        errors=(401, 403, 404, 429),
+    ),
     ("GET", "/api/negotiations/{nid}/events"): Op(
         id="streamEvents",
         summary="Server-Sent Events of committed events, as this token may see them",
@@ -296,6 +305,7 @@ _QUERY: dict[str, dict[str, Any]] = {
 _PATH: dict[str, dict[str, Any]] = {
     "session_id": _UUID,
     "nid": _UUID,
+    "message_id": _UUID,
     "token_id": {"type": "string"},
 }
 _DECIMAL = {"type": "string", "format": "decimal"}
@@ -339,6 +349,8 @@ def _operation(path: str, op: Op) -> dict[str, Any]:
                 "description": "resume after this event's seq",
             }
         )
+    elif op.media is not None:
+        content = {op.media: {"schema": {"type": "string", "format": "binary"}}}
     else:
         content = {"application/json": {"schema": _schema(op.answer)}}
     responses: dict[str, Any] = {str(op.status): {"description": "success", "content": content}}

@@ -15,13 +15,18 @@ import os
 import socket
 import stat
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 from rich.console import Console
 
 from mams.domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mams.actors.voice import VoiceOptions
+    from mams.domain.config import Scenario
 
 log = structlog.get_logger("mams.serve")
 
@@ -55,6 +60,12 @@ def add_parser(sub: Any) -> None:
         help=f"requests per token in a moving window (default {DEFAULT_RATE}; e.g. "
         "20/second;600/minute)",
     )
+    p.add_argument(
+        "--voice",
+        action="store_true",
+        help="read each seller's reply aloud (ElevenLabs with ELEVENLABS_API_KEY, else "
+        "espeak-ng), off the rounds' path; message answers carry each reply's audio_url",
+    )
 
 
 def operator_token(path: str | None, env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -74,6 +85,23 @@ def operator_token(path: str | None, env: dict[str, str] | os._Environ[str]) -> 
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("serve.token_file_readable", path=path, hint=f"chmod 600 {path}")
     return text
+
+
+def _voices(enabled: bool) -> Callable[[Scenario], VoiceOptions] | None:
+    """Each study's voice observer options (`mams serve --voice`), or None. Raises
+    VoiceConfigError (exit 2) when no engine can read, before anything starts."""
+    if not enabled:
+        return None
+    from mams.actors.voice import Synthesizer, VoiceOptions, engine_for
+    from mams.storage.audio import AudioStore
+    from mams.voice import scenario_voices
+
+    synth = Synthesizer(engine_for(os.environ), AudioStore())
+
+    def options(scenario: Scenario) -> VoiceOptions:
+        return VoiceOptions(synthesizer=synth, voices=scenario_voices(scenario))
+
+    return options
 
 
 def check_token(token: str) -> None:
@@ -102,6 +130,7 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     from mams.actors.live import Live
     from mams.api.app import Api, create_app
     from mams.api.auth import TokenAuth
+    from mams.api.console import routes as console_routes
     from mams.api.limits import parse_rate
     from mams.bus.base import Bus
     from mams.bus.nats import NatsBus
@@ -135,6 +164,7 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
             f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port"
         ) from None
     port = sock.getsockname()[1]
+    voices = _voices(args.voice)  # no engine: exit 2 before anything starts
     out.print("[dim]starting servers...[/dim]")
     async with servers(need_bus=True) as srv:
         nats_url = srv.nats_url
@@ -144,9 +174,10 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
             return await NatsBus.connect(nats_url, name=f"mams-api-{name}")
 
         async with PgLeases(srv.pool, srv.dsn) as leases:
-            live = Live(connect, srv.store, leases)
+            live = Live(connect, srv.store, leases, voice=voices)
             auth = TokenAuth(srv.pool, token)
-            app = create_app(Api(srv.pool, srv.store, live, authenticate=auth, limits=limits))
+            api = Api(srv.pool, srv.store, live, authenticate=auth, limits=limits)
+            app = create_app(api, extra_routes=console_routes(api))  # the web console at /
             config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:

@@ -111,6 +111,7 @@ async def test_the_specification_flow_with_a_person_as_the_buyer(api: httpx.Asyn
                 "handle",
                 "response",
                 "offer",
+                "message_id",
                 "audio_url",
                 "quality",
             }
