@@ -1,0 +1,274 @@
+"""The web console in a real browser (Debian's chromium, headless, driven by Playwright)
+against `mams serve` as a real process, with real NATS and PostgreSQL: a session created
+from the form (a bad field's error in place) and from a pasted scenario; a room played as
+the buyer (replies appearing live, accept with one click, the debrief), with the mouse and
+with the keyboard alone; a buyer's page never holding a seller's floor or cost before the
+end; a live room's lanes and chart; and axe-core's accessibility check on every page."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, Response, expect
+
+from tests.console.conftest import HIDDEN, Server, screenshot
+
+pytestmark = pytest.mark.e2e
+
+AXE = Path(__file__).with_name("axe.min.js")
+ACCEPT = re.compile(r"Accept \$(\d+\.\d\d) from (@\w+)")
+
+
+async def use_token(page: Page, token: str) -> None:
+    """Type the token into the header's form, as a person would."""
+    await page.fill("#token", token)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#token-note")).to_contain_text("A token is in use")
+
+
+async def tab_to(page: Page, selector: str, limit: int = 80) -> None:
+    """Press Tab until the focus is on `selector` (the keyboard's only way there)."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+async def cheapest_accept(page: Page) -> tuple[str, str]:
+    """The label of the accept button of the lowest standing offer, and its price."""
+    buttons = page.locator("#offers button.accept")
+    await expect(buttons.first).to_be_enabled()
+    offers = []
+    for label in await buttons.evaluate_all("(bs) => bs.map((b) => b.getAttribute('aria-label'))"):
+        found = ACCEPT.fullmatch(label)
+        assert found is not None, label
+        offers.append((Decimal(found.group(1)), label))
+    price, label = min(offers)
+    return label, str(price)
+
+
+def assert_nothing_hidden(text: str, where: str) -> None:
+    for marker in HIDDEN:
+        assert marker not in text, f"a seller's hidden price {marker} is in {where}"
+
+
+async def test_a_session_from_the_form_shows_a_bad_fields_error_in_place(
+    server: Server, page: Page
+) -> None:
+    await page.goto(server.base + "/")
+    await use_token(page, server.token)
+    await expect(page.locator("#sessions-status")).to_contain_text("0 session(s)")
+
+    # A floor above the asking price: the error is at that field, which gets the focus.
+    await page.fill("#s0-least", "12.00")
+    await page.fill("#f-quantity", "0")
+    await page.click("#new-session button[type=submit]")
+    least = page.locator("#s0-least")
+    await expect(page.locator("#err-s0-least")).to_contain_text("selling_price")
+    await expect(least).to_have_attribute("aria-invalid", "true")
+    await expect(least).to_have_attribute("aria-describedby", "err-s0-least")
+    await expect(page.locator("#err-f-quantity")).to_be_visible()
+    await expect(page.locator("#form-problems")).to_contain_text("not valid")
+    await expect(page.locator("#f-quantity")).to_be_focused()  # the first in the form
+    await screenshot(page, "sessions-form-error")
+    assert (await server.api.get("/api/sessions")).json()["sessions"] == []  # nothing written
+
+    await page.fill("#s0-least", "5.50")
+    await page.fill("#f-quantity", "3")
+    await page.click("#new-session button[type=submit]")
+    await expect(page.locator("#started a")).to_have_text("Play as the buyer")
+    await expect(page.locator("#err-s0-least")).to_have_count(0)
+    await expect(page.locator("#sessions tbody tr")).to_have_count(1)
+    await expect(page.locator("#sessions tbody")).to_contain_text("USB-C cables")
+
+    # Pasting a scenario: TOML, read on the server; each problem with its path.
+    bad = '[buyer]\n[[buyer.items]]\nitem_name = "x"\nquantity = 1\nmin_price = 1\n'
+    bad += 'max_price = 2\n[[sellers]]\nhandle = "@A"\nstyle = "grumpy"\n'
+    await page.fill("#p-text", bad)
+    await page.click("#paste-session button[type=submit]")
+    problems = page.locator("#paste-problems")
+    await expect(problems).to_contain_text("sellers[0].style")
+    await expect(page.locator("#p-text")).to_be_focused()
+    await page.fill("#p-text", "[buyer\n")
+    await page.click("#paste-session button[type=submit]")
+    await expect(problems).to_contain_text("not valid TOML")
+    examples = Path(__file__).parents[2] / "examples" / "phone-accessories.toml"
+    await page.fill("#p-text", examples.read_text())
+    await page.click("#paste-session button[type=submit]")
+    await expect(page.locator("#sessions tbody tr")).to_have_count(2)
+    await expect(problems).to_be_empty()
+    await screenshot(page, "sessions")
+
+
+async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_the_debrief(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    buyer = await server.buyer_token(sid)
+    bodies: list[tuple[str, str]] = []
+
+    async def keep(response: Response) -> None:
+        if "/events" not in response.url:  # the stream's opacity: tests/api/test_opacity.py
+            bodies.append((response.url, await response.text()))
+
+    page.on("response", keep)
+    # The link an operator hands a player: the token in the fragment (never sent).
+    await page.goto(f"{server.base}/play/{sid}#token={buyer}")
+    assert "token" not in page.url  # moved into the tab's storage, out of the address
+    await page.click("#start-form button[type=submit]")
+    await expect(page.locator("#send")).to_be_enabled()
+    await page.evaluate("window.__same_page = true")  # gone if the page reloads
+
+    await page.fill("#say-text", "I need 3 USB-C cables. Best price?")
+    await page.click("#send")
+    sellers = page.locator("#log li.seller")
+    await expect(sellers).to_have_count(2)  # both replies, from the stream
+    await expect(page.locator("#send")).to_be_enabled()  # round 2: the buyer's turn
+
+    # Round 2: to one seller, with a counter.
+    await page.check("#to input[value='all']")
+    await page.uncheck("#to input[value='all']")
+    await page.check("#to input[value='@QuickTech']")
+    await page.fill("#say-text", "Can you do better?")
+    await page.fill("#counter", "6.50")
+    await page.click("#send")
+    await expect(sellers).to_have_count(3)  # only @QuickTech was asked
+    await expect(sellers.last).to_contain_text("@QuickTech")
+    await expect(page.locator("#log li.mine").last).to_contain_text("counter $6.50")
+    await expect(page.locator("#send")).to_be_enabled()
+    await screenshot(page, "play")
+
+    # Before the end: no seller's floor or cost in the page or in anything it was sent.
+    assert_nothing_hidden(await page.content(), "the page")
+    for url, body in bodies:
+        assert_nothing_hidden(body, url)
+    assert any("/api/sessions/" in url for url, _ in bodies)
+
+    label, price = await cheapest_accept(page)
+    await page.get_by_role("button", name=label).click()
+    await expect(page.locator("#outcome")).to_contain_text(f"at ${price} × 3")
+    revealed = page.locator("#revealed")
+    await expect(revealed).to_contain_text("$6.11")  # the floors, revealed now
+    await expect(revealed).to_contain_text("$2.37")
+    await expect(page.locator("#analysis")).to_contain_text("Within budget")
+    await expect(page.locator("#end")).to_be_focused()
+    await expect(page.locator("#send")).to_be_disabled()
+    assert await page.evaluate("window.__same_page === true")  # never reloaded
+    await screenshot(page, "play-debrief")
+
+
+async def test_keyboard_only_play(server: Server, page: Page) -> None:
+    sid = await server.session()
+    buyer = await server.buyer_token(sid)
+    await page.goto(f"{server.base}/play/{sid}#token={buyer}")
+    await expect(page.locator("#item option")).to_have_count(1)
+    await tab_to(page, "#start-form button")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#send")).to_be_enabled()
+    await tab_to(page, "#say-text")
+    await page.keyboard.type("Three cables, please. Your best price?")
+    await tab_to(page, "#send")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#log li.seller")).to_have_count(2)
+    label, price = await cheapest_accept(page)
+    await tab_to(page, f'#offers button[aria-label="{label}"]')
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#outcome")).to_contain_text(f"at ${price} × 3")
+    await expect(page.locator("#revealed")).to_contain_text("$5.53")
+
+
+async def test_a_live_room_fills_its_lanes_and_chart_as_the_room_commits(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    started = await server.api.post(
+        "/api/negotiations/start",
+        json={"session_id": sid, "item_name": "USB-C cable", "buyer": "human", "seed": 1},
+    )
+    assert started.status_code == 201, started.text
+    nid = started.json()["negotiation_id"]
+    await page.goto(f"{server.base}/room/{nid}#token={server.token}")
+    lanes = page.locator("#lanes .lane")
+    await expect(lanes).to_have_count(3)  # the buyer and each seller
+    await expect(page.locator("#lanes .round").first).to_contain_text("Round 1")
+    await expect(page.locator("#chart")).to_contain_text("No offers yet")
+    await page.evaluate("window.__same_page = true")
+
+    # The operator plays the buyer over the API; the page sees each commit.
+    said = await server.api.post(
+        f"/api/negotiations/{nid}/message", json={"text": "Best price for 3?"}
+    )
+    assert said.status_code == 200, said.text
+    offers = {r["handle"]: r["offer"]["unit_price"] for r in said.json()["seller_responses"]}
+    for handle, price in offers.items():
+        lane = lanes.filter(has=page.get_by_role("heading", name=handle))
+        await expect(lane).to_contain_text(f"[offer ${Decimal(str(price)):.2f}]")
+    await expect(page.locator("#chart circle")).to_have_count(2)
+    await expect(page.locator("#lanes .round")).to_have_count(6)  # rounds 1 and 2, 3 lanes
+    handle = min(offers, key=lambda h: offers[h])
+    decided = await server.api.post(
+        f"/api/negotiations/{nid}/decide",
+        json={"decision": "accept", "seller_id": handle, "price": offers[handle], "quantity": 3},
+    )
+    assert decided.status_code == 200, decided.text
+    await expect(page.locator("#outcome")).to_contain_text(f"Deal with {handle}")
+    await expect(page.locator("#room-status")).to_contain_text("Ended")
+    await expect(page.locator("#revealed")).to_be_visible()
+    assert await page.evaluate("window.__same_page === true")
+    await screenshot(page, "room")
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations of the page as it is."""
+    await page.add_script_tag(path=str(AXE))
+    found: list[dict[str, Any]] = await page.evaluate(
+        """async () => {
+            const r = await axe.run(document);
+            return r.violations
+              .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+              .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                            nodes: v.nodes.map((n) => n.target.join(' '))}));
+        }"""
+    )
+    return found
+
+
+async def test_every_page_passes_axe_core(server: Server, browser: Browser) -> None:
+    # axe is injected as a script the console's CSP would refuse: this one context lets it.
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        sid = await server.session()
+        await page.goto(f"{server.base}/#token={server.token}")
+        await expect(page.locator("#sessions tbody tr")).to_have_count(1)
+        await page.fill("#s0-least", "12.00")
+        await page.click("#new-session button[type=submit]")
+        await expect(page.locator("#err-s0-least")).to_be_visible()
+        assert await axe_violations(page) == [], "sessions"
+
+        buyer = await server.buyer_token(sid)
+        await page.goto(f"{server.base}/play/{sid}#token={buyer}")
+        await expect(page.locator("#item option")).to_have_count(1)
+        assert await axe_violations(page) == [], "play: start"
+        await page.click("#start-form button[type=submit]")
+        await page.fill("#say-text", "Best price?")
+        await page.click("#send")
+        await expect(page.locator("#log li.seller")).to_have_count(2)
+        await expect(page.locator("#send")).to_be_enabled()
+        assert await axe_violations(page) == [], "play: a room"
+        label, _ = await cheapest_accept(page)
+        await page.get_by_role("button", name=label).click()
+        await expect(page.locator("#revealed")).to_be_visible()
+        assert await axe_violations(page) == [], "play: the debrief"
+
+        nid = re.sub(r".*nid=", "", page.url)
+        await page.goto(f"{server.base}/room/{nid}#token={server.token}")
+        await expect(page.locator("#revealed")).to_be_visible()
+        assert await axe_violations(page) == [], "room"
+    finally:
+        await context.close()
