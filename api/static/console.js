@@ -108,7 +108,7 @@
             if (ev.data.length) {
               if (ev.id !== null) last = ev.id;
               if (ev.type === "negotiation.ended" || ev.type === "room.closed") ended = true;
-              onEvent(ev.type, JSON.parse(ev.data.join("\n")));
+              onEvent(ev.type, JSON.parse(ev.data.join("\n")), ev.id);
             }
             ev = { type: "message", data: [], id: null };
           } else if (!line.startsWith(":")) {
@@ -194,10 +194,14 @@
     const key = `mams.play.${sid}`;
     let as = sessionStorage.getItem(key);
     if (as) return as;
-    const session = await api("GET", `/api/sessions/${enc(sid)}`);
-    const player = session.sellers.every((s) => Object.keys(s).length === 1);
-    if (player) return null; // already a buyer token (a seller token fails to start later)
-    as = (await api("POST", `/api/sessions/${enc(sid)}/tokens`, { role: "buyer" })).token;
+    // Asking for one reads nothing of the session: only an operator may mint, and any
+    // other token is refused (403) and plays as itself (a buyer token; a seller's cannot).
+    try {
+      as = (await api("POST", `/api/sessions/${enc(sid)}/tokens`, { role: "buyer" })).token;
+    } catch (err) {
+      if (err.status === 403) return null;
+      throw err;
+    }
     sessionStorage.setItem(key, as);
     return as;
   }
@@ -420,14 +424,17 @@
       }
       return lanes.get(key);
     }
-    const put = (key, cls, ...parts) => lane(key, key).append(el("li", { class: cls }, ...parts));
+    let at = null; // the seq of the committed event being shown (data-seq on what it adds)
+    const put = (key, cls, ...parts) =>
+      lane(key, key).append(el("li", { class: cls, "data-seq": at }, ...parts));
     function offer(key, round, price) {
       series.get(key).points.push({ round, price: Number(price) });
       drawChart([...series.values()], maxRounds);
     }
     function marker(round, final) {
       for (const list of lanes.values()) {
-        list.append(el("li", { class: "round" }, `Round ${round}${final ? " (final)" : ""}` +
+        list.append(el("li", { class: "round", "data-seq": at },
+          `Round ${round}${final ? " (final)" : ""}` +
           (timeout ? ` · answers due within ${timeout} s` : "")));
       }
     }
@@ -440,7 +447,8 @@
       drawChart([...series.values()], maxRounds);
     }
     const status = (t) => { $("#room-status").textContent = t; };
-    follow(`/api/negotiations/${enc(nid)}/events`, (type, d) => {
+    follow(`/api/negotiations/${enc(nid)}/events`, (type, d, seq) => {
+      at = seq;
       if (type === "negotiation.started") {
         maxRounds = d.max_rounds;
         timeout = d.round_timeout;

@@ -124,8 +124,11 @@ async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_th
     await expect(page.locator("#send")).to_be_enabled()
     await page.evaluate("window.__same_page = true")  # gone if the page reloads
 
-    await page.fill("#say-text", "I need 3 USB-C cables. Best price?")
+    await page.fill("#say-text", "I need 3 <b>USB-C</b> cables. Best price?")
     await page.click("#send")
+    mine = page.locator("#log li.mine")
+    await expect(mine.first).to_contain_text("3 <b>USB-C</b> cables")  # as text
+    await expect(page.locator("#log b")).to_have_count(0)  # never as HTML
     sellers = page.locator("#log li.seller")
     await expect(sellers).to_have_count(2)  # both replies, from the stream
     await expect(page.locator("#send")).to_be_enabled()  # round 2: the buyer's turn
@@ -139,7 +142,7 @@ async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_th
     await page.click("#send")
     await expect(sellers).to_have_count(3)  # only @QuickTech was asked
     await expect(sellers.last).to_contain_text("@QuickTech")
-    await expect(page.locator("#log li.mine").last).to_contain_text("counter $6.50")
+    await expect(mine.last).to_contain_text("counter $6.50")
     await expect(page.locator("#send")).to_be_enabled()
     await screenshot(page, "play")
 
@@ -162,10 +165,22 @@ async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_th
     await screenshot(page, "play-debrief")
 
 
-async def test_keyboard_only_play(server: Server, page: Page) -> None:
+async def test_keyboard_only_play_from_an_operators_tab_which_plays_as_the_buyer(
+    server: Server, page: Page
+) -> None:
     sid = await server.session()
-    buyer = await server.buyer_token(sid)
-    await page.goto(f"{server.base}/play/{sid}#token={buyer}")
+    bodies: list[tuple[str, str]] = []
+
+    async def keep(response: Response) -> None:
+        if "/events" not in response.url:
+            bodies.append((response.url, await response.text()))
+
+    page.on("response", keep)
+    await page.goto(f"{server.base}/#token={server.token}")  # the operator's tab
+    await expect(page.locator("#sessions tbody tr")).to_have_count(1)
+    await tab_to(page, "#sessions a")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"**/play/{sid}")
     await expect(page.locator("#item option")).to_have_count(1)
     await tab_to(page, "#start-form button")
     await page.keyboard.press("Enter")
@@ -175,6 +190,11 @@ async def test_keyboard_only_play(server: Server, page: Page) -> None:
     await tab_to(page, "#send")
     await page.keyboard.press("Enter")
     await expect(page.locator("#log li.seller")).to_have_count(2)
+    # The page minted a buyer token and played with it: what it was sent after the
+    # session list holds no seller's terms (the operator's own list holds none either).
+    assert any("/tokens" in url for url, _ in bodies)
+    for url, body in bodies:
+        assert_nothing_hidden(body, url)
     label, price = await cheapest_accept(page)
     await tab_to(page, f'#offers button[aria-label="{label}"]')
     await page.keyboard.press("Enter")
