@@ -361,11 +361,18 @@ class Api:
         self._require(viewer, "operator")
         sid = _uuid(request.path_params["session_id"], "session")
         raw = decode_json(await request.body())
-        entry = seller_raw(raw)
+        entry, problems = seller_raw(raw)
         try:
             seller = parse_seller(entry)
-        except ScenarioError as exc:
-            problems = [Problem(seller_path(p.path), p.message) for p in exc.problems]
+        except ScenarioError as exc:  # every problem once, by the body's paths
+            said = {p.path for p in problems}
+            for problem in exc.problems:
+                path = seller_path(problem.path)
+                if path not in said and not (
+                    path.startswith("priorities") and "priorities" in said
+                ):
+                    problems.append(Problem(path, problem.message))
+        if problems:
             invalid("the seller is not valid", problems)
         read(raw, NewSeller)  # the rest of the shape (the validator has the messages)
         part = _plain(seller)

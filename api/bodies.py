@@ -159,10 +159,11 @@ class BuyerConfigBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     model: str | None = None
 
 
-def seller_raw(raw: object) -> dict[str, Any]:
+def seller_raw(raw: object) -> tuple[dict[str, Any], list[Problem]]:
     """A `NewSeller` body as a scenario's `[[sellers]]` entry (its weights renamed), for
-    `domain.config.parse_seller`. BodyError for what the renaming needs (an object, its
-    `priorities` an object) and for fields the body may not have."""
+    `domain.config.parse_seller`, and the problems of the renaming (`priorities` missing
+    or not an object, fields the body may not have), to report with the validator's.
+    BodyError if the body is not an object."""
     if not isinstance(raw, Mapping):
         raise BodyError([Problem("$", f"must be a JSON object, got {type(raw).__name__}")])
     allowed = [f.encode_name for f in msgspec.structs.fields(NewSeller)]
@@ -187,9 +188,7 @@ def seller_raw(raw: object) -> dict[str, Any]:
                 entry[f"{k}_weight"] = priorities[k]
             else:
                 problems.append(Problem(f"priorities.{k}", "is required"))
-    if problems:
-        raise BodyError(problems)
-    return entry
+    return entry, problems
 
 
 def seller_path(path: str) -> str:

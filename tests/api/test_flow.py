@@ -183,6 +183,11 @@ async def test_bad_bodies_list_every_problem_with_its_path_and_write_nothing(
         "priorities.profit_maximization",
         "inventory[0].least_price",
     } <= paths
+    # A body missing its weights still gets every other problem too, in one answer.
+    no_weights = {k: v for k, v in bad_seller.items() if k != "priorities"}
+    refused = await api.post(f"/api/sessions/{sid}/sellers", json=no_weights)
+    paths = {p["path"] for p in refused.json()["problems"]}
+    assert {"priorities", "handle", "style", "inventory[0].least_price"} <= paths
     session = ok(await api.get(f"/api/sessions/{sid}"))
     assert session["sellers"] == []  # nothing written
 
