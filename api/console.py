@@ -15,7 +15,11 @@ Pages:
 - `/play/{session_id}`: play as the buyer (start a room, see replies live, message all or
   chosen sellers, counter, accept an offer with one click, walk away; then the debrief);
 - `/room/{negotiation_id}`: a live room (a lane per seller, round markers, an
-  offers-by-round chart drawn as inline SVG, the outcome and analysis at the end).
+  offers-by-round chart drawn as inline SVG, the outcome and analysis at the end);
+- `/replay/{negotiation_id}`: any stored room stepped or scrubbed event by event from its
+  log (`?at=N` opens at the Nth event), the room as it stood then beside that event whole
+  (as the caller's token sees it: for an operator or observer, reasoning, guardrail
+  trips, quality flags and model calls included).
 
 One API route is the console's: `POST /console/scenario` reads a pasted scenario (TOML or
 JSON text, `domain.config.parse_scenario_text`) and answers its mapping as JSON for
@@ -96,6 +100,8 @@ $body
 SESSIONS = """
 <section aria-labelledby="list-h">
   <h2 id="list-h">Sessions</h2>
+  <div class="field"><label for="runs">Runs per item, for agent rooms (a study)</label>
+    <input id="runs" type="number" min="1" max="1000" value="1"></div>
   <p id="sessions-status" role="status">Loading…</p>
   <table id="sessions" hidden>
     <caption class="sr">Sessions, newest first</caption>
@@ -224,6 +230,7 @@ PLAY = """
 
 ROOM = """
 <p id="brief"></p>
+<p><a id="replay-link" href="#main">Replay this room event by event</a></p>
 <p id="room-status" role="status" aria-live="polite">Connecting…</p>
 <section aria-labelledby="chart-h">
   <h2 id="chart-h">Offers by round</h2>
@@ -234,6 +241,40 @@ ROOM = """
 <section aria-labelledby="lanes-h">
   <h2 id="lanes-h">Lanes</h2>
   <div id="lanes" class="lanes"></div>
+</section>
+<section id="end" aria-labelledby="end-h" hidden tabindex="-1">
+  <h2 id="end-h">Outcome</h2>
+  <p id="outcome"></p>
+  <div id="debrief"></div>
+  <dl id="analysis"></dl>
+</section>
+"""
+
+REPLAY = """
+<p id="brief"></p>
+<section aria-labelledby="scrub-h">
+  <h2 id="scrub-h">Step through the log</h2>
+  <div class="scrubber">
+    <button id="prev" type="button">Previous event</button>
+    <label for="scrub">Event</label>
+    <input id="scrub" type="range" min="0" max="0" step="1" value="0">
+    <button id="next" type="button">Next event</button>
+  </div>
+  <p id="position" role="status" aria-live="polite"></p>
+</section>
+<div class="cols">
+  <section aria-labelledby="lanes-h">
+    <h2 id="lanes-h">The room up to this event</h2>
+    <div id="lanes" class="lanes"></div>
+  </section>
+  <section aria-labelledby="event-h">
+    <h2 id="event-h">This event, whole</h2>
+    <pre id="event" class="event" tabindex="0" aria-labelledby="event-h"></pre>
+  </section>
+</div>
+<section aria-labelledby="chart-h">
+  <h2 id="chart-h">Offers by round</h2>
+  <figure id="chart"></figure>
 </section>
 <section id="end" aria-labelledby="end-h" hidden tabindex="-1">
   <h2 id="end-h">Outcome</h2>
@@ -291,6 +332,11 @@ async def room_page(request: Request) -> Response:
     return page("A live room", "room", ROOM, {"negotiation": nid})
 
 
+async def replay_page(request: Request) -> Response:
+    nid = request.path_params["nid"]
+    return page("Replay", "replay", REPLAY, {"negotiation": nid})
+
+
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     kind = ASSET_TYPES.get(name)
@@ -339,6 +385,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/", sessions_page, methods=["GET"]),
         Route("/play/{session_id}", play_page, methods=["GET"]),
         Route("/room/{nid}", room_page, methods=["GET"]),
+        Route("/replay/{nid}", replay_page, methods=["GET"]),
         Route("/console/static/{name}", asset, methods=["GET"]),
         Route(
             "/console/scenario",

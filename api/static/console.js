@@ -135,7 +135,7 @@
       return `Deal with ${who} at ${money(outcome.unit_price)} × ${outcome.quantity} ` +
         `after ${outcome.rounds} round(s).`;
     }
-    return `No deal (${outcome.type}) after ${outcome.rounds} round(s).`;
+    return `No deal (${outcome.type.replace(/_/g, " ")}) after ${outcome.rounds} round(s).`;
   }
   function renderDebrief(d) {
     const box = $("#debrief");
@@ -162,7 +162,7 @@
     const pairs = [
       ["Rounds", a.rounds],
       ["Messages", a.messages],
-      ["Outcome", a.outcome],
+      ["Outcome", String(a.outcome).replace(/_/g, " ")],
       ["Saving against the first ask", a.savings_vs_first_ask === null ? "—" :
         money(a.savings_vs_first_ask)],
       ["Within budget", a.within_budget === null ? "—" : a.within_budget ? "yes" : "no"],
@@ -407,29 +407,35 @@
     fig.replaceChildren(root);
   }
 
-  function roomPage() {
-    const nid = document.body.dataset.negotiation;
+  // A room drawn from its events, one at a time: lanes, round markers, the chart, the end.
+  // `room(nid, status)` clears the page's room and returns the function each event is fed
+  // to (`type`, its JSON, its seq); `draw` false defers the chart until `redraw()`.
+  function room(nid, status, draw = true) {
+    $("#lanes").replaceChildren();
+    const end = $("#end");
+    end.hidden = true;
+    delete end.dataset.shown;
     const lanes = new Map(); // agent id or handle -> lane list
-    const series = new Map(); // name -> {name, buyer, points}
-    let maxRounds = 0, timeout = 0;
+    const series = new Map(); // agent id or handle -> {name, buyer, points}
     const names = new Map();
+    let maxRounds = 0, timeout = 0;
+    let at = null; // the seq of the committed event being shown (data-seq on what it adds)
     function lane(key, title) {
       if (!lanes.has(key)) {
         const list = el("ol", { class: "lane-log", "aria-label": title });
-        const box = el("section", { class: "lane", "aria-label": title },
-          el("h3", {}, title), list);
-        $("#lanes").append(box);
+        $("#lanes").append(el("section", { class: "lane", "aria-label": title },
+          el("h3", {}, title), list));
         lanes.set(key, list);
         series.set(key, { name: title, buyer: key === "@buyer", points: [] });
       }
       return lanes.get(key);
     }
-    let at = null; // the seq of the committed event being shown (data-seq on what it adds)
     const put = (key, cls, ...parts) =>
       lane(key, key).append(el("li", { class: cls, "data-seq": at }, ...parts));
+    const redraw = () => drawChart([...series.values()], maxRounds);
     function offer(key, round, price) {
       series.get(key).points.push({ round, price: Number(price) });
-      drawChart([...series.values()], maxRounds);
+      if (draw) redraw();
     }
     function marker(round, final) {
       for (const list of lanes.values()) {
@@ -444,10 +450,9 @@
         names.set(id, handle);
         lane(id, handle);
       }
-      drawChart([...series.values()], maxRounds);
     }
-    const status = (t) => { $("#room-status").textContent = t; };
-    follow(`/api/negotiations/${enc(nid)}/events`, (type, d, seq) => {
+    redraw();
+    function feed(type, d, seq) {
       at = seq;
       if (type === "negotiation.started") {
         maxRounds = d.max_rounds;
@@ -466,12 +471,10 @@
         marker(d.round, d.final);
       } else if (type === "buyer.said") {
         const to = d.to.length ? d.to.map((a) => names.get(a) || a).join(", ") : "all";
+        const counter = d.counter_price !== null && d.counter_price !== undefined;
         put("@buyer", "buyer", `to ${to}: `, d.text,
-          d.counter_price !== null && d.counter_price !== undefined ?
-            ` [counter ${money(d.counter_price)}]` : "");
-        if (d.counter_price !== null && d.counter_price !== undefined) {
-          offer("@buyer", d.round, d.counter_price);
-        }
+          counter ? ` [counter ${money(d.counter_price)}]` : "");
+        if (counter) offer("@buyer", d.round, d.counter_price);
       } else if (type === "seller.replied" || type === "seller.message") {
         const key = type === "seller.replied" ? d.seller : d.seller.handle;
         put(key, "seller", d.text, d.offer ? ` [offer ${money(d.offer.unit_price)}]` : "");
@@ -487,7 +490,44 @@
         status(`Ended (${d.status}).`);
         showEnd(nid, d.outcome, (id) => names.get(id) || id);
       }
-    }).catch((err) => { status(""); showError(err); });
+    }
+    feed.redraw = redraw;
+    return feed;
+  }
+
+  function roomPage() {
+    const nid = document.body.dataset.negotiation;
+    const status = (t) => { $("#room-status").textContent = t; };
+    $("#replay-link").href = `/replay/${enc(nid)}`;
+    follow(`/api/negotiations/${enc(nid)}/events`, room(nid, status))
+      .catch((err) => { status(""); showError(err); });
+  }
+
+  // -- replay: any stored room, stepped or scrubbed event by event ------------------------
+  async function replayPage() {
+    const nid = document.body.dataset.negotiation;
+    const { events } = await api("GET", `/api/negotiations/${enc(nid)}/replay`);
+    const scrub = $("#scrub");
+    scrub.max = String(events.length);
+    const status = () => {};
+    function show(n) {
+      const feed = room(nid, status, false);
+      events.slice(0, n).forEach((e) => feed(e.type, e, String(e.seq)));
+      feed.redraw();
+      const e = events[n - 1];
+      $("#position").textContent = n === 0 ? `Before the first event (of ${events.length}).` :
+        `Event ${n} of ${events.length}: seq ${e.seq}, ${e.type}` +
+        (e.round !== undefined ? `, round ${e.round}` : "") + ".";
+      $("#event").textContent = e ? JSON.stringify(e, null, 2) : "";
+      scrub.value = String(n);
+      scrub.setAttribute("aria-valuetext", $("#position").textContent);
+    }
+    scrub.addEventListener("input", () => show(Number(scrub.value)));
+    $("#prev").addEventListener("click", () => show(Math.max(0, Number(scrub.value) - 1)));
+    $("#next").addEventListener("click", () =>
+      show(Math.min(events.length, Number(scrub.value) + 1)));
+    const at = Number(new URLSearchParams(location.search).get("at") || events.length);
+    show(Math.max(0, Math.min(events.length, at)));
   }
 
   // -- sessions ---------------------------------------------------------------------------
@@ -516,7 +556,8 @@
   async function runAgents(sid) {
     const box = $("#started");
     try {
-      const started = await api("POST", "/api/negotiations/start", { session_id: sid });
+      const runs = Math.max(1, Number($("#runs").value) || 1);
+      const started = await api("POST", "/api/negotiations/start", { session_id: sid, runs });
       box.replaceChildren(el("p", {}, "Started: "), el("ul", {}, ...started.negotiation_ids.map(
         (n) => el("li", {}, el("a", { href: `/room/${enc(n)}` }, `room ${n.slice(0, 8)}`)))));
     } catch (err) {
@@ -529,7 +570,9 @@
       const data = await api("GET", `/api/negotiations?session_id=${enc(sid)}&limit=100`);
       box.replaceChildren(el("ul", {}, ...data.negotiations.map((n) => el("li", {},
         el("a", { href: `/room/${enc(n.negotiation_id)}` },
-          `${n.item_name}: ${n.status}${n.outcome ? ", " + n.outcome : ""}`)))));
+          `${n.item_name}: ${n.status}${n.outcome ? ", " + n.outcome : ""}`), " · ",
+        el("a", { href: `/replay/${enc(n.negotiation_id)}`,
+          "aria-label": `Replay ${n.item_name} ${n.negotiation_id.slice(0, 8)}` }, "replay")))));
       if (!data.negotiations.length) box.replaceChildren(el("p", {}, "No rooms yet."));
     } catch (err) {
       box.replaceChildren(el("p", { class: "error" }, err.message));
@@ -671,7 +714,7 @@
       location.reload();
     });
     const page = document.body.dataset.page;
-    const run = { sessions: sessionsPage, play: playPage, room: roomPage }[page];
+    const run = { sessions: sessionsPage, play: playPage, room: roomPage, replay: replayPage }[page];
     Promise.resolve(run && run()).catch(showError);
   }
   init();

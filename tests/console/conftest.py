@@ -89,7 +89,8 @@ class Server:
 
     async def session(self) -> str:
         """A session of SCENARIO, created whole."""
-        answer = await self.api.post("/api/sessions", json={"scenario": SCENARIO})
+        body = {"description": SCENARIO["description"], "scenario": SCENARIO}
+        answer = await self.api.post("/api/sessions", json=body)
         assert answer.status_code == 201, answer.text
         sid = answer.json()["session_id"]
         assert isinstance(sid, str)

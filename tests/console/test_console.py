@@ -53,8 +53,10 @@ async def cheapest_accept(page: Page) -> tuple[str, str]:
 
 
 def assert_nothing_hidden(text: str, where: str) -> None:
+    """No marker price in `text` as a price (a timestamp's 05.539745 is not one)."""
     for marker in HIDDEN:
-        assert marker not in text, f"a seller's hidden price {marker} is in {where}"
+        found = re.search(rf"(?<![\d.]){re.escape(marker)}(?!\d)", text)
+        assert found is None, f"a seller's hidden price {marker} is in {where}"
 
 
 async def test_a_session_from_the_form_shows_a_bad_fields_error_in_place(
@@ -290,5 +292,102 @@ async def test_every_page_passes_axe_core(server: Server, browser: Browser) -> N
         await page.goto(f"{server.base}/room/{nid}#token={server.token}")
         await expect(page.locator("#revealed")).to_be_visible()
         assert await axe_violations(page) == [], "room"
+        await page.goto(f"{server.base}/replay/{nid}?at=3")
+        await expect(page.locator("#position")).to_contain_text("Event 3 of")
+        assert await axe_violations(page) == [], "replay"
     finally:
         await context.close()
+
+
+async def test_walk_away_ends_the_room_without_a_deal_then_the_debrief(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    await page.goto(f"{server.base}/play/{sid}#token={await server.buyer_token(sid)}")
+    await page.click("#start-form button[type=submit]")
+    await page.fill("#say-text", "Best price?")
+    await page.click("#send")
+    await expect(page.locator("#log li.seller")).to_have_count(2)
+    await expect(page.locator("#walk")).to_be_enabled()
+    await page.click("#walk")
+    await expect(page.locator("#outcome")).to_contain_text("No deal")
+    await expect(page.locator("#revealed")).to_contain_text("$5.53")
+    await expect(page.locator("#analysis")).to_contain_text("no deal")
+
+
+async def test_a_study_started_from_the_sessions_page(server: Server, page: Page) -> None:
+    await server.session()
+    await page.goto(f"{server.base}/#token={server.token}")
+    await page.fill("#runs", "2")
+    await page.get_by_role("button", name="Run agent rooms of console cables").click()
+    rooms = page.locator("#started a")
+    await expect(rooms).to_have_count(2)  # one room per run of the one item
+    await rooms.first.click()
+    await expect(page.locator("#room-status")).to_contain_text("Ended")
+    await expect(page.locator("#revealed")).to_be_visible()
+
+
+async def test_a_replay_scrubbed_to_an_event_shows_that_events_state(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    started = await server.api.post(
+        "/api/negotiations/start",
+        json={"session_id": sid, "item_name": "USB-C cable", "buyer": "human", "seed": 2},
+    )
+    nid = started.json()["negotiation_id"]
+    said = await server.api.post(f"/api/negotiations/{nid}/message", json={"text": "Price?"})
+    assert said.status_code == 200, said.text
+    said = await server.api.post(
+        f"/api/negotiations/{nid}/message",
+        json={"text": "Lower?", "recipients": ["@QuickTech"], "counter_price": 6.5},
+    )
+    offer = said.json()["seller_responses"][0]["offer"]["unit_price"]
+    decided = await server.api.post(
+        f"/api/negotiations/{nid}/decide",
+        json={"decision": "accept", "seller_id": "@QuickTech", "price": offer, "quantity": 3},
+    )
+    assert decided.status_code == 200, decided.text
+    events = (await server.api.get(f"/api/negotiations/{nid}/replay")).json()["events"]
+    # The event: @QuickTech's reply in round 2 (n counts events from 1).
+    n = next(
+        i
+        for i, e in enumerate(events, start=1)
+        if e["type"] == "seller.replied" and e["round"] == 2
+    )
+    seq = events[n - 1]["seq"]
+
+    await page.goto(f"{server.base}/replay/{nid}?at={n}#token={server.token}")
+    position = page.locator("#position")
+    await expect(position).to_contain_text(f"Event {n} of {len(events)}: seq {seq}")
+    await expect(page.locator("#event")).to_contain_text('"type": "seller.replied"')
+    quick = page.locator("#lanes .lane").filter(has=page.get_by_role("heading", name="@QuickTech"))
+    tech = page.locator("#lanes .lane").filter(has=page.get_by_role("heading", name="@TechStore"))
+    await expect(quick.locator("li.seller")).to_have_count(2)  # rounds 1 and 2
+    await expect(tech.locator("li.seller")).to_have_count(1)  # round 1 only: not asked again
+    await expect(quick.locator("li.seller").last).to_contain_text(f"[offer ${offer:.2f}]")
+    await expect(page.locator("#lanes li.buyer")).to_have_count(2)  # no accept yet
+    await expect(page.locator("#end")).to_be_hidden()
+    assert (
+        await page.locator("#lanes [data-seq]").evaluate_all(
+            "(ns) => Math.max(...ns.map((n) => Number(n.dataset.seq)))"
+        )
+        == seq
+    )
+    await screenshot(page, "replay")
+
+    # One step back, with the keyboard: the reply is gone.
+    await page.focus("#prev")
+    await page.keyboard.press("Enter")
+    await expect(position).to_contain_text(f"Event {n - 1} of")
+    await expect(quick.locator("li.seller")).to_have_count(1)
+    # The first event, whole: an operator's view holds every party's terms.
+    await page.focus("#scrub")
+    await page.keyboard.press("Home")
+    await expect(position).to_contain_text("Before the first event")
+    await page.keyboard.press("ArrowRight")
+    await expect(page.locator("#event")).to_contain_text('"least_price": 5.53')
+    # To the end: the outcome.
+    await page.keyboard.press("End")
+    await expect(position).to_contain_text(f"Event {len(events)} of {len(events)}")
+    await expect(page.locator("#outcome")).to_contain_text("Deal with @QuickTech")
