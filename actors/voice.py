@@ -438,18 +438,17 @@ class VoiceObserver:
             )
             voice = VOICES[BUYER_VOICE]
         spoken: Spoken | None = None
+        said: dict[str, Any] = {
+            "negotiation_id": line.negotiation_id,
+            "message_id": line.message_id,
+            "agent": line.agent,
+            "voice": voice.name,
+            "engine": engine.name,
+            "model": engine.model,
+        }
         try:
             spoken = await self.synth.render(line.text, voice)
-            obs = VoiceSynthesized(
-                negotiation_id=line.negotiation_id,
-                message_id=line.message_id,
-                agent=line.agent,
-                voice=voice.name,
-                engine=engine.name,
-                model=engine.model,
-                audio=spoken.key,
-                seconds=round(spoken.seconds, 3),
-            )
+            obs = VoiceSynthesized(**said, audio=spoken.key, seconds=round(spoken.seconds, 3))
             self.stats.spoken += 1
         except (TTSError, VoiceConfigError, AudioError, OSError) as exc:
             self.stats.failed += 1
@@ -459,16 +458,7 @@ class VoiceObserver:
                 message_id=str(line.message_id),
                 error=str(exc)[:500],
             )
-            obs = VoiceSynthesized(
-                negotiation_id=line.negotiation_id,
-                message_id=line.message_id,
-                agent=line.agent,
-                voice=voice.name,
-                engine=engine.name,
-                model=engine.model,
-                status="failed",
-                error=str(exc)[:500],
-            )
+            obs = VoiceSynthesized(**said, status="failed", error=str(exc)[:500])
         try:
             self.stats.recorded += await record_observations(self.store, line.negotiation_id, [obs])
         except StorageError as exc:

@@ -208,14 +208,15 @@ class BaselineBuyer:
         target = cents_down(low + span * share)
         asked = view.my_counters.get(best_id)
         name = view.handle(best_id)
+        accept = Accept(
+            seller=best_id,
+            unit_price=best.unit_price,
+            quantity=view.quantity,
+            text=f"{name}, you have a deal at {fmt(best.unit_price)} per unit.",
+        )
         if best.unit_price <= view.max_price and rules.accept == "first":
             return BuyerDecision(
-                action=Accept(
-                    seller=best_id,
-                    unit_price=best.unit_price,
-                    quantity=view.quantity,
-                    text=f"{name}, you have a deal at {fmt(best.unit_price)} per unit.",
-                ),
+                action=accept,
                 reasoning=f"the first offer within my max: {fmt(best.unit_price)} from {name} "
                 f"(max {fmt(view.max_price)})",
             )
@@ -225,12 +226,7 @@ class BaselineBuyer:
             or view.final
         ):
             return BuyerDecision(
-                action=Accept(
-                    seller=best_id,
-                    unit_price=best.unit_price,
-                    quantity=view.quantity,
-                    text=f"{name}, you have a deal at {fmt(best.unit_price)} per unit.",
-                ),
+                action=accept,
                 reasoning=f"best offer {fmt(best.unit_price)} from {name} is within my target "
                 f"{fmt(target)} (max {fmt(view.max_price)})",
             )
