@@ -19,7 +19,9 @@ Pages:
 - `/replay/{negotiation_id}`: any stored room stepped or scrubbed event by event from its
   log (`?at=N` opens at the Nth event), the room as it stood then beside that event whole
   (as the caller's token sees it: for an operator or observer, reasoning, guardrail
-  trips, quality flags and model calls included).
+  trips, quality flags and model calls included) and, for an operator, beside it what
+  one agent was delivered of it (read with a token minted for that agent's view and
+  revoked at once).
 
 One API route is the console's: `POST /console/scenario` reads a pasted scenario (TOML or
 JSON text, `domain.config.parse_scenario_text`) and answers its mapping as JSON for
@@ -270,6 +272,12 @@ REPLAY = """
   <section aria-labelledby="event-h">
     <h2 id="event-h">This event, whole</h2>
     <pre id="event" class="event" tabindex="0" aria-labelledby="event-h"></pre>
+    <div id="views" hidden>
+      <h2 id="view-h">As one agent was delivered it</h2>
+      <div class="field"><label for="as">Agent</label>
+        <select id="as"><option value="">(choose an agent)</option></select></div>
+      <pre id="view" class="event" tabindex="0" aria-labelledby="view-h"></pre>
+    </div>
   </section>
 </div>
 <section aria-labelledby="chart-h">

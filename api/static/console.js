@@ -522,10 +522,57 @@
       scrub.value = String(n);
       scrub.setAttribute("aria-valuetext", $("#position").textContent);
     }
-    scrub.addEventListener("input", () => show(Number(scrub.value)));
-    $("#prev").addEventListener("click", () => show(Math.max(0, Number(scrub.value) - 1)));
-    $("#next").addEventListener("click", () =>
-      show(Math.min(events.length, Number(scrub.value) + 1)));
+    // Beside the whole event, what one agent was delivered of it: read with a token minted
+    // for that agent's view (an operator's tab only) and revoked once read.
+    const views = new Map();
+    const first = events[0];
+    async function viewOf(key) {
+      if (!views.has(key)) {
+        const [role, handle] = key.split(" ");
+        const minted = await api("POST", `/api/sessions/${enc(first.session_id)}/tokens`,
+          role === "buyer" ? { role } : { role, handle });
+        try {
+          const seen = await api("GET", `/api/negotiations/${enc(nid)}/replay`, undefined,
+            minted.token);
+          views.set(key, seen.events);
+        } finally {
+          await api("DELETE", `/api/tokens/${enc(minted.token_id)}`);
+        }
+      }
+      return views.get(key);
+    }
+    async function showView() {
+      const key = $("#as").value;
+      const box = $("#view");
+      if (!key) { box.textContent = ""; return; }
+      const n = Number(scrub.value);
+      const seq = n > 0 ? events[n - 1].seq : null;
+      try {
+        const items = (await viewOf(key)).filter((e) => e.seq === seq);
+        box.textContent = items.length ? items.map((e) => JSON.stringify(e, null, 2))
+          .join("\n\n") : "Nothing: this agent was delivered nothing of this event.";
+      } catch (err) {
+        box.textContent = `Cannot read this agent's view: ${err.message}`;
+      }
+    }
+    if (first && first.type === "negotiation.started") {
+      const as = $("#as");
+      as.append(el("option", { value: "buyer" }, `${first.buyer.handle} (the buyer)`));
+      for (const seller of first.sellers) {
+        as.append(el("option", { value: `seller ${seller.handle}` }, seller.handle));
+      }
+      as.addEventListener("change", showView);
+      $("#views").hidden = false;
+    }
+    scrub.addEventListener("input", () => { show(Number(scrub.value)); showView(); });
+    $("#prev").addEventListener("click", () => {
+      show(Math.max(0, Number(scrub.value) - 1));
+      showView();
+    });
+    $("#next").addEventListener("click", () => {
+      show(Math.min(events.length, Number(scrub.value) + 1));
+      showView();
+    });
     const at = Number(new URLSearchParams(location.search).get("at") || events.length);
     show(Math.max(0, Math.min(events.length, at)));
   }

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from playwright.async_api import Browser, Page, Response, expect
 
@@ -328,7 +329,7 @@ async def test_a_study_started_from_the_sessions_page(server: Server, page: Page
 
 
 async def test_a_replay_scrubbed_to_an_event_shows_that_events_state(
-    server: Server, page: Page
+    server: Server, page: Page, dsn: str
 ) -> None:
     sid = await server.session()
     started = await server.api.post(
@@ -374,6 +375,20 @@ async def test_a_replay_scrubbed_to_an_event_shows_that_events_state(
         )
         == seq
     )
+    # Beside it, as each agent was delivered it (a token minted for that view, revoked).
+    await page.select_option("#as", label="@TechStore")
+    await expect(page.locator("#view")).to_contain_text("delivered nothing of this event")
+    await page.select_option("#as", label="@Buyer (the buyer)")
+    await expect(page.locator("#view")).to_contain_text('"type": "seller.message"')
+    await expect(page.locator("#view")).to_contain_text('"handle": "@QuickTech"')
+    assert_nothing_hidden(await page.locator("#view").text_content() or "", "the buyer's view")
+    conn = await asyncpg.connect(dsn)
+    try:  # the two tokens minted to read those views, each revoked once read
+        rows = await conn.fetch("SELECT role, revoked_at FROM api_tokens")
+    finally:
+        await conn.close()
+    assert sorted(r["role"] for r in rows) == ["buyer", "seller"]
+    assert all(r["revoked_at"] is not None for r in rows)
     await screenshot(page, "replay")
 
     # One step back, with the keyboard: the reply is gone.
