@@ -21,7 +21,10 @@ Pages:
   (as the caller's token sees it: for an operator or observer, reasoning, guardrail
   trips, quality flags and model calls included) and, for an operator, beside it what
   one agent was delivered of it (read with a token minted for that agent's view and
-  revoked at once).
+  revoked at once);
+- `/study/{session_id}`: a session's rooms, the deal rate and savings so far and the deal
+  rate by seller style (`GET /api/sessions/{id}/report`), refreshed as each room it follows
+  (up to four at once, by their event streams) ends.
 
 One API route is the console's: `POST /console/scenario` reads a pasted scenario (TOML or
 JSON text, `domain.config.parse_scenario_text`) and answers its mapping as JSON for
@@ -292,6 +295,28 @@ REPLAY = """
 </section>
 """
 
+STUDY = """
+<p id="study-status" role="status" aria-live="polite">Loading…</p>
+<p><button id="refresh" type="button">Refresh now</button></p>
+<section aria-labelledby="figures-h">
+  <h2 id="figures-h">So far</h2>
+  <dl id="figures"></dl>
+</section>
+<section aria-labelledby="styles-h">
+  <h2 id="styles-h">Deal rate by seller style</h2>
+  <figure id="styles-chart"></figure>
+</section>
+<section aria-labelledby="rooms-h">
+  <h2 id="rooms-h">Rooms</h2>
+  <table id="rooms">
+    <caption class="sr">The session's rooms, newest first</caption>
+    <thead><tr><th scope="col">Item</th><th scope="col">Status</th>
+    <th scope="col">Outcome</th><th scope="col">Price</th><th scope="col">Open</th></tr></thead>
+    <tbody></tbody>
+  </table>
+</section>
+"""
+
 
 def _styles(chosen: str) -> str:
     return "".join(
@@ -345,6 +370,11 @@ async def replay_page(request: Request) -> Response:
     return page("Replay", "replay", REPLAY, {"negotiation": nid})
 
 
+async def study_page(request: Request) -> Response:
+    sid = request.path_params["session_id"]
+    return page("Study", "study", STUDY, {"session": sid})
+
+
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     kind = ASSET_TYPES.get(name)
@@ -394,6 +424,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/play/{session_id}", play_page, methods=["GET"]),
         Route("/room/{nid}", room_page, methods=["GET"]),
         Route("/replay/{nid}", replay_page, methods=["GET"]),
+        Route("/study/{session_id}", study_page, methods=["GET"]),
         Route("/console/static/{name}", asset, methods=["GET"]),
         Route(
             "/console/scenario",

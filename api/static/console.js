@@ -577,6 +577,82 @@
     show(Math.max(0, Math.min(events.length, at)));
   }
 
+  // -- study: a session's rooms and figures, refreshed as the rooms it follows end ---------
+  const FOLLOW = 4; // event streams at once (a browser keeps 6 connections per server)
+  function barChart(rows) {
+    const W = 420, bar = 22, L = 90;
+    const fig = $("#styles-chart");
+    const shown = rows.filter((r) => r.deal_rate !== null);
+    if (!shown.length) { fig.replaceChildren(el("p", {}, "No ended room yet.")); return; }
+    const H = shown.length * (bar + 8) + 8;
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
+    root.append(svg("title", {}, "Deal rate by seller style: " +
+      shown.map((r) => `${r.key} ${Math.round(r.deal_rate * 100)}%`).join(", ")));
+    shown.forEach((r, i) => {
+      const y = 8 + i * (bar + 8);
+      root.append(svg("text", { x: L - 8, y: y + 15, "text-anchor": "end", "font-size": 12 },
+        r.key));
+      root.append(svg("rect", { x: L, y, width: Math.max(1, r.deal_rate * (W - L - 60)),
+        height: bar, fill: "#1b5e9e" }));
+      root.append(svg("text", { x: L + r.deal_rate * (W - L - 60) + 6, y: y + 15,
+        "font-size": 12 }, `${Math.round(r.deal_rate * 100)}% of ${r.rooms}`));
+    });
+    fig.replaceChildren(root);
+  }
+  function studyPage() {
+    const sid = document.body.dataset.session;
+    const followed = new Set();
+    let busy = null, again = false;
+    async function refresh() {
+      if (busy) { again = true; return busy; }
+      busy = (async () => {
+        do {
+          again = false;
+          const [list, report] = await Promise.all([
+            api("GET", `/api/negotiations?session_id=${enc(sid)}&limit=500`),
+            api("GET", `/api/sessions/${enc(sid)}/report`),
+          ]);
+          render(list.negotiations, report);
+        } while (again);
+        busy = null;
+      })();
+      return busy;
+    }
+    function render(rooms, report) {
+      const running = rooms.filter((r) => r.status === "running" && !r.interrupted);
+      const o = report.overall;
+      const dl = $("#figures");
+      dl.replaceChildren();
+      for (const [k, v] of [
+        ["Rooms", `${rooms.length} (${rooms.length - running.length} ended, ` +
+          `${running.length} running)`],
+        ["Deals", `${o.deals} of ${o.rooms} ended`],
+        ["Deal rate", o.deal_rate === null ? "—" : `${Math.round(o.deal_rate * 100)}%`],
+        ["Mean saving against the first ask", o.mean_saving_pct === null ? "—" :
+          `${o.mean_saving_pct.toFixed(1)}%`],
+      ]) dl.append(el("dt", {}, k), el("dd", {}, v));
+      barChart(report.by_seller_style);
+      $("#rooms tbody").replaceChildren(...rooms.map((r) => el("tr", {},
+        el("td", {}, r.item_name), el("td", {}, r.status.replace(/_/g, " ")),
+        el("td", {}, r.outcome ? r.outcome.replace(/_/g, " ") : "—"),
+        el("td", {}, r.unit_price === null ? "—" : money(r.unit_price)),
+        el("td", {}, el("a", { href: `/room/${enc(r.negotiation_id)}` }, "room"), " · ",
+          el("a", { href: `/replay/${enc(r.negotiation_id)}` }, "replay")))));
+      for (const r of running) {
+        if (followed.size >= FOLLOW) break;
+        if (followed.has(r.negotiation_id)) continue;
+        followed.add(r.negotiation_id);
+        follow(`/api/negotiations/${enc(r.negotiation_id)}/events`, () => {})
+          .catch(() => {})
+          .finally(() => { followed.delete(r.negotiation_id); refresh().catch(showError); });
+      }
+      $("#study-status").textContent = running.length ?
+        `Running: following ${followed.size} room(s) live.` : "No room is running.";
+    }
+    $("#refresh").addEventListener("click", () => refresh().catch(showError));
+    return refresh();
+  }
+
   // -- sessions ---------------------------------------------------------------------------
   async function listSessions() {
     const status = $("#sessions-status");
@@ -589,6 +665,8 @@
         el("td", {}, String(s.negotiations)),
         el("td", {},
           el("a", { href: `/play/${enc(s.session_id)}` }, "Play as the buyer"), " ",
+          el("a", { href: `/study/${enc(s.session_id)}`,
+            "aria-label": `Study of ${s.description || s.session_id}` }, "Study"), " ",
           el("button", { type: "button", onclick: () => runAgents(s.session_id),
             "aria-label": `Run agent rooms of ${s.description || s.session_id}` },
           "Run agent rooms"), " ",
@@ -605,7 +683,9 @@
     try {
       const runs = Math.max(1, Number($("#runs").value) || 1);
       const started = await api("POST", "/api/negotiations/start", { session_id: sid, runs });
-      box.replaceChildren(el("p", {}, "Started: "), el("ul", {}, ...started.negotiation_ids.map(
+      box.replaceChildren(el("p", {}, "Started: ",
+        el("a", { href: `/study/${enc(sid)}` }, "follow the study")),
+      el("ul", {}, ...started.negotiation_ids.map(
         (n) => el("li", {}, el("a", { href: `/room/${enc(n)}` }, `room ${n.slice(0, 8)}`)))));
     } catch (err) {
       box.replaceChildren(el("p", { class: "error" }, err.message));
@@ -761,7 +841,8 @@
       location.reload();
     });
     const page = document.body.dataset.page;
-    const run = { sessions: sessionsPage, play: playPage, room: roomPage, replay: replayPage }[page];
+    const run = { sessions: sessionsPage, play: playPage, room: roomPage, replay: replayPage,
+      study: studyPage }[page];
     Promise.resolve(run && run()).catch(showError);
   }
   init();

@@ -296,6 +296,9 @@ async def test_every_page_passes_axe_core(server: Server, browser: Browser) -> N
         await page.goto(f"{server.base}/replay/{nid}?at=3")
         await expect(page.locator("#position")).to_contain_text("Event 3 of")
         assert await axe_violations(page) == [], "replay"
+        await page.goto(f"{server.base}/study/{sid}")
+        await expect(page.locator("#styles-chart svg")).to_be_visible()
+        assert await axe_violations(page) == [], "study"
     finally:
         await context.close()
 
@@ -321,7 +324,8 @@ async def test_a_study_started_from_the_sessions_page(server: Server, page: Page
     await page.goto(f"{server.base}/#token={server.token}")
     await page.fill("#runs", "2")
     await page.get_by_role("button", name="Run agent rooms of console cables").click()
-    rooms = page.locator("#started a")
+    await expect(page.locator("#started a").first).to_have_text("follow the study")
+    rooms = page.locator("#started ul a")
     await expect(rooms).to_have_count(2)  # one room per run of the one item
     await rooms.first.click()
     await expect(page.locator("#room-status")).to_contain_text("Ended")
@@ -406,3 +410,51 @@ async def test_a_replay_scrubbed_to_an_event_shows_that_events_state(
     await page.keyboard.press("End")
     await expect(position).to_contain_text(f"Event {len(events)} of {len(events)}")
     await expect(page.locator("#outcome")).to_contain_text("Deal with @QuickTech")
+
+
+async def test_a_study_page_follows_its_rooms_and_updates_as_each_ends(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    nids = []
+    for seed in (1, 2):
+        started = await server.api.post(
+            "/api/negotiations/start",
+            json={"session_id": sid, "item_name": "USB-C cable", "buyer": "human", "seed": seed},
+        )
+        assert started.status_code == 201, started.text
+        nids.append(started.json()["negotiation_id"])
+    await page.goto(f"{server.base}/study/{sid}#token={server.token}")
+    figures = page.locator("#figures")
+    await expect(figures).to_contain_text("2 (0 ended, 2 running)")
+    await expect(page.locator("#study-status")).to_contain_text("following 2 room(s) live")
+    await expect(page.locator("#styles-chart")).to_contain_text("No ended room yet")
+    await page.evaluate("window.__same_page = true")
+
+    said = await server.api.post(f"/api/negotiations/{nids[0]}/message", json={"text": "Hi"})
+    best = min(said.json()["seller_responses"], key=lambda r: r["offer"]["unit_price"])
+    decided = await server.api.post(
+        f"/api/negotiations/{nids[0]}/decide",
+        json={
+            "decision": "accept",
+            "seller_id": best["handle"],
+            "price": best["offer"]["unit_price"],
+            "quantity": 3,
+        },
+    )
+    assert decided.status_code == 200, decided.text
+    await expect(figures).to_contain_text("2 (1 ended, 1 running)")
+    await expect(figures).to_contain_text("1 of 1 ended")
+    await expect(figures).to_contain_text("100%")
+    await expect(page.locator("#styles-chart svg")).to_be_visible()
+
+    walked = await server.api.post(
+        f"/api/negotiations/{nids[1]}/decide", json={"decision": "walk_away"}
+    )
+    assert walked.status_code == 200, walked.text
+    await expect(figures).to_contain_text("2 (2 ended, 0 running)")
+    await expect(figures).to_contain_text("1 of 2 ended")
+    await expect(figures).to_contain_text("50%")
+    await expect(page.locator("#study-status")).to_have_text("No room is running.")
+    assert await page.evaluate("window.__same_page === true")  # never reloaded
+    await screenshot(page, "study")
