@@ -15,7 +15,8 @@ Pages:
 - `/play/{session_id}`: play as the buyer (start a room, see replies live, message all or
   chosen sellers, counter, accept an offer with one click, walk away; then the debrief);
 - `/room/{negotiation_id}`: a live room (a lane per seller, round markers, an
-  offers-by-round chart drawn as inline SVG, the outcome and analysis at the end);
+  offers-by-round chart drawn as inline SVG, the outcome and analysis at the end; a
+  player token sees its own view: a seller's, the buyer's messages addressed to it);
 - `/replay/{negotiation_id}`: any stored room stepped or scrubbed event by event from its
   log (`?at=N` opens at the Nth event), the room as it stood then beside that event whole
   (as the caller's token sees it: for an operator or observer, reasoning, guardrail

@@ -467,6 +467,18 @@
         $("#brief").textContent = `${d.item_name} × ${d.quantity}; up to ${d.max_rounds} rounds.`;
         opened("Buyer (you)", d.sellers.map((p) => [p.handle, p.handle]));
         status("Live: following the room as it commits.");
+      } else if (type === "room.opened.seller") { // a seller token: its own view only
+        maxRounds = d.max_rounds;
+        timeout = d.round_timeout;
+        $("#brief").textContent = `${d.item_name} × ${d.quantity}, as ${d.handle || "a seller"} ` +
+          "sees it (the buyer's messages to it).";
+        opened(d.buyer.handle, []);
+        status("Live: following the room as it commits.");
+      } else if (type === "buyer.message") {
+        const counter = d.counter_price !== null && d.counter_price !== undefined;
+        marker(d.round, false);
+        put("@buyer", "buyer", d.text, counter ? ` [counter ${money(d.counter_price)}]` : "");
+        if (counter) offer("@buyer", d.round, d.counter_price);
       } else if (type === "round.opened" || type === "turn.started") {
         marker(d.round, d.final);
       } else if (type === "buyer.said") {

@@ -458,3 +458,41 @@ async def test_a_study_page_follows_its_rooms_and_updates_as_each_ends(
     await expect(page.locator("#study-status")).to_have_text("No room is running.")
     assert await page.evaluate("window.__same_page === true")  # never reloaded
     await screenshot(page, "study")
+
+
+async def test_a_seller_tokens_room_page_shows_only_what_that_seller_was_delivered(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    minted = await server.api.post(
+        f"/api/sessions/{sid}/tokens", json={"role": "seller", "handle": "@TechStore"}
+    )
+    seller = minted.json()["token"]
+    started = await server.api.post(
+        "/api/negotiations/start",
+        json={"session_id": sid, "item_name": "USB-C cable", "buyer": "human", "seed": 4},
+    )
+    nid = started.json()["negotiation_id"]
+    await page.goto(f"{server.base}/room/{nid}#token={seller}")
+    await expect(page.locator("#brief")).to_contain_text("as @TechStore sees it")
+    first = await server.api.post(f"/api/negotiations/{nid}/message", json={"text": "To all?"})
+    second = await server.api.post(
+        f"/api/negotiations/{nid}/message",
+        json={"text": "Only QuickTech", "recipients": ["@QuickTech"], "counter_price": 6.4},
+    )
+    buyer = page.locator("#lanes li.buyer")
+    await expect(buyer).to_have_count(1)  # the message to all; not the one to @QuickTech
+    await expect(buyer).to_contain_text("To all?")
+    walked = await server.api.post(
+        f"/api/negotiations/{nid}/decide", json={"decision": "walk_away"}
+    )
+    assert walked.status_code == 200, walked.text
+    await expect(page.locator("#room-status")).to_contain_text("Ended")
+    content = await page.content()
+    replies = [r for a in (first, second) for r in a.json()["seller_responses"]]
+    for reply in replies:
+        if reply["handle"] == "@QuickTech":  # another seller's words never reach this page
+            assert reply["response"] not in content
+    assert "Only QuickTech" not in content
+    for other in ("3.19", "6.11"):  # @QuickTech's cost and floor
+        assert re.search(rf"(?<![\d.]){re.escape(other)}(?!\d)", content) is None
