@@ -132,3 +132,15 @@ def test_craigslist_subset_is_small_and_credited() -> None:
     readme = (EXAMPLES / "craigslist" / "README.md").read_text(encoding="utf-8")
     for credit in ("CraigslistBargain", "He", "2018", "stanfordnlp/cocoa", "MIT"):
         assert credit in readme
+
+
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "experiments").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_example_experiment_validates_with_its_scenarios(path: Path) -> None:
+    from mams.experiment import check_spec  # the spec, its scenarios, every arm applied
+
+    spec, rooms = check_spec(path)
+    assert len(spec.arms) >= 2
+    assert len(rooms) == len(spec.arms) * len(spec.scenarios)
+    assert spec.control in {arm.name for arm in spec.arms}
