@@ -194,6 +194,7 @@ async def cmd_serve(args: argparse.Namespace, out: Console) -> int:
                 )
                 host = f"[{args.host}]" if ":" in args.host else args.host
                 out.print(f"serving the API on http://{host}:{port}/api", soft_wrap=True)
+                out.print(f"web console: http://{host}:{port}/", soft_wrap=True)
                 sys.stdout.flush()
                 # Until SIGINT/SIGTERM (uvicorn's own handlers; it re-raises the signal once
                 # it has shut down, and the rooms still open are recorded as aborted).
