@@ -12,12 +12,15 @@ are the msgspec types of `api.bodies`, so there is no second set of models.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
+import anyio.to_thread
 import msgspec
 import structlog
 from starlette.applications import Starlette
@@ -108,6 +111,8 @@ _json = msgspec.json.Encoder(decimal_format="number")
 T = TypeVar("T")
 LIST_LIMIT = 50
 REPORT_CHUNK = 200  # negotiations read and analysed at a time for a session's report
+PLOT_ROOMS = 18  # rooms drawn in a report's trajectory plots (two pages)
+PLOT_CACHE = 16  # sessions whose drawn plots are kept
 MAX_LIST = 500
 MAX_OFFSET = 1_000_000
 
@@ -199,6 +204,7 @@ class Api:
         self.store = store
         self.live = live
         self.authenticate = authenticate
+        self._plots: dict[UUID, tuple[tuple[UUID, int, int], dict[str, bytes]]] = {}
         self.limits = limits
 
     # -- plumbing -------------------------------------------------------------------------
@@ -219,6 +225,8 @@ class Api:
             Route("/api/tokens/{token_id}", h(self.revoke), methods=["DELETE"]),
             Route("/api/openapi.json", h(self.openapi), methods=["GET"]),
             Route("/api/sessions/{session_id}/report", h(self.report), methods=["GET"]),
+            Route("/api/sessions/{session_id}/report/plots", h(self.plots), methods=["GET"]),
+            Route("/api/sessions/{session_id}/report/plots/{name}", h(self.plot), methods=["GET"]),
             Route("/api/negotiations/start", h(self.start), methods=["POST"]),
             Route("/api/negotiations", h(self.list_negotiations), methods=["GET"]),
             Route("/api/negotiations/{nid}", h(self.get_negotiation), methods=["GET"]),
@@ -753,7 +761,8 @@ class Api:
             body["debrief"] = _plain(debrief(analysis, started))
         return json_response(body)
 
-    async def report(self, request: Request, viewer: Viewer) -> Response:
+    async def _analyses(self, request: Request, viewer: Viewer) -> tuple[UUID, list[Any]]:
+        """A session's negotiations analysed (for its report and plots)."""
         self._require(viewer, "operator", "observer")
         sid = _uuid(request.path_params["session_id"], "session")
         self._require_session(viewer, sid)  # an observer of one session reads only its own
@@ -763,9 +772,50 @@ class Api:
         analysed = []
         for start in range(0, len(ids), REPORT_CHUNK):
             analysed += await analyses_of(self.store, ids[start : start + REPORT_CHUNK])
+        return sid, analysed
+
+    async def report(self, request: Request, viewer: Viewer) -> Response:
+        sid, analysed = await self._analyses(request, viewer)
         body = _plain(build_report(analysed))
         body["session_id"] = str(sid)
         return json_response(body)
+
+    async def plots(self, request: Request, viewer: Viewer) -> Response:
+        """The names of a session report's plots (`mams report`'s PNGs), drawn now."""
+        sid, analysed = await self._analyses(request, viewer)
+        drawn = await self._draw(sid, analysed)
+        base = f"/api/sessions/{sid}/report/plots"
+        return json_response({"plots": [{"name": n, "url": f"{base}/{n}"} for n in drawn]})
+
+    async def plot(self, request: Request, viewer: Viewer) -> Response:
+        """One plot of a session's report, as PNG."""
+        sid, analysed = await self._analyses(request, viewer)
+        name = request.path_params["name"]
+        drawn = await self._draw(sid, analysed)
+        if name not in drawn:
+            not_found(f"no plot {name!r}; GET /api/sessions/{sid}/report/plots lists them")
+        return Response(drawn[name], media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def _draw(self, sid: UUID, analysed: list[Any]) -> dict[str, bytes]:
+        """Every plot of the report of these analyses, by file name (drawn in a thread,
+        matplotlib's Agg, into a directory of their own), kept while they stay current."""
+        key = (sid, len(analysed), sum(a.status == "completed" for a in analysed))
+        if (cached := self._plots.get(sid)) is not None and cached[0] == key:
+            return cached[1]
+        from mams.actors.report_plots import write_plots
+
+        report = build_report(analysed)
+
+        def draw() -> dict[str, bytes]:
+            with tempfile.TemporaryDirectory(prefix="mams-plots-") as tmp:
+                paths = write_plots(analysed, report, Path(tmp), max_rooms=PLOT_ROOMS)
+                return {p.name: p.read_bytes() for p in paths}
+
+        drawn = await anyio.to_thread.run_sync(draw)
+        self._plots[sid] = (key, drawn)
+        while len(self._plots) > PLOT_CACHE:
+            del self._plots[next(iter(self._plots))]
+        return drawn
 
     async def audio(self, request: Request, viewer: Viewer) -> Response:
         """A seller reply read aloud (`mams serve --voice`): its WAV file, once made."""

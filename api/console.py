@@ -67,7 +67,7 @@ ASSET_TYPES = {
 # The pages load only this origin's script and style, and call only this origin.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "img-src 'self' data: blob:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
 PAGE = Template(
@@ -306,6 +306,10 @@ STUDY = """
 <section aria-labelledby="styles-h">
   <h2 id="styles-h">Deal rate by seller style</h2>
   <figure id="styles-chart"></figure>
+</section>
+<section aria-labelledby="plots-h">
+  <h2 id="plots-h">The report's plots</h2>
+  <div id="plots"><p>Drawn once rooms have ended.</p></div>
 </section>
 <section aria-labelledby="rooms-h">
   <h2 id="rooms-h">Rooms</h2>

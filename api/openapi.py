@@ -278,6 +278,27 @@ ROUTES: dict[tuple[str, str], Op] = {
         answer=_REPLAY,
         errors=(401, 403, 404, 429),
     ),
+    ("GET", "/api/sessions/{session_id}/report/plots"): Op(
+        id="listReportPlots",
+        summary="The session report's plots (mams report's PNGs), drawn now: name and URL",
+        roles="operator, observer",
+        answer=_object(
+            {
+                "plots": {
+                    "type": "array",
+                    "items": _object({"name": {"type": "string"}, "url": {"type": "string"}}),
+                }
+            }
+        ),
+        errors=(401, 403, 404, 429),
+    ),
+    ("GET", "/api/sessions/{session_id}/report/plots/{name}"): Op(
+        id="getReportPlot",
+        summary="One plot of the session's report, as PNG",
+        roles="operator, observer",
+        media="image/png",
+        errors=(401, 403, 404, 429),
+    ),
     ("GET", "/api/negotiations/{nid}/audio/{message_id}"): Op(
         id="getReplyAudio",
         summary="A seller's reply read aloud (mams serve --voice), once it has been made; "
@@ -307,6 +328,7 @@ _PATH: dict[str, dict[str, Any]] = {
     "nid": _UUID,
     "message_id": _UUID,
     "token_id": {"type": "string"},
+    "name": {"type": "string", "pattern": "^[a-z_0-9-]+\\.png$"},
 }
 _DECIMAL = {"type": "string", "format": "decimal"}
 

@@ -4,7 +4,7 @@ Reads every negotiation of one session (or of all sessions) from the log, analys
 (`mams.domain.analysis`; flags are the grounded checks run now plus any stored ones,
 nothing is written), aggregates them (`mams.domain.report`: what each figure means, and
 why seller rows count seats) and prints the tables. It writes PNG plots to `--plots DIR`
-(default `./mams-report/`; `--no-plots` skips them; see `mams.report_plots`) and prints
+(default `./mams-report/`; `--no-plots` skips them; see `mams.actors.report_plots`) and prints
 their paths. Only ended (completed) negotiations are aggregated; aborted or still-open
 ones are counted as `skipped`. Negotiations are those the `negotiation_runs` read model
 lists (`mams import` writes it too, so imported negotiations are in). A chunk of
@@ -142,7 +142,7 @@ async def cmd_report(args: argparse.Namespace, out: Console) -> int:
         )
     paths: list[Path] = []
     if plots_dir is not None and report.negotiations:
-        from mams.report_plots import write_plots
+        from mams.actors.report_plots import write_plots
 
         out.print(f"[dim]drawing plots into {plots_dir}/ ...[/dim]")
         paths = await anyio.to_thread.run_sync(

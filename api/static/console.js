@@ -611,6 +611,26 @@
     });
     fig.replaceChildren(root);
   }
+  // The report's PNGs, fetched with the tab's token (an <img src> cannot send it).
+  const PLOT_TEXT = {
+    "by_model.png": "Deal rate, surplus split and flags by buyer and seller model",
+    "by_style.png": "Deal rate, surplus split and flags by seller style",
+  };
+  async function drawPlots(sid) {
+    const listed = await api("GET", `/api/sessions/${enc(sid)}/report/plots`);
+    const figures = [];
+    for (const p of listed.plots) {
+      const response = await fetch(p.url, { headers: headers({}) });
+      if (!response.ok) throw await failure(response);
+      const src = URL.createObjectURL(await response.blob());
+      const alt = PLOT_TEXT[p.name] || `Offers by round, room by room (${p.name})`;
+      figures.push(el("figure", { class: "plot" }, el("img", { src, alt, "data-plot": p.name }),
+        el("figcaption", {}, alt)));
+    }
+    const box = $("#plots");
+    for (const img of box.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+    box.replaceChildren(...figures);
+  }
   function studyPage() {
     const sid = document.body.dataset.session;
     const followed = new Set();
@@ -644,6 +664,7 @@
           `${o.mean_saving_pct.toFixed(1)}%`],
       ]) dl.append(el("dt", {}, k), el("dd", {}, v));
       barChart(report.by_seller_style);
+      drawPlots(sid).catch(showError);
       $("#rooms tbody").replaceChildren(...rooms.map((r) => el("tr", {},
         el("td", {}, r.item_name), el("td", {}, r.status.replace(/_/g, " ")),
         el("td", {}, r.outcome ? r.outcome.replace(/_/g, " ") : "—"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mams.actors.report_plots import write_plots
 from mams.domain.analysis import analyze
 from mams.domain.report import build_report
-from mams.report_plots import write_plots
 from tests.analysis import logs
 from tests.analysis.test_cli_report import assert_png
 

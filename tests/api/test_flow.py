@@ -156,6 +156,17 @@ async def test_the_specification_flow_with_a_person_as_the_buyer(api: httpx.Asyn
     assert analytics["within_budget"] is True
     assert analytics["debrief"]["deal"]["unit_price"] == price
 
+    # The session's report, and its plots as mams report draws them.
+    report = ok(await api.get(f"/api/sessions/{sid}/report"))
+    assert report["overall"]["deals"] == 1
+    plots = ok(await api.get(f"/api/sessions/{sid}/report/plots"))["plots"]
+    assert {p["name"] for p in plots} >= {"trajectories.png", "by_model.png", "by_style.png"}
+    png = await api.get(plots[0]["url"])
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG")
+    assert (await api.get(f"/api/sessions/{sid}/report/plots/nope.png")).status_code == 404
+
     # The session is fixed once a room opened.
     again = await api.post(f"/api/sessions/{sid}/sellers", json=SELLERS[0])
     assert again.status_code == 409

@@ -456,6 +456,12 @@ async def test_a_study_page_follows_its_rooms_and_updates_as_each_ends(
     await expect(figures).to_contain_text("1 of 2 ended")
     await expect(figures).to_contain_text("50%")
     await expect(page.locator("#study-status")).to_have_text("No room is running.")
+    # The report's plots, drawn by the server (mams report's PNGs) and shown decoded.
+    trajectory = page.locator('#plots img[data-plot="trajectories.png"]')
+    await expect(trajectory).to_be_visible()
+    await expect(page.locator('#plots img[data-plot="by_style.png"]')).to_be_visible()
+    width = await trajectory.evaluate("(img) => img.complete ? img.naturalWidth : 0")
+    assert width > 100
     assert await page.evaluate("window.__same_page === true")  # never reloaded
     await screenshot(page, "study")
 
