@@ -91,7 +91,7 @@ from mams.domain.plan import (
 )
 from mams.domain.report import build_report
 from mams.domain.views import BuyerView
-from mams.domain.visibility import route
+from mams.domain.visibility import route, seen_by
 from mams.storage.analyses import analyses_of, analysis_of
 from mams.storage.drafts import (
     DraftFrozenError,
@@ -856,12 +856,14 @@ def visible(
     viewer: Viewer, started: NegotiationStarted, state: NegotiationState, event: Event
 ) -> list[dict[str, Any]]:
     """What of one committed event this viewer may see: every event whole for an operator
-    or observer; for a player, the messages the broker delivers to its agent for it
-    (`domain.visibility.route`), as the agent itself receives them."""
+    or observer; for a player, its agent's own words and the messages the broker delivers
+    to its agent (`domain.visibility.seen_by`), as the agent itself receives them."""
     if viewer.sees_everything:
         return [_plain(event)]
     agent = started.buyer.agent_id if viewer.role == "buyer" else viewer.agent
-    return [_plain(msg) for to, msg in route(state, event) if to == agent]
+    if agent is None:
+        return []
+    return [_plain(item) for item in seen_by(state, event, agent)]
 
 
 def _plain(value: object) -> Any:

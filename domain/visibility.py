@@ -66,6 +66,29 @@ def told(agents: tuple[str, ...], event: MessageEvent) -> tuple[str, ...]:
             return agents[1:]
 
 
+def said_by(state: NegotiationState, event: Event) -> str | None:
+    """The agent whose own words an event records (the buyer's message, deal or walking
+    away; a seller's reply), or None. Its words and whom it addressed are that agent's
+    own: a view of the room for it (a replay, a stream) shows them beside what the broker
+    delivered to it, and they carry nothing of anyone else's private terms."""
+    started = state.started
+    if started is None:
+        return None
+    match event:
+        case BuyerSaid() | DealClosed() | BuyerWalkedAway():
+            return started.buyer.agent_id
+        case SellerReplied(seller=seller):
+            return seller
+    return None
+
+
+def seen_by(state: NegotiationState, event: Event, agent: str) -> list[Event | RoomMessage]:
+    """All one agent may see of one committed event (`state` after it): its own words
+    (`said_by`), and what the broker delivers to it (`route`)."""
+    own: list[Event | RoomMessage] = [event] if said_by(state, event) == agent else []
+    return own + [msg for to, msg in route(state, event) if to == agent]
+
+
 def route(state: NegotiationState, event: Event) -> list[Delivery]:
     """The deliveries an event causes, as (recipient agent id, message) pairs.
 

@@ -232,7 +232,7 @@
     $("#setup").hidden = true;
     $("#room").hidden = false;
     const st = { round: 0, final: false, turn: false, ended: false, quantity: 0,
-      offers: new Map(), names: new Map() };
+      offers: new Map(), names: new Map(), pending: 0 };
     const log = $("#log");
     const say = (who, cls, ...parts) => {
       log.append(el("li", { class: cls }, el("strong", {}, who + ": "), ...parts));
@@ -281,9 +281,21 @@
     async function accept(handle) {
       const o = st.offers.get(handle);
       say("You", "mine", `accept ${money(o.offer.unit_price)} from ${handle}`);
-      const done = await act("decide", { decision: "accept", seller_id: handle,
+      const done = await sent("decide", { decision: "accept", seller_id: handle,
         price: Number(o.offer.unit_price).toFixed(2), quantity: o.offer.quantity });
       if (done) finish(done.outcome);
+    }
+    // Words this page sent are shown as sent; the stream also carries the buyer's own
+    // words (so a reloaded page shows them): those of this page's sends are skipped.
+    async function sent(kind, body) {
+      st.pending = (st.pending || 0) + 1;
+      const answer = await act(kind, body);
+      if (!answer) st.pending -= 1; // refused: nothing was said
+      return answer;
+    }
+    function mine(line) {
+      if (st.pending > 0) st.pending -= 1;
+      else say("You", "mine", line);
     }
     function finish(outcome) {
       st.ended = true;
@@ -292,7 +304,7 @@
     }
     $("#walk").addEventListener("click", async () => {
       say("You", "mine", "walk away");
-      const done = await act("decide", { decision: "walk_away" });
+      const done = await sent("decide", { decision: "walk_away" });
       if (done) finish(done.outcome);
     });
     $("#say-form").addEventListener("submit", async (e) => {
@@ -311,7 +323,7 @@
       if (counter) body.counter_price = counter;
       say("You", "mine", `(to ${to.join(", ")}${counter ? `, counter ${money(counter)}` : ""}) `,
         text);
-      const answered = await act("message", body);
+      const answered = await sent("message", body);
       if (answered) {
         $("#say-text").value = "";
         $("#counter").value = "";
@@ -348,6 +360,14 @@
         offerRow(m.seller.handle);
       } else if (type === "recap" && d.message.type === "buyer.message") {
         say("You", "mine", d.message.text);
+      } else if (type === "buyer.said") {
+        const to = d.to.length ? d.to.map((id) => st.names.get(id) || id).join(", ") : "all";
+        const counter = d.counter_price ? `, counter ${money(d.counter_price)}` : "";
+        mine(`(to ${to}${counter}) ${d.text}`);
+      } else if (type === "deal.closed") {
+        mine(`accept ${money(d.unit_price)} from ${st.names.get(d.seller) || d.seller}`);
+      } else if (type === "buyer.walked_away") {
+        mine("walk away");
       } else if (type === "room.closed") {
         finish(d.outcome);
       }

@@ -2,8 +2,9 @@
 own view, on a real uvicorn server in the test process over the real NATS and PostgreSQL.
 
 Each viewer's stream is compared with the domain's visibility policy applied to the
-stored log: a buyer or seller gets exactly what `domain.visibility.route` delivers to its
-agent, an observer every event whole, each under its event's seq.
+stored log: a buyer or seller gets exactly its own words and what the broker delivers to
+its agent (`domain.visibility.seen_by`), an observer every event whole, each under its
+event's seq.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mams.api.auth import Viewer
 from mams.domain.config import scenario_to_raw
 from mams.domain.events import decode_event
 from mams.domain.negotiation import INITIAL, evolve
-from mams.domain.visibility import route
+from mams.domain.visibility import seen_by
 from mams.storage.eventstore import PostgresEventStore
 from tests.integration.helpers import nats_connect
 from tests.integration.scenarios import phone
@@ -169,16 +170,15 @@ Expected = list[tuple[str, str, Any]]
 
 
 async def expected(store: PostgresEventStore, nid: uuid.UUID, agent: str | None) -> Expected:
-    """(seq, type tag, JSON) of what the domain's policy gives `agent` of the stored log
-    (every event whole for None: an operator or observer)."""
+    """(seq, type tag, JSON) of what the domain's policy gives `agent` of the stored log:
+    its own words and its deliveries (`seen_by`; every event whole for None: an operator or
+    observer)."""
     state = INITIAL
     out: Expected = []
     for row in await store.read(nid):
         event = decode_event(row.data)
         state = evolve(state, event)
-        items: list[object] = (
-            [event] if agent is None else [m for to, m in route(state, event) if to == agent]
-        )
+        items: list[object] = [event] if agent is None else list(seen_by(state, event, agent))
         for item in items:
             plain = msgspec.to_builtins(item, builtin_types=(Decimal,))
             out.append((str(row.seq), plain["type"], _json(plain)))
@@ -256,7 +256,12 @@ async def check_views(
     tags = {tag for _, tag, _ in observer}
     assert {"reasoning.recorded", "seller.replied", "buyer.said"} <= tags
     buyer_tags = {tag for _, tag, _ in views["buyer"]}
-    assert buyer_tags <= {"room.opened.buyer", "turn.started", "seller.message", "room.closed"}
+    own_buyer = {"buyer.said", "deal.closed", "buyer.walked_away"}  # its own words
+    assert (
+        buyer_tags
+        <= {"room.opened.buyer", "turn.started", "seller.message", "room.closed"} | own_buyer
+    )
+    assert "buyer.said" in buyer_tags
     buyer_text = str(views["buyer"])
     for private in ("least_price", "cost_price", "reasoning", "style", "weight"):
         assert private not in buyer_text
@@ -266,7 +271,9 @@ async def check_views(
             "room.opened.seller",
             "buyer.message",
             "room.closed",
+            "seller.replied",  # its own replies, and no other seller's
         }
+        assert all(d["seller"] == seller for _, tag, d in mine if tag == "seller.replied")
         # Its own terms only: its room-opened view names it, and no other seller.
         assert mine[0][2]["handle"].lower() == f"@{seller}"
         assert "seller.message" not in {tag for _, tag, _ in mine}

@@ -147,6 +147,7 @@ async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_th
     await expect(sellers.last).to_contain_text("@QuickTech")
     await expect(mine.last).to_contain_text("counter $6.50")
     await expect(page.locator("#send")).to_be_enabled()
+    await expect(mine).to_have_count(2)  # each said once: the stream's copy is not repeated
     await screenshot(page, "play")
 
     # Before the end: no seller's floor or cost in the page or in anything it was sent.
@@ -166,6 +167,26 @@ async def test_play_as_the_buyer_replies_appear_live_accept_in_one_click_then_th
     await expect(page.locator("#send")).to_be_disabled()
     assert await page.evaluate("window.__same_page === true")  # never reloaded
     await screenshot(page, "play-debrief")
+
+
+async def test_a_reloaded_play_page_shows_the_persons_own_words_from_the_stream(
+    server: Server, page: Page
+) -> None:
+    sid = await server.session()
+    buyer = await server.buyer_token(sid)
+    await page.goto(f"{server.base}/play/{sid}#token={buyer}")
+    await page.click("#start-form button[type=submit]")
+    await expect(page.locator("#send")).to_be_enabled()
+    await page.fill("#say-text", "Three cables, please: your best price?")
+    await page.click("#send")
+    await expect(page.locator("#log li.seller")).to_have_count(2)
+    await expect(page.locator("#send")).to_be_enabled()
+    await page.reload()  # the room goes on; the page reads it again from its stream
+    mine = page.locator("#log li.mine")
+    await expect(mine).to_have_count(1)
+    await expect(mine.first).to_contain_text("Three cables, please: your best price?")
+    await expect(page.locator("#log li.seller")).to_have_count(2)
+    await expect(page.locator("#send")).to_be_enabled()
 
 
 async def test_keyboard_only_play_from_an_operators_tab_which_plays_as_the_buyer(
