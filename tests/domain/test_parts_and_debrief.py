@@ -139,3 +139,26 @@ def test_the_debrief_reveals_every_floor_and_cost_and_where_the_price_fell() -> 
     assert told.zone.ceiling == buyer_max
     assert told.lesson.startswith("Deal")
     assert Decimal(told.deal.total) == quick.selling_price * 3
+
+
+def test_a_player_sees_its_own_words_and_only_its_own() -> None:
+    from mams.domain.negotiation import INITIAL, evolve
+    from mams.domain.visibility import said_by, seen_by
+
+    started = room()
+    techmart, quick = (s.agent_id for s in started.sellers[:2])
+    buyer = started.buyer.agent_id
+    said = BuyerSaid(round=1, message_id=uuid.uuid4(), to=(techmart,), text="hi")
+    reply = SellerReplied(round=1, message_id=uuid.uuid4(), seller=techmart, text="9.50")
+    state = INITIAL
+    for event in (started, RoundOpened(round=1), said):
+        state = evolve(state, event)
+    assert said_by(state, said) == buyer
+    assert said in seen_by(state, said, buyer)  # the buyer's own words
+    assert said not in seen_by(state, said, quick)  # not addressed: nothing
+    assert [type(m).__name__ for m in seen_by(state, said, techmart)] == ["BuyerMessage"]
+    state = evolve(state, reply)
+    assert reply in seen_by(state, reply, techmart)  # its own reply
+    assert seen_by(state, reply, quick) == []  # sellers never see each other
+    assert reply not in seen_by(state, reply, buyer)  # the buyer gets the delivered message
+    assert [type(m).__name__ for m in seen_by(state, reply, buyer)] == ["SellerMessage"]
