@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -102,7 +102,8 @@ def read(raw: object, kind: type[T]) -> T:
     return value
 
 
-Text = msgspec.Meta(max_length=MAX_TEXT)
+# What a person says in a turn: as long as an agent may say (domain.bounds.MAX_TEXT).
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 
 # -- sessions -----------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class Started(msgspec.Struct, frozen=True, kw_only=True):
 class MessageBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`POST /api/negotiations/{id}/message`: the person's turn as the buyer."""
 
-    text: str = msgspec.field(default="")
+    text: Text = msgspec.field(default="")
     sender: Literal["buyer"] = "buyer"
     recipients: list[str] = msgspec.field(default_factory=lambda: ["all"])
     counter_price: Decimal | None = None
@@ -270,7 +271,7 @@ class DecideBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     seller_id: str | None = None
     price: Decimal | None = None
     quantity: int | None = None
-    text: str = ""
+    text: Text = ""
 
     def __post_init__(self) -> None:
         if self.decision == "accept":

@@ -86,6 +86,15 @@ async def test_the_specification_flow_with_a_person_as_the_buyer(api: httpx.Asyn
     assert started["status"] == "in_progress"
     assert sorted(started["available_sellers"]) == ["@CableKing", "@QuickTech", "@TechStore"]
 
+    # Hostile turns are refused whole, nothing sent: too long, a seller not in the room.
+    for body, path in (
+        ({"text": "x" * 4001}, "text"),
+        ({"text": "hi", "recipients": ["@Nobody"]}, "recipients[0]"),
+    ):
+        refused = await api.post(f"/api/negotiations/{nid}/message", json=body)
+        assert refused.status_code == 422, refused.text
+        assert [p["path"] for p in refused.json()["problems"]] == [path]
+
     # Three messages: to all, then to two by handle, then a counter to one.
     texts = [
         ({"text": "I need 3 USB-C cables. Best price?", "recipients": ["all"]}, 3),
@@ -211,6 +220,7 @@ async def test_bad_bodies_list_every_problem_with_its_path_and_write_nothing(
     assert {"items[0].quantity", "items[0].max_price"} <= paths
 
     for body, path in (
+        (b"[" * 100_000 + b"]" * 100_000, "$"),  # nested far too deep
         (b"{not json", "$"),
         (b'{"session_id": "nope", "buyer": "robot", "extra": 1}', "session_id"),
     ):
