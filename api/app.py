@@ -84,9 +84,6 @@ from mams.domain.negotiation import INITIAL, NegotiationState, evolve
 from mams.domain.plan import (
     HUMAN_TURN_TIMEOUT,
     PlanError,
-    PlanOptions,
-    default_rooms_at_once,
-    default_round_timeout,
     pick_items,
 )
 from mams.domain.report import build_report
@@ -530,14 +527,17 @@ class Api:
             invalid("a model's provider is not configured", [Problem(field, str(exc))])
         agents = {a: m for a, m in models.items() if not (human and a == scenario.buyer.agent_id)}
         llm = any(m != BASELINE_MODEL for m in agents.values())
-        options = msgspec.structs.replace(
-            options,
-            max_rounds=body.max_rounds or PlanOptions().max_rounds,
-            round_timeout=body.round_timeout or default_round_timeout(llm=llm),
+        options = RunOptions.given(
+            llm=llm,
+            max_rounds=body.max_rounds,
+            round_timeout=body.round_timeout,
             seed=body.seed,
             runs=body.runs,
-            rooms_at_once=body.rooms_at_once or default_rooms_at_once(llm=llm),
+            rooms_at_once=body.rooms_at_once,
             buyer_timeout=HUMAN_TURN_TIMEOUT if human else None,
+            buyer_model=options.buyer_model,
+            seller_model=options.seller_model,
+            monitor=options.monitor,
         )
         if problems := options.problems():
             invalid("the room options are out of range", problems)

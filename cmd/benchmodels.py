@@ -71,8 +71,6 @@ from mams.domain.plan import (
     LLM_ROOMS_AT_ONCE,
     LLM_ROUND_TIMEOUT,
     PlanOptions,
-    default_rooms_at_once,
-    default_round_timeout,
 )
 from mams.domain.quality import check
 from mams.infra import servers
@@ -170,15 +168,12 @@ def human_row(dialogue_lines: list[str]) -> LeaderRow:
 
 def _options(args: argparse.Namespace, model: str) -> RunOptions:
     llm = model != BASELINE_MODEL  # as `mams run` chooses its defaults
-    options = RunOptions(
+    options = RunOptions.given(
+        llm=llm,
         max_rounds=args.max_rounds,
-        round_timeout=(
-            args.round_timeout if args.round_timeout is not None else default_round_timeout(llm=llm)
-        ),
+        round_timeout=args.round_timeout,
         seed=args.seed,
-        rooms_at_once=(
-            args.rooms_at_once if args.rooms_at_once is not None else default_rooms_at_once(llm=llm)
-        ),
+        rooms_at_once=args.rooms_at_once,
         buyer_model=model,
         seller_model=model if args.agents == "all" else BASELINE_MODEL,
     )

@@ -128,8 +128,6 @@ async def cmd_play(args: argparse.Namespace, out: Console) -> int:
     from mams.domain.plan import (
         HUMAN_TURN_TIMEOUT,
         PlanError,
-        PlanOptions,
-        default_round_timeout,
         pick_items,
     )
     from mams.infra import servers
@@ -150,14 +148,15 @@ async def cmd_play(args: argparse.Namespace, out: Console) -> int:
     options = RunOptions(buyer_model=BASELINE_MODEL, seller_model=args.seller_model)
     models = check_brains(scenario, items, options)
     llm = any(m != BASELINE_MODEL for a, m in models.items() if a != scenario.buyer.agent_id)
-    options = msgspec.structs.replace(
-        options,
-        max_rounds=args.max_rounds if args.max_rounds is not None else PlanOptions().max_rounds,
-        round_timeout=default_round_timeout(llm=llm),
+    options = RunOptions.given(
+        llm=llm,
+        max_rounds=args.max_rounds,
         seed=args.seed,
-        rooms_at_once=None,
         buyer_timeout=HUMAN_TURN_TIMEOUT,
+        buyer_model=options.buyer_model,
+        seller_model=options.seller_model,
     )
+    options = msgspec.structs.replace(options, rooms_at_once=None)  # one room at a time
     for problem in options.problems():
         raise ConfigError(f"--{problem.path.replace('_', '-')} {problem.message}")
 

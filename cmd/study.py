@@ -17,7 +17,6 @@ from uuid import UUID
 import msgspec
 
 from mams.actors.market import RunOptions
-from mams.domain.plan import PlanOptions, default_rooms_at_once, default_round_timeout
 from mams.storage import readmodels
 from mams.storage.leases import live_rooms
 from mams.storage.readmodels import Queries
@@ -64,19 +63,13 @@ def merge(given: StudyFlags, stored: StudyFlags) -> tuple[StudyFlags, list[str]]
 def run_options(flags: StudyFlags, *, llm: bool = False) -> RunOptions:
     """The run these flags ask for; what is not given takes `PlanOptions`' default, or
     with `llm` (an agent is an LLM) the round deadline and rooms at once models need."""
-    plan = PlanOptions()
-    round_timeout = flags.round_timeout
-    if round_timeout is None:
-        round_timeout = default_round_timeout(llm=llm)
-    rooms_at_once = flags.rooms_at_once
-    if rooms_at_once is None:
-        rooms_at_once = default_rooms_at_once(llm=llm)
-    return RunOptions(
-        max_rounds=plan.max_rounds if flags.max_rounds is None else flags.max_rounds,
-        round_timeout=round_timeout,
+    return RunOptions.given(
+        llm=llm,
+        max_rounds=flags.max_rounds,
+        round_timeout=flags.round_timeout,
         seed=flags.seed,
-        runs=plan.runs if flags.runs is None else flags.runs,
-        rooms_at_once=rooms_at_once,
+        runs=flags.runs,
+        rooms_at_once=flags.rooms_at_once,
         buyer_model=flags.buyer_model,
         seller_model=flags.seller_model,
         monitor=not flags.no_monitor,

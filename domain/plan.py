@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import msgspec
 
@@ -82,6 +82,16 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
         if self.rooms_at_once is not None and self.rooms_at_once < 1:
             found.append(Problem("rooms_at_once", f"must be at least 1, got {self.rooms_at_once}"))
         return found
+
+    @classmethod
+    def given(cls, *, llm: bool = False, **given: Any) -> Self:
+        """The options these values ask for, None meaning not given: the defaults for the
+        rest, and with `llm` (an agent is an LLM) the round deadline and rooms at once
+        models need. Out-of-range values are kept for `problems()` to name."""
+        values = {name: value for name, value in given.items() if value is not None}
+        values.setdefault("round_timeout", default_round_timeout(llm=llm))
+        values.setdefault("rooms_at_once", default_rooms_at_once(llm=llm))
+        return cls(**values)
 
     def for_room(self, seed: int | None) -> PlanOptions:
         """The options of one room of this plan: a single run with that run's seed."""

@@ -75,6 +75,12 @@ async def test_the_specification_flow_with_a_person_as_the_buyer(api: httpx.Asyn
     for seller in SELLERS:
         added = ok(await api.post(f"/api/sessions/{sid}/sellers", json=seller), 201)
         assert added["handle"] == seller["handle"]
+    # A zero is a value given, refused by name (never taken as "not given"), no room opened.
+    for field in ("max_rounds", "round_timeout", "rooms_at_once"):
+        body = {"session_id": sid, "item_name": "USB-C cable", field: 0}
+        refused = await api.post("/api/negotiations/start", json=body)
+        assert refused.status_code == 422, refused.text
+        assert [p["path"] for p in refused.json()["problems"]] == [field]
     started = ok(
         await api.post(
             "/api/negotiations/start",

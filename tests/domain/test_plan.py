@@ -143,3 +143,13 @@ def test_a_window_keeps_at_most_at_once_open_and_no_slot_idle_while_rooms_wait(
 def test_a_window_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Window([1], 0)
+
+
+def test_given_options_take_the_defaults_only_where_nothing_was_given() -> None:
+    assert PlanOptions.given(max_rounds=None, runs=None) == PlanOptions()
+    llm = PlanOptions.given(llm=True, seed=3)
+    assert (llm.round_timeout, llm.rooms_at_once, llm.seed) == (120.0, 20, 3)
+    given = PlanOptions.given(llm=True, round_timeout=5.0, rooms_at_once=2, max_rounds=0)
+    assert (given.round_timeout, given.rooms_at_once) == (5.0, 2)
+    # A zero is a value given, not "not given": it stays, for problems() to refuse.
+    assert [p.path for p in given.problems()] == ["max_rounds"]
